@@ -1,0 +1,338 @@
+//! Typed configuration. Loading (file, environment, flags) belongs to the
+//! binary; the core only defines the shape, the defaults and validation.
+//!
+//! Every default works on one machine: no Consul, no Kafka, the embedded
+//! in-memory registry with its own health checks.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+/// The whole gateway configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Name of this gateway node; unique among replicas. Default: the host
+    /// name plus the public port.
+    pub node_id: Option<String>,
+    /// Listener addresses.
+    pub listen: ListenConfig,
+    /// Size limits for requests.
+    pub limits: LimitsConfig,
+    /// Timeouts of the request path.
+    pub timeouts: TimeoutConfig,
+    /// Instance balancing and passive health.
+    pub balancer: BalancerConfig,
+    /// Health checks and leases of the embedded registry.
+    pub health: HealthConfig,
+    /// Who may register what.
+    pub registration: RegistrationConfig,
+    /// Graceful shutdown.
+    pub drain: DrainConfig,
+    /// Peers whose `X-Forwarded-For/-Proto/-Host` headers are believed (a
+    /// load balancer such as HAProxy). From other peers these headers are
+    /// replaced, so a client cannot forge its address. Default: loopback.
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            node_id: None,
+            listen: ListenConfig::default(),
+            limits: LimitsConfig::default(),
+            timeouts: TimeoutConfig::default(),
+            balancer: BalancerConfig::default(),
+            health: HealthConfig::default(),
+            registration: RegistrationConfig::default(),
+            drain: DrainConfig::default(),
+            trusted_proxies: vec![
+                IpNet::V4(ipnet::Ipv4Net::new_assert(std::net::Ipv4Addr::new(127, 0, 0, 0), 8)),
+                IpNet::V6(ipnet::Ipv6Net::new_assert(std::net::Ipv6Addr::LOCALHOST, 128)),
+            ],
+        }
+    }
+}
+
+/// Listener addresses. Ports may be 0 (the OS picks one; the gateway logs it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ListenConfig {
+    /// Public HTTP listener (HTTP/1.1 and h2c): routes only `public` services.
+    pub public: SocketAddr,
+    /// Internal HTTP listener for service-to-service calls: routes `public`
+    /// and `internal` services. Keep it off the public network. `None` = off.
+    pub internal: Option<SocketAddr>,
+    /// Registration API: gRPC `RegistryService` and HTTP/JSON `/v1/registrations`.
+    pub registration: SocketAddr,
+    /// Admin listener: `/healthz`, `/readyz`, `/admin/services`; also routes
+    /// every visibility (`public`, `internal`, `admin`).
+    pub admin: SocketAddr,
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        Self {
+            public: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            internal: Some(SocketAddr::from(([127, 0, 0, 1], 8081))),
+            registration: SocketAddr::from(([127, 0, 0, 1], 8090)),
+            admin: SocketAddr::from(([127, 0, 0, 1], 8091)),
+        }
+    }
+}
+
+/// Request size limits. Requests over a limit are refused before they are
+/// buffered whole.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest request body accepted, in bytes (413 above it).
+    pub max_body_bytes: usize,
+    /// Largest total size of request headers, names plus values, in bytes
+    /// (431 above it).
+    pub max_header_bytes: usize,
+    /// Most request header fields accepted (431 above it).
+    pub max_headers: usize,
+    /// Requests handled at once per listener; more are shed with 503.
+    pub max_concurrent_requests: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 8 * 1024 * 1024,
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            max_concurrent_requests: 10_000,
+        }
+    }
+}
+
+/// Timeouts of the request path.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TimeoutConfig {
+    /// Default time for the whole exchange with a backend when the route sets
+    /// none; the remaining budget is sent to the backend (504 when spent).
+    #[serde(with = "humantime_serde")]
+    pub request: Duration,
+    /// Time to read a request's headers; slow clients are closed after it.
+    #[serde(with = "humantime_serde")]
+    pub header_read: Duration,
+    /// Time to establish a connection to a backend instance.
+    #[serde(with = "humantime_serde")]
+    pub connect: Duration,
+}
+
+impl Default for TimeoutConfig {
+    fn default() -> Self {
+        Self {
+            request: Duration::from_secs(30),
+            header_read: Duration::from_secs(10),
+            connect: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Instance selection and passive health.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BalancerConfig {
+    /// How an instance is picked.
+    pub strategy: BalanceStrategy,
+    /// How long an instance that refused a connection is skipped.
+    #[serde(with = "humantime_serde")]
+    pub ejection_time: Duration,
+    /// Largest share of a service's instances that may be ejected at once, in
+    /// percent; beyond it every instance is tried again (Envoy's panic mode).
+    pub max_ejection_percent: u8,
+    /// How many other instances a request never sent upstream (connection
+    /// refused) may be retried on.
+    pub connect_retries: usize,
+}
+
+impl Default for BalancerConfig {
+    fn default() -> Self {
+        Self {
+            strategy: BalanceStrategy::PowerOfTwo,
+            ejection_time: Duration::from_secs(5),
+            max_ejection_percent: 50,
+            connect_retries: 2,
+        }
+    }
+}
+
+/// Instance selection strategy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BalanceStrategy {
+    /// Power of two random choices on in-flight requests (weighted).
+    PowerOfTwo,
+    /// Plain round robin.
+    RoundRobin,
+}
+
+/// Health checks and leases of the embedded registry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthConfig {
+    /// Interval between active checks when a registration sets none.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Timeout of one check when a registration sets none.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Lease granted when a registration asks for none; an instance that does
+    /// not renew within it expires.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(1),
+            lease: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Who may register what.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistrationConfig {
+    /// Shared secret a registration must present (`authorization: Bearer
+    /// <token>`); `None` = no token required (single-machine default).
+    pub token: Option<String>,
+    /// Networks a registered instance address must lie in. Empty = any
+    /// address (single-machine default); list e.g. `["10.0.0.0/8"]` in
+    /// production so nobody can point the gateway at arbitrary hosts.
+    pub allowed_networks: Vec<IpNet>,
+}
+
+/// Graceful shutdown.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DrainConfig {
+    /// After a shutdown signal, how long readiness fails while the listeners
+    /// still serve, so a load balancer stops sending traffic first.
+    #[serde(with = "humantime_serde")]
+    pub readiness_delay: Duration,
+    /// Longest wait for in-flight requests after the listeners close.
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+}
+
+impl Default for DrainConfig {
+    fn default() -> Self {
+        Self {
+            readiness_delay: Duration::from_secs(0),
+            grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A setting that conflicts with another or is out of range.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration `{setting}`: {reason}")]
+pub struct ConfigError {
+    /// Dotted name of the setting.
+    pub setting: &'static str,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl GatewayConfig {
+    /// Rejects conflicting or out-of-range settings, naming the setting.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = |setting, reason: &str| {
+            Err(ConfigError {
+                setting,
+                reason: reason.to_owned(),
+            })
+        };
+        if self.limits.max_body_bytes == 0 {
+            return err("limits.max_body_bytes", "must be greater than 0");
+        }
+        if self.limits.max_headers == 0 {
+            return err("limits.max_headers", "must be greater than 0");
+        }
+        if self.limits.max_header_bytes < 1024 {
+            return err("limits.max_header_bytes", "must be at least 1024");
+        }
+        if self.limits.max_concurrent_requests == 0 {
+            return err("limits.max_concurrent_requests", "must be greater than 0");
+        }
+        if self.timeouts.request.is_zero() {
+            return err("timeouts.request", "must be greater than 0");
+        }
+        if self.health.interval.is_zero() {
+            return err("health.interval", "must be greater than 0");
+        }
+        if self.health.timeout >= self.health.interval {
+            return err("health.timeout", "must be shorter than health.interval");
+        }
+        if self.health.lease < self.health.interval {
+            return err("health.lease", "must be at least health.interval");
+        }
+        if self.balancer.max_ejection_percent > 100 {
+            return err("balancer.max_ejection_percent", "must be 0-100");
+        }
+        if matches!(&self.registration.token, Some(t) if t.is_empty()) {
+            return err("registration.token", "must not be empty (omit it instead)");
+        }
+        let l = &self.listen;
+        let mut addrs = vec![("listen.public", l.public), ("listen.registration", l.registration), ("listen.admin", l.admin)];
+        if let Some(i) = l.internal {
+            addrs.push(("listen.internal", i));
+        }
+        for (i, (name, a)) in addrs.iter().enumerate() {
+            if a.port() == 0 {
+                continue;
+            }
+            if let Some((other, _)) = addrs[..i].iter().find(|(_, b)| b == a) {
+                return Err(ConfigError {
+                    setting: name,
+                    reason: format!("same address {a} as {other}"),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        GatewayConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn humane_durations_parse() {
+        let c: GatewayConfig = toml::from_str("[timeouts]\nrequest = \"250ms\"\n").unwrap();
+        assert_eq!(c.timeouts.request, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected_by_name() {
+        let e = toml::from_str::<GatewayConfig>("[timeouts]\nrequets = \"1s\"\n").unwrap_err();
+        assert!(e.to_string().contains("requets"), "{e}");
+    }
+
+    #[test]
+    fn conflicts_name_the_setting() {
+        let mut c = GatewayConfig::default();
+        c.listen.admin = c.listen.public;
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.setting, "listen.admin");
+        let mut c = GatewayConfig::default();
+        c.health.timeout = c.health.interval;
+        assert_eq!(c.validate().unwrap_err().setting, "health.timeout");
+    }
+}

@@ -1,0 +1,235 @@
+//! HTTP <-> `ForwardingReq`/`ForwardingResp`, with the gateway's policy:
+//! hop-by-hop headers removed (RFC 9110 section 7.6.1), `X-Forwarded-*` and
+//! the request id set, request context filled in.
+//!
+//! Everything else survives unchanged: method, raw path and query, header
+//! order and duplicates, bytes that are not UTF-8, body, trailers.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::body::Body;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Response, StatusCode, request};
+use http_body_util::{BodyExt, Full};
+use proto::convert::{headers_from_wire, split_target, version_to_wire};
+use proto::v1::{ForwardingReq, ForwardingResp, Header, RequestContext};
+
+use crate::error::{ErrorKind, ForwardError};
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Hop-by-hop header fields: meaningful for one connection only, never
+/// forwarded (RFC 9110 7.6.1, plus the legacy `Keep-Alive` and
+/// `Proxy-Connection`).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+        || name == header::TE
+        || name == header::TRAILER
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == header::PROXY_AUTHORIZATION
+        || name == header::PROXY_AUTHENTICATE
+}
+
+/// Field names listed in `Connection` (lower-cased): also hop-by-hop.
+fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect()
+}
+
+/// What the gateway knows about a request besides the HTTP message.
+#[derive(Debug, Clone)]
+pub struct RequestMeta<'a> {
+    /// Request id (already validated or generated).
+    pub request_id: &'a str,
+    /// TCP peer of the accepted connection.
+    pub peer: SocketAddr,
+    /// Whether the peer is a trusted proxy whose `X-Forwarded-*` we keep.
+    pub trusted_peer: bool,
+    /// This gateway's node id.
+    pub node_id: &'a str,
+    /// Service the request is routed to.
+    pub service: &'a str,
+    /// Registered prefix that matched.
+    pub matched_prefix: &'a str,
+    /// Time budget left for the backend.
+    pub deadline: Option<Duration>,
+}
+
+/// The request's authority: the URI's (absolute-form or HTTP/2) or the single
+/// `Host` header. Two `Host` headers are a malformed request (RFC 9112 3.2).
+pub fn authority(parts: &request::Parts) -> Result<&str, ForwardError> {
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ForwardError::new(ErrorKind::BadRequest, "more than one Host header"));
+    }
+    if let Some(a) = parts.uri.authority() {
+        return Ok(a.as_str());
+    }
+    match host {
+        Some(h) => h
+            .to_str()
+            .map_err(|_| ForwardError::new(ErrorKind::BadRequest, "Host header is not visible ASCII")),
+        None if parts.version == http::Version::HTTP_11 => {
+            Err(ForwardError::new(ErrorKind::BadRequest, "HTTP/1.1 request without Host header"))
+        }
+        None => Ok(""),
+    }
+}
+
+/// Builds the `ForwardingReq` for a request whose body has been read.
+pub fn request_to_wire(
+    parts: &request::Parts,
+    body: Bytes,
+    trailers: Option<&HeaderMap>,
+    meta: &RequestMeta<'_>,
+) -> Result<ForwardingReq, ForwardError> {
+    let authority = authority(parts)?.to_owned();
+    let (path, query) = split_target(&parts.uri);
+    let named = connection_named(&parts.headers);
+    let h = &parts.headers;
+
+    let mut headers = Vec::with_capacity(h.len() + 4);
+    for (name, value) in h {
+        if is_hop_by_hop(name)
+            || named.contains(name)
+            || name == X_FORWARDED_FOR
+            || name == X_FORWARDED_PROTO
+            || name == X_FORWARDED_HOST
+            || name == crate::request_id::HEADER
+        {
+            continue;
+        }
+        headers.push(wire(name.as_str(), value.as_bytes()));
+    }
+
+    // Forwarded headers: kept from a trusted proxy, replaced otherwise, and
+    // set after the hop-by-hop pass so a client cannot strip them by naming
+    // them in `Connection`.
+    let peer_ip = meta.peer.ip().to_string();
+    let mut client_addresses = Vec::new();
+    let mut xff = String::new();
+    if meta.trusted_peer {
+        for v in h.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()) {
+            for a in v.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+                client_addresses.push(a.to_owned());
+                xff.push_str(a);
+                xff.push_str(", ");
+            }
+        }
+    }
+    xff.push_str(&peer_ip);
+    client_addresses.push(meta.peer.to_string());
+    headers.push(wire("x-forwarded-for", xff.as_bytes()));
+
+    let trusted = |n: &HeaderName| meta.trusted_peer.then(|| h.get(n)).flatten().map(HeaderValue::as_bytes);
+    let scheme = trusted(&X_FORWARDED_PROTO)
+        .and_then(|p| std::str::from_utf8(p).ok())
+        .filter(|p| *p == "http" || *p == "https")
+        .or(parts.uri.scheme_str())
+        .unwrap_or("http")
+        .to_owned();
+    headers.push(wire("x-forwarded-proto", scheme.as_bytes()));
+    let fwd_host = trusted(&X_FORWARDED_HOST).unwrap_or(authority.as_bytes());
+    headers.push(wire("x-forwarded-host", fwd_host));
+    headers.push(wire("x-request-id", meta.request_id.as_bytes()));
+
+    let header_str = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    Ok(ForwardingReq {
+        protocol_version: proto::PROTOCOL_VERSION,
+        method: parts.method.as_str().to_owned(),
+        scheme,
+        authority,
+        path: path.to_owned(),
+        query: query.unwrap_or_default().to_owned(),
+        has_query: query.is_some(),
+        version: version_to_wire(parts.version) as i32,
+        headers,
+        body,
+        trailers: trailers.map(proto::convert::headers_to_wire).unwrap_or_default(),
+        context: Some(RequestContext {
+            request_id: meta.request_id.to_owned(),
+            client_addresses,
+            traceparent: header_str("traceparent"),
+            tracestate: header_str("tracestate"),
+            deadline_ms: meta.deadline.map(|d| d.as_millis().max(1) as u64).unwrap_or(0),
+            gateway_node: meta.node_id.to_owned(),
+            service: meta.service.to_owned(),
+            matched_prefix: meta.matched_prefix.to_owned(),
+        }),
+    })
+}
+
+fn wire(name: &str, value: &[u8]) -> Header {
+    Header {
+        name: name.to_owned(),
+        value: Bytes::copy_from_slice(value),
+    }
+}
+
+/// Turns a backend's `ForwardingResp` into the HTTP response. A response
+/// HTTP cannot carry (bad status, control characters in a header) is an
+/// upstream failure (502), never passed on half-valid.
+pub fn response_from_wire(resp: ForwardingResp, head_request: bool) -> Result<Response<Body>, ForwardError> {
+    let invalid = |m: String| ForwardError::new(ErrorKind::UpstreamInvalidResponse, m);
+    let status = match resp.status {
+        0 => StatusCode::OK,
+        s @ 200..=599 => StatusCode::from_u16(s as u16).map_err(|_| invalid(format!("invalid HTTP status {s}")))?,
+        s => return Err(invalid(format!("HTTP status {s} cannot be forwarded"))),
+    };
+    let mut headers = headers_from_wire(&resp.headers).map_err(|e| invalid(format!("response {e}")))?;
+    strip_hop_by_hop(&mut headers);
+    // The body is complete, so its length is known: framing is ours to set.
+    // A HEAD answer keeps the length of the representation it describes.
+    if !(head_request && resp.body.is_empty()) {
+        headers.remove(header::CONTENT_LENGTH);
+    }
+    let trailers = headers_from_wire(&resp.trailers).map_err(|e| invalid(format!("response trailer {e}")))?;
+
+    let body = if trailers.is_empty() {
+        Body::new(Full::new(resp.body))
+    } else {
+        Body::new(Full::new(resp.body).with_trailers(std::future::ready(Some(Ok(trailers)))))
+    };
+    let mut out = Response::new(body);
+    *out.status_mut() = status;
+    *out.headers_mut() = headers;
+    Ok(out)
+}
+
+/// Removes hop-by-hop fields and those named in `Connection`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    for n in connection_named(headers) {
+        headers.remove(n);
+    }
+    for n in [
+        header::CONNECTION,
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::PROXY_AUTHORIZATION,
+        header::PROXY_AUTHENTICATE,
+    ] {
+        headers.remove(n);
+    }
+}
+
+#[cfg(test)]
+mod tests;

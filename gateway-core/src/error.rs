@@ -1,0 +1,217 @@
+//! Forwarding errors, classified once.
+//!
+//! Every failure on the request path becomes a [`ForwardError`]: a stable
+//! [`ErrorKind`] that says who caused it ([`Source`]) and whether trying
+//! another instance is safe ([`Retry`]). [`ForwardError::into_response`] is
+//! the one place an error becomes an HTTP response.
+
+use std::borrow::Cow;
+
+use axum::body::Body;
+use http::{HeaderValue, Response, StatusCode, header};
+
+/// Who caused a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The client sent something we refuse.
+    Client,
+    /// The backend instance failed or misbehaved.
+    Upstream,
+    /// The gateway itself (overload, draining).
+    Gateway,
+}
+
+/// Whether the request may be sent to another instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// The request never reached an instance (connection refused): retrying
+    /// elsewhere cannot run it twice.
+    Safe,
+    /// The request may have been processed: do not retry.
+    Unsafe,
+}
+
+/// The stable catalogue of failures. The `code()` strings are API: clients
+/// may match on them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Malformed request (bad path, bad header, duplicate Host...).
+    BadRequest,
+    /// No route matches the request.
+    RouteNotFound,
+    /// Request body over the limit.
+    BodyTooLarge,
+    /// Request headers over the limit (size or count).
+    HeadersTooLarge,
+    /// The route's service has no instance that can take the request.
+    NoHealthyInstance,
+    /// Connecting to the instance failed; the request was not sent.
+    UpstreamConnect,
+    /// The instance failed the call (gRPC error, reset...).
+    UpstreamFailed,
+    /// The instance answered something that is not a valid HTTP response.
+    UpstreamInvalidResponse,
+    /// The route's timeout expired.
+    UpstreamTimeout,
+    /// The gateway sheds load.
+    Overloaded,
+    /// The client went away or its body stream broke mid-read.
+    ClientBody,
+}
+
+impl ErrorKind {
+    /// Stable machine-readable code.
+    pub fn code(self) -> &'static str {
+        match self {
+            ErrorKind::BadRequest => "bad_request",
+            ErrorKind::RouteNotFound => "route_not_found",
+            ErrorKind::BodyTooLarge => "body_too_large",
+            ErrorKind::HeadersTooLarge => "headers_too_large",
+            ErrorKind::NoHealthyInstance => "no_healthy_instance",
+            ErrorKind::UpstreamConnect => "upstream_connect_failed",
+            ErrorKind::UpstreamFailed => "upstream_failed",
+            ErrorKind::UpstreamInvalidResponse => "upstream_invalid_response",
+            ErrorKind::UpstreamTimeout => "upstream_timeout",
+            ErrorKind::Overloaded => "overloaded",
+            ErrorKind::ClientBody => "client_body_error",
+        }
+    }
+
+    /// HTTP status this failure is answered with.
+    pub fn status(self) -> StatusCode {
+        match self {
+            ErrorKind::BadRequest | ErrorKind::ClientBody => StatusCode::BAD_REQUEST,
+            ErrorKind::RouteNotFound => StatusCode::NOT_FOUND,
+            ErrorKind::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ErrorKind::NoHealthyInstance | ErrorKind::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::UpstreamConnect | ErrorKind::UpstreamFailed | ErrorKind::UpstreamInvalidResponse => {
+                StatusCode::BAD_GATEWAY
+            }
+            ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// Who caused it.
+    pub fn source(self) -> Source {
+        match self {
+            ErrorKind::BadRequest
+            | ErrorKind::RouteNotFound
+            | ErrorKind::BodyTooLarge
+            | ErrorKind::HeadersTooLarge
+            | ErrorKind::ClientBody => Source::Client,
+            ErrorKind::UpstreamConnect
+            | ErrorKind::UpstreamFailed
+            | ErrorKind::UpstreamInvalidResponse
+            | ErrorKind::UpstreamTimeout => Source::Upstream,
+            ErrorKind::NoHealthyInstance | ErrorKind::Overloaded => Source::Gateway,
+        }
+    }
+
+    /// Whether another instance may be tried.
+    pub fn retry(self) -> Retry {
+        match self {
+            ErrorKind::UpstreamConnect => Retry::Safe,
+            _ => Retry::Unsafe,
+        }
+    }
+}
+
+/// A classified forwarding failure with a human message.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}: {message}", kind.code())]
+pub struct ForwardError {
+    /// What failed.
+    pub kind: ErrorKind,
+    /// Safe to show to the client: names the problem, never leaks internals
+    /// beyond the service name.
+    pub message: Cow<'static, str>,
+}
+
+impl ForwardError {
+    /// A new error.
+    pub fn new(kind: ErrorKind, message: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// The one place a failure becomes a response: status from the kind, a
+    /// JSON body `{"error":{"code","message","request_id"}}`.
+    pub fn into_response(self, request_id: Option<&str>) -> Response<Body> {
+        let body = serde_json::json!({
+            "error": {
+                "code": self.kind.code(),
+                "message": self.message,
+                "request_id": request_id,
+            }
+        });
+        let mut resp = Response::new(Body::from(body.to_string()));
+        *resp.status_mut() = self.kind.status();
+        let h = resp.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if self.kind == ErrorKind::Overloaded || self.kind == ErrorKind::NoHealthyInstance {
+            h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let Some(id) = request_id.and_then(|id| HeaderValue::from_str(id).ok()) {
+            h.insert(crate::request_id::HEADER, id);
+        }
+        // A client that sent garbage gets its connection closed, so framing
+        // confusion cannot carry over to the next request on it.
+        if matches!(self.kind, ErrorKind::BadRequest | ErrorKind::ClientBody) {
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn response_carries_code_message_and_request_id() {
+        let resp = ForwardError::new(ErrorKind::RouteNotFound, "no route for /x").into_response(Some("abc"));
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+        assert_eq!(resp.headers()["x-request-id"], "abc");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"]["code"], "route_not_found");
+        assert_eq!(v["error"]["message"], "no route for /x");
+        assert_eq!(v["error"]["request_id"], "abc");
+    }
+
+    #[test]
+    fn only_unsent_requests_are_retryable() {
+        for k in [
+            ErrorKind::UpstreamFailed,
+            ErrorKind::UpstreamTimeout,
+            ErrorKind::UpstreamInvalidResponse,
+            ErrorKind::BadRequest,
+        ] {
+            assert_eq!(k.retry(), Retry::Unsafe, "{k:?}");
+        }
+        assert_eq!(ErrorKind::UpstreamConnect.retry(), Retry::Safe);
+    }
+
+    #[test]
+    fn statuses_follow_the_catalogue() {
+        use ErrorKind::*;
+        let expect = [
+            (BadRequest, 400),
+            (RouteNotFound, 404),
+            (BodyTooLarge, 413),
+            (HeadersTooLarge, 431),
+            (NoHealthyInstance, 503),
+            (UpstreamConnect, 502),
+            (UpstreamFailed, 502),
+            (UpstreamTimeout, 504),
+            (Overloaded, 503),
+        ];
+        for (k, s) in expect {
+            assert_eq!(k.status().as_u16(), s, "{k:?}");
+        }
+    }
+}
