@@ -197,6 +197,15 @@ where
     let started = Instant::now();
     let (parts, body) = req.into_parts();
     check_header_limits(&parts.headers, &shared.limits)?;
+    // hyper lets Transfer-Encoding override Content-Length (RFC 9112 6.3)
+    // and closes the connection after; a gateway refuses the ambiguity
+    // outright, since that is what request smuggling is made of.
+    if parts.headers.contains_key(header::TRANSFER_ENCODING) && parts.headers.contains_key(header::CONTENT_LENGTH) {
+        return Err(ForwardError::new(
+            ErrorKind::BadRequest,
+            "request has both Transfer-Encoding and Content-Length",
+        ));
+    }
 
     // Route on the normalised path; visibility filters what this listener sees.
     let authority = crate::convert::authority(&parts)?;
@@ -282,6 +291,9 @@ where
         match result {
             Err(_) => return Err(timeout_error(&service, budget)),
             Ok(Ok(resp)) => return response_from_wire(resp.into_inner(), head),
+            // tonic enforces the grpc-timeout it sends and reports it as
+            // CANCELLED; either way the route's budget is spent.
+            Ok(Err(_)) if Instant::now() >= deadline => return Err(timeout_error(&service, budget)),
             Ok(Err(status)) => {
                 let err = classify(&status, &service);
                 if err.kind.retry() != crate::error::Retry::Safe {

@@ -1,0 +1,527 @@
+#!/usr/bin/env python3
+"""The "product" service of the service-discovery demo, as a forwarding backend.
+
+It keeps products and their inventory in memory and speaks the gateway's
+forwarding contract (proto/proto/forwarding/v1/forwarding.proto): it
+implements `forwarding.v1.ForwardingService/Send` with grpcio, plus the
+standard `grpc.health.v1.Health` service, and registers itself with the
+gateway over the HTTP/JSON registration API (Python standard library only).
+
+HTTP API, as the gateway forwards it (the route prefix is not stripped):
+
+    GET  /product                 -> 200 JSON list of products
+    POST /product                 -> 201 created product, `location` header
+    GET  /product/{id}            -> 200 JSON product, 404 when unknown
+    PUT  /product/{id}/decrement  -> 200 updated product, 409 when out of stock
+
+Usage:
+
+    python3 server.py --listen 127.0.0.1:0 --gateway http://127.0.0.1:8090 \
+        [--advertise HOST:PORT] [--token T] [--name product]
+
+Prints exactly one line to stdout, `READY <host:port>`, once the gRPC server
+is serving and (unless `--gateway ''`) the first registration succeeded.
+Everything else goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from concurrent import futures
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+GEN_DIR = HERE / "gen"
+DEFAULT_PROTO_DIR = HERE.parent.parent / "proto" / "proto"
+PROTO_FILES = ("forwarding/v1/forwarding.proto", "forwarding/v1/registry.proto", "forwarding/v1/sync.proto")
+
+log = logging.getLogger("product-service")
+
+
+# ---------------------------------------------------------------------------
+# Generated code: made from the repository's proto/ on first use (and again
+# whenever the .proto files change), so a fresh checkout just works.
+# ---------------------------------------------------------------------------
+
+
+def ensure_generated(proto_dir: Path | None = None, force: bool = False) -> Path:
+    """Generates the Python code of the forwarding protos into gen/ if it is
+    missing or stale; safe to call from several processes at once."""
+    proto_dir = Path(proto_dir or os.environ.get("FORWARDING_PROTO_DIR") or DEFAULT_PROTO_DIR)
+    digest = hashlib.sha256()
+    for name in PROTO_FILES:
+        path = proto_dir / name
+        if not path.is_file():
+            raise SystemExit(f"missing {path} (set FORWARDING_PROTO_DIR to the directory holding forwarding/v1/*.proto)")
+        digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+    want = digest.hexdigest()
+    GEN_DIR.mkdir(exist_ok=True)
+    stamp = GEN_DIR / ".stamp"
+    with open(GEN_DIR / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not force and stamp.is_file() and stamp.read_text().strip() == want:
+            return GEN_DIR
+        cmd = [
+            sys.executable, "-m", "grpc_tools.protoc",
+            f"-I{proto_dir}",
+            f"--python_out={GEN_DIR}",
+            f"--grpc_python_out={GEN_DIR}",
+            *PROTO_FILES,
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"protoc failed ({' '.join(cmd)}):\n{proc.stderr}")
+        stamp.write_text(want + "\n")
+    return GEN_DIR
+
+
+def load_protos():
+    """Returns (forwarding_pb2, forwarding_pb2_grpc), generating them if needed."""
+    gen = str(ensure_generated())
+    if gen not in sys.path:
+        sys.path.insert(0, gen)
+    from forwarding.v1 import forwarding_pb2, forwarding_pb2_grpc  # noqa: E402
+
+    return forwarding_pb2, forwarding_pb2_grpc
+
+
+# ---------------------------------------------------------------------------
+# The product store.
+# ---------------------------------------------------------------------------
+
+
+class OutOfStock(Exception):
+    pass
+
+
+class ProductStore:
+    """Products and inventory, in memory, thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._products: dict[str, dict] = {}
+        self._next_id = 1
+        for name, price_cents, quantity in (
+            ("Espresso beans 1kg", 2490, 10),
+            ("Ceramic mug", 850, 25),
+            ("Pour-over kettle", 3999, 1),
+        ):
+            self.create(name, price_cents, quantity)
+
+    def list(self) -> list[dict]:
+        with self._lock:
+            return [dict(p) for p in sorted(self._products.values(), key=lambda p: int(p["id"]))]
+
+    def get(self, product_id: str) -> dict | None:
+        with self._lock:
+            p = self._products.get(product_id)
+            return dict(p) if p else None
+
+    def create(self, name: str, price_cents: int, quantity: int) -> dict:
+        with self._lock:
+            product_id = str(self._next_id)
+            self._next_id += 1
+            p = {"id": product_id, "name": name, "price_cents": price_cents, "quantity": quantity}
+            self._products[product_id] = p
+            return dict(p)
+
+    def decrement(self, product_id: str) -> dict | None:
+        """The updated product, None when unknown; raises OutOfStock at 0."""
+        with self._lock:
+            p = self._products.get(product_id)
+            if p is None:
+                return None
+            if p["quantity"] <= 0:
+                raise OutOfStock(product_id)
+            p["quantity"] -= 1
+            return dict(p)
+
+
+# ---------------------------------------------------------------------------
+# HTTP semantics on top of ForwardingReq / ForwardingResp.
+# ---------------------------------------------------------------------------
+
+
+class Response:
+    def __init__(self, status: int, body=None, headers: list[tuple[str, str]] | None = None):
+        self.status = status
+        self.body = body  # JSON-serialisable, or None for an empty body
+        self.headers = headers or []
+
+
+def error(status: int, message: str, headers: list[tuple[str, str]] | None = None) -> Response:
+    return Response(status, {"error": message}, headers)
+
+
+def method_not_allowed(allowed: str) -> Response:
+    return error(405, "method not allowed", [("allow", allowed)])
+
+
+def header(req, name: str) -> str | None:
+    """First value of a request header (names arrive lower-case)."""
+    for h in req.headers:
+        if h.name == name:
+            return h.value.decode("latin-1")
+    return None
+
+
+def parse_new_product(req) -> tuple[dict | None, str | None]:
+    ctype = header(req, "content-type")
+    if ctype is not None and ctype.split(";", 1)[0].strip().lower() not in ("application/json", ""):
+        return None, "content-type must be application/json"
+    try:
+        data = json.loads(req.body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        return None, f"invalid JSON: {e}"
+    if not isinstance(data, dict):
+        return None, "body must be a JSON object {name, price_cents, quantity}"
+    unknown = sorted(set(data) - {"name", "price_cents", "quantity"})
+    if unknown:
+        return None, f"unknown field {unknown[0]!r}"
+    name = data.get("name")
+    if not isinstance(name, str) or not name.strip():
+        return None, "name must be a non-empty string"
+    for field in ("price_cents", "quantity"):
+        v = data.get(field)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            return None, f"{field} must be a non-negative integer"
+    return {"name": name.strip(), "price_cents": data["price_cents"], "quantity": data["quantity"]}, None
+
+
+class ProductApp:
+    """Routes one HTTP request (method + raw path) to the store."""
+
+    def __init__(self, store: ProductStore, prefix: str = "/product") -> None:
+        self.store = store
+        self.prefix = prefix.rstrip("/")
+
+    def handle(self, req) -> Response:
+        method = req.method
+        path = req.path or "/"
+        if path != self.prefix and not path.startswith(self.prefix + "/"):
+            return error(404, "not found")
+        rest = [urllib.parse.unquote(s) for s in path[len(self.prefix):].split("/") if s]
+        read = method in ("GET", "HEAD")
+
+        if not rest:  # /product
+            if read:
+                return Response(200, self.store.list())
+            if method == "POST":
+                fields, problem = parse_new_product(req)
+                if problem:
+                    return error(400, problem)
+                p = self.store.create(**fields)
+                return Response(201, p, [("location", f"{self.prefix}/{urllib.parse.quote(p['id'], safe='')}")])
+            return method_not_allowed("GET, HEAD, POST")
+
+        if len(rest) == 1:  # /product/{id}
+            if not read:
+                return method_not_allowed("GET, HEAD")
+            p = self.store.get(rest[0])
+            if p is None:
+                return error(404, "product not found")
+            cookie_path = f"Path={self.prefix}; SameSite=Lax"
+            # Two set-cookie headers, in this order: the gateway must keep both.
+            return Response(200, p, [
+                ("set-cookie", f"last_viewed={urllib.parse.quote(p['id'], safe='')}; {cookie_path}"),
+                ("set-cookie", f"last_viewed_name={urllib.parse.quote(p['name'], safe='')}; {cookie_path}"),
+            ])
+
+        if len(rest) == 2 and rest[1] == "decrement":  # /product/{id}/decrement
+            if method != "PUT":
+                return method_not_allowed("PUT")
+            try:
+                p = self.store.decrement(rest[0])
+            except OutOfStock:
+                return error(409, "out of stock")
+            if p is None:
+                return error(404, "product not found")
+            return Response(200, p)
+
+        return error(404, "not found")
+
+
+class ForwardingServicer:
+    """forwarding.v1.ForwardingService: one HTTP exchange per Send."""
+
+    def __init__(self, pb2, app: ProductApp, instance_id: str) -> None:
+        self.pb2 = pb2
+        self.app = app
+        self.instance_id = instance_id
+
+    def Send(self, req, context):  # noqa: N802 (gRPC method name)
+        try:
+            resp = self.app.handle(req)
+        except Exception:  # a bug is still an HTTP answer: 500, gRPC OK
+            log.exception("request failed: %s %s", req.method, req.path)
+            resp = error(500, "internal error")
+        request_id = header(req, "x-request-id") or (req.context.request_id if req.HasField("context") else "")
+        headers = [("content-type", "application/json")]
+        if request_id:
+            headers.append(("x-request-id", request_id))
+        headers.append(("x-served-by", self.instance_id))
+        headers.extend(resp.headers)
+        body = b""
+        if resp.body is not None and req.method != "HEAD":
+            body = json.dumps(resp.body).encode() + b"\n"
+        log.info("%s %s -> %d", req.method, req.path, resp.status)
+        return self.pb2.ForwardingResp(
+            status=resp.status,
+            headers=[self.pb2.Header(name=n, value=v.encode("latin-1")) for n, v in headers],
+            body=body,
+        )
+
+
+# ---------------------------------------------------------------------------
+# Registration with the gateway (HTTP/JSON, urllib only).
+# ---------------------------------------------------------------------------
+
+
+class GatewayError(Exception):
+    def __init__(self, status: int, body: dict | None, text: str):
+        self.status = status
+        self.body = body or {}
+        err = self.body.get("error") if isinstance(self.body.get("error"), dict) else {}
+        self.code = err.get("code", "")
+        super().__init__(f"HTTP {status} {self.code or ''}: {err.get('message') or text}".strip())
+
+
+class Registrar:
+    """Registers, renews every lease/3 (re-registering on 404) and deregisters."""
+
+    def __init__(self, gateway: str, registration: dict, token: str | None, timeout: float = 3.0):
+        self.gateway = gateway.rstrip("/")
+        self.registration = registration
+        self.token = token
+        self.timeout = timeout
+        self.registered = False
+        self.lease_ms = 0
+
+    def _call(self, method: str, path: str, body: dict | None = None) -> dict:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.gateway + path, data=data, method=method)
+        req.add_header("accept", "application/json")
+        if data is not None:
+            req.add_header("content-type", "application/json")
+        if self.token:
+            req.add_header("authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as r:
+                raw = r.read()
+                return json.loads(raw) if raw else {}
+        except urllib.error.HTTPError as e:
+            text = e.read().decode("utf-8", "replace")
+            try:
+                parsed = json.loads(text)
+            except ValueError:
+                parsed = None
+            raise GatewayError(e.code, parsed if isinstance(parsed, dict) else None, text) from None
+
+    def _key_path(self) -> str:
+        q = lambda s: urllib.parse.quote(s, safe="")  # noqa: E731
+        return f"/v1/registrations/{q(self.registration['service'])}/{q(self.registration['instance_id'])}"
+
+    def register(self) -> dict:
+        out = self._call("PUT", "/v1/registrations", self.registration)
+        self.registered = True
+        self.lease_ms = int(out.get("lease_ms") or 30000)
+        return out
+
+    def renew(self) -> None:
+        out = self._call("POST", self._key_path() + "/renew")
+        self.lease_ms = int(out.get("lease_ms") or self.lease_ms)
+
+    def deregister(self) -> bool:
+        out = self._call("DELETE", self._key_path())
+        self.registered = False
+        return bool(out.get("existed"))
+
+    def run(self, stop: threading.Event, on_first: callable, on_fatal: callable) -> None:
+        """Keeps the instance registered until `stop` is set."""
+        backoff_min, backoff_max = 0.2, 5.0
+        backoff = backoff_min
+        first = True
+        renew_due = None  # monotonic time of the next renew
+        while not stop.is_set():
+            if not self.registered:
+                try:
+                    out = self.register()
+                except GatewayError as e:
+                    if first and e.status in (400, 401):
+                        log.error("registration refused, giving up: %s", e)
+                        on_fatal(e)
+                        return
+                    log.warning("registration failed (retrying in %.1fs): %s", backoff, e)
+                except (OSError, ValueError) as e:  # gateway not up yet, timeouts, bad JSON
+                    log.warning("gateway %s unreachable (retrying in %.1fs): %s", self.gateway, backoff, e)
+                else:
+                    log.info("registered %s/%s at %s (created=%s, lease %d ms)", self.registration["service"],
+                             out.get("instance_id"), self.registration["address"], out.get("created"), self.lease_ms)
+                    backoff = backoff_min
+                    renew_due = time.monotonic() + self.lease_ms / 3000
+                    if first:
+                        first = False
+                        on_first()
+                    continue
+                stop.wait(backoff)
+                backoff = min(backoff * 2, backoff_max)
+                continue
+            if stop.wait(max(0.0, renew_due - time.monotonic())):
+                return
+            try:
+                self.renew()
+            except GatewayError as e:
+                if e.status == 404:
+                    log.warning("gateway forgot this instance (%s): registering again", e)
+                    self.registered = False
+                    continue
+                log.warning("renew failed (retrying in %.1fs): %s", backoff, e)
+            except (OSError, ValueError) as e:
+                log.warning("renew failed, gateway unreachable (retrying in %.1fs): %s", backoff, e)
+            else:
+                backoff = backoff_min
+                renew_due = time.monotonic() + self.lease_ms / 3000
+                continue
+            renew_due = time.monotonic() + min(backoff, self.lease_ms / 3000)
+            backoff = min(backoff * 2, backoff_max)
+
+
+# ---------------------------------------------------------------------------
+# Main.
+# ---------------------------------------------------------------------------
+
+
+def split_host_port(addr: str) -> tuple[str, int]:
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit():
+        raise SystemExit(f"not host:port: {addr!r}")
+    return host, int(port)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Product service: a forwarding.v1 backend.")
+    p.add_argument("--listen", default="127.0.0.1:0", help="host:port to bind the gRPC server to (port 0 = any free port)")
+    p.add_argument("--gateway", default="http://127.0.0.1:8090",
+                   help="base URL of the gateway's registration listener; '' disables registration")
+    p.add_argument("--advertise", default="",
+                   help="host:port the gateway should dial (default: the bound address; 127.0.0.1 for a wildcard bind)")
+    p.add_argument("--token", default=os.environ.get("REGISTRATION_TOKEN") or None,
+                   help="registration token, sent as 'authorization: Bearer <token>' (default: $REGISTRATION_TOKEN)")
+    p.add_argument("--name", default="product", help="service name; also the route prefix /<name>")
+    p.add_argument("--instance-id", default="", help="instance id (default: <name>-<port>)")
+    p.add_argument("--lease-ms", type=int, default=0, help="lease to ask for; 0 = the gateway's default")
+    p.add_argument("--grace", type=float, default=5.0, help="seconds to let in-flight requests finish on shutdown")
+    p.add_argument("--gen-only", action="store_true", help="(re)generate gen/ from the protos and exit")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s product-service: %(message)s")
+    if args.gen_only:
+        print(ensure_generated(force=True))
+        return 0
+
+    import grpc
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    pb2, pb2_grpc = load_protos()
+
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=16),
+        options=[("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)],
+    )
+    try:
+        port = server.add_insecure_port(args.listen)
+    except RuntimeError as e:
+        raise SystemExit(f"cannot bind {args.listen}: {e}")
+    if not port:
+        raise SystemExit(f"cannot bind {args.listen}")
+    host, _ = split_host_port(args.listen)
+    if args.advertise:
+        advertise = args.advertise
+    else:
+        adv_host = "127.0.0.1" if host in ("", "0.0.0.0", "[::]", "::") else host
+        advertise = f"{adv_host}:{port}"
+    instance_id = args.instance_id or f"{args.name}-{port}"
+    prefix = "/" + args.name
+
+    app = ProductApp(ProductStore(), prefix)
+    pb2_grpc.add_ForwardingServiceServicer_to_server(ForwardingServicer(pb2, app, instance_id), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for svc in ("", "forwarding.v1.ForwardingService"):
+        health_servicer.set(svc, health_pb2.HealthCheckResponse.SERVING)
+    server.start()
+    log.info("serving forwarding.v1.ForwardingService on %s (port %d), advertised as %s", args.listen, port, advertise)
+
+    stop = threading.Event()
+    fatal: list[Exception] = []
+
+    def on_signal(signum, _frame):
+        log.info("received %s, shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    def ready():
+        print(f"READY {advertise}", flush=True)
+
+    registrar = None
+    thread = None
+    if args.gateway:
+        registration = {
+            "service": args.name,
+            "instance_id": instance_id,
+            "address": advertise,
+            "routes": [{"path_prefix": prefix}],
+            "health": {"kind": "grpc"},
+        }
+        if args.lease_ms:
+            registration["lease_ms"] = args.lease_ms
+        registrar = Registrar(args.gateway, registration, args.token)
+
+        def on_fatal(e):
+            fatal.append(e)
+            stop.set()
+
+        thread = threading.Thread(target=registrar.run, args=(stop, ready, on_fatal), name="registrar", daemon=True)
+        thread.start()
+    else:
+        log.info("registration disabled (--gateway '')")
+        ready()
+
+    while not stop.wait(0.5):
+        pass
+
+    if thread is not None:
+        thread.join(timeout=registrar.timeout + 1)
+        if registrar.registered:
+            try:
+                existed = registrar.deregister()
+                log.info("deregistered %s/%s (existed=%s)", args.name, instance_id, existed)
+            except (GatewayError, OSError, ValueError) as e:
+                log.warning("deregistration failed: %s", e)
+    health_servicer.enter_graceful_shutdown()
+    server.stop(args.grace).wait()
+    log.info("stopped")
+    return 2 if fatal else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,306 @@
+//! End to end on the embedded registry: the real `gateway` binary, real SDK
+//! backends over gRPC, HTTP clients on 127.0.0.1.
+
+mod support;
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{AppendHeaders, IntoResponse};
+use axum::routing::{any, get};
+use serde_json::{Value, json};
+use service_sdk::Router;
+use support::{BackendHandle, GatewayProcess, eventually};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Echoes everything it received as JSON, with two Set-Cookie headers.
+fn echo_router() -> Router {
+    Router::new().fallback(any(|method: Method, uri: Uri, headers: HeaderMap, body: Bytes| async move {
+        let hs: Vec<(String, String)> = headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .collect();
+        let v = json!({"method": method.as_str(), "uri": uri.to_string(), "headers": hs, "body": String::from_utf8_lossy(&body)});
+        (
+            StatusCode::ACCEPTED,
+            AppendHeaders([("set-cookie", "a=1"), ("set-cookie", "b=2"), ("content-type", "application/json")]),
+            v.to_string(),
+        )
+            .into_response()
+    }))
+}
+
+async fn json_of(resp: reqwest::Response) -> Value {
+    resp.json().await.expect("JSON body")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwards_losslessly_and_errors_are_json() {
+    let gw = GatewayProcess::start(&[], &[]).await;
+    let reg = gw.registration_url();
+    let echo = BackendHandle::start("echo", echo_router(), Some(&reg), |b| b).await;
+    gw.wait_routable("echo", 1).await;
+
+    // Method, raw path and query, duplicate headers, body all arrive.
+    let resp = gw
+        .http
+        .request(Method::from_bytes(b"PURGE").unwrap(), gw.url("/echo/a%2Fb//c?x=%20&y"))
+        .header("x-dup", "1")
+        .header("x-dup", "2")
+        .header("x-request-id", "client-id-1")
+        .header("x-forwarded-for", "6.6.6.6")
+        .body("payload")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    assert_eq!(resp.headers()["x-request-id"], "client-id-1");
+    let cookies: Vec<_> = resp.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_owned()).collect();
+    assert_eq!(cookies, ["a=1", "b=2"], "two Set-Cookie stay two");
+    let v = json_of(resp).await;
+    assert_eq!(v["method"], "PURGE");
+    assert_eq!(v["uri"], "/echo/a%2Fb//c?x=%20&y");
+    assert_eq!(v["body"], "payload");
+    let headers = v["headers"].as_array().unwrap();
+    let get = |n: &str| headers.iter().filter(|h| h[0] == n).map(|h| h[1].as_str().unwrap().to_owned()).collect::<Vec<_>>();
+    assert_eq!(get("x-dup"), ["1", "2"]);
+    // Loopback is a trusted proxy by default, so the chain is kept.
+    assert_eq!(get("x-forwarded-for"), ["6.6.6.6, 127.0.0.1"]);
+    assert_eq!(get("x-forwarded-proto"), ["http"]);
+    assert_eq!(get("x-request-id"), ["client-id-1"]);
+
+    // Unknown route: 404 JSON with a stable code and the request id.
+    let resp = gw.http.get(gw.url("/nope")).send().await.unwrap();
+    assert_eq!(resp.status(), 404);
+    let rid = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let v = json_of(resp).await;
+    assert_eq!(v["error"]["code"], "route_not_found");
+    assert_eq!(v["error"]["request_id"], rid);
+
+    // Body over the limit: 413 before the body is read.
+    let big = vec![b'x'; 9 * 1024 * 1024];
+    let resp = gw.http.post(gw.url("/echo")).body(big).send().await.unwrap();
+    assert_eq!(resp.status(), 413);
+    assert_eq!(json_of(resp).await["error"]["code"], "body_too_large");
+
+    // Too many headers: 431 JSON.
+    let mut req = gw.http.get(gw.url("/echo"));
+    for i in 0..120 {
+        req = req.header(format!("x-h{i}"), "v");
+    }
+    let resp = req.send().await.unwrap();
+    assert_eq!(resp.status(), 431);
+    assert_eq!(json_of(resp).await["error"]["code"], "headers_too_large");
+
+    // Registering the same instance again is harmless.
+    let body = json!({"service": "echo", "instance_id": format!("echo-{}", echo.addr), "address": echo.addr.to_string()});
+    let resp = gw.http.put(format!("{}/v1/registrations", reg)).json(&body).send().await.unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    let list = json_of(gw.http.get(format!("{}/v1/registrations?service=echo", reg)).send().await.unwrap()).await;
+    assert_eq!(list["instances"].as_array().unwrap().len(), 1);
+
+    // A backend stopped gracefully deregisters: the route disappears.
+    echo.stop().await;
+    let resp = gw.http.get(gw.url("/echo")).send().await.unwrap();
+    assert_eq!(resp.status(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_http_gets_400_and_the_connection_closed() {
+    let gw = GatewayProcess::start(&[], &[]).await;
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = seen.clone();
+    let router = Router::new().fallback(any(move || {
+        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async { "reached" }
+    }));
+    let _b = BackendHandle::start("echo", router, Some(&gw.registration_url()), |b| b).await;
+    gw.wait_routable("echo", 1).await;
+    let cases: &[&[u8]] = &[
+        b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+        b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked, identity\r\n\r\n",
+        b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n",
+        b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 1x\r\n\r\n",
+        b"GET /echo HTTP/1.1\r\nHost: a\r\nBad Header: x\r\n\r\n",
+        b"GET /echo HTTP/1.1\r\n: empty\r\n\r\n",
+        b"GET /echo\x00 HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET /echo HTTP/1.1\r\nHost: a\r\nX: a\x00b\r\n\r\n",
+        b"GET /echo HTTP/1.1\r\nHost: a\r\nX: a\rb\r\n\r\n",
+        b"GARBAGE\r\n\r\n",
+        b"GET /echo HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        b"GET /echo HTTP/1.1\r\n\r\n",
+    ];
+    for raw in cases {
+        let mut s = tokio::net::TcpStream::connect(gw.public).await.unwrap();
+        s.write_all(raw).await.unwrap();
+        let mut buf = Vec::new();
+        // The gateway must answer and close: read_to_end returns.
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("connection left open for {:?}", String::from_utf8_lossy(raw)))
+            .ok();
+        let text = String::from_utf8_lossy(&buf);
+        assert!(text.starts_with("HTTP/1.1 400"), "{:?} -> {text:?}", String::from_utf8_lossy(raw));
+    }
+    assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 0, "the backend received none of them");
+
+    // CL + TE: hyper lets Transfer-Encoding win and closes the connection
+    // after the response (RFC 9112 6.3), so nothing can be smuggled behind
+    // the body; the upstream hop is gRPC, whose framing shares nothing with
+    // HTTP/1. The smuggled second request must never arrive.
+    let mut s = tokio::net::TcpStream::connect(gw.public).await.unwrap();
+    s.write_all(b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 40\r\n\r\n0\r\n\r\nGET /echo/smuggled HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await.expect("connection closed").ok();
+    let text = String::from_utf8_lossy(&buf);
+    assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "exactly one response: {text}");
+    assert!(seen.load(std::sync::atomic::Ordering::SeqCst) <= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn visibility_timeouts_and_failover() {
+    let gw = GatewayProcess::start(&[], &[]).await;
+    let reg = gw.registration_url();
+
+    // An internal service: not on the public listener, reachable internally.
+    let secret = BackendHandle::start("secret", echo_router(), Some(&reg), |b| {
+        b.visibility(proto::v1::Visibility::Internal)
+    })
+    .await;
+    gw.wait_routable("secret", 1).await;
+    assert_eq!(gw.http.get(gw.url("/secret")).send().await.unwrap().status(), 404);
+    let internal = format!("http://{}/secret", gw.internal);
+    assert_eq!(gw.http.get(&internal).send().await.unwrap().status(), 202);
+    secret.stop().await;
+
+    // A hanging backend costs no more than the route's timeout: 504.
+    let slow_router = Router::new().route(
+        "/slow",
+        get(|| async {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            "late"
+        }),
+    );
+    let slow = BackendHandle::start("slow", slow_router, Some(&reg), |b| {
+        b.registration(|r| {
+            r.routes = vec![proto::v1::Route { path_prefix: "/slow".into(), hosts: vec![], timeout_ms: 300 }];
+        })
+    })
+    .await;
+    gw.wait_routable("slow", 1).await;
+    let t = std::time::Instant::now();
+    let resp = gw.http.get(gw.url("/slow")).send().await.unwrap();
+    assert_eq!(resp.status(), 504);
+    assert!(t.elapsed() < Duration::from_secs(5), "took {:?}", t.elapsed());
+    assert_eq!(json_of(resp).await["error"]["code"], "upstream_timeout");
+    slow.kill();
+
+    // Two instances, one of them at an address that refuses connections
+    // (TTL-checked, so only the data path can find out). Requests never sent
+    // go to the live instance: no client sees a failure.
+    let live = BackendHandle::start("pair", echo_router(), Some(&reg), |b| b).await;
+    let dead = closed_port().await;
+    register_ttl(&gw, "pair", "pair-dead", &dead).await;
+    gw.wait_routable("pair", 2).await;
+    for _ in 0..20 {
+        let resp = gw.http.get(gw.url("/pair/x")).send().await.unwrap();
+        assert_eq!(resp.status(), 202);
+    }
+    live.stop().await;
+
+    // Every instance unreachable: 503 at once, JSON, and again while ejected.
+    register_ttl(&gw, "ghost", "ghost-1", &closed_port().await).await;
+    register_ttl(&gw, "ghost", "ghost-2", &closed_port().await).await;
+    gw.wait_routable("ghost", 2).await;
+    for _ in 0..3 {
+        let t = std::time::Instant::now();
+        let resp = gw.http.get(gw.url("/ghost/x")).send().await.unwrap();
+        assert_eq!(resp.status(), 503);
+        assert!(t.elapsed() < Duration::from_secs(1), "503 within 1 s, took {:?}", t.elapsed());
+        assert_eq!(json_of(resp).await["error"]["code"], "no_healthy_instance");
+    }
+}
+
+/// An address on 127.0.0.1 that refuses connections.
+async fn closed_port() -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+async fn register_ttl(gw: &GatewayProcess, service: &str, id: &str, address: &str) {
+    let body = json!({"service": service, "instance_id": id, "address": address, "health": {"kind": "ttl"}});
+    let resp = gw.http.put(format!("{}/v1/registrations", gw.registration_url())).json(&body).send().await.unwrap();
+    assert!(resp.status().is_success(), "{}", resp.text().await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_fails_readiness_then_finishes_in_flight_requests() {
+    let gw = GatewayProcess::start(&["--config", concat!(env!("CARGO_MANIFEST_DIR"), "/tests/drain.toml")], &[]).await;
+    let reg = gw.registration_url();
+    let slow_router = Router::new().route(
+        "/wait",
+        get(|| async {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            "done"
+        }),
+    );
+    let _b = BackendHandle::start("wait", slow_router, Some(&reg), |b| b).await;
+    gw.wait_routable("wait", 1).await;
+
+    let http = gw.http.clone();
+    let url = gw.url("/wait");
+    let in_flight = tokio::spawn(async move { http.get(&url).send().await.unwrap().text().await.unwrap() });
+    // Let the request reach the backend before the signal.
+    let admin = format!("http://{}/admin/services", gw.admin);
+    eventually("request in flight", || {
+        let (http, admin) = (gw.http.clone(), admin.clone());
+        async move {
+            let v: Value = http.get(&admin).send().await.ok()?.json().await.ok()?;
+            (v["services"][0]["endpoints"][0]["in_flight"] == 1).then_some(())
+        }
+    })
+    .await;
+    gw.terminate();
+    let ready = format!("http://{}/readyz", gw.admin);
+    eventually("readiness fails after SIGTERM", || {
+        let (http, ready) = (gw.http.clone(), ready.clone());
+        async move { (http.get(&ready).send().await.ok()?.status() == 503).then_some(()) }
+    })
+    .await;
+    assert_eq!(in_flight.await.unwrap(), "done", "the in-flight request completed");
+    let mut child = gw.child;
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_registration_errors_name_the_field() {
+    let gw = GatewayProcess::start(&["--registration-token", "t0k"], &[]).await;
+    let mut client = proto::v1::registry_service_client::RegistryServiceClient::connect(gw.registration_url())
+        .await
+        .unwrap();
+    let reg = proto::v1::Registration {
+        service: "x".into(),
+        address: "not-an-address".into(),
+        ..Default::default()
+    };
+    let mut req = tonic::Request::new(proto::v1::RegisterRequest { registration: Some(reg.clone()) });
+    req.metadata_mut().insert("authorization", "Bearer t0k".parse().unwrap());
+    let err = client.register(req).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("registration.address"), "{}", err.message());
+
+    let err = client
+        .register(proto::v1::RegisterRequest { registration: Some(reg) })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+
+    let list = client.list(proto::v1::ListRequest::default()).await.unwrap().into_inner();
+    assert!(list.instances.is_empty(), "nothing was registered");
+}

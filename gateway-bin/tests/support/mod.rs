@@ -1,0 +1,177 @@
+//! Test harness: the real `gateway` binary on 127.0.0.1:0 ports, real SDK
+//! backends in-process, readiness awaited by polling with a deadline.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Polls `f` until it returns `Some`, or panics after `DEADLINE`.
+pub async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = tokio::time::Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub struct GatewayProcess {
+    pub child: Child,
+    pub public: SocketAddr,
+    pub internal: SocketAddr,
+    pub registration: SocketAddr,
+    pub admin: SocketAddr,
+    pub http: reqwest::Client,
+}
+
+impl GatewayProcess {
+    /// Starts the gateway with extra flags and environment.
+    pub async fn start(extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
+        cmd.args([
+            "--public",
+            "127.0.0.1:0",
+            "--internal",
+            "127.0.0.1:0",
+            "--registration",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+        ])
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn gateway");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(DEADLINE, lines.next_line())
+            .await
+            .expect("gateway printed its addresses in time")
+            .expect("read stdout")
+            .expect("gateway exited before listening");
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let kv: HashMap<&str, &str> = line.split_whitespace().filter_map(|w| w.split_once('=')).collect();
+        let addr = |k: &str| kv[k].parse::<SocketAddr>().unwrap_or_else(|_| panic!("{k} in {line}"));
+        let gw = Self {
+            public: addr("public"),
+            internal: addr("internal"),
+            registration: addr("registration"),
+            admin: addr("admin"),
+            child,
+            http: reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap(),
+        };
+        let url = format!("http://{}/readyz", gw.admin);
+        let http = gw.http.clone();
+        eventually("gateway ready", || {
+            let (http, url) = (http.clone(), url.clone());
+            async move { http.get(&url).send().await.ok().filter(|r| r.status() == 200).map(|_| ()) }
+        })
+        .await;
+        gw
+    }
+
+    pub fn registration_url(&self) -> String {
+        format!("http://{}", self.registration)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.public, path)
+    }
+
+    /// Waits until `service` has `n` routable instances in the admin view.
+    pub async fn wait_routable(&self, service: &str, n: usize) {
+        let url = format!("http://{}/admin/services", self.admin);
+        let http = self.http.clone();
+        eventually(&format!("{service} has {n} routable instances"), || {
+            let (http, url) = (http.clone(), url.clone());
+            async move {
+                let v: serde_json::Value = http.get(&url).send().await.ok()?.json().await.ok()?;
+                let found = v["services"]
+                    .as_array()?
+                    .iter()
+                    .find(|s| s["name"] == service)
+                    .map(|s| s["routable_instances"].as_u64().unwrap_or(0) as usize)
+                    .unwrap_or(0);
+                (found == n).then_some(())
+            }
+        })
+        .await;
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        }
+    }
+}
+
+/// An SDK backend running in this process.
+pub struct BackendHandle {
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl BackendHandle {
+    /// Starts a backend registered with `gateway` (if any).
+    pub async fn start(
+        name: &str,
+        router: service_sdk::Router,
+        gateway: Option<&str>,
+        edit: impl FnOnce(service_sdk::BackendBuilder) -> service_sdk::BackendBuilder,
+    ) -> Self {
+        let mut b = service_sdk::Backend::builder(name).drain(Duration::from_millis(0));
+        if let Some(g) = gateway {
+            b = b.gateway(g);
+        }
+        let bound = edit(b).bind(router).await.expect("bind backend");
+        let addr = bound.local_addr();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            bound
+                .serve(async {
+                    let _ = rx.await;
+                })
+                .await
+                .expect("backend serve");
+        });
+        Self {
+            addr,
+            stop: Some(tx),
+            task,
+        }
+    }
+
+    /// Graceful stop (deregisters).
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+
+    /// Abrupt stop: the port closes without deregistering.
+    pub fn kill(self) {
+        self.task.abort();
+    }
+}

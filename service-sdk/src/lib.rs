@@ -1,0 +1,430 @@
+//! Write a backend for the forwarding gateway in a few lines.
+//!
+//! A backend implements one trait, [`Handler`]: take the forwarded HTTP
+//! request, return an HTTP response. The usual way is an [`axum::Router`]
+//! (handlers by method and path), which implements [`Handler`] already.
+//! [`Backend`] serves it as `forwarding.v1.ForwardingService` next to the
+//! standard `grpc.health.v1` service, registers with a gateway, renews the
+//! registration, registers again if the gateway forgot it (a restart), and on
+//! shutdown deregisters *before* it stops serving, so no gateway routes to a
+//! closed port.
+//!
+//! ```no_run
+//! use service_sdk::{Backend, routing::get};
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), service_sdk::Error> {
+//!     let app = service_sdk::Router::new()
+//!         .route("/hello", get(|| async { "hello through the gateway\n" }))
+//!         .route("/hello/{name}", get(|axum::extract::Path(n): axum::extract::Path<String>| async move {
+//!             format!("hello, {n}\n")
+//!         }));
+//!     Backend::builder("hello")
+//!         .listen("127.0.0.1:0".parse().unwrap())
+//!         .gateway("http://127.0.0.1:8090")
+//!         .bind(app)
+//!         .await?
+//!         .serve(async { let _ = tokio::signal::ctrl_c().await; })
+//!         .await
+//! }
+//! ```
+//!
+//! Then `curl http://127.0.0.1:8080/hello/you` through the gateway.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use proto::convert::{headers_from_wire, headers_to_wire, version_from_wire};
+use proto::v1 as pb;
+use proto::v1::forwarding_service_server::{ForwardingService, ForwardingServiceServer};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tower::ServiceExt;
+use tracing::{info, warn};
+
+pub use axum::Router;
+pub use axum::routing;
+pub use proto;
+
+mod registration;
+pub use registration::Registrar;
+
+/// A forwarded request: the client's HTTP request as the gateway received it
+/// (raw path and query, headers in order), with [`ForwardContext`] in its
+/// extensions.
+pub type Request = http::Request<Bytes>;
+/// The HTTP response to send back through the gateway.
+pub type Response = http::Response<Bytes>;
+
+/// What the gateway knows about a request besides the HTTP message. Found in
+/// the request's extensions.
+#[derive(Debug, Clone, Default)]
+pub struct ForwardContext {
+    /// Request id (also in the `x-request-id` header).
+    pub request_id: String,
+    /// Client address chain, oldest first; the last one is the TCP peer of the gateway.
+    pub client_addresses: Vec<String>,
+    /// W3C `traceparent`, if any.
+    pub traceparent: String,
+    /// Time left before the gateway gives up, if it set a deadline.
+    pub deadline: Option<Duration>,
+    /// Node id of the gateway that forwarded the request.
+    pub gateway_node: String,
+    /// Service name the request was routed to.
+    pub service: String,
+    /// Route prefix that matched.
+    pub matched_prefix: String,
+}
+
+/// Handles forwarded requests. The one required method; the hooks have
+/// defaults.
+pub trait Handler: Send + Sync + 'static {
+    /// Answers one forwarded request.
+    fn handle(&self, req: Request) -> impl Future<Output = Response> + Send;
+
+    /// Called after every successful (re-)registration with the gateway.
+    fn on_registered(&self, _instance_id: &str) {}
+}
+
+impl Handler for axum::Router {
+    async fn handle(&self, req: Request) -> Response {
+        let req = req.map(axum::body::Body::from);
+        let resp = match self.clone().oneshot(req).await {
+            Ok(r) => r,
+            Err(never) => match never {},
+        };
+        let (parts, body) = resp.into_parts();
+        match body.collect().await {
+            Ok(b) => Response::from_parts(parts, b.to_bytes()),
+            Err(e) => {
+                let mut r = Response::new(Bytes::from(format!("response body failed: {e}")));
+                *r.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+                r
+            }
+        }
+    }
+}
+
+/// A [`Handler`] from an async function.
+pub struct HandlerFn<F>(pub F);
+
+impl<F, Fut> Handler for HandlerFn<F>
+where
+    F: Fn(Request) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response> + Send,
+{
+    fn handle(&self, req: Request) -> impl Future<Output = Response> + Send {
+        (self.0)(req)
+    }
+}
+
+/// Errors of the SDK.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Binding or serving failed.
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    /// The gRPC server failed.
+    #[error("grpc server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// A setting is invalid.
+    #[error("invalid setting: {0}")]
+    Config(String),
+}
+
+/// Turns a `ForwardingReq` into an HTTP request. Fails with a message when
+/// the message cannot be an HTTP request (bad method, target or header).
+pub fn request_from_wire(req: pb::ForwardingReq) -> Result<Request, String> {
+    let method = http::Method::from_bytes(req.method.as_bytes()).map_err(|_| format!("invalid method {:?}", req.method))?;
+    let target = if req.has_query || !req.query.is_empty() {
+        format!("{}?{}", req.path, req.query)
+    } else {
+        req.path.clone()
+    };
+    let uri: http::Uri = target.parse().map_err(|e| format!("invalid request target {target:?}: {e}"))?;
+    let headers = headers_from_wire(&req.headers).map_err(|e| e.to_string())?;
+    let mut out = http::Request::new(req.body);
+    *out.method_mut() = method;
+    *out.uri_mut() = uri;
+    *out.version_mut() = version_from_wire(pb::HttpVersion::try_from(req.version).unwrap_or_default());
+    *out.headers_mut() = headers;
+    let ctx = req.context.unwrap_or_default();
+    out.extensions_mut().insert(ForwardContext {
+        request_id: ctx.request_id,
+        client_addresses: ctx.client_addresses,
+        traceparent: ctx.traceparent,
+        deadline: (ctx.deadline_ms > 0).then(|| Duration::from_millis(ctx.deadline_ms)),
+        gateway_node: ctx.gateway_node,
+        service: ctx.service,
+        matched_prefix: ctx.matched_prefix,
+    });
+    Ok(out)
+}
+
+/// Turns an HTTP response into a `ForwardingResp`.
+pub fn response_to_wire(resp: Response) -> pb::ForwardingResp {
+    let (parts, body) = resp.into_parts();
+    pb::ForwardingResp {
+        status: parts.status.as_u16() as u32,
+        headers: headers_to_wire(&parts.headers),
+        body,
+        trailers: vec![],
+    }
+}
+
+/// Serves a [`Handler`] as `ForwardingService`.
+pub struct Forwarding<H>(Arc<H>);
+
+impl<H> Forwarding<H> {
+    /// Wraps a handler.
+    pub fn new(handler: Arc<H>) -> Self {
+        Self(handler)
+    }
+}
+
+#[tonic::async_trait]
+impl<H: Handler> ForwardingService for Forwarding<H> {
+    async fn send(&self, req: tonic::Request<pb::ForwardingReq>) -> Result<tonic::Response<pb::ForwardingResp>, tonic::Status> {
+        let req = request_from_wire(req.into_inner()).map_err(tonic::Status::invalid_argument)?;
+        let resp = self.0.handle(req).await;
+        Ok(tonic::Response::new(response_to_wire(resp)))
+    }
+}
+
+/// Builder for a [`Backend`].
+pub struct BackendBuilder {
+    name: String,
+    listen: SocketAddr,
+    advertise: Option<String>,
+    gateway: Option<String>,
+    registration: pb::Registration,
+    token: Option<String>,
+    drain: Duration,
+}
+
+/// A backend service: `ForwardingService` + health + registration.
+pub struct Backend;
+
+impl Backend {
+    /// Starts building a backend for service `name`.
+    pub fn builder(name: impl Into<String>) -> BackendBuilder {
+        let name = name.into();
+        BackendBuilder {
+            registration: pb::Registration {
+                service: name.clone(),
+                ..Default::default()
+            },
+            name,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            advertise: None,
+            gateway: None,
+            token: None,
+            drain: Duration::from_millis(500),
+        }
+    }
+}
+
+impl BackendBuilder {
+    /// Address to listen on (port 0 = any free port). Default 127.0.0.1:0.
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen = addr;
+        self
+    }
+
+    /// Address the gateway should dial (default: the bound address).
+    pub fn advertise(mut self, addr: impl Into<String>) -> Self {
+        self.advertise = Some(addr.into());
+        self
+    }
+
+    /// Gateway registration endpoint, e.g. `http://127.0.0.1:8090` (gRPC).
+    /// Without one the backend serves but does not register.
+    pub fn gateway(mut self, url: impl Into<String>) -> Self {
+        self.gateway = Some(url.into());
+        self
+    }
+
+    /// Registration token sent as `authorization: Bearer <token>`.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Adds a route prefix (default: `/<name>`).
+    pub fn route(mut self, path_prefix: impl Into<String>) -> Self {
+        self.registration.routes.push(pb::Route {
+            path_prefix: path_prefix.into(),
+            ..Default::default()
+        });
+        self
+    }
+
+    /// Visibility of the service (default public).
+    pub fn visibility(mut self, v: pb::Visibility) -> Self {
+        self.registration.visibility = v as i32;
+        self
+    }
+
+    /// Instance id (default `<name>-<address>`).
+    pub fn instance_id(mut self, id: impl Into<String>) -> Self {
+        self.registration.instance_id = id.into();
+        self
+    }
+
+    /// Edits the registration sent to the gateway (tags, metadata, weight,
+    /// health check, lease...).
+    pub fn registration(mut self, edit: impl FnOnce(&mut pb::Registration)) -> Self {
+        edit(&mut self.registration);
+        self
+    }
+
+    /// How long to keep serving after deregistering on shutdown, so every
+    /// gateway has stopped routing here before the port closes.
+    pub fn drain(mut self, d: Duration) -> Self {
+        self.drain = d;
+        self
+    }
+
+    /// Binds the listener; serve with [`BoundBackend::serve`].
+    pub async fn bind<H: Handler>(self, handler: H) -> Result<BoundBackend<H>, Error> {
+        if !(1..=63).contains(&self.name.len()) {
+            return Err(Error::Config("service name must be 1-63 characters".into()));
+        }
+        let listener = TcpListener::bind(self.listen).await?;
+        let local = listener.local_addr()?;
+        let mut registration = self.registration;
+        registration.address = self.advertise.unwrap_or_else(|| local.to_string());
+        Ok(BoundBackend {
+            listener,
+            handler: Arc::new(handler),
+            registration,
+            gateway: self.gateway,
+            token: self.token,
+            drain: self.drain,
+        })
+    }
+}
+
+/// A backend with its listener bound.
+pub struct BoundBackend<H> {
+    listener: TcpListener,
+    handler: Arc<H>,
+    registration: pb::Registration,
+    gateway: Option<String>,
+    token: Option<String>,
+    drain: Duration,
+}
+
+impl<H: Handler> BoundBackend<H> {
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// Serves until `shutdown` resolves; then reports NOT_SERVING,
+    /// deregisters, keeps serving for the drain time, and stops.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_service_status("", tonic_health::ServingStatus::Serving)
+            .await;
+        health_reporter
+            .set_service_status(&self.registration.service, tonic_health::ServingStatus::Serving)
+            .await;
+
+        let stop_server = tokio_util::sync::CancellationToken::new();
+        let server = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(health_service)
+            .add_service(
+                ForwardingServiceServer::new(Forwarding::new(self.handler.clone()))
+                    .max_decoding_message_size(usize::MAX)
+                    .max_encoding_message_size(usize::MAX),
+            )
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), stop_server.clone().cancelled_owned());
+        let server = tokio::spawn(server);
+
+        let registrar = match &self.gateway {
+            Some(url) => {
+                let handler = self.handler.clone();
+                let r = Registrar::new(url, self.registration.clone(), self.token.clone())
+                    .map_err(|e| Error::Config(format!("gateway url: {e}")))?;
+                Some((r.clone(), tokio::spawn(r.run(move |id| handler.on_registered(id)))))
+            }
+            None => None,
+        };
+
+        shutdown.await;
+        info!(service = %self.registration.service, "Shutting down: deregistering, then draining.");
+        health_reporter
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        if let Some((r, task)) = registrar {
+            task.abort();
+            if let Err(e) = r.deregister().await {
+                warn!(error = %e, "Deregistration failed; the gateway's health checks will notice.");
+            }
+            tokio::time::sleep(self.drain).await;
+        }
+        stop_server.cancel();
+        match server.await {
+            Ok(r) => r.map_err(Error::from),
+            Err(e) => Err(Error::Io(std::io::Error::other(e))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_request_becomes_http() {
+        let req = pb::ForwardingReq {
+            method: "PATCH".into(),
+            path: "/a%2Fb".into(),
+            query: "x=1".into(),
+            has_query: true,
+            version: pb::HttpVersion::Http2 as i32,
+            headers: vec![
+                pb::Header { name: "set-cookie".into(), value: Bytes::from_static(b"a") },
+                pb::Header { name: "set-cookie".into(), value: Bytes::from_static(b"b") },
+            ],
+            body: Bytes::from_static(b"body"),
+            context: Some(pb::RequestContext { request_id: "r".into(), deadline_ms: 250, ..Default::default() }),
+            ..Default::default()
+        };
+        let r = request_from_wire(req).unwrap();
+        assert_eq!(r.method(), "PATCH");
+        assert_eq!(r.uri(), "/a%2Fb?x=1");
+        assert_eq!(r.version(), http::Version::HTTP_2);
+        assert_eq!(r.headers().get_all("set-cookie").iter().count(), 2);
+        let ctx = r.extensions().get::<ForwardContext>().unwrap();
+        assert_eq!(ctx.deadline, Some(Duration::from_millis(250)));
+    }
+
+    #[test]
+    fn bad_wire_requests_are_named() {
+        let e = request_from_wire(pb::ForwardingReq { method: "BAD METHOD".into(), path: "/".into(), ..Default::default() }).unwrap_err();
+        assert!(e.contains("method"), "{e}");
+        let e = request_from_wire(pb::ForwardingReq { method: "GET".into(), path: "no slash space".into(), ..Default::default() }).unwrap_err();
+        assert!(e.contains("target"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn router_handles_by_method_and_path() {
+        let app = Router::new().route("/x/{id}", routing::get(|axum::extract::Path(id): axum::extract::Path<String>| async move { id }));
+        let req = http::Request::get("/x/42").body(Bytes::new()).unwrap();
+        let resp = app.handle(req).await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.body(), "42");
+        let resp = app.handle(http::Request::post("/x/42").body(Bytes::new()).unwrap()).await;
+        assert_eq!(resp.status(), 405);
+    }
+}
