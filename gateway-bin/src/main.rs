@@ -52,7 +52,8 @@ struct Args {
 fn load(args: &Args) -> anyhow::Result<GatewayConfig> {
     let mut c = match &args.config {
         Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
             toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
         }
         None => GatewayConfig::default(),
@@ -107,8 +108,11 @@ async fn shutdown_signal() {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if args.log_json {
         fmt.json().init();
     } else {
@@ -127,7 +131,9 @@ async fn main() -> anyhow::Result<()> {
         "gateway listening node_id={} public={} internal={} registration={} admin={}",
         gateway.node_id(),
         a.public,
-        a.internal.map(|i| i.to_string()).unwrap_or_else(|| "off".into()),
+        a.internal
+            .map(|i| i.to_string())
+            .unwrap_or_else(|| "off".into()),
         a.registration,
         a.admin
     );

@@ -46,7 +46,10 @@ async fn forwards_losslessly_and_errors_are_json() {
     // Method, raw path and query, duplicate headers, body all arrive.
     let resp = gw
         .http
-        .request(Method::from_bytes(b"PURGE").unwrap(), gw.url("/echo/a%2Fb//c?x=%20&y"))
+        .request(
+            Method::from_bytes(b"PURGE").unwrap(),
+            gw.url("/echo/a%2Fb//c?x=%20&y"),
+        )
         .header("x-dup", "1")
         .header("x-dup", "2")
         .header("x-request-id", "client-id-1")
@@ -57,14 +60,25 @@ async fn forwards_losslessly_and_errors_are_json() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::ACCEPTED);
     assert_eq!(resp.headers()["x-request-id"], "client-id-1");
-    let cookies: Vec<_> = resp.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_owned()).collect();
+    let cookies: Vec<_> = resp
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
     assert_eq!(cookies, ["a=1", "b=2"], "two Set-Cookie stay two");
     let v = json_of(resp).await;
     assert_eq!(v["method"], "PURGE");
     assert_eq!(v["uri"], "/echo/a%2Fb//c?x=%20&y");
     assert_eq!(v["body"], "payload");
     let headers = v["headers"].as_array().unwrap();
-    let get = |n: &str| headers.iter().filter(|h| h[0] == n).map(|h| h[1].as_str().unwrap().to_owned()).collect::<Vec<_>>();
+    let get = |n: &str| {
+        headers
+            .iter()
+            .filter(|h| h[0] == n)
+            .map(|h| h[1].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
     assert_eq!(get("x-dup"), ["1", "2"]);
     // Loopback is a trusted proxy by default, so the chain is kept.
     assert_eq!(get("x-forwarded-for"), ["6.6.6.6, 127.0.0.1"]);
@@ -81,7 +95,13 @@ async fn forwards_losslessly_and_errors_are_json() {
 
     // Body over the limit: 413 before the body is read.
     let big = vec![b'x'; 9 * 1024 * 1024];
-    let resp = gw.http.post(gw.url("/echo")).body(big).send().await.unwrap();
+    let resp = gw
+        .http
+        .post(gw.url("/echo"))
+        .body(big)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 413);
     assert_eq!(json_of(resp).await["error"]["code"], "body_too_large");
 
@@ -96,9 +116,22 @@ async fn forwards_losslessly_and_errors_are_json() {
 
     // Registering the same instance again is harmless.
     let body = json!({"service": "echo", "instance_id": format!("echo-{}", echo.addr), "address": echo.addr.to_string()});
-    let resp = gw.http.put(format!("{}/v1/registrations", reg)).json(&body).send().await.unwrap();
+    let resp = gw
+        .http
+        .put(format!("{}/v1/registrations", reg))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert!(resp.status().is_success(), "{}", resp.status());
-    let list = json_of(gw.http.get(format!("{}/v1/registrations?service=echo", reg)).send().await.unwrap()).await;
+    let list = json_of(
+        gw.http
+            .get(format!("{}/v1/registrations?service=echo", reg))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(list["instances"].as_array().unwrap().len(), 1);
 
     // A backend stopped gracefully deregisters: the route disappears.
@@ -140,12 +173,25 @@ async fn malformed_http_gets_400_and_the_connection_closed() {
         // The gateway must answer and close: read_to_end returns.
         tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
             .await
-            .unwrap_or_else(|_| panic!("connection left open for {:?}", String::from_utf8_lossy(raw)))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "connection left open for {:?}",
+                    String::from_utf8_lossy(raw)
+                )
+            })
             .ok();
         let text = String::from_utf8_lossy(&buf);
-        assert!(text.starts_with("HTTP/1.1 400"), "{:?} -> {text:?}", String::from_utf8_lossy(raw));
+        assert!(
+            text.starts_with("HTTP/1.1 400"),
+            "{:?} -> {text:?}",
+            String::from_utf8_lossy(raw)
+        );
     }
-    assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 0, "the backend received none of them");
+    assert_eq!(
+        seen.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the backend received none of them"
+    );
 
     // CL + TE: hyper lets Transfer-Encoding win and closes the connection
     // after the response (RFC 9112 6.3), so nothing can be smuggled behind
@@ -156,9 +202,16 @@ async fn malformed_http_gets_400_and_the_connection_closed() {
         .await
         .unwrap();
     let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await.expect("connection closed").ok();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .expect("connection closed")
+        .ok();
     let text = String::from_utf8_lossy(&buf);
-    assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "exactly one response: {text}");
+    assert_eq!(
+        text.matches("HTTP/1.1 ").count(),
+        1,
+        "exactly one response: {text}"
+    );
     assert!(seen.load(std::sync::atomic::Ordering::SeqCst) <= 1);
 }
 
@@ -173,7 +226,15 @@ async fn visibility_timeouts_and_failover() {
     })
     .await;
     gw.wait_routable("secret", 1).await;
-    assert_eq!(gw.http.get(gw.url("/secret")).send().await.unwrap().status(), 404);
+    assert_eq!(
+        gw.http
+            .get(gw.url("/secret"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
     let internal = format!("http://{}/secret", gw.internal);
     assert_eq!(gw.http.get(&internal).send().await.unwrap().status(), 202);
     secret.stop().await;
@@ -188,7 +249,11 @@ async fn visibility_timeouts_and_failover() {
     );
     let slow = BackendHandle::start("slow", slow_router, Some(&reg), |b| {
         b.registration(|r| {
-            r.routes = vec![proto::v1::Route { path_prefix: "/slow".into(), hosts: vec![], timeout_ms: 300 }];
+            r.routes = vec![proto::v1::Route {
+                path_prefix: "/slow".into(),
+                hosts: vec![],
+                timeout_ms: 300,
+            }];
         })
     })
     .await;
@@ -196,7 +261,11 @@ async fn visibility_timeouts_and_failover() {
     let t = std::time::Instant::now();
     let resp = gw.http.get(gw.url("/slow")).send().await.unwrap();
     assert_eq!(resp.status(), 504);
-    assert!(t.elapsed() < Duration::from_secs(5), "took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t.elapsed()
+    );
     assert_eq!(json_of(resp).await["error"]["code"], "upstream_timeout");
     slow.kill();
 
@@ -221,7 +290,11 @@ async fn visibility_timeouts_and_failover() {
         let t = std::time::Instant::now();
         let resp = gw.http.get(gw.url("/ghost/x")).send().await.unwrap();
         assert_eq!(resp.status(), 503);
-        assert!(t.elapsed() < Duration::from_secs(1), "503 within 1 s, took {:?}", t.elapsed());
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "503 within 1 s, took {:?}",
+            t.elapsed()
+        );
         assert_eq!(json_of(resp).await["error"]["code"], "no_healthy_instance");
     }
 }
@@ -234,13 +307,26 @@ async fn closed_port() -> String {
 
 async fn register_ttl(gw: &GatewayProcess, service: &str, id: &str, address: &str) {
     let body = json!({"service": service, "instance_id": id, "address": address, "health": {"kind": "ttl"}});
-    let resp = gw.http.put(format!("{}/v1/registrations", gw.registration_url())).json(&body).send().await.unwrap();
+    let resp = gw
+        .http
+        .put(format!("{}/v1/registrations", gw.registration_url()))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert!(resp.status().is_success(), "{}", resp.text().await.unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_fails_readiness_then_finishes_in_flight_requests() {
-    let gw = GatewayProcess::start(&["--config", concat!(env!("CARGO_MANIFEST_DIR"), "/tests/drain.toml")], &[]).await;
+    let gw = GatewayProcess::start(
+        &[
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/drain.toml"),
+        ],
+        &[],
+    )
+    .await;
     let reg = gw.registration_url();
     let slow_router = Router::new().route(
         "/wait",
@@ -254,7 +340,8 @@ async fn sigterm_fails_readiness_then_finishes_in_flight_requests() {
 
     let http = gw.http.clone();
     let url = gw.url("/wait");
-    let in_flight = tokio::spawn(async move { http.get(&url).send().await.unwrap().text().await.unwrap() });
+    let in_flight =
+        tokio::spawn(async move { http.get(&url).send().await.unwrap().text().await.unwrap() });
     // Let the request reach the backend before the signal.
     let admin = format!("http://{}/admin/services", gw.admin);
     eventually("request in flight", || {
@@ -272,35 +359,56 @@ async fn sigterm_fails_readiness_then_finishes_in_flight_requests() {
         async move { (http.get(&ready).send().await.ok()?.status() == 503).then_some(()) }
     })
     .await;
-    assert_eq!(in_flight.await.unwrap(), "done", "the in-flight request completed");
+    assert_eq!(
+        in_flight.await.unwrap(),
+        "done",
+        "the in-flight request completed"
+    );
     let mut child = gw.child;
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.unwrap().unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(status.success(), "{status}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_registration_errors_name_the_field() {
     let gw = GatewayProcess::start(&["--registration-token", "t0k"], &[]).await;
-    let mut client = proto::v1::registry_service_client::RegistryServiceClient::connect(gw.registration_url())
-        .await
-        .unwrap();
+    let mut client =
+        proto::v1::registry_service_client::RegistryServiceClient::connect(gw.registration_url())
+            .await
+            .unwrap();
     let reg = proto::v1::Registration {
         service: "x".into(),
         address: "not-an-address".into(),
         ..Default::default()
     };
-    let mut req = tonic::Request::new(proto::v1::RegisterRequest { registration: Some(reg.clone()) });
-    req.metadata_mut().insert("authorization", "Bearer t0k".parse().unwrap());
+    let mut req = tonic::Request::new(proto::v1::RegisterRequest {
+        registration: Some(reg.clone()),
+    });
+    req.metadata_mut()
+        .insert("authorization", "Bearer t0k".parse().unwrap());
     let err = client.register(req).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
-    assert!(err.message().contains("registration.address"), "{}", err.message());
+    assert!(
+        err.message().contains("registration.address"),
+        "{}",
+        err.message()
+    );
 
     let err = client
-        .register(proto::v1::RegisterRequest { registration: Some(reg) })
+        .register(proto::v1::RegisterRequest {
+            registration: Some(reg),
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
 
-    let list = client.list(proto::v1::ListRequest::default()).await.unwrap().into_inner();
+    let list = client
+        .list(proto::v1::ListRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     assert!(list.instances.is_empty(), "nothing was registered");
 }

@@ -47,7 +47,11 @@ async fn readyz(State(s): State<AdminState>) -> Response {
     if s.readiness.is_ready() {
         axum::Json(json!({"status": "ready"})).into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"status": "not_ready"}))).into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"status": "not_ready"})),
+        )
+            .into_response()
     }
 }
 
@@ -95,11 +99,20 @@ async fn services(State(s): State<AdminState>) -> Response {
 }
 
 /// The admin router; unknown paths go to `fallback` (the admin proxy stack).
-pub fn router(shared: Arc<Shared>, readiness: Readiness, api: RegistrationApi, fallback: HttpService<axum::body::Body>) -> Router {
+pub fn router(
+    shared: Arc<Shared>,
+    readiness: Readiness,
+    api: RegistrationApi,
+    fallback: HttpService<axum::body::Body>,
+) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/admin/services", get(services))
-        .with_state(AdminState { shared, readiness, api })
+        .with_state(AdminState {
+            shared,
+            readiness,
+            api,
+        })
         .fallback_service(fallback)
 }

@@ -153,7 +153,10 @@ impl Balancer {
             }
         }
         let mut services: HashMap<Arc<str>, ServiceEndpoints> = HashMap::new();
-        let mut routes: HashMap<(Arc<str>, String, Vec<String>), (Option<Duration>, Visibility)> = HashMap::new();
+        // (service, prefix, sorted hosts) -> timeout: instances of one
+        // service registering the same route share one entry.
+        type RouteKey = (Arc<str>, String, Vec<String>);
+        let mut routes: HashMap<RouteKey, Option<Duration>> = HashMap::new();
         let mut visibility: HashMap<Arc<str>, Visibility> = HashMap::new();
         for inst in &catalog.instances {
             let r = &inst.registration;
@@ -172,33 +175,42 @@ impl Balancer {
                 hosts.sort();
                 routes
                     .entry((service.clone(), rt.path_prefix.clone(), hosts))
-                    .or_insert((rt.timeout, r.visibility));
+                    .or_insert(rt.timeout);
             }
             if inst.health == Health::Failing {
                 continue;
             }
             let reused = existing
-                .get(&(r.service.as_str(), r.instance_id.as_str(), r.address.as_str()))
+                .get(&(
+                    r.service.as_str(),
+                    r.instance_id.as_str(),
+                    r.address.as_str(),
+                ))
                 .filter(|e| e.weight == r.weight)
                 .map(|e| (*e).clone());
             let ep = match reused {
                 Some(e) => e,
-                None => match self.endpoint(service.clone(), &r.instance_id, &r.address, r.weight) {
-                    Some(e) => e,
-                    None => {
-                        warn!(service = %r.service, address = %r.address, "Instance address cannot be dialled; skipped.");
-                        continue;
+                None => {
+                    match self.endpoint(service.clone(), &r.instance_id, &r.address, r.weight) {
+                        Some(e) => e,
+                        None => {
+                            warn!(service = %r.service, address = %r.address, "Instance address cannot be dialled; skipped.");
+                            continue;
+                        }
                     }
-                },
+                }
             };
             entry.endpoints.push(ep);
         }
-        let route_list = routes.into_iter().filter_map(|((svc, prefix, hosts), (timeout, _))| {
-            let vis = visibility.get(&svc).copied().unwrap_or(Visibility::Public);
-            Route::new(svc.clone(), &prefix, &hosts, timeout, vis)
+        let route_list =
+            routes
+                .into_iter()
+                .filter_map(|((svc, prefix, hosts), timeout)| {
+                    let vis = visibility.get(&svc).copied().unwrap_or(Visibility::Public);
+                    Route::new(svc.clone(), &prefix, &hosts, timeout, vis)
                 .map_err(|e| warn!(service = %svc, prefix = %prefix, error = %e, "Route skipped."))
                 .ok()
-        });
+                });
         let (table, conflicts) = RouteTable::new(route_list);
         for c in conflicts {
             warn!(conflict = %c, "Route conflict.");
@@ -216,7 +228,13 @@ impl Balancer {
         }));
     }
 
-    fn endpoint(&self, service: Arc<str>, instance_id: &str, address: &str, weight: u32) -> Option<Arc<Endpoint>> {
+    fn endpoint(
+        &self,
+        service: Arc<str>,
+        instance_id: &str,
+        address: &str,
+        weight: u32,
+    ) -> Option<Arc<Endpoint>> {
         let channel = TonicEndpoint::from_shared(format!("http://{address}"))
             .ok()?
             .connect_timeout(self.timeouts.connect)
@@ -299,7 +317,10 @@ impl Balancer {
 
     /// Counters of an endpoint for the admin view: (requests, failures).
     pub fn counters(ep: &Endpoint) -> (u64, u64) {
-        (ep.requests.load(Ordering::Relaxed), ep.failures.load(Ordering::Relaxed))
+        (
+            ep.requests.load(Ordering::Relaxed),
+            ep.failures.load(Ordering::Relaxed),
+        )
     }
 }
 

@@ -49,8 +49,14 @@ impl Default for GatewayConfig {
             registration: RegistrationConfig::default(),
             drain: DrainConfig::default(),
             trusted_proxies: vec![
-                IpNet::V4(ipnet::Ipv4Net::new_assert(std::net::Ipv4Addr::new(127, 0, 0, 0), 8)),
-                IpNet::V6(ipnet::Ipv6Net::new_assert(std::net::Ipv6Addr::LOCALHOST, 128)),
+                IpNet::V4(ipnet::Ipv4Net::new_assert(
+                    std::net::Ipv4Addr::new(127, 0, 0, 0),
+                    8,
+                )),
+                IpNet::V6(ipnet::Ipv6Net::new_assert(
+                    std::net::Ipv6Addr::LOCALHOST,
+                    128,
+                )),
             ],
         }
     }
@@ -285,7 +291,11 @@ impl GatewayConfig {
             return err("registration.token", "must not be empty (omit it instead)");
         }
         let l = &self.listen;
-        let mut addrs = vec![("listen.public", l.public), ("listen.registration", l.registration), ("listen.admin", l.admin)];
+        let mut addrs = vec![
+            ("listen.public", l.public),
+            ("listen.registration", l.registration),
+            ("listen.admin", l.admin),
+        ];
         if let Some(i) = l.internal {
             addrs.push(("listen.internal", i));
         }

@@ -75,18 +75,22 @@ pub fn authority(parts: &request::Parts) -> Result<&str, ForwardError> {
     let mut hosts = parts.headers.get_all(header::HOST).iter();
     let host = hosts.next();
     if hosts.next().is_some() {
-        return Err(ForwardError::new(ErrorKind::BadRequest, "more than one Host header"));
+        return Err(ForwardError::new(
+            ErrorKind::BadRequest,
+            "more than one Host header",
+        ));
     }
     if let Some(a) = parts.uri.authority() {
         return Ok(a.as_str());
     }
     match host {
-        Some(h) => h
-            .to_str()
-            .map_err(|_| ForwardError::new(ErrorKind::BadRequest, "Host header is not visible ASCII")),
-        None if parts.version == http::Version::HTTP_11 => {
-            Err(ForwardError::new(ErrorKind::BadRequest, "HTTP/1.1 request without Host header"))
-        }
+        Some(h) => h.to_str().map_err(|_| {
+            ForwardError::new(ErrorKind::BadRequest, "Host header is not visible ASCII")
+        }),
+        None if parts.version == http::Version::HTTP_11 => Err(ForwardError::new(
+            ErrorKind::BadRequest,
+            "HTTP/1.1 request without Host header",
+        )),
         None => Ok(""),
     }
 }
@@ -124,7 +128,11 @@ pub fn request_to_wire(
     let mut client_addresses = Vec::new();
     let mut xff = String::new();
     if meta.trusted_peer {
-        for v in h.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()) {
+        for v in h
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+        {
             for a in v.split(',').map(str::trim).filter(|a| !a.is_empty()) {
                 client_addresses.push(a.to_owned());
                 xff.push_str(a);
@@ -136,7 +144,12 @@ pub fn request_to_wire(
     client_addresses.push(meta.peer.to_string());
     headers.push(wire("x-forwarded-for", xff.as_bytes()));
 
-    let trusted = |n: &HeaderName| meta.trusted_peer.then(|| h.get(n)).flatten().map(HeaderValue::as_bytes);
+    let trusted = |n: &HeaderName| {
+        meta.trusted_peer
+            .then(|| h.get(n))
+            .flatten()
+            .map(HeaderValue::as_bytes)
+    };
     let scheme = trusted(&X_FORWARDED_PROTO)
         .and_then(|p| std::str::from_utf8(p).ok())
         .filter(|p| *p == "http" || *p == "https")
@@ -148,7 +161,12 @@ pub fn request_to_wire(
     headers.push(wire("x-forwarded-host", fwd_host));
     headers.push(wire("x-request-id", meta.request_id.as_bytes()));
 
-    let header_str = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let header_str = |n: &str| {
+        h.get(n)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
     Ok(ForwardingReq {
         protocol_version: proto::PROTOCOL_VERSION,
         method: parts.method.as_str().to_owned(),
@@ -160,13 +178,18 @@ pub fn request_to_wire(
         version: version_to_wire(parts.version) as i32,
         headers,
         body,
-        trailers: trailers.map(proto::convert::headers_to_wire).unwrap_or_default(),
+        trailers: trailers
+            .map(proto::convert::headers_to_wire)
+            .unwrap_or_default(),
         context: Some(RequestContext {
             request_id: meta.request_id.to_owned(),
             client_addresses,
             traceparent: header_str("traceparent"),
             tracestate: header_str("tracestate"),
-            deadline_ms: meta.deadline.map(|d| d.as_millis().max(1) as u64).unwrap_or(0),
+            deadline_ms: meta
+                .deadline
+                .map(|d| d.as_millis().max(1) as u64)
+                .unwrap_or(0),
             gateway_node: meta.node_id.to_owned(),
             service: meta.service.to_owned(),
             matched_prefix: meta.matched_prefix.to_owned(),
@@ -184,21 +207,27 @@ fn wire(name: &str, value: &[u8]) -> Header {
 /// Turns a backend's `ForwardingResp` into the HTTP response. A response
 /// HTTP cannot carry (bad status, control characters in a header) is an
 /// upstream failure (502), never passed on half-valid.
-pub fn response_from_wire(resp: ForwardingResp, head_request: bool) -> Result<Response<Body>, ForwardError> {
+pub fn response_from_wire(
+    resp: ForwardingResp,
+    head_request: bool,
+) -> Result<Response<Body>, ForwardError> {
     let invalid = |m: String| ForwardError::new(ErrorKind::UpstreamInvalidResponse, m);
     let status = match resp.status {
         0 => StatusCode::OK,
-        s @ 200..=599 => StatusCode::from_u16(s as u16).map_err(|_| invalid(format!("invalid HTTP status {s}")))?,
+        s @ 200..=599 => StatusCode::from_u16(s as u16)
+            .map_err(|_| invalid(format!("invalid HTTP status {s}")))?,
         s => return Err(invalid(format!("HTTP status {s} cannot be forwarded"))),
     };
-    let mut headers = headers_from_wire(&resp.headers).map_err(|e| invalid(format!("response {e}")))?;
+    let mut headers =
+        headers_from_wire(&resp.headers).map_err(|e| invalid(format!("response {e}")))?;
     strip_hop_by_hop(&mut headers);
     // The body is complete, so its length is known: framing is ours to set.
     // A HEAD answer keeps the length of the representation it describes.
     if !(head_request && resp.body.is_empty()) {
         headers.remove(header::CONTENT_LENGTH);
     }
-    let trailers = headers_from_wire(&resp.trailers).map_err(|e| invalid(format!("response trailer {e}")))?;
+    let trailers =
+        headers_from_wire(&resp.trailers).map_err(|e| invalid(format!("response trailer {e}")))?;
 
     let body = if trailers.is_empty() {
         Body::new(Full::new(resp.body))

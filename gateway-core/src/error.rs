@@ -85,9 +85,9 @@ impl ErrorKind {
             ErrorKind::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ErrorKind::NoHealthyInstance | ErrorKind::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
-            ErrorKind::UpstreamConnect | ErrorKind::UpstreamFailed | ErrorKind::UpstreamInvalidResponse => {
-                StatusCode::BAD_GATEWAY
-            }
+            ErrorKind::UpstreamConnect
+            | ErrorKind::UpstreamFailed
+            | ErrorKind::UpstreamInvalidResponse => StatusCode::BAD_GATEWAY,
             ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -150,7 +150,10 @@ impl ForwardError {
         let mut resp = Response::new(Body::from(body.to_string()));
         *resp.status_mut() = self.kind.status();
         let h = resp.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         if self.kind == ErrorKind::Overloaded || self.kind == ErrorKind::NoHealthyInstance {
             h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
@@ -173,7 +176,8 @@ mod tests {
 
     #[tokio::test]
     async fn response_carries_code_message_and_request_id() {
-        let resp = ForwardError::new(ErrorKind::RouteNotFound, "no route for /x").into_response(Some("abc"));
+        let resp = ForwardError::new(ErrorKind::RouteNotFound, "no route for /x")
+            .into_response(Some("abc"));
         assert_eq!(resp.status(), StatusCode::NOT_FOUND);
         assert_eq!(resp.headers()["x-request-id"], "abc");
         let body = resp.into_body().collect().await.unwrap().to_bytes();

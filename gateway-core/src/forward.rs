@@ -102,18 +102,31 @@ where
 }
 
 /// Rejects requests whose headers exceed the configured count or size.
-fn check_header_limits(headers: &http::HeaderMap, limits: &LimitsConfig) -> Result<(), ForwardError> {
+fn check_header_limits(
+    headers: &http::HeaderMap,
+    limits: &LimitsConfig,
+) -> Result<(), ForwardError> {
     if headers.len() > limits.max_headers {
         return Err(ForwardError::new(
             ErrorKind::HeadersTooLarge,
-            format!("{} header fields; at most {} are accepted", headers.len(), limits.max_headers),
+            format!(
+                "{} header fields; at most {} are accepted",
+                headers.len(),
+                limits.max_headers
+            ),
         ));
     }
-    let size: usize = headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+    let size: usize = headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
     if size > limits.max_header_bytes {
         return Err(ForwardError::new(
             ErrorKind::HeadersTooLarge,
-            format!("headers total {size} bytes; at most {} are accepted", limits.max_header_bytes),
+            format!(
+                "headers total {size} bytes; at most {} are accepted",
+                limits.max_header_bytes
+            ),
         ));
     }
     Ok(())
@@ -121,12 +134,21 @@ fn check_header_limits(headers: &http::HeaderMap, limits: &LimitsConfig) -> Resu
 
 /// Reads the whole body, refusing it as soon as it exceeds the limit (a
 /// declared `Content-Length` over the limit is refused before any read).
-async fn read_body<B>(body: B, max: usize, declared: Option<u64>) -> Result<(Bytes, Option<http::HeaderMap>), ForwardError>
+async fn read_body<B>(
+    body: B,
+    max: usize,
+    declared: Option<u64>,
+) -> Result<(Bytes, Option<http::HeaderMap>), ForwardError>
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let too_large = || ForwardError::new(ErrorKind::BodyTooLarge, format!("request body is larger than {max} bytes"));
+    let too_large = || {
+        ForwardError::new(
+            ErrorKind::BodyTooLarge,
+            format!("request body is larger than {max} bytes"),
+        )
+    };
     if declared.is_some_and(|n| n > max as u64) {
         return Err(too_large());
     }
@@ -137,7 +159,10 @@ where
         if e.downcast_ref::<LengthLimitError>().is_some() {
             too_large()
         } else {
-            ForwardError::new(ErrorKind::ClientBody, format!("request body could not be read: {e}"))
+            ForwardError::new(
+                ErrorKind::ClientBody,
+                format!("request body could not be read: {e}"),
+            )
         }
     })?;
     let trailers = collected.trailers().cloned();
@@ -160,7 +185,10 @@ fn classify(status: &tonic::Status, service: &str) -> ForwardError {
         ),
         code => ForwardError::new(
             ErrorKind::UpstreamFailed,
-            format!("service {service} failed the forwarded call: gRPC {code:?}: {}", status.message()),
+            format!(
+                "service {service} failed the forwarded call: gRPC {code:?}: {}",
+                status.message()
+            ),
         ),
     }
 }
@@ -176,12 +204,22 @@ pub fn is_connect_error(status: &tonic::Status) -> bool {
     while let Some(e) = source {
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
             use std::io::ErrorKind::*;
-            if matches!(io.kind(), ConnectionRefused | AddrNotAvailable | HostUnreachable | NetworkUnreachable | TimedOut) {
+            if matches!(
+                io.kind(),
+                ConnectionRefused
+                    | AddrNotAvailable
+                    | HostUnreachable
+                    | NetworkUnreachable
+                    | TimedOut
+            ) {
                 return true;
             }
         }
         let text = e.to_string();
-        if text.contains("tcp connect error") || text.contains("connection refused") || text.contains("dns error") {
+        if text.contains("tcp connect error")
+            || text.contains("connection refused")
+            || text.contains("dns error")
+        {
             return true;
         }
         source = e.source();
@@ -189,7 +227,11 @@ pub fn is_connect_error(status: &tonic::Status) -> bool {
     false
 }
 
-async fn forward<B>(shared: &Shared, listener: Listener, req: Request<B>) -> Result<Response<Body>, ForwardError>
+async fn forward<B>(
+    shared: &Shared,
+    listener: Listener,
+    req: Request<B>,
+) -> Result<Response<Body>, ForwardError>
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -200,7 +242,9 @@ where
     // hyper lets Transfer-Encoding override Content-Length (RFC 9112 6.3)
     // and closes the connection after; a gateway refuses the ambiguity
     // outright, since that is what request smuggling is made of.
-    if parts.headers.contains_key(header::TRANSFER_ENCODING) && parts.headers.contains_key(header::CONTENT_LENGTH) {
+    if parts.headers.contains_key(header::TRANSFER_ENCODING)
+        && parts.headers.contains_key(header::CONTENT_LENGTH)
+    {
         return Err(ForwardError::new(
             ErrorKind::BadRequest,
             "request has both Transfer-Encoding and Content-Length",
@@ -214,7 +258,12 @@ where
     let route = snapshot
         .routes
         .lookup(authority, &segments, |v| listener.allows(v))
-        .ok_or_else(|| ForwardError::new(ErrorKind::RouteNotFound, format!("no route for {}", parts.uri.path())))?;
+        .ok_or_else(|| {
+            ForwardError::new(
+                ErrorKind::RouteNotFound,
+                format!("no route for {}", parts.uri.path()),
+            )
+        })?;
     let service = route.service.clone();
     let prefix = route.prefix.clone();
     let budget = route.timeout.unwrap_or(shared.timeouts.request);
@@ -225,9 +274,17 @@ where
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let (body, trailers) = tokio::time::timeout_at(deadline, read_body(body, shared.limits.max_body_bytes, declared))
-        .await
-        .map_err(|_| ForwardError::new(ErrorKind::ClientBody, "request body was not received within the route's timeout"))??;
+    let (body, trailers) = tokio::time::timeout_at(
+        deadline,
+        read_body(body, shared.limits.max_body_bytes, declared),
+    )
+    .await
+    .map_err(|_| {
+        ForwardError::new(
+            ErrorKind::ClientBody,
+            "request body was not received within the route's timeout",
+        )
+    })??;
 
     let endpoints = snapshot.services.get(&service);
     let candidates = match endpoints.map(|s| shared.balancer.select(s)) {
@@ -248,13 +305,20 @@ where
     };
     drop(snapshot);
 
-    let request_id = parts.extensions.get::<RequestId>().map(RequestId::as_str).unwrap_or_default();
+    let request_id = parts
+        .extensions
+        .get::<RequestId>()
+        .map(RequestId::as_str)
+        .unwrap_or_default();
     let peer = parts
         .extensions
         .get::<PeerAddr>()
         .map(|p| p.0)
         .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
-    let trusted_peer = shared.trusted_proxies.iter().any(|n| n.contains(&peer.ip()));
+    let trusted_peer = shared
+        .trusted_proxies
+        .iter()
+        .any(|n| n.contains(&peer.ip()));
     let remaining = deadline.saturating_duration_since(Instant::now());
     let meta = RequestMeta {
         request_id,
@@ -293,7 +357,9 @@ where
             Ok(Ok(resp)) => return response_from_wire(resp.into_inner(), head),
             // tonic enforces the grpc-timeout it sends and reports it as
             // CANCELLED; either way the route's budget is spent.
-            Ok(Err(_)) if Instant::now() >= deadline => return Err(timeout_error(&service, budget)),
+            Ok(Err(_)) if Instant::now() >= deadline => {
+                return Err(timeout_error(&service, budget));
+            }
             Ok(Err(status)) => {
                 let err = classify(&status, &service);
                 if err.kind.retry() != crate::error::Retry::Safe {
@@ -309,8 +375,18 @@ where
     // Every candidate refused the connection.
     shared.registry.service_unreachable(&service);
     Err(last_err.map_or_else(
-        || ForwardError::new(ErrorKind::NoHealthyInstance, format!("service {service} has no healthy instance")),
-        |_| ForwardError::new(ErrorKind::NoHealthyInstance, format!("every instance of service {service} is unreachable")),
+        || {
+            ForwardError::new(
+                ErrorKind::NoHealthyInstance,
+                format!("service {service} has no healthy instance"),
+            )
+        },
+        |_| {
+            ForwardError::new(
+                ErrorKind::NoHealthyInstance,
+                format!("every instance of service {service} is unreachable"),
+            )
+        },
     ))
 }
 
@@ -337,11 +413,17 @@ mod tests {
         };
         let mut h = http::HeaderMap::new();
         for i in 0..3 {
-            h.insert(http::HeaderName::from_bytes(format!("x-{i}").as_bytes()).unwrap(), "v".parse().unwrap());
+            h.insert(
+                http::HeaderName::from_bytes(format!("x-{i}").as_bytes()).unwrap(),
+                "v".parse().unwrap(),
+            );
         }
         check_header_limits(&h, &limits).unwrap();
         h.insert("x-big", "a".repeat(2000).parse().unwrap());
-        assert_eq!(check_header_limits(&h, &limits).unwrap_err().kind, ErrorKind::HeadersTooLarge);
+        assert_eq!(
+            check_header_limits(&h, &limits).unwrap_err().kind,
+            ErrorKind::HeadersTooLarge
+        );
     }
 
     #[tokio::test]
@@ -350,7 +432,10 @@ mod tests {
         let e = read_body(body, 10, Some(1 << 30)).await.unwrap_err();
         assert_eq!(e.kind, ErrorKind::BodyTooLarge);
         let body = http_body_util::Full::new(Bytes::from(vec![0u8; 11]));
-        assert_eq!(read_body(body, 10, None).await.unwrap_err().kind, ErrorKind::BodyTooLarge);
+        assert_eq!(
+            read_body(body, 10, None).await.unwrap_err().kind,
+            ErrorKind::BodyTooLarge
+        );
         let body = http_body_util::Full::new(Bytes::from(vec![0u8; 10]));
         assert_eq!(read_body(body, 10, None).await.unwrap().0.len(), 10);
     }

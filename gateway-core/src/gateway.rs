@@ -51,9 +51,9 @@ impl Listeners {
     pub async fn bind(config: &GatewayConfig) -> std::io::Result<Self> {
         let l = &config.listen;
         let bind = |a: SocketAddr, name: &'static str| async move {
-            TcpListener::bind(a)
-                .await
-                .map_err(|e| std::io::Error::new(e.kind(), format!("cannot bind {name} listener on {a}: {e}")))
+            TcpListener::bind(a).await.map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot bind {name} listener on {a}: {e}"))
+            })
         };
         Ok(Self {
             public: bind(l.public, "public").await?,
@@ -70,7 +70,11 @@ impl Listeners {
     pub fn addrs(&self) -> std::io::Result<BoundAddrs> {
         Ok(BoundAddrs {
             public: self.public.local_addr()?,
-            internal: self.internal.as_ref().map(TcpListener::local_addr).transpose()?,
+            internal: self
+                .internal
+                .as_ref()
+                .map(TcpListener::local_addr)
+                .transpose()?,
             registration: self.registration.local_addr()?,
             admin: self.admin.local_addr()?,
         })
@@ -99,7 +103,12 @@ impl Gateway {
         let node_id: Arc<str> = config
             .node_id
             .clone()
-            .unwrap_or_else(|| format!("gateway-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]))
+            .unwrap_or_else(|| {
+                format!(
+                    "gateway-{}",
+                    &uuid::Uuid::new_v4().simple().to_string()[..8]
+                )
+            })
             .into();
         let balancer = Balancer::new(config.balancer.clone(), config.timeouts.clone());
         let follow = balancer.follow(registry.as_ref());
@@ -166,8 +175,16 @@ impl Gateway {
         if let Some(l) = listeners.internal {
             spawn(l, proxy_stack(sh.clone(), Listener::Internal));
         }
-        spawn(listeners.registration, HttpService::new(registration::router(self.api.clone())));
-        let admin = admin::router(sh.clone(), self.readiness.clone(), self.api.clone(), proxy_stack(sh.clone(), Listener::Admin));
+        spawn(
+            listeners.registration,
+            HttpService::new(registration::router(self.api.clone())),
+        );
+        let admin = admin::router(
+            sh.clone(),
+            self.readiness.clone(),
+            self.api.clone(),
+            proxy_stack(sh.clone(), Listener::Admin),
+        );
         spawn(listeners.admin, HttpService::new(admin));
         self.readiness.set(true);
         info!(node_id = %self.shared.node_id, "Gateway ready.");

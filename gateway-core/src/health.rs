@@ -27,7 +27,11 @@ impl Checker {
         let channel = match reg.health.kind {
             CheckKind::Grpc { .. } => Endpoint::from_shared(format!("http://{}", reg.address))
                 .ok()
-                .map(|e| e.connect_timeout(reg.health.timeout).tcp_nodelay(true).connect_lazy()),
+                .map(|e| {
+                    e.connect_timeout(reg.health.timeout)
+                        .tcp_nodelay(true)
+                        .connect_lazy()
+                }),
             _ => None,
         };
         Some(Self {
@@ -71,16 +75,20 @@ async fn http_get(address: &str, path: &str) -> Result<String, String> {
     let stream = tokio::net::TcpStream::connect(address)
         .await
         .map_err(|e| format!("http check connect: {e}"))?;
-    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-        .await
-        .map_err(|e| format!("http check: {e}"))?;
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("http check: {e}"))?;
     tokio::spawn(conn);
     let req = http::Request::get(path)
         .header(http::header::HOST, address)
         .header(http::header::USER_AGENT, "forwarding-gateway-health")
         .body(Empty::<bytes::Bytes>::new())
         .map_err(|e| format!("http check: {e}"))?;
-    let resp = send.send_request(req).await.map_err(|e| format!("http check: {e}"))?;
+    let resp = send
+        .send_request(req)
+        .await
+        .map_err(|e| format!("http check: {e}"))?;
     if resp.status().is_success() {
         Ok(format!("http {}", resp.status().as_u16()))
     } else {

@@ -20,7 +20,8 @@ use crate::request_id::{RequestId, RequestIdLayer};
 /// The HTTP service a listener serves: never fails, errors are responses.
 /// `B` is the request body: hyper's `Incoming` on the public listeners,
 /// axum's `Body` behind the admin router.
-pub type HttpService<B = hyper::body::Incoming> = BoxCloneSyncService<Request<B>, Response<Body>, Infallible>;
+pub type HttpService<B = hyper::body::Incoming> =
+    BoxCloneSyncService<Request<B>, Response<Body>, Infallible>;
 
 /// HTTP -> ForwardingReq -> gRPC -> ForwardingResp -> HTTP, for one listener.
 pub fn proxy_stack<B>(shared: Arc<Shared>, listener: Listener) -> HttpService<B>
@@ -70,9 +71,10 @@ pub struct ErrorEdge<S> {
 fn classify(e: BoxError) -> ForwardError {
     match e.downcast::<ForwardError>() {
         Ok(fe) => *fe,
-        Err(e) if e.is::<tower::load_shed::error::Overloaded>() => {
-            ForwardError::new(ErrorKind::Overloaded, "the gateway is at its concurrency limit; retry later")
-        }
+        Err(e) if e.is::<tower::load_shed::error::Overloaded>() => ForwardError::new(
+            ErrorKind::Overloaded,
+            "the gateway is at its concurrency limit; retry later",
+        ),
         Err(e) => ForwardError::new(ErrorKind::Overloaded, format!("gateway error: {e}")),
     }
 }
@@ -117,8 +119,14 @@ mod tests {
         let failing = service_fn(|_req: Request<()>| async {
             Err::<Response<Body>, _>(ForwardError::new(ErrorKind::RouteNotFound, "nope"))
         });
-        let svc = ServiceBuilder::new().layer(RequestIdLayer).layer(ErrorEdgeLayer).service(failing);
-        let req = Request::builder().header("x-request-id", "r-1").body(()).unwrap();
+        let svc = ServiceBuilder::new()
+            .layer(RequestIdLayer)
+            .layer(ErrorEdgeLayer)
+            .service(failing);
+        let req = Request::builder()
+            .header("x-request-id", "r-1")
+            .body(())
+            .unwrap();
         let resp = svc.oneshot(req).await.unwrap();
         assert_eq!(resp.status(), 404);
         assert_eq!(resp.headers()["x-request-id"], "r-1");

@@ -18,7 +18,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tracing::info;
 
-use crate::registry::{Health, InvalidField, Registration, RegistrationPolicy, Registry, RegistryError};
+use crate::registry::{
+    Health, InvalidField, Registration, RegistrationPolicy, Registry, RegistryError,
+};
 
 /// Why a registration call failed.
 #[derive(Debug, thiserror::Error)]
@@ -73,7 +75,8 @@ impl IntoResponse for ApiError {
             ApiError::Invalid(f) => Some(f.field.clone()),
             _ => None,
         };
-        let body = json!({"error": {"code": self.code(), "message": self.to_string(), "field": field}});
+        let body =
+            json!({"error": {"code": self.code(), "message": self.to_string(), "field": field}});
         (status, axum::Json(body)).into_response()
     }
 }
@@ -88,7 +91,11 @@ pub struct RegistrationApi {
 
 impl RegistrationApi {
     /// A new API over a registry.
-    pub fn new(registry: Arc<dyn Registry>, policy: RegistrationPolicy, token: Option<String>) -> Self {
+    pub fn new(
+        registry: Arc<dyn Registry>,
+        policy: RegistrationPolicy,
+        token: Option<String>,
+    ) -> Self {
         Self {
             registry,
             policy: Arc::new(policy),
@@ -99,11 +106,24 @@ impl RegistrationApi {
     /// Checks `authorization: Bearer <token>` when a token is configured.
     /// Compared in constant time so the token cannot be guessed byte by byte.
     pub fn authorize(&self, authorization: Option<&[u8]>) -> Result<(), ApiError> {
-        let Some(token) = &self.token else { return Ok(()) };
-        let given = authorization.and_then(|v| v.strip_prefix(b"Bearer ")).unwrap_or_default();
+        let Some(token) = &self.token else {
+            return Ok(());
+        };
+        let given = authorization
+            .and_then(|v| v.strip_prefix(b"Bearer "))
+            .unwrap_or_default();
         let expected = token.as_bytes();
-        let same = given.len() == expected.len() && given.iter().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
-        if same { Ok(()) } else { Err(ApiError::Unauthenticated) }
+        let same = given.len() == expected.len()
+            && given
+                .iter()
+                .zip(expected)
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
+        if same {
+            Ok(())
+        } else {
+            Err(ApiError::Unauthenticated)
+        }
     }
 
     /// Validates and stores a registration.
@@ -122,7 +142,11 @@ impl RegistrationApi {
     }
 
     /// Removes an instance (idempotent).
-    pub async fn deregister(&self, service: &str, instance_id: &str) -> Result<pb::DeregisterResponse, ApiError> {
+    pub async fn deregister(
+        &self,
+        service: &str,
+        instance_id: &str,
+    ) -> Result<pb::DeregisterResponse, ApiError> {
         key_fields(service, instance_id)?;
         let existed = self.registry.deregister(service, instance_id).await?;
         if existed {
@@ -132,7 +156,11 @@ impl RegistrationApi {
     }
 
     /// Extends a lease.
-    pub async fn renew(&self, service: &str, instance_id: &str) -> Result<pb::RenewResponse, ApiError> {
+    pub async fn renew(
+        &self,
+        service: &str,
+        instance_id: &str,
+    ) -> Result<pb::RenewResponse, ApiError> {
         key_fields(service, instance_id)?;
         let lease = self.registry.renew(service, instance_id).await?;
         Ok(pb::RenewResponse {
@@ -156,7 +184,10 @@ impl RegistrationApi {
                     Health::Failing => pb::HealthState::Failing,
                 } as i32,
                 health_detail: i.detail.to_string(),
-                lease_remaining_ms: i.lease_deadline.map(|d| d.saturating_duration_since(now).as_millis() as u64).unwrap_or(0),
+                lease_remaining_ms: i
+                    .lease_deadline
+                    .map(|d| d.saturating_duration_since(now).as_millis() as u64)
+                    .unwrap_or(0),
             })
             .collect();
         pb::ListResponse { instances }
@@ -181,7 +212,10 @@ fn key_fields(service: &str, instance_id: &str) -> Result<(), ApiError> {
 
 #[tonic::async_trait]
 impl pb::registry_service_server::RegistryService for RegistrationApi {
-    async fn register(&self, req: tonic::Request<pb::RegisterRequest>) -> Result<tonic::Response<pb::RegisterResponse>, tonic::Status> {
+    async fn register(
+        &self,
+        req: tonic::Request<pb::RegisterRequest>,
+    ) -> Result<tonic::Response<pb::RegisterResponse>, tonic::Status> {
         self.authorize(req.metadata().get("authorization").map(|v| v.as_bytes()))?;
         let reg = req.into_inner().registration.ok_or_else(|| {
             ApiError::Invalid(InvalidField {
@@ -189,7 +223,9 @@ impl pb::registry_service_server::RegistryService for RegistrationApi {
                 reason: "is required".into(),
             })
         })?;
-        Ok(tonic::Response::new(RegistrationApi::register(self, reg).await?))
+        Ok(tonic::Response::new(
+            RegistrationApi::register(self, reg).await?,
+        ))
     }
 
     async fn deregister(
@@ -198,17 +234,30 @@ impl pb::registry_service_server::RegistryService for RegistrationApi {
     ) -> Result<tonic::Response<pb::DeregisterResponse>, tonic::Status> {
         self.authorize(req.metadata().get("authorization").map(|v| v.as_bytes()))?;
         let r = req.into_inner();
-        Ok(tonic::Response::new(RegistrationApi::deregister(self, &r.service, &r.instance_id).await?))
+        Ok(tonic::Response::new(
+            RegistrationApi::deregister(self, &r.service, &r.instance_id).await?,
+        ))
     }
 
-    async fn renew(&self, req: tonic::Request<pb::RenewRequest>) -> Result<tonic::Response<pb::RenewResponse>, tonic::Status> {
+    async fn renew(
+        &self,
+        req: tonic::Request<pb::RenewRequest>,
+    ) -> Result<tonic::Response<pb::RenewResponse>, tonic::Status> {
         self.authorize(req.metadata().get("authorization").map(|v| v.as_bytes()))?;
         let r = req.into_inner();
-        Ok(tonic::Response::new(RegistrationApi::renew(self, &r.service, &r.instance_id).await?))
+        Ok(tonic::Response::new(
+            RegistrationApi::renew(self, &r.service, &r.instance_id).await?,
+        ))
     }
 
-    async fn list(&self, req: tonic::Request<pb::ListRequest>) -> Result<tonic::Response<pb::ListResponse>, tonic::Status> {
-        Ok(tonic::Response::new(RegistrationApi::list(self, &req.into_inner().service)))
+    async fn list(
+        &self,
+        req: tonic::Request<pb::ListRequest>,
+    ) -> Result<tonic::Response<pb::ListResponse>, tonic::Status> {
+        Ok(tonic::Response::new(RegistrationApi::list(
+            self,
+            &req.into_inner().service,
+        )))
     }
 }
 
@@ -375,11 +424,20 @@ pub fn list_to_json(l: &pb::ListResponse) -> serde_json::Value {
     })
 }
 
-async fn http_register(State(api): State<RegistrationApi>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+async fn http_register(
+    State(api): State<RegistrationApi>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     api.authorize(headers.get("authorization").map(|v| v.as_bytes()))?;
-    let json: RegistrationJson = serde_json::from_slice(&body).map_err(|e| ApiError::Json(e.to_string()))?;
+    let json: RegistrationJson =
+        serde_json::from_slice(&body).map_err(|e| ApiError::Json(e.to_string()))?;
     let out = api.register(json.into_proto()?).await?;
-    let status = if out.created { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if out.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok((
         status,
         axum::Json(json!({"instance_id": out.instance_id, "lease_ms": out.lease_ms, "created": out.created})),

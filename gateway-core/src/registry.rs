@@ -155,11 +155,14 @@ impl RegistrationPolicy {
 pub fn valid_service_name(s: &str) -> bool {
     (1..=63).contains(&s.len())
         && s.as_bytes()[0].is_ascii_lowercase()
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 fn valid_instance_id(s: &str) -> bool {
-    (1..=128).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b".-_:".contains(&b))
+    (1..=128).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-_:".contains(&b))
 }
 
 fn ms(v: u64) -> Option<Duration> {
@@ -183,7 +186,9 @@ pub fn validate_address(address: &str, allowed: &[IpNet]) -> Result<(), InvalidF
             let port_ok = port.parse::<u16>().is_ok_and(|p| p > 0);
             let host_ok = !host.is_empty()
                 && host.len() <= 253
-                && host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
             if !port_ok || !host_ok {
                 return Err(invalid(field, format!("{address:?} is not host:port")));
             }
@@ -195,15 +200,24 @@ pub fn validate_address(address: &str, allowed: &[IpNet]) -> Result<(), InvalidF
     }
     match ip {
         Some(ip) if allowed.iter().any(|n| n.contains(&ip)) => Ok(()),
-        Some(ip) => Err(invalid(field, format!("{ip} is outside the networks allowed by registration.allowed_networks"))),
-        None => Err(invalid(field, "must be an IP address when registration.allowed_networks is set")),
+        Some(ip) => Err(invalid(
+            field,
+            format!("{ip} is outside the networks allowed by registration.allowed_networks"),
+        )),
+        None => Err(invalid(
+            field,
+            "must be an IP address when registration.allowed_networks is set",
+        )),
     }
 }
 
 impl Registration {
     /// Validates a wire registration, filling defaults. Nothing is half
     /// applied: either a complete registration or the first invalid field.
-    pub fn from_proto(p: pb::Registration, policy: &RegistrationPolicy) -> Result<Self, InvalidField> {
+    pub fn from_proto(
+        p: pb::Registration,
+        policy: &RegistrationPolicy,
+    ) -> Result<Self, InvalidField> {
         if p.service.is_empty() {
             return Err(invalid("registration.service", "is required"));
         }
@@ -220,7 +234,10 @@ impl Registration {
             p.instance_id
         };
         if !valid_instance_id(&instance_id) {
-            return Err(invalid("registration.instance_id", "must be 1-128 characters of [A-Za-z0-9._:-]"));
+            return Err(invalid(
+                "registration.instance_id",
+                "must be 1-128 characters of [A-Za-z0-9._:-]",
+            ));
         }
         let mut routes = Vec::with_capacity(p.routes.len().max(1));
         for (i, r) in p.routes.into_iter().enumerate() {
@@ -232,7 +249,12 @@ impl Registration {
                 return Err(invalid(format!("{f}.path_prefix"), "is not a valid path"));
             }
             for (j, h) in r.hosts.iter().enumerate() {
-                if h.is_empty() || h.len() > 255 || !h.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b)) {
+                if h.is_empty()
+                    || h.len() > 255
+                    || !h
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+                {
                     return Err(invalid(format!("{f}.hosts[{j}]"), "is not a host name"));
                 }
             }
@@ -253,7 +275,12 @@ impl Registration {
             Ok(pb::Visibility::Unspecified | pb::Visibility::Public) => Visibility::Public,
             Ok(pb::Visibility::Internal) => Visibility::Internal,
             Ok(pb::Visibility::Admin) => Visibility::Admin,
-            Err(_) => return Err(invalid("registration.visibility", format!("unknown value {}", p.visibility))),
+            Err(_) => {
+                return Err(invalid(
+                    "registration.visibility",
+                    format!("unknown value {}", p.visibility),
+                ));
+            }
         };
         let weight = match p.weight {
             0 => 100,
@@ -261,27 +288,45 @@ impl Registration {
             _ => return Err(invalid("registration.weight", "must be 0-1000")),
         };
         if let Some(k) = p.metadata.keys().find(|k| k.starts_with("gw-")) {
-            return Err(invalid(format!("registration.metadata.{k}"), "keys starting with gw- are reserved"));
+            return Err(invalid(
+                format!("registration.metadata.{k}"),
+                "keys starting with gw- are reserved",
+            ));
         }
         let h = p.health.unwrap_or_default();
         let kind = match pb::health_check::Kind::try_from(h.kind) {
-            Ok(pb::health_check::Kind::Unspecified | pb::health_check::Kind::Grpc) => CheckKind::Grpc {
-                service: h.grpc_service,
-            },
+            Ok(pb::health_check::Kind::Unspecified | pb::health_check::Kind::Grpc) => {
+                CheckKind::Grpc {
+                    service: h.grpc_service,
+                }
+            }
             Ok(pb::health_check::Kind::Http) => {
                 if !h.http_path.starts_with('/') {
-                    return Err(invalid("registration.health.http_path", "must start with '/'"));
+                    return Err(invalid(
+                        "registration.health.http_path",
+                        "must start with '/'",
+                    ));
                 }
                 CheckKind::Http { path: h.http_path }
             }
             Ok(pb::health_check::Kind::Ttl) => CheckKind::Ttl,
-            Err(_) => return Err(invalid("registration.health.kind", format!("unknown value {}", h.kind))),
+            Err(_) => {
+                return Err(invalid(
+                    "registration.health.kind",
+                    format!("unknown value {}", h.kind),
+                ));
+            }
         };
         let interval = ms(h.interval_ms).unwrap_or(policy.check_interval);
         if interval < Duration::from_millis(10) {
-            return Err(invalid("registration.health.interval_ms", "must be at least 10"));
+            return Err(invalid(
+                "registration.health.interval_ms",
+                "must be at least 10",
+            ));
         }
-        let timeout = ms(h.timeout_ms).unwrap_or(policy.check_timeout).min(interval);
+        let timeout = ms(h.timeout_ms)
+            .unwrap_or(policy.check_timeout)
+            .min(interval);
         let lease = ms(p.lease_ms).unwrap_or(policy.lease);
         if lease < Duration::from_millis(100) {
             return Err(invalid("registration.lease_ms", "must be at least 100"));
@@ -309,7 +354,9 @@ impl Registration {
     pub fn to_proto(&self) -> pb::Registration {
         let d = |d: Duration| d.as_millis() as u64;
         let (kind, grpc_service, http_path) = match &self.health.kind {
-            CheckKind::Grpc { service } => (pb::health_check::Kind::Grpc, service.clone(), String::new()),
+            CheckKind::Grpc { service } => {
+                (pb::health_check::Kind::Grpc, service.clone(), String::new())
+            }
             CheckKind::Http { path } => (pb::health_check::Kind::Http, String::new(), path.clone()),
             CheckKind::Ttl => (pb::health_check::Kind::Ttl, String::new(), String::new()),
         };
@@ -340,7 +387,11 @@ impl Registration {
                 http_path,
                 interval_ms: d(self.health.interval),
                 timeout_ms: d(self.health.timeout),
-                deregister_critical_after_ms: self.health.deregister_critical_after.map(d).unwrap_or(0),
+                deregister_critical_after_ms: self
+                    .health
+                    .deregister_critical_after
+                    .map(d)
+                    .unwrap_or(0),
             }),
             lease_ms: d(self.lease),
         }
@@ -431,9 +482,17 @@ pub trait Registry: Send + Sync + 'static {
     /// Creates or replaces an instance (idempotent).
     fn register(&self, reg: Registration) -> BoxFuture<'_, Result<RegisterOutcome, RegistryError>>;
     /// Removes an instance; `Ok(false)` when it was unknown (idempotent).
-    fn deregister<'a>(&'a self, service: &'a str, instance_id: &'a str) -> BoxFuture<'a, Result<bool, RegistryError>>;
+    fn deregister<'a>(
+        &'a self,
+        service: &'a str,
+        instance_id: &'a str,
+    ) -> BoxFuture<'a, Result<bool, RegistryError>>;
     /// Extends an instance's lease.
-    fn renew<'a>(&'a self, service: &'a str, instance_id: &'a str) -> BoxFuture<'a, Result<Duration, RegistryError>>;
+    fn renew<'a>(
+        &'a self,
+        service: &'a str,
+        instance_id: &'a str,
+    ) -> BoxFuture<'a, Result<Duration, RegistryError>>;
     /// The current catalogue, updated on every change.
     fn watch(&self) -> watch::Receiver<Arc<Catalog>>;
     /// Every instance of `service` refused connections from this gateway:

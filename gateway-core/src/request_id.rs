@@ -70,7 +70,9 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let id = match req.headers().get(&HEADER) {
-            Some(v) if is_valid(v) && req.headers().get_all(&HEADER).iter().count() == 1 => v.clone(),
+            Some(v) if is_valid(v) && req.headers().get_all(&HEADER).iter().count() == 1 => {
+                v.clone()
+            }
             _ => generate(),
         };
         req.headers_mut().insert(HEADER, id.clone());
@@ -114,7 +116,12 @@ mod tests {
     use tower::{ServiceExt, service_fn};
 
     async fn echo(req: Request<()>) -> Result<Response<String>, Infallible> {
-        let ext = req.extensions().get::<RequestId>().unwrap().as_str().to_owned();
+        let ext = req
+            .extensions()
+            .get::<RequestId>()
+            .unwrap()
+            .as_str()
+            .to_owned();
         assert_eq!(req.headers()[HEADER].to_str().unwrap(), ext);
         Ok(Response::new(ext))
     }
@@ -122,7 +129,10 @@ mod tests {
     #[tokio::test]
     async fn keeps_a_valid_client_id() {
         let svc = RequestIdLayer.layer(service_fn(echo));
-        let req = Request::builder().header("x-request-id", "abc-123").body(()).unwrap();
+        let req = Request::builder()
+            .header("x-request-id", "abc-123")
+            .body(())
+            .unwrap();
         let resp = svc.oneshot(req).await.unwrap();
         assert_eq!(resp.headers()[HEADER], "abc-123");
         assert_eq!(resp.body(), "abc-123");
@@ -130,12 +140,21 @@ mod tests {
 
     #[tokio::test]
     async fn replaces_invalid_or_duplicate_ids() {
-        for bad in [vec!["has space"], vec![""], vec!["a", "b"], vec![&"x".repeat(129)]] {
+        for bad in [
+            vec!["has space"],
+            vec![""],
+            vec!["a", "b"],
+            vec![&"x".repeat(129)],
+        ] {
             let mut b = Request::builder();
             for v in &bad {
                 b = b.header("x-request-id", *v);
             }
-            let resp = RequestIdLayer.layer(service_fn(echo)).oneshot(b.body(()).unwrap()).await.unwrap();
+            let resp = RequestIdLayer
+                .layer(service_fn(echo))
+                .oneshot(b.body(()).unwrap())
+                .await
+                .unwrap();
             let id = resp.headers()[HEADER].to_str().unwrap();
             assert_eq!(id.len(), 32, "{bad:?} -> {id}");
         }

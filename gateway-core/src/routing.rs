@@ -29,13 +29,19 @@ pub type Segments<'a> = Vec<Cow<'a, str>>;
 /// with `/` and paths that decode to a NUL byte.
 pub fn normalise(path: &str) -> Result<Segments<'_>, ForwardError> {
     if !path.starts_with('/') {
-        return Err(ForwardError::new(ErrorKind::BadRequest, "request path must start with '/'"));
+        return Err(ForwardError::new(
+            ErrorKind::BadRequest,
+            "request path must start with '/'",
+        ));
     }
     let mut out: Segments<'_> = Vec::new();
     for raw in path.split('/') {
         let seg = percent_decode_str(raw).decode_utf8_lossy();
         if seg.contains('\0') {
-            return Err(ForwardError::new(ErrorKind::BadRequest, "request path contains a NUL byte"));
+            return Err(ForwardError::new(
+                ErrorKind::BadRequest,
+                "request path contains a NUL byte",
+            ));
         }
         match &*seg {
             "" | "." => {}
@@ -74,13 +80,19 @@ impl Route {
         timeout: Option<Duration>,
         visibility: Visibility,
     ) -> Result<Self, ForwardError> {
-        let segments: Vec<String> = normalise(prefix)?.into_iter().map(Cow::into_owned).collect();
+        let segments: Vec<String> = normalise(prefix)?
+            .into_iter()
+            .map(Cow::into_owned)
+            .collect();
         let canonical = format!("/{}", segments.join("/"));
         Ok(Self {
             service,
             prefix: canonical.into(),
             segments,
-            hosts: hosts.iter().map(|h| strip_port(h).to_ascii_lowercase()).collect(),
+            hosts: hosts
+                .iter()
+                .map(|h| strip_port(h).to_ascii_lowercase())
+                .collect(),
             timeout,
             visibility,
         })
@@ -94,7 +106,11 @@ impl Route {
 
     /// Sort key: host-specific first, then longer prefixes, then service name.
     fn rank(&self) -> (bool, std::cmp::Reverse<usize>, Arc<str>) {
-        (self.hosts.is_empty(), std::cmp::Reverse(self.segments.len()), self.service.clone())
+        (
+            self.hosts.is_empty(),
+            std::cmp::Reverse(self.segments.len()),
+            self.service.clone(),
+        )
     }
 }
 
@@ -150,7 +166,12 @@ impl RouteTable {
     }
 
     /// The best route for a request, among the visibilities `allowed`.
-    pub fn lookup(&self, authority: &str, segs: &[Cow<'_, str>], allowed: impl Fn(Visibility) -> bool) -> Option<&Route> {
+    pub fn lookup(
+        &self,
+        authority: &str,
+        segs: &[Cow<'_, str>],
+        allowed: impl Fn(Visibility) -> bool,
+    ) -> Option<&Route> {
         let host = strip_port(authority);
         let candidates = segs.first().and_then(|s| self.by_first.get(s.as_ref()));
         fn pick<'r>(
@@ -159,7 +180,9 @@ impl RouteTable {
             segs: &[Cow<'_, str>],
             allowed: &impl Fn(Visibility) -> bool,
         ) -> Option<&'r Route> {
-            list?.iter().find(|r| allowed(r.visibility) && r.matches(host, segs))
+            list?
+                .iter()
+                .find(|r| allowed(r.visibility) && r.matches(host, segs))
         }
         // A host-specific catch-all outranks a host-less prefix.
         let specific = pick(candidates, host, segs, &allowed);
@@ -205,25 +228,45 @@ mod tests {
 
     fn find(t: &RouteTable, host: &str, path: &str) -> Option<String> {
         let segs = normalise(path).ok()?;
-        t.lookup(host, &segs, |_| true).map(|r| r.service.to_string())
+        t.lookup(host, &segs, |_| true)
+            .map(|r| r.service.to_string())
     }
 
     #[test]
     fn longest_prefix_and_host_rules() {
         let t = table();
         assert_eq!(find(&t, "x", "/orders/1").as_deref(), Some("orders"));
-        assert_eq!(find(&t, "x", "/orders/admin/1").as_deref(), Some("order-admin"));
+        assert_eq!(
+            find(&t, "x", "/orders/admin/1").as_deref(),
+            Some("order-admin")
+        );
         assert_eq!(find(&t, "x", "/ordersx").as_deref(), Some("fallback"));
-        assert_eq!(find(&t, "beta.example:443", "/orders/1").as_deref(), Some("beta"));
-        assert_eq!(find(&t, "SHOP.example", "/orders/1").as_deref(), Some("shop"));
+        assert_eq!(
+            find(&t, "beta.example:443", "/orders/1").as_deref(),
+            Some("beta")
+        );
+        assert_eq!(
+            find(&t, "SHOP.example", "/orders/1").as_deref(),
+            Some("shop")
+        );
         assert_eq!(find(&t, "x", "/").as_deref(), Some("fallback"));
     }
 
     #[test]
     fn normalisation_cannot_escape_the_named_service() {
-        let t = RouteTable::new([route("public", "/public", &[]), route("admin", "/admin", &[])]).0;
-        assert_eq!(find(&t, "h", "/public/../admin/x").as_deref(), Some("admin"));
-        assert_eq!(find(&t, "h", "/public/%2e%2e/admin").as_deref(), Some("admin"));
+        let t = RouteTable::new([
+            route("public", "/public", &[]),
+            route("admin", "/admin", &[]),
+        ])
+        .0;
+        assert_eq!(
+            find(&t, "h", "/public/../admin/x").as_deref(),
+            Some("admin")
+        );
+        assert_eq!(
+            find(&t, "h", "/public/%2e%2e/admin").as_deref(),
+            Some("admin")
+        );
         assert_eq!(find(&t, "h", "//public//x").as_deref(), Some("public"));
         assert_eq!(find(&t, "h", "/../../public").as_deref(), Some("public"));
         // An encoded slash stays inside its segment: not "/public/../admin".

@@ -37,9 +37,17 @@ pub struct ServerOptions {
 
 /// Serves `svc` on `listener` until `shutdown` resolves; then stops
 /// accepting and waits up to `opts.grace` for open requests to finish.
-pub async fn serve<S>(listener: TcpListener, svc: S, opts: ServerOptions, shutdown: impl Future<Output = ()>)
-where
-    S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible> + Clone + Send + Sync + 'static,
+pub async fn serve<S>(
+    listener: TcpListener,
+    svc: S,
+    opts: ServerOptions,
+    shutdown: impl Future<Output = ()>,
+) where
+    S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
     S::Future: Send + 'static,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -87,7 +95,10 @@ where
     }
     drop(listener);
     info!(listener = ?local, "Stopped accepting; draining connections.");
-    if tokio::time::timeout(opts.grace, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(opts.grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
         warn!(listener = ?local, grace = ?opts.grace, "Grace period over; closing remaining connections.");
     }
 }

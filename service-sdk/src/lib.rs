@@ -141,18 +141,22 @@ pub enum Error {
 /// Turns a `ForwardingReq` into an HTTP request. Fails with a message when
 /// the message cannot be an HTTP request (bad method, target or header).
 pub fn request_from_wire(req: pb::ForwardingReq) -> Result<Request, String> {
-    let method = http::Method::from_bytes(req.method.as_bytes()).map_err(|_| format!("invalid method {:?}", req.method))?;
+    let method = http::Method::from_bytes(req.method.as_bytes())
+        .map_err(|_| format!("invalid method {:?}", req.method))?;
     let target = if req.has_query || !req.query.is_empty() {
         format!("{}?{}", req.path, req.query)
     } else {
         req.path.clone()
     };
-    let uri: http::Uri = target.parse().map_err(|e| format!("invalid request target {target:?}: {e}"))?;
+    let uri: http::Uri = target
+        .parse()
+        .map_err(|e| format!("invalid request target {target:?}: {e}"))?;
     let headers = headers_from_wire(&req.headers).map_err(|e| e.to_string())?;
     let mut out = http::Request::new(req.body);
     *out.method_mut() = method;
     *out.uri_mut() = uri;
-    *out.version_mut() = version_from_wire(pb::HttpVersion::try_from(req.version).unwrap_or_default());
+    *out.version_mut() =
+        version_from_wire(pb::HttpVersion::try_from(req.version).unwrap_or_default());
     *out.headers_mut() = headers;
     let ctx = req.context.unwrap_or_default();
     out.extensions_mut().insert(ForwardContext {
@@ -190,7 +194,10 @@ impl<H> Forwarding<H> {
 
 #[tonic::async_trait]
 impl<H: Handler> ForwardingService for Forwarding<H> {
-    async fn send(&self, req: tonic::Request<pb::ForwardingReq>) -> Result<tonic::Response<pb::ForwardingResp>, tonic::Status> {
+    async fn send(
+        &self,
+        req: tonic::Request<pb::ForwardingReq>,
+    ) -> Result<tonic::Response<pb::ForwardingResp>, tonic::Status> {
         let req = request_from_wire(req.into_inner()).map_err(tonic::Status::invalid_argument)?;
         let resp = self.0.handle(req).await;
         Ok(tonic::Response::new(response_to_wire(resp)))
@@ -324,7 +331,9 @@ pub struct BoundBackend<H> {
 impl<H: Handler> BoundBackend<H> {
     /// The bound address.
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
     /// Serves until `shutdown` resolves; then reports NOT_SERVING,
@@ -335,7 +344,10 @@ impl<H: Handler> BoundBackend<H> {
             .set_service_status("", tonic_health::ServingStatus::Serving)
             .await;
         health_reporter
-            .set_service_status(&self.registration.service, tonic_health::ServingStatus::Serving)
+            .set_service_status(
+                &self.registration.service,
+                tonic_health::ServingStatus::Serving,
+            )
             .await;
 
         let stop_server = tokio_util::sync::CancellationToken::new();
@@ -347,7 +359,10 @@ impl<H: Handler> BoundBackend<H> {
                     .max_decoding_message_size(usize::MAX)
                     .max_encoding_message_size(usize::MAX),
             )
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), stop_server.clone().cancelled_owned());
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(self.listener),
+                stop_server.clone().cancelled_owned(),
+            );
         let server = tokio::spawn(server);
 
         let registrar = match &self.gateway {
@@ -355,7 +370,10 @@ impl<H: Handler> BoundBackend<H> {
                 let handler = self.handler.clone();
                 let r = Registrar::new(url, self.registration.clone(), self.token.clone())
                     .map_err(|e| Error::Config(format!("gateway url: {e}")))?;
-                Some((r.clone(), tokio::spawn(r.run(move |id| handler.on_registered(id)))))
+                Some((
+                    r.clone(),
+                    tokio::spawn(r.run(move |id| handler.on_registered(id))),
+                ))
             }
             None => None,
         };
@@ -393,11 +411,21 @@ mod tests {
             has_query: true,
             version: pb::HttpVersion::Http2 as i32,
             headers: vec![
-                pb::Header { name: "set-cookie".into(), value: Bytes::from_static(b"a") },
-                pb::Header { name: "set-cookie".into(), value: Bytes::from_static(b"b") },
+                pb::Header {
+                    name: "set-cookie".into(),
+                    value: Bytes::from_static(b"a"),
+                },
+                pb::Header {
+                    name: "set-cookie".into(),
+                    value: Bytes::from_static(b"b"),
+                },
             ],
             body: Bytes::from_static(b"body"),
-            context: Some(pb::RequestContext { request_id: "r".into(), deadline_ms: 250, ..Default::default() }),
+            context: Some(pb::RequestContext {
+                request_id: "r".into(),
+                deadline_ms: 250,
+                ..Default::default()
+            }),
             ..Default::default()
         };
         let r = request_from_wire(req).unwrap();
@@ -411,20 +439,35 @@ mod tests {
 
     #[test]
     fn bad_wire_requests_are_named() {
-        let e = request_from_wire(pb::ForwardingReq { method: "BAD METHOD".into(), path: "/".into(), ..Default::default() }).unwrap_err();
+        let e = request_from_wire(pb::ForwardingReq {
+            method: "BAD METHOD".into(),
+            path: "/".into(),
+            ..Default::default()
+        })
+        .unwrap_err();
         assert!(e.contains("method"), "{e}");
-        let e = request_from_wire(pb::ForwardingReq { method: "GET".into(), path: "no slash space".into(), ..Default::default() }).unwrap_err();
+        let e = request_from_wire(pb::ForwardingReq {
+            method: "GET".into(),
+            path: "no slash space".into(),
+            ..Default::default()
+        })
+        .unwrap_err();
         assert!(e.contains("target"), "{e}");
     }
 
     #[tokio::test]
     async fn router_handles_by_method_and_path() {
-        let app = Router::new().route("/x/{id}", routing::get(|axum::extract::Path(id): axum::extract::Path<String>| async move { id }));
+        let app = Router::new().route(
+            "/x/{id}",
+            routing::get(|axum::extract::Path(id): axum::extract::Path<String>| async move { id }),
+        );
         let req = http::Request::get("/x/42").body(Bytes::new()).unwrap();
         let resp = app.handle(req).await;
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.body(), "42");
-        let resp = app.handle(http::Request::post("/x/42").body(Bytes::new()).unwrap()).await;
+        let resp = app
+            .handle(http::Request::post("/x/42").body(Bytes::new()).unwrap())
+            .await;
         assert_eq!(resp.status(), 405);
     }
 }

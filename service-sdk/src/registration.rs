@@ -22,7 +22,11 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 impl Registrar {
     /// A registrar talking gRPC to `gateway_url` (e.g. `http://127.0.0.1:8090`).
-    pub fn new(gateway_url: &str, registration: pb::Registration, token: Option<String>) -> Result<Self, tonic::transport::Error> {
+    pub fn new(
+        gateway_url: &str,
+        registration: pb::Registration,
+        token: Option<String>,
+    ) -> Result<Self, tonic::transport::Error> {
         let channel = Endpoint::from_shared(gateway_url.to_owned())?
             .connect_timeout(Duration::from_secs(1))
             .timeout(Duration::from_secs(5))
@@ -55,7 +59,11 @@ impl Registrar {
     /// Deregisters (idempotent).
     pub async fn deregister(&self) -> Result<(), tonic::Status> {
         let id = if self.registration.instance_id.is_empty() {
-            format!("{}-{}", self.registration.service, self.registration.address.replace(['[', ']'], ""))
+            format!(
+                "{}-{}",
+                self.registration.service,
+                self.registration.address.replace(['[', ']'], "")
+            )
         } else {
             self.registration.instance_id.clone()
         };
@@ -76,7 +84,10 @@ impl Registrar {
                     backoff = Duration::from_millis(100);
                     (r.instance_id, Duration::from_millis(r.lease_ms.max(300)))
                 }
-                Err(s) if s.code() == tonic::Code::InvalidArgument || s.code() == tonic::Code::Unauthenticated => {
+                Err(s)
+                    if s.code() == tonic::Code::InvalidArgument
+                        || s.code() == tonic::Code::Unauthenticated =>
+                {
                     // Retrying cannot fix a rejected registration; say so
                     // loudly, and retry slowly in case the operator fixes
                     // the gateway's settings.

@@ -60,15 +60,30 @@ async fn purchase(State(app): State<App>, Path(product_id): Path<String>) -> Res
     let url = format!("{}/product/{}/decrement", app.products_via, product_id);
     let resp = match app.http.put(&url).send().await {
         Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_GATEWAY, format!("product service unreachable: {e}")),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_GATEWAY,
+                format!("product service unreachable: {e}"),
+            );
+        }
     };
     let status = resp.status();
     let body: Value = resp.json().await.unwrap_or(Value::Null);
     match status.as_u16() {
         200 => {}
         404 => return error(StatusCode::NOT_FOUND, format!("no product {product_id}")),
-        409 => return error(StatusCode::CONFLICT, format!("product {product_id} is out of stock")),
-        s => return error(StatusCode::BAD_GATEWAY, format!("product service answered {s}: {body}")),
+        409 => {
+            return error(
+                StatusCode::CONFLICT,
+                format!("product {product_id} is out of stock"),
+            );
+        }
+        s => {
+            return error(
+                StatusCode::BAD_GATEWAY,
+                format!("product service answered {s}: {body}"),
+            );
+        }
     }
     let mut orders = app.orders.lock().unwrap_or_else(|p| p.into_inner());
     let order = Order {
@@ -101,7 +116,9 @@ async fn one(State(app): State<App>, Path(id): Path<u64>) -> Response {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .init();
     let args = Args::parse();
     let app = App {
         orders: Arc::default(),
@@ -113,7 +130,9 @@ async fn main() -> anyhow::Result<()> {
         .route("/order/{id}", get(one))
         .route("/order/purchase/{product_id}", post(purchase))
         .with_state(app);
-    let mut builder = Backend::builder("order").listen(args.listen).route("/order");
+    let mut builder = Backend::builder("order")
+        .listen(args.listen)
+        .route("/order");
     if !args.gateway.is_empty() {
         builder = builder.gateway(args.gateway);
     }
@@ -122,10 +141,21 @@ async fn main() -> anyhow::Result<()> {
     }
     let backend = builder.bind(router).await?;
     println!("READY {}", backend.local_addr());
-    backend
-        .serve(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await?;
+    backend.serve(shutdown()).await?;
     Ok(())
+}
+
+async fn shutdown() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }

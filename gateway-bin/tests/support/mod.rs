@@ -69,21 +69,38 @@ impl GatewayProcess {
             .expect("read stdout")
             .expect("gateway exited before listening");
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let kv: HashMap<&str, &str> = line.split_whitespace().filter_map(|w| w.split_once('=')).collect();
-        let addr = |k: &str| kv[k].parse::<SocketAddr>().unwrap_or_else(|_| panic!("{k} in {line}"));
+        let kv: HashMap<&str, &str> = line
+            .split_whitespace()
+            .filter_map(|w| w.split_once('='))
+            .collect();
+        let addr = |k: &str| {
+            kv[k]
+                .parse::<SocketAddr>()
+                .unwrap_or_else(|_| panic!("{k} in {line}"))
+        };
         let gw = Self {
             public: addr("public"),
             internal: addr("internal"),
             registration: addr("registration"),
             admin: addr("admin"),
             child,
-            http: reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap(),
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .unwrap(),
         };
         let url = format!("http://{}/readyz", gw.admin);
         let http = gw.http.clone();
         eventually("gateway ready", || {
             let (http, url) = (http.clone(), url.clone());
-            async move { http.get(&url).send().await.ok().filter(|r| r.status() == 200).map(|_| ()) }
+            async move {
+                http.get(&url)
+                    .send()
+                    .await
+                    .ok()
+                    .filter(|r| r.status() == 200)
+                    .map(|_| ())
+            }
         })
         .await;
         gw
@@ -120,7 +137,9 @@ impl GatewayProcess {
     /// Sends SIGTERM.
     pub fn terminate(&self) {
         if let Some(pid) = self.child.id() {
-            let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
         }
     }
 }

@@ -39,43 +39,76 @@ fn balancer(strategy: BalanceStrategy) -> Arc<Balancer> {
 }
 
 fn catalog(instances: Vec<InstanceView>) -> Catalog {
-    Catalog { instances, version: 1 }
+    Catalog {
+        instances,
+        version: 1,
+    }
 }
 
 #[tokio::test]
 async fn failing_instances_are_not_routed_and_endpoints_are_reused() {
     let b = balancer(BalanceStrategy::RoundRobin);
-    b.apply(&catalog(vec![inst("a", 1, Health::Passing, 100), inst("b", 2, Health::Failing, 100)]));
+    b.apply(&catalog(vec![
+        inst("a", 1, Health::Passing, 100),
+        inst("b", 2, Health::Failing, 100),
+    ]));
     let snap = b.snapshot();
     let svc = &snap.services["svc"];
     assert_eq!(svc.registered, 2);
     assert_eq!(svc.endpoints.len(), 1);
     let a1 = svc.endpoints[0].clone();
     drop(snap);
-    b.apply(&catalog(vec![inst("a", 1, Health::Passing, 100), inst("b", 2, Health::Passing, 100)]));
+    b.apply(&catalog(vec![
+        inst("a", 1, Health::Passing, 100),
+        inst("b", 2, Health::Passing, 100),
+    ]));
     let snap = b.snapshot();
-    let a2 = snap.services["svc"].endpoints.iter().find(|e| &*e.instance_id == "a").unwrap();
-    assert!(Arc::ptr_eq(&a1, a2), "channel and counters survive a snapshot rebuild");
+    let a2 = snap.services["svc"]
+        .endpoints
+        .iter()
+        .find(|e| &*e.instance_id == "a")
+        .unwrap();
+    assert!(
+        Arc::ptr_eq(&a1, a2),
+        "channel and counters survive a snapshot rebuild"
+    );
 }
 
 #[tokio::test]
 async fn round_robin_cycles() {
     let b = balancer(BalanceStrategy::RoundRobin);
-    b.apply(&catalog(vec![inst("a", 1, Health::Passing, 100), inst("b", 2, Health::Passing, 100), inst("c", 3, Health::Unknown, 100)]));
+    b.apply(&catalog(vec![
+        inst("a", 1, Health::Passing, 100),
+        inst("b", 2, Health::Passing, 100),
+        inst("c", 3, Health::Unknown, 100),
+    ]));
     let snap = b.snapshot();
     let svc = &snap.services["svc"];
-    let picks: Vec<String> = (0..6).map(|_| b.select(svc).unwrap()[0].instance_id.to_string()).collect();
+    let picks: Vec<String> = (0..6)
+        .map(|_| b.select(svc).unwrap()[0].instance_id.to_string())
+        .collect();
     assert_eq!(picks, ["a", "b", "c", "a", "b", "c"]);
-    assert_eq!(b.select(svc).unwrap().len(), 3, "the pick plus two fall-backs");
+    assert_eq!(
+        b.select(svc).unwrap().len(),
+        3,
+        "the pick plus two fall-backs"
+    );
 }
 
 #[tokio::test]
 async fn power_of_two_avoids_the_busy_instance() {
     let b = balancer(BalanceStrategy::PowerOfTwo);
-    b.apply(&catalog(vec![inst("a", 1, Health::Passing, 100), inst("b", 2, Health::Passing, 100)]));
+    b.apply(&catalog(vec![
+        inst("a", 1, Health::Passing, 100),
+        inst("b", 2, Health::Passing, 100),
+    ]));
     let snap = b.snapshot();
     let svc = &snap.services["svc"];
-    let busy = svc.endpoints.iter().find(|e| &*e.instance_id == "a").unwrap();
+    let busy = svc
+        .endpoints
+        .iter()
+        .find(|e| &*e.instance_id == "a")
+        .unwrap();
     let _guards: Vec<_> = (0..10).map(|_| busy.start()).collect();
     for _ in 0..50 {
         assert_eq!(&*b.select(svc).unwrap()[0].instance_id, "b");
@@ -85,10 +118,17 @@ async fn power_of_two_avoids_the_busy_instance() {
 #[tokio::test]
 async fn weights_shift_power_of_two() {
     let b = balancer(BalanceStrategy::PowerOfTwo);
-    b.apply(&catalog(vec![inst("a", 1, Health::Passing, 1000), inst("b", 2, Health::Passing, 10)]));
+    b.apply(&catalog(vec![
+        inst("a", 1, Health::Passing, 1000),
+        inst("b", 2, Health::Passing, 10),
+    ]));
     let snap = b.snapshot();
     let svc = &snap.services["svc"];
-    let heavy = svc.endpoints.iter().find(|e| &*e.instance_id == "a").unwrap();
+    let heavy = svc
+        .endpoints
+        .iter()
+        .find(|e| &*e.instance_id == "a")
+        .unwrap();
     let _g: Vec<_> = (0..5).map(|_| heavy.start()).collect();
     // 6/1000 < 1/10: the heavy instance still wins.
     assert_eq!(&*b.select(svc).unwrap()[0].instance_id, "a");
@@ -105,7 +145,13 @@ async fn ejection_is_capped_and_all_ejected_is_reported() {
     ]));
     let snap = b.snapshot();
     let svc = &snap.services["svc"];
-    let by = |id: &str| svc.endpoints.iter().find(|e| &*e.instance_id == id).unwrap().clone();
+    let by = |id: &str| {
+        svc.endpoints
+            .iter()
+            .find(|e| &*e.instance_id == id)
+            .unwrap()
+            .clone()
+    };
     b.eject(&by("a"));
     for _ in 0..8 {
         assert_ne!(&*b.select(svc).unwrap()[0].instance_id, "a");
@@ -113,7 +159,9 @@ async fn ejection_is_capped_and_all_ejected_is_reported() {
     b.eject(&by("b"));
     b.eject(&by("c"));
     // 75% ejected > 50% cap: everyone is tried again.
-    let picks: std::collections::HashSet<String> = (0..8).map(|_| b.select(svc).unwrap()[0].instance_id.to_string()).collect();
+    let picks: std::collections::HashSet<String> = (0..8)
+        .map(|_| b.select(svc).unwrap()[0].instance_id.to_string())
+        .collect();
     assert_eq!(picks.len(), 4);
     b.eject(&by("d"));
     assert_eq!(b.select(svc).unwrap_err(), NoEndpoint::AllEjected);

@@ -40,12 +40,23 @@ fn hop_by_hop_and_connection_named_headers_are_dropped() {
     );
     let w = request_to_wire(&p, Bytes::new(), None, &meta(false)).unwrap();
     let n = names(&w);
-    for gone in ["connection", "keep-alive", "x-secret", "te", "upgrade", "proxy-authorization"] {
+    for gone in [
+        "connection",
+        "keep-alive",
+        "x-secret",
+        "te",
+        "upgrade",
+        "proxy-authorization",
+    ] {
         assert!(!n.contains(&gone), "{gone} forwarded: {n:?}");
     }
     assert!(n.contains(&"x-keep"));
     // Naming X-Forwarded-For in Connection cannot remove what the gateway sets.
-    let xff: Vec<_> = w.headers.iter().filter(|h| h.name == "x-forwarded-for").collect();
+    let xff: Vec<_> = w
+        .headers
+        .iter()
+        .filter(|h| h.name == "x-forwarded-for")
+        .collect();
     assert_eq!(xff.len(), 1);
     assert_eq!(&xff[0].value[..], b"10.1.2.3");
 }
@@ -64,38 +75,72 @@ fn forwarded_headers_from_untrusted_peers_are_replaced() {
     );
     let w = request_to_wire(&p, Bytes::new(), None, &meta(false)).unwrap();
     let get = |n: &str| {
-        let v: Vec<_> = w.headers.iter().filter(|h| h.name == n).map(|h| h.value.clone()).collect();
+        let v: Vec<_> = w
+            .headers
+            .iter()
+            .filter(|h| h.name == n)
+            .map(|h| h.value.clone())
+            .collect();
         assert_eq!(v.len(), 1, "{n}");
         v[0].clone()
     };
     assert_eq!(&get("x-forwarded-for")[..], b"10.1.2.3");
     assert_eq!(&get("x-forwarded-proto")[..], b"http");
     assert_eq!(&get("x-forwarded-host")[..], b"example.com");
-    assert_eq!(w.context.as_ref().unwrap().client_addresses, ["10.1.2.3:4567"]);
+    assert_eq!(
+        w.context.as_ref().unwrap().client_addresses,
+        ["10.1.2.3:4567"]
+    );
 
     let w = request_to_wire(&p, Bytes::new(), None, &meta(true)).unwrap();
-    let xff: Vec<_> = w.headers.iter().filter(|h| h.name == "x-forwarded-for").collect();
+    let xff: Vec<_> = w
+        .headers
+        .iter()
+        .filter(|h| h.name == "x-forwarded-for")
+        .collect();
     assert_eq!(&xff[0].value[..], b"6.6.6.6, 10.1.2.3");
     assert_eq!(w.scheme, "https");
-    assert_eq!(w.context.unwrap().client_addresses, ["6.6.6.6", "10.1.2.3:4567"]);
+    assert_eq!(
+        w.context.unwrap().client_addresses,
+        ["6.6.6.6", "10.1.2.3:4567"]
+    );
 }
 
 #[test]
 fn duplicate_host_is_malformed() {
-    let p = parts(Request::builder().uri("/x").header("host", "a").header("host", "b").body(()).unwrap());
+    let p = parts(
+        Request::builder()
+            .uri("/x")
+            .header("host", "a")
+            .header("host", "b")
+            .body(())
+            .unwrap(),
+    );
     let e = request_to_wire(&p, Bytes::new(), None, &meta(false)).unwrap_err();
     assert_eq!(e.kind, ErrorKind::BadRequest);
 }
 
 #[test]
 fn absolute_form_authority_wins_over_host() {
-    let p = parts(Request::builder().uri("http://right.example/x").header("host", "wrong.example").body(()).unwrap());
+    let p = parts(
+        Request::builder()
+            .uri("http://right.example/x")
+            .header("host", "wrong.example")
+            .body(())
+            .unwrap(),
+    );
     assert_eq!(authority(&p).unwrap(), "right.example");
 }
 
 #[test]
 fn raw_path_and_query_survive_exactly() {
-    let p = parts(Request::builder().uri("/svc/a%2Fb/../c?x=%20&&y").header("host", "h").body(()).unwrap());
+    let p = parts(
+        Request::builder()
+            .uri("/svc/a%2Fb/../c?x=%20&&y")
+            .header("host", "h")
+            .body(())
+            .unwrap(),
+    );
     let w = request_to_wire(&p, Bytes::new(), None, &meta(false)).unwrap();
     assert_eq!(w.path, "/svc/a%2Fb/../c");
     assert_eq!(w.query, "x=%20&&y");
@@ -144,7 +189,12 @@ fn bad_responses_are_upstream_errors() {
         let e = response_from_wire(resp, false).unwrap_err();
         assert_eq!(e.kind, ErrorKind::UpstreamInvalidResponse, "{status}");
     }
-    assert_eq!(response_from_wire(ForwardingResp::default(), false).unwrap().status(), 200);
+    assert_eq!(
+        response_from_wire(ForwardingResp::default(), false)
+            .unwrap()
+            .status(),
+        200
+    );
 }
 
 fn token() -> impl Strategy<Value = String> {
@@ -158,7 +208,11 @@ fn header_name() -> impl Strategy<Value = String> {
 fn header_value() -> impl Strategy<Value = Vec<u8>> {
     // Visible ASCII, space, tab and obs-text, not starting/ending with
     // whitespace (HTTP trims it).
-    proptest::collection::vec(prop_oneof![0x21u8..=0x7e, 0x80u8..=0xff, Just(b' '), Just(b'\t')], 0..40).prop_map(|mut v| {
+    proptest::collection::vec(
+        prop_oneof![0x21u8..=0x7e, 0x80u8..=0xff, Just(b' '), Just(b'\t')],
+        0..40,
+    )
+    .prop_map(|mut v| {
         while v.first().is_some_and(|c| *c == b' ' || *c == b'\t') {
             v.remove(0);
         }

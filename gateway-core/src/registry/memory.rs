@@ -13,7 +13,10 @@ use tokio::task::AbortHandle;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{debug, info};
 
-use super::{Catalog, CheckKind, Health, InstanceView, RegisterOutcome, Registration, Registry, RegistryError, RegistryStatus};
+use super::{
+    Catalog, CheckKind, Health, InstanceView, RegisterOutcome, Registration, Registry,
+    RegistryError, RegistryStatus,
+};
 use crate::health::Checker;
 
 type Key = (String, String);
@@ -202,8 +205,16 @@ impl Registry for MemoryRegistry {
                     key.clone(),
                     Entry {
                         reg,
-                        health: if ttl { Health::Passing } else { Health::Unknown },
-                        detail: if ttl { "ttl: renewed".into() } else { "not checked yet".into() },
+                        health: if ttl {
+                            Health::Passing
+                        } else {
+                            Health::Unknown
+                        },
+                        detail: if ttl {
+                            "ttl: renewed".into()
+                        } else {
+                            "not checked yet".into()
+                        },
                         lease_deadline: now + lease,
                         failing_since: None,
                         checker,
@@ -221,9 +232,15 @@ impl Registry for MemoryRegistry {
         async move { Ok(out) }.boxed()
     }
 
-    fn deregister<'a>(&'a self, service: &'a str, instance_id: &'a str) -> BoxFuture<'a, Result<bool, RegistryError>> {
+    fn deregister<'a>(
+        &'a self,
+        service: &'a str,
+        instance_id: &'a str,
+    ) -> BoxFuture<'a, Result<bool, RegistryError>> {
         let mut st = self.inner.lock();
-        let removed = st.entries.remove(&(service.to_owned(), instance_id.to_owned()));
+        let removed = st
+            .entries
+            .remove(&(service.to_owned(), instance_id.to_owned()));
         if let Some(c) = removed.as_ref().and_then(|e| e.checker.as_ref()) {
             c.abort();
         }
@@ -234,9 +251,16 @@ impl Registry for MemoryRegistry {
         async move { Ok(existed) }.boxed()
     }
 
-    fn renew<'a>(&'a self, service: &'a str, instance_id: &'a str) -> BoxFuture<'a, Result<Duration, RegistryError>> {
+    fn renew<'a>(
+        &'a self,
+        service: &'a str,
+        instance_id: &'a str,
+    ) -> BoxFuture<'a, Result<Duration, RegistryError>> {
         let mut st = self.inner.lock();
-        let result = match st.entries.get_mut(&(service.to_owned(), instance_id.to_owned())) {
+        let result = match st
+            .entries
+            .get_mut(&(service.to_owned(), instance_id.to_owned()))
+        {
             Some(e) => {
                 e.lease_deadline = Instant::now() + e.reg.lease;
                 Ok(e.reg.lease)
@@ -256,7 +280,10 @@ impl Registry for MemoryRegistry {
     fn service_unreachable(&self, service: &str) {
         // The memory registry is its own source of truth: its health checks
         // already run; nothing to re-read, and nothing is deleted.
-        debug!(service, "All instances unreachable; health checks will decide.");
+        debug!(
+            service,
+            "All instances unreachable; health checks will decide."
+        );
     }
 
     fn status(&self) -> RegistryStatus {
@@ -297,7 +324,10 @@ mod tests {
         }
     }
 
-    async fn wait_for(rx: &mut watch::Receiver<Arc<Catalog>>, f: impl Fn(&Catalog) -> bool) -> Arc<Catalog> {
+    async fn wait_for(
+        rx: &mut watch::Receiver<Arc<Catalog>>,
+        f: impl Fn(&Catalog) -> bool,
+    ) -> Arc<Catalog> {
         tokio::time::timeout(Duration::from_secs(10), async {
             loop {
                 let c = rx.borrow_and_update().clone();
@@ -314,12 +344,22 @@ mod tests {
     #[tokio::test]
     async fn registering_twice_never_duplicates() {
         let r = MemoryRegistry::new();
-        let a = r.register(reg("a", CheckKind::Ttl, Duration::from_secs(30))).await.unwrap();
+        let a = r
+            .register(reg("a", CheckKind::Ttl, Duration::from_secs(30)))
+            .await
+            .unwrap();
         assert!(a.created);
         let v = r.watch().borrow().version;
-        let b = r.register(reg("a", CheckKind::Ttl, Duration::from_secs(30))).await.unwrap();
+        let b = r
+            .register(reg("a", CheckKind::Ttl, Duration::from_secs(30)))
+            .await
+            .unwrap();
         assert!(!b.created);
-        assert_eq!(r.watch().borrow().version, v, "identical re-registration is not a change");
+        assert_eq!(
+            r.watch().borrow().version,
+            v,
+            "identical re-registration is not a change"
+        );
         assert_eq!(r.watch().borrow().instances.len(), 1);
         assert!(r.deregister("svc", "a").await.unwrap());
         assert!(!r.deregister("svc", "a").await.unwrap());
@@ -329,19 +369,34 @@ mod tests {
     #[tokio::test]
     async fn unreachable_instances_fail_their_grpc_check() {
         let r = MemoryRegistry::new();
-        r.register(reg("a", CheckKind::Grpc { service: String::new() }, Duration::from_secs(30)))
-            .await
-            .unwrap();
+        r.register(reg(
+            "a",
+            CheckKind::Grpc {
+                service: String::new(),
+            },
+            Duration::from_secs(30),
+        ))
+        .await
+        .unwrap();
         let mut rx = r.watch();
-        let c = wait_for(&mut rx, |c| c.instances.first().is_some_and(|i| i.health == Health::Failing)).await;
+        let c = wait_for(&mut rx, |c| {
+            c.instances
+                .first()
+                .is_some_and(|i| i.health == Health::Failing)
+        })
+        .await;
         assert!(!c.instances[0].health.routable());
     }
 
     #[tokio::test]
     async fn leases_expire_and_renewals_keep_them() {
         let r = MemoryRegistry::new();
-        r.register(reg("a", CheckKind::Ttl, Duration::from_millis(300))).await.unwrap();
-        r.register(reg("b", CheckKind::Ttl, Duration::from_millis(300))).await.unwrap();
+        r.register(reg("a", CheckKind::Ttl, Duration::from_millis(300)))
+            .await
+            .unwrap();
+        r.register(reg("b", CheckKind::Ttl, Duration::from_millis(300)))
+            .await
+            .unwrap();
         let mut rx = r.watch();
         let renewer = {
             let r = r.clone();
@@ -355,6 +410,9 @@ mod tests {
         let c = wait_for(&mut rx, |c| c.instances.len() == 1).await;
         assert_eq!(c.instances[0].registration.instance_id, "b");
         renewer.abort();
-        assert!(matches!(r.renew("svc", "a").await, Err(RegistryError::NotFound { .. })));
+        assert!(matches!(
+            r.renew("svc", "a").await,
+            Err(RegistryError::NotFound { .. })
+        ));
     }
 }

@@ -28,33 +28,154 @@ fn defaults_are_filled() {
     assert_eq!(r.routes[0].path_prefix, "/orders");
     assert_eq!(r.visibility, Visibility::Public);
     assert_eq!(r.weight, 100);
-    assert_eq!(r.health.kind, CheckKind::Grpc { service: String::new() });
+    assert_eq!(
+        r.health.kind,
+        CheckKind::Grpc {
+            service: String::new()
+        }
+    );
     assert_eq!(r.lease, Duration::from_secs(30));
     // And the wire form round-trips.
-    assert_eq!(Registration::from_proto(r.to_proto(), &policy()).unwrap(), r);
+    assert_eq!(
+        Registration::from_proto(r.to_proto(), &policy()).unwrap(),
+        r
+    );
 }
 
 #[test]
 fn each_invalid_field_is_named() {
     let p = policy();
-    assert_eq!(field(pb::Registration { service: String::new(), ..reg() }, &p), "registration.service");
-    assert_eq!(field(pb::Registration { service: "Bad_Name".into(), ..reg() }, &p), "registration.service");
-    assert_eq!(field(pb::Registration { address: String::new(), ..reg() }, &p), "registration.address");
-    assert_eq!(field(pb::Registration { address: "nohost".into(), ..reg() }, &p), "registration.address");
-    assert_eq!(field(pb::Registration { address: "h:0".into(), ..reg() }, &p), "registration.address");
-    assert_eq!(field(pb::Registration { address: "h:99999".into(), ..reg() }, &p), "registration.address");
-    assert_eq!(field(pb::Registration { instance_id: "a b".into(), ..reg() }, &p), "registration.instance_id");
-    assert_eq!(field(pb::Registration { weight: 5000, ..reg() }, &p), "registration.weight");
-    assert_eq!(field(pb::Registration { visibility: 42, ..reg() }, &p), "registration.visibility");
-    let routes = vec![pb::Route { path_prefix: "orders".into(), ..Default::default() }];
-    assert_eq!(field(pb::Registration { routes, ..reg() }, &p), "registration.routes[0].path_prefix");
-    let routes = vec![pb::Route { path_prefix: "/o".into(), hosts: vec!["a b".into()], timeout_ms: 0 }];
-    assert_eq!(field(pb::Registration { routes, ..reg() }, &p), "registration.routes[0].hosts[0]");
-    let health = Some(pb::HealthCheck { kind: 2, http_path: "health".into(), ..Default::default() });
-    assert_eq!(field(pb::Registration { health, ..reg() }, &p), "registration.health.http_path");
+    assert_eq!(
+        field(
+            pb::Registration {
+                service: String::new(),
+                ..reg()
+            },
+            &p
+        ),
+        "registration.service"
+    );
+    assert_eq!(
+        field(
+            pb::Registration {
+                service: "Bad_Name".into(),
+                ..reg()
+            },
+            &p
+        ),
+        "registration.service"
+    );
+    assert_eq!(
+        field(
+            pb::Registration {
+                address: String::new(),
+                ..reg()
+            },
+            &p
+        ),
+        "registration.address"
+    );
+    assert_eq!(
+        field(
+            pb::Registration {
+                address: "nohost".into(),
+                ..reg()
+            },
+            &p
+        ),
+        "registration.address"
+    );
+    assert_eq!(
+        field(
+            pb::Registration {
+                address: "h:0".into(),
+                ..reg()
+            },
+            &p
+        ),
+        "registration.address"
+    );
+    assert_eq!(
+        field(
+            pb::Registration {
+                address: "h:99999".into(),
+                ..reg()
+            },
+            &p
+        ),
+        "registration.address"
+    );
+    assert_eq!(
+        field(
+            pb::Registration {
+                instance_id: "a b".into(),
+                ..reg()
+            },
+            &p
+        ),
+        "registration.instance_id"
+    );
+    assert_eq!(
+        field(
+            pb::Registration {
+                weight: 5000,
+                ..reg()
+            },
+            &p
+        ),
+        "registration.weight"
+    );
+    assert_eq!(
+        field(
+            pb::Registration {
+                visibility: 42,
+                ..reg()
+            },
+            &p
+        ),
+        "registration.visibility"
+    );
+    let routes = vec![pb::Route {
+        path_prefix: "orders".into(),
+        ..Default::default()
+    }];
+    assert_eq!(
+        field(pb::Registration { routes, ..reg() }, &p),
+        "registration.routes[0].path_prefix"
+    );
+    let routes = vec![pb::Route {
+        path_prefix: "/o".into(),
+        hosts: vec!["a b".into()],
+        timeout_ms: 0,
+    }];
+    assert_eq!(
+        field(pb::Registration { routes, ..reg() }, &p),
+        "registration.routes[0].hosts[0]"
+    );
+    let health = Some(pb::HealthCheck {
+        kind: 2,
+        http_path: "health".into(),
+        ..Default::default()
+    });
+    assert_eq!(
+        field(pb::Registration { health, ..reg() }, &p),
+        "registration.health.http_path"
+    );
     let metadata = [("gw-x".to_string(), "1".to_string())].into();
-    assert_eq!(field(pb::Registration { metadata, ..reg() }, &p), "registration.metadata.gw-x");
-    assert_eq!(field(pb::Registration { lease_ms: 5, ..reg() }, &p), "registration.lease_ms");
+    assert_eq!(
+        field(pb::Registration { metadata, ..reg() }, &p),
+        "registration.metadata.gw-x"
+    );
+    assert_eq!(
+        field(
+            pb::Registration {
+                lease_ms: 5,
+                ..reg()
+            },
+            &p
+        ),
+        "registration.lease_ms"
+    );
 }
 
 #[test]
@@ -62,7 +183,30 @@ fn allowed_networks_restrict_addresses() {
     let mut p = policy();
     p.allowed_networks = vec!["10.0.0.0/8".parse().unwrap()];
     assert_eq!(field(reg(), &p), "registration.address");
-    assert_eq!(field(pb::Registration { address: "svc.local:80".into(), ..reg() }, &p), "registration.address");
-    Registration::from_proto(pb::Registration { address: "10.1.2.3:80".into(), ..reg() }, &p).unwrap();
-    Registration::from_proto(pb::Registration { address: "[::1]:80".into(), ..reg() }, &policy()).unwrap();
+    assert_eq!(
+        field(
+            pb::Registration {
+                address: "svc.local:80".into(),
+                ..reg()
+            },
+            &p
+        ),
+        "registration.address"
+    );
+    Registration::from_proto(
+        pb::Registration {
+            address: "10.1.2.3:80".into(),
+            ..reg()
+        },
+        &p,
+    )
+    .unwrap();
+    Registration::from_proto(
+        pb::Registration {
+            address: "[::1]:80".into(),
+            ..reg()
+        },
+        &policy(),
+    )
+    .unwrap();
 }

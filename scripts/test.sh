@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Every test of the project, from a fresh machine: installs what the tests
+# need (idempotent), then formatting, lints, unit/property/integration tests,
+# the Python example's tests, the README walkthrough and a benchmark smoke.
+#
+#   scripts/test.sh            everything (CI runs this through .ci/run)
+#   scripts/test.sh --fast     skip the release build, demo and benchmark smoke
+set -euo pipefail
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+FAST=0
+[ "${1:-}" = "--fast" ] && FAST=1
+step() { printf '\n==> %s\n' "$*"; }
+export CARGO_TERM_COLOR=never RUST_BACKTRACE=1
+
+step "dependencies"
+scripts/install-deps.sh python haproxy
+
+step "rustfmt"
+cargo fmt --all -- --check
+
+step "clippy (warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "build examples used by the tests"
+cargo build --locked -p order-service
+
+step "cargo test (unit, property, integration)"
+cargo test --workspace --locked
+
+step "python example"
+python3 -m pytest -q examples/product-service-py
+
+if [ "$FAST" = 0 ]; then
+  step "README: the gateway command starts and becomes ready"
+  cargo build --release --locked -p gateway-bin
+  log="$(mktemp)"
+  cargo run --release --locked -q -p gateway-bin >"$log" 2>&1 &
+  gw=$!
+  ok=0
+  for _ in $(seq 1 300); do
+    if curl -fsS http://127.0.0.1:8091/readyz >/dev/null 2>&1; then ok=1; break; fi
+    sleep 0.1
+  done
+  kill -TERM "$gw" 2>/dev/null || true
+  wait "$gw" 2>/dev/null || true
+  [ "$ok" = 1 ] || { cat "$log"; echo "gateway did not become ready"; exit 1; }
+
+  step "README walkthrough"
+  scripts/demo.sh --check
+
+  step "benchmark smoke"
+  scripts/bench.sh --quick
+fi
+step "all tests passed"
