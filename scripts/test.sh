@@ -31,6 +31,9 @@ cargo test --workspace --locked
 step "python example"
 python3 -m pytest -q examples/product-service-py
 
+step "shipped HAProxy configuration is valid"
+scripts/haproxy-check.sh haproxy/haproxy.cfg
+
 if [ "$FAST" = 0 ]; then
   step "README: the gateway command starts and becomes ready"
   cargo build --release --locked -p gateway-bin
