@@ -389,6 +389,42 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn grpc_health_decides_and_recovery_brings_instances_back() {
+        let (reporter, health) = tonic_health::server::health_reporter();
+        reporter
+            .set_service_status("", tonic_health::ServingStatus::Serving)
+            .await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(health)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let r = MemoryRegistry::new();
+        let mut reg = reg(
+            "a",
+            CheckKind::Grpc {
+                service: String::new(),
+            },
+            Duration::from_secs(30),
+        );
+        reg.address = addr.to_string();
+        r.register(reg).await.unwrap();
+        let mut rx = r.watch();
+        let state = |c: &Catalog| c.instances.first().map(|i| i.health);
+        wait_for(&mut rx, |c| state(c) == Some(Health::Passing)).await;
+        reporter
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        wait_for(&mut rx, |c| state(c) == Some(Health::Failing)).await;
+        reporter
+            .set_service_status("", tonic_health::ServingStatus::Serving)
+            .await;
+        wait_for(&mut rx, |c| state(c) == Some(Health::Passing)).await;
+    }
+
+    #[tokio::test]
     async fn leases_expire_and_renewals_keep_them() {
         let r = MemoryRegistry::new();
         r.register(reg("a", CheckKind::Ttl, Duration::from_millis(300)))
