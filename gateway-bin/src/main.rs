@@ -8,6 +8,10 @@ use anyhow::Context;
 use clap::Parser;
 use gateway_core::config::GatewayConfig;
 use gateway_core::gateway::{Gateway, Listeners};
+use gateway_core::registry::Registry;
+use gateway_core::registry::consul::ConsulRegistry;
+use gateway_core::registry::memory::MemoryRegistry;
+use std::sync::Arc;
 
 /// HTTP-to-gRPC forwarding gateway.
 ///
@@ -41,6 +45,20 @@ struct Args {
     /// Registration token (`authorization: Bearer <token>`).
     #[arg(long, env = "GATEWAY_REGISTRATION_TOKEN", hide_env_values = true)]
     registration_token: Option<String>,
+    /// Use Consul at this agent URL (e.g. http://127.0.0.1:8500) instead of
+    /// the embedded registry.
+    #[arg(long, env = "GATEWAY_CONSUL_ADDR")]
+    consul: Option<String>,
+    /// Consul ACL token.
+    #[arg(long, env = "CONSUL_HTTP_TOKEN", hide_env_values = true)]
+    consul_token: Option<String>,
+    /// Networks registered addresses must lie in (repeatable, CIDR).
+    #[arg(
+        long = "allow-network",
+        env = "GATEWAY_ALLOWED_NETWORKS",
+        value_delimiter = ','
+    )]
+    allowed_networks: Vec<String>,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "GATEWAY_LOG_JSON")]
     log_json: bool,
@@ -78,6 +96,23 @@ fn load(args: &Args) -> anyhow::Result<GatewayConfig> {
     }
     if let Some(v) = &args.registration_token {
         c.registration.token = Some(v.clone());
+    }
+    if let Some(v) = &args.consul {
+        c.consul.get_or_insert_with(Default::default).address = v.clone();
+    }
+    if let (Some(t), Some(consul)) = (&args.consul_token, c.consul.as_mut()) {
+        consul.token = Some(t.clone());
+    }
+    if !args.allowed_networks.is_empty() {
+        let nets = args
+            .allowed_networks
+            .iter()
+            .map(|n| {
+                n.parse()
+                    .with_context(|| format!("--allow-network {n:?} is not a CIDR network"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        c.registration.allowed_networks = Some(nets);
     }
     c.validate()?;
     Ok(c)
@@ -123,7 +158,15 @@ async fn main() -> anyhow::Result<()> {
         print!("{}", toml::to_string_pretty(&config)?);
         return Ok(());
     }
-    let gateway = Gateway::with_memory_registry(config.clone())?;
+    let registry: Arc<dyn Registry> = match &config.consul {
+        Some(consul) => Arc::new(
+            ConsulRegistry::connect(consul.clone())
+                .await
+                .context("starting the Consul registry")?,
+        ),
+        None => Arc::new(MemoryRegistry::new()),
+    };
+    let gateway = Gateway::new(config.clone(), registry)?;
     let listeners = Listeners::bind(&config).await?;
     let a = listeners.addrs()?;
     // One machine-readable line on stdout: tests and scripts read the ports.

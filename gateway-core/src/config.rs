@@ -35,6 +35,8 @@ pub struct GatewayConfig {
     /// load balancer such as HAProxy). From other peers these headers are
     /// replaced, so a client cannot forge its address. Default: loopback.
     pub trusted_proxies: Vec<IpNet>,
+    /// Consul registry; absent = the embedded in-memory registry.
+    pub consul: Option<ConsulConfig>,
 }
 
 impl Default for GatewayConfig {
@@ -58,6 +60,7 @@ impl Default for GatewayConfig {
                     128,
                 )),
             ],
+            consul: None,
         }
     }
 }
@@ -213,10 +216,85 @@ pub struct RegistrationConfig {
     /// Shared secret a registration must present (`authorization: Bearer
     /// <token>`); `None` = no token required (single-machine default).
     pub token: Option<String>,
-    /// Networks a registered instance address must lie in. Empty = any
-    /// address (single-machine default); list e.g. `["10.0.0.0/8"]` in
-    /// production so nobody can point the gateway at arbitrary hosts.
-    pub allowed_networks: Vec<IpNet>,
+    /// Networks a registered instance address must lie in, so nobody can
+    /// point the gateway at arbitrary hosts. Unset = any address with the
+    /// embedded registry (one machine), and the private ranges
+    /// (10/8, 172.16/12, 192.168/16, 100.64/10, fc00::/7) - not loopback -
+    /// with Consul. An empty list allows any address.
+    pub allowed_networks: Option<Vec<IpNet>>,
+}
+
+impl RegistrationConfig {
+    /// The networks in force for a registry kind (see `allowed_networks`).
+    pub fn effective_networks(&self, consul: bool) -> Vec<IpNet> {
+        match (&self.allowed_networks, consul) {
+            (Some(n), _) => n.clone(),
+            (None, false) => Vec::new(),
+            (None, true) => [
+                "10.0.0.0/8",
+                "172.16.0.0/12",
+                "192.168.0.0/16",
+                "100.64.0.0/10",
+                "fc00::/7",
+            ]
+            .iter()
+            .filter_map(|n| n.parse().ok())
+            .collect(),
+        }
+    }
+}
+
+/// Consul as the source of truth. Present = the gateway uses Consul instead
+/// of the embedded registry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsulConfig {
+    /// Base URL of the Consul agent's HTTP API (registrations go through
+    /// the agent, whose anti-entropy keeps the catalog right).
+    pub address: String,
+    /// Datacenter to query; unset = the agent's own.
+    pub datacenter: Option<String>,
+    /// ACL token (`X-Consul-Token`); unset = anonymous. Checked at start-up:
+    /// a token Consul rejects stops the gateway with a clear error.
+    pub token: Option<String>,
+    /// Read consistency of queries.
+    pub consistency: ConsulConsistency,
+    /// How long one blocking query may wait for a change.
+    #[serde(with = "humantime_serde")]
+    pub wait: Duration,
+    /// Consul removes an instance whose check stayed critical this long
+    /// (`DeregisterCriticalServiceAfter`), when the registration sets none.
+    #[serde(with = "humantime_serde")]
+    pub deregister_critical_after: Duration,
+    /// Smallest pause between two queries of one watch loop (rate limit).
+    #[serde(with = "humantime_serde")]
+    pub min_query_interval: Duration,
+}
+
+impl Default for ConsulConfig {
+    fn default() -> Self {
+        Self {
+            address: "http://127.0.0.1:8500".into(),
+            datacenter: None,
+            token: None,
+            consistency: ConsulConsistency::Default,
+            wait: Duration::from_secs(60),
+            deregister_critical_after: Duration::from_secs(60),
+            min_query_interval: Duration::from_millis(5),
+        }
+    }
+}
+
+/// Consul read consistency modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConsulConsistency {
+    /// Leader reads, possibly stale for a moment after a leader change.
+    Default,
+    /// Linearisable reads (slower).
+    Consistent,
+    /// Any server answers (fastest, may lag).
+    Stale,
 }
 
 /// Graceful shutdown.
@@ -289,6 +367,21 @@ impl GatewayConfig {
         }
         if matches!(&self.registration.token, Some(t) if t.is_empty()) {
             return err("registration.token", "must not be empty (omit it instead)");
+        }
+        if let Some(c) = &self.consul {
+            if !(c.address.starts_with("http://") || c.address.starts_with("https://")) {
+                return err("consul.address", "must be an http:// or https:// URL");
+            }
+            if c.wait < Duration::from_secs(1) || c.wait > Duration::from_secs(600) {
+                return err("consul.wait", "must be between 1s and 10m");
+            }
+            if c.deregister_critical_after < Duration::from_secs(60) {
+                // Consul's reaper runs every 30 s and refuses shorter values.
+                return err(
+                    "consul.deregister_critical_after",
+                    "must be at least 1m (Consul's minimum)",
+                );
+            }
         }
         let l = &self.listen;
         let mut addrs = vec![

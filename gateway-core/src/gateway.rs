@@ -155,6 +155,7 @@ impl Gateway {
     /// load balancer notices, then they stop accepting and in-flight requests
     /// get up to `drain.grace` to finish.
     pub async fn serve(self, listeners: Listeners, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
         let opts = ServerOptions {
             header_read_timeout: self.config.timeouts.header_read,
             // hyper's own caps sit above ours, so the request path answers
@@ -186,13 +187,27 @@ impl Gateway {
             proxy_stack(sh.clone(), Listener::Admin),
         );
         spawn(listeners.admin, HttpService::new(admin));
-        self.readiness.set(true);
-        info!(node_id = %self.shared.node_id, "Gateway ready.");
+        // Ready only once the registry has a complete view: a replica must
+        // not take traffic with a half-read routing table.
+        tokio::select! {
+            _ = self.shared.registry.synced() => {
+                self.readiness.set(true);
+                info!(node_id = %self.shared.node_id, "Gateway ready.");
+            }
+            _ = &mut shutdown => {}
+        }
+        if !self.readiness.is_ready() {
+            return self.drain(stop, tasks).await;
+        }
 
-        shutdown.await;
+        (&mut shutdown).await;
         self.readiness.set(false);
         info!(delay = ?self.config.drain.readiness_delay, "Shutdown requested; readiness now fails.");
         tokio::time::sleep(self.config.drain.readiness_delay).await;
+        self.drain(stop, tasks).await
+    }
+
+    async fn drain(&self, stop: CancellationToken, mut tasks: tokio::task::JoinSet<()>) {
         stop.cancel();
         while tasks.join_next().await.is_some() {}
         info!("Gateway stopped.");

@@ -22,6 +22,7 @@
 pub mod admin;
 pub mod balance;
 pub mod config;
+pub mod consul;
 pub mod convert;
 pub mod error;
 pub mod forward;

@@ -10,7 +10,7 @@ use futures_util::future::BoxFuture;
 use http::{Request, Response};
 use tower::util::BoxCloneSyncService;
 use tower::{BoxError, Layer, Service, ServiceBuilder, ServiceExt};
-use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
 use crate::error::{ErrorKind, ForwardError};
@@ -33,9 +33,14 @@ where
     let svc = ServiceBuilder::new()
         // One response body type for every listener (the trace layer wraps it).
         .map_response(|r: Response<_>| r.map(Body::new))
-        // A span per request with method and URI; the response is logged at
-        // DEBUG so a busy gateway does not log every request by default.
-        .layer(TraceLayer::new_for_http().on_response(DefaultOnResponse::new().level(Level::DEBUG)))
+        // A span per request with method and URI; responses and 5xx are
+        // logged at DEBUG so a busy gateway does not log every request (the
+        // causes of upstream failures are logged once, where classified).
+        .layer(
+            TraceLayer::new_for_http()
+                .on_response(DefaultOnResponse::new().level(Level::DEBUG))
+                .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
+        )
         // Request id first, so every response below - errors included - carries it.
         .layer(RequestIdLayer)
         // The one edge where a classified error becomes a JSON response.

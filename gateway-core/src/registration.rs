@@ -47,6 +47,7 @@ impl ApiError {
             ApiError::Unauthenticated => "unauthenticated",
             ApiError::Registry(RegistryError::NotFound { .. }) => "not_found",
             ApiError::Registry(RegistryError::Unavailable(_)) => "registry_unavailable",
+            ApiError::Registry(RegistryError::Rejected(_)) => "invalid_field",
         }
     }
 }
@@ -59,6 +60,7 @@ impl From<ApiError> for tonic::Status {
             ApiError::Unauthenticated => tonic::Status::unauthenticated(msg),
             ApiError::Registry(RegistryError::NotFound { .. }) => tonic::Status::not_found(msg),
             ApiError::Registry(RegistryError::Unavailable(_)) => tonic::Status::unavailable(msg),
+            ApiError::Registry(RegistryError::Rejected(_)) => tonic::Status::invalid_argument(msg),
         }
     }
 }
@@ -70,6 +72,7 @@ impl IntoResponse for ApiError {
             ApiError::Unauthenticated => StatusCode::UNAUTHORIZED,
             ApiError::Registry(RegistryError::NotFound { .. }) => StatusCode::NOT_FOUND,
             ApiError::Registry(RegistryError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Registry(RegistryError::Rejected(_)) => StatusCode::BAD_REQUEST,
         };
         let field = match &self {
             ApiError::Invalid(f) => Some(f.field.clone()),

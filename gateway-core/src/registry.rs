@@ -20,6 +20,7 @@ use proto::v1 as pb;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+pub mod consul;
 pub mod memory;
 
 /// Who may reach a service.
@@ -146,7 +147,7 @@ impl RegistrationPolicy {
             check_interval: c.health.interval,
             check_timeout: c.health.timeout,
             lease: c.health.lease,
-            allowed_networks: c.registration.allowed_networks.clone(),
+            allowed_networks: c.registration.effective_networks(c.consul.is_some()),
         }
     }
 }
@@ -464,6 +465,9 @@ pub enum RegistryError {
     /// The backing store is unreachable; retry later.
     #[error("registry unavailable: {0}")]
     Unavailable(String),
+    /// The backing store refused the registration as invalid.
+    #[error("registration rejected: {0}")]
+    Rejected(String),
 }
 
 /// What the admin view shows about a registry.
@@ -500,6 +504,11 @@ pub trait Registry: Send + Sync + 'static {
     fn service_unreachable(&self, service: &str);
     /// State for the admin view.
     fn status(&self) -> RegistryStatus;
+    /// Resolves once the registry has its first complete view; the gateway
+    /// reports ready only after it.
+    fn synced(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// An address an IP check can use, when it is one.

@@ -194,3 +194,155 @@ impl BackendHandle {
         self.task.abort();
     }
 }
+
+/// A real Consul agent (`consul agent -dev`) on free loopback ports,
+/// started from `.deps/bin/consul` (`scripts/install-deps.sh consul`).
+pub struct ConsulProcess {
+    child: Option<Child>,
+    ports: [u16; 5],
+    extra_hcl: Option<String>,
+    pub addr: SocketAddr,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl ConsulProcess {
+    pub fn binary() -> std::path::PathBuf {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.deps/bin/consul");
+        assert!(
+            p.exists(),
+            "consul not installed: run scripts/install-deps.sh consul (scripts/test.sh does)"
+        );
+        p
+    }
+
+    pub async fn start(extra_hcl: Option<&str>) -> Self {
+        let ports = [
+            free_port(),
+            free_port(),
+            free_port(),
+            free_port(),
+            free_port(),
+        ];
+        let mut c = Self {
+            child: None,
+            addr: SocketAddr::from(([127, 0, 0, 1], ports[0])),
+            ports,
+            extra_hcl: extra_hcl.map(String::from),
+        };
+        c.spawn().await;
+        c
+    }
+
+    async fn spawn(&mut self) {
+        let [http, lan, wan, server, grpc] = self.ports.map(|p| p.to_string());
+        let mut cmd = Command::new(Self::binary());
+        cmd.args([
+            "agent",
+            "-dev",
+            "-bind",
+            "127.0.0.1",
+            "-client",
+            "127.0.0.1",
+            "-node",
+            "test",
+        ])
+        .args([
+            "-http-port",
+            &http,
+            "-dns-port",
+            "-1",
+            "-serf-lan-port",
+            &lan,
+            "-serf-wan-port",
+            &wan,
+        ])
+        .args([
+            "-server-port",
+            &server,
+            "-grpc-port",
+            &grpc,
+            "-hcl",
+            "disable_update_check = true",
+        ])
+        .env("CHECKPOINT_DISABLE", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+        if let Some(h) = &self.extra_hcl {
+            cmd.args(["-hcl", h]);
+        }
+        self.child = Some(cmd.spawn().expect("spawn consul"));
+        let url = format!("http://{}/v1/status/leader", self.addr);
+        let http = reqwest::Client::new();
+        eventually("consul has a leader", || {
+            let (http, url) = (http.clone(), url.clone());
+            async move {
+                let t = http.get(&url).send().await.ok()?.text().await.ok()?;
+                (t.len() > 2).then_some(())
+            }
+        })
+        .await;
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops the agent (SIGKILL: a crash, not a graceful leave).
+    pub async fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill().await;
+        }
+    }
+
+    /// Starts it again on the same ports; a dev agent comes back empty.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        self.spawn().await;
+    }
+}
+
+/// Starts the Python example backend as a separate process (so it can be
+/// killed for real) under service name `name`; returns it and its address.
+pub async fn start_python_backend(
+    name: &str,
+    gateway_registration: &str,
+    listen: &str,
+) -> (Child, String) {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/product-service-py/server.py");
+    let mut cmd = Command::new("python3");
+    cmd.arg(script)
+        .args([
+            "--listen",
+            listen,
+            "--gateway",
+            gateway_registration,
+            "--name",
+            name,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().expect("spawn python backend");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = tokio::time::timeout(DEADLINE, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(a) = line.strip_prefix("READY ") {
+                return a.trim().to_owned();
+            }
+        }
+        panic!("python backend exited before READY");
+    })
+    .await
+    .expect("python backend ready in time");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, addr)
+}

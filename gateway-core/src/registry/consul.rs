@@ -1,0 +1,859 @@
+//! Consul as the source of truth.
+//!
+//! * **Writes** go through the agent API with a check Consul runs itself
+//!   (`grpc.health.v1` by default, HTTP or TTL) and
+//!   `DeregisterCriticalServiceAfter`, so Consul - not one gateway's view -
+//!   decides what is dead. Routes, visibility and weight live in the
+//!   service's metadata (`gw-*` keys): any replica rebuilds its whole routing
+//!   table from Consul alone.
+//! * **Reads** are blocking queries: one on the service list, one per
+//!   service on its health, following Consul's rules (a return is not a
+//!   change; the index resets when it goes backwards and is clamped to at
+//!   least 1; the loop is rate-limited, errors back off with jitter; the
+//!   client timeout exceeds the wait). Only instances whose checks all pass
+//!   are routed.
+//! * **Consul unreachable**: the last known state keeps serving; the admin
+//!   view and logs say so; registrations are refused with a retryable error
+//!   (gRPC UNAVAILABLE / HTTP 503 `registry_unavailable`) rather than queued,
+//!   so a caller never believes a registration is stored when it is not - the
+//!   SDK retries on its own. When Consul answers again (or its index goes
+//!   backwards: a restarted dev agent), every registration this gateway
+//!   accepted and the agent lost is written again before the new state is
+//!   applied.
+//! * **All instances unreachable** from this gateway: its health of that
+//!   service is re-read at once; nothing is ever deregistered on one
+//!   gateway's view.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tracing::{debug, info, warn};
+
+use super::{
+    Catalog, CheckKind, Health, HealthCheck, InstanceView, RegisterOutcome, Registration, Registry,
+    RegistryError, RegistryStatus, RouteSpec, Visibility,
+};
+use crate::config::ConsulConfig;
+use crate::consul::{
+    AgentCheck, AgentServiceRegistration, ConsulClient, ConsulError, ServiceEntry, Weights,
+    next_index,
+};
+
+const META_INSTANCE: &str = "gw-instance";
+const META_VISIBILITY: &str = "gw-visibility";
+const META_WEIGHT: &str = "gw-weight";
+const META_ROUTE: &str = "gw-route-";
+const META_CHECK: &str = "gw-check";
+/// Consul rejects metadata values longer than this.
+const META_VALUE_MAX: usize = 512;
+
+/// Consul service id of an instance. Service names cannot contain ':', so
+/// the first ':' splits it unambiguously.
+pub fn consul_id(service: &str, instance_id: &str) -> String {
+    format!("{service}:{instance_id}")
+}
+
+/// A route as stored in one `gw-route-N` metadata value (short keys: Consul
+/// caps a value at 512 bytes).
+#[derive(Debug, Serialize, Deserialize)]
+struct MetaRoute {
+    p: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    h: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    t: Option<u64>,
+}
+
+fn split_host_port(address: &str) -> Option<(String, u16)> {
+    if let Ok(sa) = address.parse::<SocketAddr>() {
+        return Some((sa.ip().to_string(), sa.port()));
+    }
+    let (h, p) = address.rsplit_once(':')?;
+    Some((h.to_owned(), p.parse().ok()?))
+}
+
+fn join_host_port(host: &str, port: u16) -> String {
+    match host.parse::<IpAddr>() {
+        Ok(IpAddr::V6(v6)) => format!("[{v6}]:{port}"),
+        _ => format!("{host}:{port}"),
+    }
+}
+
+fn go_duration(d: Duration) -> String {
+    format!("{}ms", d.as_millis().max(1))
+}
+
+/// The agent registration for a gateway registration.
+pub fn to_agent_registration(
+    reg: &Registration,
+    config: &ConsulConfig,
+) -> Result<AgentServiceRegistration, RegistryError> {
+    let rejected = |m: String| RegistryError::Rejected(m);
+    let (host, port) = split_host_port(&reg.address)
+        .ok_or_else(|| rejected(format!("address {:?} is not host:port", reg.address)))?;
+    let id = consul_id(&reg.service, &reg.instance_id);
+    let mut meta: HashMap<String, String> = reg
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    meta.insert(META_INSTANCE.into(), reg.instance_id.clone());
+    let vis = match reg.visibility {
+        Visibility::Public => "public",
+        Visibility::Internal => "internal",
+        Visibility::Admin => "admin",
+    };
+    meta.insert(META_VISIBILITY.into(), vis.into());
+    meta.insert(META_WEIGHT.into(), reg.weight.to_string());
+    for (i, r) in reg.routes.iter().enumerate() {
+        let v = serde_json::to_string(&MetaRoute {
+            p: r.path_prefix.clone(),
+            h: r.hosts.clone(),
+            t: r.timeout.map(|t| t.as_millis() as u64),
+        })
+        .map_err(|e| rejected(e.to_string()))?;
+        meta.insert(format!("{META_ROUTE}{i}"), v);
+    }
+    let kind = match &reg.health.kind {
+        CheckKind::Grpc { .. } => "grpc",
+        CheckKind::Http { .. } => "http",
+        CheckKind::Ttl => "ttl",
+    };
+    meta.insert(META_CHECK.into(), kind.into());
+    if meta.len() > 64 {
+        return Err(rejected(format!(
+            "{} metadata entries (routes included); Consul allows 64",
+            meta.len()
+        )));
+    }
+    if let Some((k, _)) = meta
+        .iter()
+        .find(|(k, v)| v.len() > META_VALUE_MAX || k.len() > 128)
+    {
+        return Err(rejected(format!(
+            "metadata {k:?} is too long for Consul (keys 128, values {META_VALUE_MAX} bytes)"
+        )));
+    }
+    let deregister_after = reg
+        .health
+        .deregister_critical_after
+        .unwrap_or(config.deregister_critical_after)
+        .max(Duration::from_secs(60));
+    let mut check = AgentCheck {
+        check_id: format!("service:{id}"),
+        name: format!("{} health ({kind})", reg.service),
+        deregister_critical_service_after: go_duration(deregister_after),
+        // Routed optimistically from the start, like the embedded registry
+        // treats an unchecked instance; a dead one fails its first check,
+        // and refused connections fall through to other instances meanwhile.
+        status: Some("passing".into()),
+        ..Default::default()
+    };
+    match &reg.health.kind {
+        CheckKind::Grpc { service } => {
+            check.grpc = Some(if service.is_empty() {
+                reg.address.clone()
+            } else {
+                format!("{}/{service}", reg.address)
+            });
+            check.grpc_use_tls = Some(false);
+            check.interval = Some(go_duration(reg.health.interval));
+            check.timeout = Some(go_duration(reg.health.timeout));
+        }
+        CheckKind::Http { path } => {
+            check.http = Some(format!("http://{}{path}", reg.address));
+            check.interval = Some(go_duration(reg.health.interval));
+            check.timeout = Some(go_duration(reg.health.timeout));
+        }
+        CheckKind::Ttl => check.ttl = Some(go_duration(reg.lease)),
+    }
+    Ok(AgentServiceRegistration {
+        id,
+        name: reg.service.clone(),
+        tags: reg.tags.clone(),
+        address: host,
+        port,
+        meta,
+        weights: Weights {
+            passing: reg.weight,
+            warning: 1,
+        },
+        check,
+    })
+}
+
+/// Rebuilds an instance from a health entry. Instances registered with
+/// Consul's own tools (no `gw-*` metadata) get the defaults: route
+/// `/<service>`, public, weight 100. Malformed `gw-*` values are skipped
+/// with a warning, never fatal.
+pub fn entry_to_view(e: &ServiceEntry) -> InstanceView {
+    let s = &e.service;
+    let meta = s.meta.clone().unwrap_or_default();
+    let host = if s.address.is_empty() {
+        &e.node.address
+    } else {
+        &s.address
+    };
+    let mut routes = Vec::new();
+    let mut keys: Vec<&String> = meta.keys().filter(|k| k.starts_with(META_ROUTE)).collect();
+    keys.sort();
+    for k in keys {
+        match serde_json::from_str::<MetaRoute>(&meta[k]) {
+            Ok(r) if r.p.starts_with('/') => routes.push(RouteSpec {
+                path_prefix: r.p,
+                hosts: r.h,
+                timeout: r.t.filter(|t| *t > 0).map(Duration::from_millis),
+            }),
+            _ => {
+                warn!(service = %s.service, id = %s.id, key = %k, "Malformed route metadata skipped.")
+            }
+        }
+    }
+    if routes.is_empty() {
+        routes.push(RouteSpec {
+            path_prefix: format!("/{}", s.service),
+            hosts: vec![],
+            timeout: None,
+        });
+    }
+    let visibility = match meta.get(META_VISIBILITY).map(String::as_str) {
+        Some("internal") => Visibility::Internal,
+        Some("admin") => Visibility::Admin,
+        _ => Visibility::Public,
+    };
+    let weight = meta
+        .get(META_WEIGHT)
+        .and_then(|w| w.parse().ok())
+        .filter(|w| (1..=1000).contains(w))
+        .unwrap_or(100);
+    let kind = match meta.get(META_CHECK).map(String::as_str) {
+        Some("ttl") => CheckKind::Ttl,
+        Some("http") => CheckKind::Http { path: "/".into() },
+        _ => CheckKind::Grpc {
+            service: String::new(),
+        },
+    };
+    let critical: Vec<&str> = e
+        .checks
+        .iter()
+        .filter(|c| c.status != "passing")
+        .map(|c| c.check_id.as_str())
+        .collect();
+    let (health, detail) = if critical.is_empty() {
+        (Health::Passing, "consul: all checks passing".to_owned())
+    } else {
+        let outputs: Vec<&str> = e
+            .checks
+            .iter()
+            .filter(|c| c.status != "passing")
+            .map(|c| c.output.as_str())
+            .collect();
+        (
+            Health::Failing,
+            format!(
+                "consul: not passing: {} {}",
+                critical.join(","),
+                outputs.join(" | ")
+            )
+            .chars()
+            .take(300)
+            .collect(),
+        )
+    };
+    InstanceView {
+        registration: Arc::new(Registration {
+            service: s.service.clone(),
+            instance_id: meta
+                .get(META_INSTANCE)
+                .cloned()
+                .unwrap_or_else(|| s.id.clone()),
+            address: join_host_port(host, s.port),
+            routes,
+            visibility,
+            tags: s.tags.clone().unwrap_or_default(),
+            metadata: meta
+                .into_iter()
+                .filter(|(k, _)| !k.starts_with("gw-"))
+                .collect(),
+            weight,
+            health: HealthCheck {
+                kind,
+                interval: Duration::from_secs(5),
+                timeout: Duration::from_secs(1),
+                deregister_critical_after: None,
+            },
+            lease: Duration::from_secs(30),
+        }),
+        health,
+        detail: detail.into(),
+        lease_deadline: None,
+    }
+}
+
+fn same_views(a: &[InstanceView], b: &[InstanceView]) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(x, y)| x.health == y.health && x.registration == y.registration)
+}
+
+struct Watcher {
+    task: tokio::task::AbortHandle,
+    refresh: Arc<Notify>,
+    last_refresh: Option<Instant>,
+    synced: bool,
+}
+
+#[derive(Default)]
+struct State {
+    services: BTreeMap<String, Vec<InstanceView>>,
+    watchers: HashMap<String, Watcher>,
+    /// Registrations this gateway accepted, by Consul id: written again when
+    /// the agent lost them.
+    owned: HashMap<String, Registration>,
+    services_loaded: bool,
+    connected: bool,
+    last_error: Option<String>,
+    version: u64,
+}
+
+struct Inner {
+    client: ConsulClient,
+    config: ConsulConfig,
+    tx: watch::Sender<Arc<Catalog>>,
+    synced: watch::Sender<bool>,
+    state: Mutex<State>,
+}
+
+/// The Consul-backed registry. Cheap to clone.
+#[derive(Clone)]
+pub struct ConsulRegistry {
+    inner: Arc<Inner>,
+    _guard: Arc<DropGuard>,
+}
+
+/// Why the Consul registry could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsulStartError {
+    /// The HTTP client could not be built.
+    #[error("consul client: {0}")]
+    Client(#[from] reqwest::Error),
+    /// The agent rejected the ACL token.
+    #[error("consul.token was rejected by the Consul agent: {0}")]
+    Token(ConsulError),
+    /// The agent did not answer.
+    #[error("consul.address: the Consul agent did not answer: {0}")]
+    Unreachable(ConsulError),
+}
+
+impl ConsulRegistry {
+    /// Connects to the agent (checking that it answers and accepts the
+    /// token: a bad token is a start-up error, not a silently empty routing
+    /// table) and starts the watches.
+    pub async fn connect(config: ConsulConfig) -> Result<Self, ConsulStartError> {
+        let client = ConsulClient::new(&config)?;
+        match client.agent_self().await {
+            Ok(_) => {}
+            Err(e @ ConsulError::Forbidden { .. }) => return Err(ConsulStartError::Token(e)),
+            Err(e) => return Err(ConsulStartError::Unreachable(e)),
+        }
+        // A token that may read the agent but not the catalog would leave
+        // the routing table empty without a word: check that too.
+        match client.services(0, config.wait).await {
+            Ok(_) => {}
+            Err(e @ ConsulError::Forbidden { .. }) => return Err(ConsulStartError::Token(e)),
+            Err(e) => return Err(ConsulStartError::Unreachable(e)),
+        }
+        Ok(Self::start(client, config))
+    }
+
+    fn start(client: ConsulClient, config: ConsulConfig) -> Self {
+        let (tx, _) = watch::channel(Arc::new(Catalog::default()));
+        let (synced, _) = watch::channel(false);
+        let cancel = CancellationToken::new();
+        let inner = Arc::new(Inner {
+            client,
+            config,
+            tx,
+            synced,
+            state: Mutex::new(State {
+                connected: true,
+                ..Default::default()
+            }),
+        });
+        tokio::spawn(services_loop(Arc::downgrade(&inner), cancel.clone()));
+        Self {
+            _guard: Arc::new(cancel.drop_guard()),
+            inner,
+        }
+    }
+
+    /// Resolves once the first full view (service list and every service's
+    /// health) has been read.
+    pub async fn wait_synced(&self) {
+        let mut rx = self.inner.synced.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn publish(&self, st: &mut State) {
+        st.version += 1;
+        let instances = st
+            .services
+            .values()
+            .flat_map(|v| v.iter().cloned())
+            .collect();
+        self.tx.send_replace(Arc::new(Catalog {
+            instances,
+            version: st.version,
+        }));
+    }
+
+    fn check_synced(&self, st: &State) {
+        if st.services_loaded && st.watchers.values().all(|w| w.synced) && !*self.synced.borrow() {
+            info!(services = st.watchers.len(), "Initial Consul state loaded.");
+            self.synced.send_replace(true);
+        }
+    }
+
+    fn mark_error(&self, context: &str, e: &ConsulError) {
+        let mut st = self.lock();
+        let msg = format!("{context}: {e}");
+        if st.connected {
+            warn!(error = %e, context, "Consul unavailable; routing on the last known state.");
+        } else {
+            debug!(error = %e, context, "Consul still unavailable.");
+        }
+        st.connected = false;
+        st.last_error = Some(msg);
+    }
+
+    fn is_connected(&self) -> bool {
+        self.lock().connected
+    }
+
+    /// Consul answers again (or restarted): write back what the agent lost,
+    /// then mark connected and make every health watch read afresh. Health
+    /// watches do not apply answers while disconnected, so a restarted,
+    /// still-empty agent never empties the routing table.
+    async fn recover(&self) {
+        info!("Consul reachable; resyncing registrations this gateway accepted.");
+        self.resync_owned().await;
+        let mut st = self.lock();
+        st.connected = true;
+        st.last_error = None;
+        for w in st.watchers.values() {
+            w.refresh.notify_one();
+        }
+    }
+
+    /// Writes back every registration this gateway accepted that the agent
+    /// no longer has (a restarted dev agent keeps nothing).
+    async fn resync_owned(&self) {
+        let owned: Vec<(String, Registration)> = self
+            .lock()
+            .owned
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (id, reg) in owned {
+            match self.client.has_service(&id).await {
+                Ok(true) => {}
+                Ok(false) => match to_agent_registration(&reg, &self.config) {
+                    Ok(a) => match self.client.register(&a).await {
+                        Ok(()) => {
+                            info!(service = %reg.service, instance = %reg.instance_id, "Re-registered an instance the Consul agent lost.")
+                        }
+                        Err(e) => {
+                            warn!(service = %reg.service, error = %e, "Re-registration failed; will retry.")
+                        }
+                    },
+                    Err(e) => warn!(service = %reg.service, error = %e, "Cannot re-register."),
+                },
+                Err(e) => {
+                    warn!(error = %e, "Resync interrupted; will retry.");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn pace(last: &mut Option<Instant>, min: Duration) {
+    if let Some(l) = *last {
+        let next = l + min;
+        if next > Instant::now() {
+            tokio::time::sleep_until(next.into()).await;
+        }
+    }
+    *last = Some(Instant::now());
+}
+
+fn backoff(attempt: u32) -> Duration {
+    let base = Duration::from_millis(100) * 2u32.saturating_pow(attempt.min(6));
+    let base = base.min(Duration::from_secs(5));
+    base + base.mul_f64(rand::rng().random_range(0.0..0.5))
+}
+
+fn jittered(wait: Duration) -> Duration {
+    wait + wait.mul_f64(rand::rng().random_range(0.0..0.05))
+}
+
+async fn services_loop(weak: std::sync::Weak<Inner>, cancel: CancellationToken) {
+    let mut index = 0u64;
+    let mut failures = 0u32;
+    let mut last = None;
+    loop {
+        let Some(inner) = weak.upgrade() else { return };
+        let (client, min, wait) = (
+            inner.client.clone(),
+            inner.config.min_query_interval,
+            jittered(inner.config.wait),
+        );
+        drop(inner);
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = pace(&mut last, min) => {}
+        }
+        let result = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = client.services(index, wait) => r,
+        };
+        let Some(inner) = weak.upgrade() else { return };
+        match result {
+            Ok(r) => {
+                failures = 0;
+                let went_back = r.index < index;
+                if !inner.is_connected() || went_back {
+                    if went_back {
+                        info!(
+                            previous = index,
+                            now = r.index,
+                            "Consul index went backwards; resetting and resyncing."
+                        );
+                    }
+                    // Write back what the agent lost before applying a view
+                    // that may be missing it, then read afresh.
+                    inner.recover().await;
+                    index = 0;
+                    continue;
+                }
+                index = next_index(index, r.index);
+                reconcile_watchers(
+                    &inner,
+                    r.value.into_keys().filter(|n| n != "consul").collect(),
+                    &cancel,
+                );
+            }
+            Err(e) => {
+                inner.mark_error("watching the service list", &e);
+                failures += 1;
+                // After a failure read afresh: a restarted agent's index is
+                // far below ours, and blocking on ours would stall recovery
+                // for a whole wait.
+                index = 0;
+                let d = backoff(failures);
+                drop(inner);
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(d) => {}
+                }
+            }
+        }
+    }
+}
+
+fn reconcile_watchers(inner: &Arc<Inner>, names: Vec<String>, cancel: &CancellationToken) {
+    let mut st = inner.lock();
+    let mut changed = false;
+    let gone: Vec<String> = st
+        .watchers
+        .keys()
+        .filter(|k| !names.contains(k))
+        .cloned()
+        .collect();
+    for name in gone {
+        if let Some(w) = st.watchers.remove(&name) {
+            w.task.abort();
+        }
+        if st.services.remove(&name).is_some() {
+            changed = true;
+        }
+        debug!(service = %name, "Service left the Consul catalog.");
+    }
+    for name in names {
+        if st.watchers.contains_key(&name) {
+            continue;
+        }
+        let refresh = Arc::new(Notify::new());
+        let task = tokio::spawn(health_loop(
+            Arc::downgrade(inner),
+            name.clone(),
+            refresh.clone(),
+            cancel.clone(),
+        ));
+        st.watchers.insert(
+            name,
+            Watcher {
+                task: task.abort_handle(),
+                refresh,
+                last_refresh: None,
+                synced: false,
+            },
+        );
+    }
+    st.services_loaded = true;
+    if changed {
+        inner.publish(&mut st);
+    }
+    inner.check_synced(&st);
+}
+
+async fn health_loop(
+    weak: std::sync::Weak<Inner>,
+    name: String,
+    refresh: Arc<Notify>,
+    cancel: CancellationToken,
+) {
+    let mut index = 0u64;
+    let mut failures = 0u32;
+    let mut last = None;
+    loop {
+        let Some(inner) = weak.upgrade() else { return };
+        let (client, min, wait) = (
+            inner.client.clone(),
+            inner.config.min_query_interval,
+            jittered(inner.config.wait),
+        );
+        drop(inner);
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = pace(&mut last, min) => {}
+        }
+        let result = tokio::select! {
+            _ = cancel.cancelled() => return,
+            // Asked to re-read now (every instance looked unreachable):
+            // abandon the blocking query and read without blocking.
+            _ = refresh.notified() => { index = 0; continue; }
+            r = client.health(&name, index, wait) => r,
+        };
+        let Some(inner) = weak.upgrade() else { return };
+        match result {
+            Ok(r) => {
+                failures = 0;
+                if r.index < index {
+                    // Went backwards: read afresh rather than trust it.
+                    index = 0;
+                    continue;
+                }
+                if !inner.is_connected() {
+                    // Until the service-list watch has resynced, an answer
+                    // may come from a restarted, empty agent: keep the last
+                    // known state and wait to be told to read again.
+                    drop(inner);
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = refresh.notified() => {}
+                    }
+                    index = 0;
+                    continue;
+                }
+                index = next_index(index, r.index);
+                let mut views: Vec<InstanceView> = r.value.iter().map(entry_to_view).collect();
+                views.sort_by(|a, b| a.registration.instance_id.cmp(&b.registration.instance_id));
+                let mut st = inner.lock();
+                let changed = st
+                    .services
+                    .get(&name)
+                    .is_none_or(|old| !same_views(old, &views));
+                if changed {
+                    debug!(service = %name, instances = views.len(), "Consul health changed.");
+                    st.services.insert(name.clone(), views);
+                    inner.publish(&mut st);
+                }
+                if let Some(w) = st.watchers.get_mut(&name) {
+                    w.synced = true;
+                }
+                inner.check_synced(&st);
+            }
+            Err(e) => {
+                inner.mark_error(&format!("watching health of {name}"), &e);
+                failures += 1;
+                // After a failure read afresh: a restarted agent's index is
+                // far below ours, and blocking on ours would stall recovery
+                // for a whole wait.
+                index = 0;
+                let d = backoff(failures);
+                drop(inner);
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(d) => {}
+                }
+            }
+        }
+    }
+}
+
+fn unavailable(e: ConsulError) -> RegistryError {
+    match e {
+        ConsulError::Status {
+            status: 400, body, ..
+        } => RegistryError::Rejected(format!("consul refused the registration: {body}")),
+        e => RegistryError::Unavailable(e.to_string()),
+    }
+}
+
+impl Registry for ConsulRegistry {
+    fn register(&self, reg: Registration) -> BoxFuture<'_, Result<RegisterOutcome, RegistryError>> {
+        async move {
+            let agent = to_agent_registration(&reg, &self.inner.config)?;
+            self.inner
+                .client
+                .register(&agent)
+                .await
+                .map_err(unavailable)?;
+            let mut st = self.inner.lock();
+            let known = st.services.get(&reg.service).is_some_and(|v| {
+                v.iter()
+                    .any(|i| i.registration.instance_id == reg.instance_id)
+            });
+            let created = st.owned.insert(agent.id, reg.clone()).is_none() && !known;
+            Ok(RegisterOutcome {
+                instance_id: reg.instance_id,
+                lease: reg.lease,
+                created,
+            })
+        }
+        .boxed()
+    }
+
+    fn deregister<'a>(
+        &'a self,
+        service: &'a str,
+        instance_id: &'a str,
+    ) -> BoxFuture<'a, Result<bool, RegistryError>> {
+        async move {
+            let id = consul_id(service, instance_id);
+            let existed = self
+                .inner
+                .client
+                .deregister(&id)
+                .await
+                .map_err(unavailable)?;
+            let owned = self.inner.lock().owned.remove(&id).is_some();
+            Ok(existed || owned)
+        }
+        .boxed()
+    }
+
+    fn renew<'a>(
+        &'a self,
+        service: &'a str,
+        instance_id: &'a str,
+    ) -> BoxFuture<'a, Result<Duration, RegistryError>> {
+        async move {
+            let id = consul_id(service, instance_id);
+            let not_found = || RegistryError::NotFound {
+                service: service.to_owned(),
+                instance_id: instance_id.to_owned(),
+            };
+            let (owned, known) = {
+                let st = self.inner.lock();
+                let known = st
+                    .services
+                    .get(service)
+                    .and_then(|v| v.iter().find(|i| i.registration.instance_id == instance_id))
+                    .map(|i| i.registration.clone());
+                (st.owned.get(&id).cloned(), known)
+            };
+            let lease = owned
+                .as_ref()
+                .map(|r| r.lease)
+                .or(known.as_ref().map(|r| r.lease));
+            let ttl = owned
+                .as_ref()
+                .or(known.as_deref())
+                .is_some_and(|r| r.health.kind == CheckKind::Ttl);
+            if ttl {
+                // A TTL check lives on the agent the instance registered
+                // through; passing it is the renewal.
+                return match self
+                    .inner
+                    .client
+                    .pass_ttl(&format!("service:{id}"))
+                    .await
+                    .map_err(unavailable)?
+                {
+                    true => Ok(lease.unwrap_or(Duration::from_secs(30))),
+                    false => Err(not_found()),
+                };
+            }
+            // Consul's own checks keep other instances alive; a renewal
+            // only tells the instance whether Consul still has it (after a
+            // Consul restart it must register again).
+            let present = known.is_some()
+                || self
+                    .inner
+                    .client
+                    .has_service(&id)
+                    .await
+                    .map_err(unavailable)?;
+            if present {
+                Ok(lease.unwrap_or(Duration::from_secs(30)))
+            } else {
+                Err(not_found())
+            }
+        }
+        .boxed()
+    }
+
+    fn watch(&self) -> watch::Receiver<Arc<Catalog>> {
+        self.inner.tx.subscribe()
+    }
+
+    fn service_unreachable(&self, service: &str) {
+        let mut st = self.inner.lock();
+        if let Some(w) = st.watchers.get_mut(service) {
+            // At most one forced re-read per service per 500 ms.
+            if w.last_refresh
+                .is_none_or(|t| t.elapsed() >= Duration::from_millis(500))
+            {
+                w.last_refresh = Some(Instant::now());
+                info!(
+                    service,
+                    "Every instance unreachable from this gateway; re-reading Consul."
+                );
+                w.refresh.notify_one();
+            }
+        }
+    }
+
+    fn status(&self) -> RegistryStatus {
+        let st = self.inner.lock();
+        RegistryStatus {
+            kind: "consul",
+            connected: st.connected,
+            last_error: st.last_error.clone(),
+        }
+    }
+
+    fn synced(&self) -> BoxFuture<'_, ()> {
+        self.wait_synced().boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,125 @@
+use super::*;
+use crate::consul::{CatalogService, Check, Node};
+
+fn reg() -> Registration {
+    Registration {
+        service: "orders".into(),
+        instance_id: "o-1".into(),
+        address: "10.0.0.5:7000".into(),
+        routes: vec![
+            RouteSpec {
+                path_prefix: "/orders".into(),
+                hosts: vec![],
+                timeout: Some(Duration::from_millis(250)),
+            },
+            RouteSpec {
+                path_prefix: "/o".into(),
+                hosts: vec!["shop.example".into()],
+                timeout: None,
+            },
+        ],
+        visibility: Visibility::Internal,
+        tags: vec!["v2".into()],
+        metadata: [("team".to_string(), "core".to_string())].into(),
+        weight: 40,
+        health: HealthCheck {
+            kind: CheckKind::Grpc {
+                service: "orders".into(),
+            },
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_millis(500),
+            deregister_critical_after: None,
+        },
+        lease: Duration::from_secs(30),
+    }
+}
+
+fn entry(agent: &AgentServiceRegistration, statuses: &[&str]) -> ServiceEntry {
+    ServiceEntry {
+        node: Node {
+            node: "n1".into(),
+            address: "10.0.0.1".into(),
+        },
+        service: CatalogService {
+            id: agent.id.clone(),
+            service: agent.name.clone(),
+            tags: Some(agent.tags.clone()),
+            address: agent.address.clone(),
+            port: agent.port,
+            meta: Some(agent.meta.clone()),
+            weights: Some(agent.weights.clone()),
+        },
+        checks: statuses
+            .iter()
+            .enumerate()
+            .map(|(i, s)| Check {
+                check_id: format!("c{i}"),
+                status: s.to_string(),
+                output: String::new(),
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn registration_round_trips_through_consul_metadata() {
+    let config = ConsulConfig::default();
+    let r = reg();
+    let agent = to_agent_registration(&r, &config).unwrap();
+    assert_eq!(agent.id, "orders:o-1");
+    assert_eq!(agent.check.grpc.as_deref(), Some("10.0.0.5:7000/orders"));
+    assert_eq!(agent.check.deregister_critical_service_after, "60000ms");
+    let view = entry_to_view(&entry(&agent, &["passing", "passing"]));
+    let back = &view.registration;
+    assert_eq!(view.health, Health::Passing);
+    assert_eq!(back.instance_id, r.instance_id);
+    assert_eq!(back.address, r.address);
+    assert_eq!(back.routes, r.routes);
+    assert_eq!(back.visibility, r.visibility);
+    assert_eq!(back.weight, r.weight);
+    assert_eq!(back.tags, r.tags);
+    assert_eq!(back.metadata, r.metadata);
+}
+
+#[test]
+fn only_all_passing_is_routable() {
+    let agent = to_agent_registration(&reg(), &ConsulConfig::default()).unwrap();
+    for s in [&["passing", "critical"][..], &["warning"], &["critical"]] {
+        assert_eq!(
+            entry_to_view(&entry(&agent, s)).health,
+            Health::Failing,
+            "{s:?}"
+        );
+    }
+    assert_eq!(entry_to_view(&entry(&agent, &[])).health, Health::Passing);
+}
+
+#[test]
+fn foreign_and_malformed_metadata_fall_back_to_defaults() {
+    let mut agent = to_agent_registration(&reg(), &ConsulConfig::default()).unwrap();
+    agent.meta.clear();
+    agent.meta.insert("gw-route-0".into(), "{not json".into());
+    agent.meta.insert("gw-weight".into(), "-3".into());
+    let v = entry_to_view(&entry(&agent, &["passing"]));
+    assert_eq!(v.registration.routes[0].path_prefix, "/orders");
+    assert_eq!(v.registration.weight, 100);
+    assert_eq!(v.registration.instance_id, "orders:o-1");
+    assert_eq!(v.registration.visibility, Visibility::Public);
+}
+
+#[test]
+fn ipv6_and_oversized_metadata() {
+    let mut r = reg();
+    r.address = "[fd00::5]:7000".into();
+    let agent = to_agent_registration(&r, &ConsulConfig::default()).unwrap();
+    assert_eq!(agent.address, "fd00::5");
+    assert_eq!(
+        entry_to_view(&entry(&agent, &[])).registration.address,
+        "[fd00::5]:7000"
+    );
+    r.metadata.insert("big".into(), "x".repeat(600));
+    assert!(matches!(
+        to_agent_registration(&r, &ConsulConfig::default()),
+        Err(RegistryError::Rejected(_))
+    ));
+}
