@@ -14,7 +14,7 @@ step() { printf '\n==> %s\n' "$*"; }
 export CARGO_TERM_COLOR=never RUST_BACKTRACE=1
 
 step "dependencies"
-scripts/install-deps.sh python haproxy consul
+scripts/install-deps.sh python haproxy consul kafka
 
 step "rustfmt"
 cargo fmt --all -- --check

@@ -11,6 +11,7 @@ use gateway_core::gateway::{Gateway, Listeners};
 use gateway_core::registry::Registry;
 use gateway_core::registry::consul::ConsulRegistry;
 use gateway_core::registry::memory::MemoryRegistry;
+use gateway_core::sync::{KafkaSync, SyncedRegistry};
 use std::sync::Arc;
 
 /// HTTP-to-gRPC forwarding gateway.
@@ -52,6 +53,12 @@ struct Args {
     /// Consul ACL token.
     #[arg(long, env = "CONSUL_HTTP_TOKEN", hide_env_values = true)]
     consul_token: Option<String>,
+    /// Kafka brokers for replica sync (host:port[,host:port]); needs --consul.
+    #[arg(long, env = "GATEWAY_KAFKA_BROKERS")]
+    kafka_brokers: Option<String>,
+    /// Kafka topic of registration events.
+    #[arg(long, env = "GATEWAY_KAFKA_TOPIC")]
+    kafka_topic: Option<String>,
     /// Networks registered addresses must lie in (repeatable, CIDR).
     #[arg(
         long = "allow-network",
@@ -103,6 +110,12 @@ fn load(args: &Args) -> anyhow::Result<GatewayConfig> {
     if let (Some(t), Some(consul)) = (&args.consul_token, c.consul.as_mut()) {
         consul.token = Some(t.clone());
     }
+    if let Some(b) = &args.kafka_brokers {
+        c.kafka.get_or_insert_with(Default::default).brokers = b.clone();
+    }
+    if let Some(t) = &args.kafka_topic {
+        c.kafka.get_or_insert_with(Default::default).topic = t.clone();
+    }
     if !args.allowed_networks.is_empty() {
         let nets = args
             .allowed_networks
@@ -116,6 +129,17 @@ fn load(args: &Args) -> anyhow::Result<GatewayConfig> {
     }
     c.validate()?;
     Ok(c)
+}
+
+/// Default node id: host name plus process id, unique per process (set
+/// `--node-id` for a stable name; restarts are told apart by incarnation).
+fn default_node_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "gateway".into());
+    format!("{host}-{}", std::process::id())
 }
 
 async fn shutdown_signal() {
@@ -158,7 +182,9 @@ async fn main() -> anyhow::Result<()> {
         print!("{}", toml::to_string_pretty(&config)?);
         return Ok(());
     }
-    let registry: Arc<dyn Registry> = match &config.consul {
+    let mut config = config;
+    let node_id = config.node_id.get_or_insert_with(default_node_id).clone();
+    let mut registry: Arc<dyn Registry> = match &config.consul {
         Some(consul) => Arc::new(
             ConsulRegistry::connect(consul.clone())
                 .await
@@ -166,6 +192,14 @@ async fn main() -> anyhow::Result<()> {
         ),
         None => Arc::new(MemoryRegistry::new()),
     };
+    let mut kafka = None;
+    if let Some(k) = &config.kafka {
+        let sync = KafkaSync::connect(k.clone(), &node_id)
+            .await
+            .context("starting replica sync")?;
+        kafka = Some(sync.clone());
+        registry = SyncedRegistry::start(registry, sync).context("starting replica sync")?;
+    }
     let gateway = Gateway::new(config.clone(), registry)?;
     let listeners = Listeners::bind(&config).await?;
     let a = listeners.addrs()?;
@@ -181,5 +215,9 @@ async fn main() -> anyhow::Result<()> {
         a.admin
     );
     gateway.serve(listeners, shutdown_signal()).await;
+    if let Some(k) = kafka {
+        // Hand queued registration events to Kafka before exiting.
+        k.flush(std::time::Duration::from_secs(5));
+    }
     Ok(())
 }

@@ -37,6 +37,10 @@ pub struct GatewayConfig {
     pub trusted_proxies: Vec<IpNet>,
     /// Consul registry; absent = the embedded in-memory registry.
     pub consul: Option<ConsulConfig>,
+    /// Replica sync over Kafka; needs `consul` (the replicas' shared source
+    /// of truth). Absent = a single gateway, or replicas that learn of
+    /// changes from Consul alone.
+    pub kafka: Option<KafkaConfig>,
 }
 
 impl Default for GatewayConfig {
@@ -61,6 +65,7 @@ impl Default for GatewayConfig {
                 )),
             ],
             consul: None,
+            kafka: None,
         }
     }
 }
@@ -285,6 +290,49 @@ impl Default for ConsulConfig {
     }
 }
 
+/// Replica-to-replica registration events on a Kafka topic.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap brokers, `host:port[,host:port...]`.
+    pub brokers: String,
+    /// Topic of registration events; created compacted when missing.
+    pub topic: String,
+    /// How long start-up waits for the brokers (and the catch-up read of the
+    /// topic) before failing with a clear error.
+    #[serde(with = "humantime_serde")]
+    pub startup_timeout: Duration,
+    /// Extra librdkafka client properties (security, tuning). Settings the
+    /// gateway's guarantees rest on are rejected by name: `bootstrap.servers`,
+    /// `enable.idempotence`, `acks`, `group.id`, `enable.auto.commit`,
+    /// `auto.offset.reset`.
+    pub properties: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".into(),
+            topic: "forwarding.registrations".into(),
+            startup_timeout: Duration::from_secs(30),
+            properties: Default::default(),
+        }
+    }
+}
+
+/// librdkafka properties the gateway sets itself and will not let a
+/// configuration override.
+pub const KAFKA_RESERVED_PROPERTIES: &[&str] = &[
+    "bootstrap.servers",
+    "metadata.broker.list",
+    "enable.idempotence",
+    "acks",
+    "request.required.acks",
+    "group.id",
+    "enable.auto.commit",
+    "auto.offset.reset",
+];
+
 /// Consul read consistency modes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -383,6 +431,44 @@ impl GatewayConfig {
                 );
             }
         }
+        if let Some(k) = &self.kafka {
+            if self.consul.is_none() {
+                return err(
+                    "kafka",
+                    "replica sync needs [consul]: replicas share Consul as the source of truth",
+                );
+            }
+            if k.brokers.trim().is_empty()
+                || k.brokers.split(',').any(|b| {
+                    b.trim()
+                        .rsplit_once(':')
+                        .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+                })
+            {
+                return err("kafka.brokers", "must be host:port[,host:port...]");
+            }
+            let legal = |c: char| c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-';
+            if k.topic.is_empty()
+                || k.topic.len() > 249
+                || !k.topic.chars().all(legal)
+                || k.topic == "."
+                || k.topic == ".."
+            {
+                return err("kafka.topic", "must be 1-249 characters of [A-Za-z0-9._-]");
+            }
+            if let Some(p) = k
+                .properties
+                .keys()
+                .find(|p| KAFKA_RESERVED_PROPERTIES.contains(&p.as_str()))
+            {
+                return Err(ConfigError {
+                    setting: "kafka.properties",
+                    reason: format!(
+                        "`{p}` is set by the gateway (idempotent producer, acks=all, every replica reads every event) and cannot be overridden"
+                    ),
+                });
+            }
+        }
         let l = &self.listen;
         let mut addrs = vec![
             ("listen.public", l.public),
@@ -426,6 +512,29 @@ mod tests {
     fn unknown_fields_are_rejected_by_name() {
         let e = toml::from_str::<GatewayConfig>("[timeouts]\nrequets = \"1s\"\n").unwrap_err();
         assert!(e.to_string().contains("requets"), "{e}");
+    }
+
+    #[test]
+    fn kafka_settings_are_checked_by_name() {
+        let mut c = GatewayConfig {
+            kafka: Some(KafkaConfig::default()),
+            ..Default::default()
+        };
+        assert_eq!(c.validate().unwrap_err().setting, "kafka");
+        c.consul = Some(ConsulConfig::default());
+        c.validate().unwrap();
+        let k = c.kafka.as_mut().unwrap();
+        k.properties.insert("acks".into(), "1".into());
+        let e = c.validate().unwrap_err();
+        assert!(e.to_string().contains("`acks`"), "{e}");
+        let k = c.kafka.as_mut().unwrap();
+        k.properties.clear();
+        k.brokers = "nohostport".into();
+        assert_eq!(c.validate().unwrap_err().setting, "kafka.brokers");
+        let k = c.kafka.as_mut().unwrap();
+        k.brokers = "127.0.0.1:9092".into();
+        k.topic = "bad topic".into();
+        assert_eq!(c.validate().unwrap_err().setting, "kafka.topic");
     }
 
     #[test]

@@ -34,5 +34,6 @@ pub mod registry;
 pub mod request_id;
 pub mod routing;
 pub mod server;
+pub mod sync;
 
 pub use proto;

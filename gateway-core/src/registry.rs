@@ -479,6 +479,9 @@ pub struct RegistryStatus {
     pub connected: bool,
     /// Last problem, if any.
     pub last_error: Option<String>,
+    /// Replica sync state, when replicas sync over Kafka.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sync: Option<serde_json::Value>,
 }
 
 /// A source of truth for registrations.
@@ -508,6 +511,16 @@ pub trait Registry: Send + Sync + 'static {
     /// reports ready only after it.
     fn synced(&self) -> BoxFuture<'_, ()> {
         Box::pin(async {})
+    }
+    /// Re-reads the source of truth for one instance: `Some(present)`, or
+    /// `None` when the registry cannot tell (it is its own truth, or the
+    /// store is unreachable).
+    fn recheck<'a>(
+        &'a self,
+        _service: &'a str,
+        _instance_id: &'a str,
+    ) -> BoxFuture<'a, Option<bool>> {
+        Box::pin(async { None })
     }
 }
 

@@ -346,3 +346,75 @@ pub async fn start_python_backend(
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     (child, addr)
 }
+
+/// A real single-node Kafka broker (KRaft) run by `scripts/kafka-dev.sh`
+/// in a temporary directory; stopped when dropped.
+pub struct KafkaProcess {
+    dir: std::path::PathBuf,
+    pub bootstrap: String,
+}
+
+fn kafka_script(cmd: &str, dir: &std::path::Path) -> String {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/kafka-dev.sh");
+    let out = std::process::Command::new(script)
+        .args([cmd, dir.to_str().unwrap()])
+        .output()
+        .expect("run kafka-dev.sh");
+    assert!(
+        out.status.success(),
+        "kafka-dev.sh {cmd} failed (run scripts/install-deps.sh kafka): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+impl KafkaProcess {
+    pub async fn start() -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("gw-kafka-{}-{}", std::process::id(), free_port()));
+        let d = dir.clone();
+        let bootstrap = tokio::task::spawn_blocking(move || kafka_script("start", &d))
+            .await
+            .unwrap();
+        Self { dir, bootstrap }
+    }
+
+    pub async fn stop(&self) {
+        let d = self.dir.clone();
+        tokio::task::spawn_blocking(move || kafka_script("stop", &d))
+            .await
+            .unwrap();
+    }
+
+    /// Starts it again: same ports, same data.
+    pub async fn start_again(&self) {
+        let d = self.dir.clone();
+        tokio::task::spawn_blocking(move || kafka_script("start", &d))
+            .await
+            .unwrap();
+    }
+}
+
+impl Drop for KafkaProcess {
+    fn drop(&mut self) {
+        kafka_script("stop", &self.dir);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Reads `/admin/services` of a gateway.
+pub async fn admin_view(gw: &GatewayProcess) -> serde_json::Value {
+    gw.http
+        .get(format!("http://{}/admin/services", gw.admin))
+        .send()
+        .await
+        .expect("admin view")
+        .json()
+        .await
+        .expect("admin JSON")
+}

@@ -847,11 +847,40 @@ impl Registry for ConsulRegistry {
             kind: "consul",
             connected: st.connected,
             last_error: st.last_error.clone(),
+            sync: None,
         }
     }
 
     fn synced(&self) -> BoxFuture<'_, ()> {
         self.wait_synced().boxed()
+    }
+
+    fn recheck<'a>(
+        &'a self,
+        service: &'a str,
+        instance_id: &'a str,
+    ) -> BoxFuture<'a, Option<bool>> {
+        async move {
+            if let Some(w) = self.inner.lock().watchers.get(service) {
+                w.refresh.notify_one();
+            }
+            let entries = self
+                .inner
+                .client
+                .health(service, 0, self.inner.config.wait)
+                .await
+                .ok()?;
+            let id = consul_id(service, instance_id);
+            Some(entries.value.iter().any(|e| {
+                e.service.id == id
+                    || e.service
+                        .meta
+                        .as_ref()
+                        .and_then(|m| m.get(META_INSTANCE))
+                        .is_some_and(|i| i == instance_id)
+            }))
+        }
+        .boxed()
     }
 }
 

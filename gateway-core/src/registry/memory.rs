@@ -291,6 +291,7 @@ impl Registry for MemoryRegistry {
             kind: "memory",
             connected: true,
             last_error: None,
+            sync: None,
         }
     }
 }

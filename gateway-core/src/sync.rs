@@ -1,0 +1,652 @@
+//! Replicas kept in step over Kafka.
+//!
+//! Every registration change a replica handles is published as a
+//! `forwarding.v1.SyncEvent` on a compacted topic keyed by
+//! `<service>/<instance>`. Every replica reads every partition from the
+//! beginning (no consumer group splits them), skips its own node's events,
+//! drops duplicates and replays by (node, incarnation, sequence), and applies
+//! the rest by *re-checking with Consul* - the source of truth. An event
+//! Consul contradicts is logged and skipped; nothing is ever deleted because
+//! one replica said so. The topic doubles as an audit log of registrations.
+//!
+//! Kafka unreachable: the producer keeps events queued (idempotent, acks=all,
+//! no delivery timeout) and delivers them in order when the brokers return;
+//! meanwhile the gateway serves and accepts registrations, which Consul holds.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use prost::Message;
+use proto::v1 as pb;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message as _;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use serde::Serialize;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::config::KafkaConfig;
+use crate::registry::{
+    Catalog, RegisterOutcome, Registration, Registry, RegistryError, RegistryStatus,
+};
+
+/// Schema version of the events this code writes and understands.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Why replica sync could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncStartError {
+    /// No broker answered.
+    #[error("kafka.brokers: no broker answered at {brokers} within {timeout:?}: {source}")]
+    Brokers {
+        /// Configured brokers.
+        brokers: String,
+        /// How long we waited.
+        timeout: Duration,
+        /// librdkafka's error.
+        source: KafkaError,
+    },
+    /// The topic is missing and could not be created, or is unusable.
+    #[error("kafka.topic: {0}")]
+    Topic(String),
+    /// The client configuration was refused by librdkafka.
+    #[error("kafka.properties: {0}")]
+    Client(KafkaError),
+    /// Reading the topic from the beginning did not finish in time.
+    #[error("kafka: catching up on topic {topic} did not finish within {timeout:?}")]
+    CatchUp {
+        /// Topic.
+        topic: String,
+        /// How long we waited.
+        timeout: Duration,
+    },
+}
+
+/// Counters shown in the admin view.
+#[derive(Debug, Default, Serialize)]
+pub struct SyncCounters {
+    published: AtomicU64,
+    delivered: AtomicU64,
+    delivery_failed: AtomicU64,
+    received: AtomicU64,
+    applied: AtomicU64,
+    skipped_own: AtomicU64,
+    skipped_duplicate: AtomicU64,
+    skipped_invalid: AtomicU64,
+    contradicted: AtomicU64,
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A change to announce.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// Registered or updated.
+    Registered(Box<pb::Registration>),
+    /// Deregistered.
+    Deregistered {
+        /// Service.
+        service: String,
+        /// Instance.
+        instance_id: String,
+    },
+    /// Every instance of a service looked unreachable from this replica.
+    ServiceUnreachable {
+        /// Service.
+        service: String,
+    },
+}
+
+/// The Kafka side of replica sync: a producer and the identity stamped on
+/// every event.
+pub struct KafkaSync {
+    producer: FutureProducer<QuietContext>,
+    config: KafkaConfig,
+    node_id: String,
+    incarnation: String,
+    sequence: AtomicU64,
+    counters: SyncCounters,
+    connected: AtomicBool,
+    last_error: Mutex<Option<String>>,
+}
+
+/// librdkafka reports every failed reconnect at ERROR, several times a
+/// second per client during an outage; the gateway reports the outage once
+/// (admin view, one warning) and keeps librdkafka's chatter at DEBUG.
+#[derive(Clone, Default)]
+pub struct QuietContext;
+
+impl ClientContext for QuietContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical => {
+                warn!(facility = fac, "librdkafka: {log_message}")
+            }
+            _ => debug!(facility = fac, "librdkafka: {log_message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        debug!(error = %error, reason, "librdkafka error.");
+    }
+}
+
+impl ConsumerContext for QuietContext {}
+
+fn base_config(cfg: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    for (k, v) in &cfg.properties {
+        c.set(k, v);
+    }
+    c.set("bootstrap.servers", &cfg.brokers);
+    c
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The compaction key of a change.
+pub fn event_key(change: &Change) -> String {
+    match change {
+        Change::Registered(r) => format!("{}/{}", r.service, r.instance_id),
+        Change::Deregistered {
+            service,
+            instance_id,
+        } => format!("{service}/{instance_id}"),
+        Change::ServiceUnreachable { service } => format!("{service}/#unreachable"),
+    }
+}
+
+impl KafkaSync {
+    /// Connects (a clear error when no broker answers in time), creates the
+    /// topic compacted when it is missing, and prepares the producer.
+    pub async fn connect(cfg: KafkaConfig, node_id: &str) -> Result<Arc<Self>, SyncStartError> {
+        let producer: FutureProducer<QuietContext> = base_config(&cfg)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            // Never give up on an event: during an outage events wait in the
+            // queue and go out in order when the brokers return.
+            .set("message.timeout.ms", "0")
+            .set("linger.ms", "0")
+            .create_with_context(QuietContext)
+            .map_err(SyncStartError::Client)?;
+        ensure_topic(&producer, &cfg).await?;
+        let incarnation = uuid::Uuid::new_v4().simple().to_string();
+        info!(node_id, incarnation = %incarnation, topic = %cfg.topic, "Kafka sync connected.");
+        Ok(Arc::new(Self {
+            producer,
+            config: cfg,
+            node_id: node_id.to_owned(),
+            incarnation,
+            sequence: AtomicU64::new(0),
+            counters: SyncCounters::default(),
+            connected: AtomicBool::new(true),
+            last_error: Mutex::new(None),
+        }))
+    }
+
+    /// Builds the event for a change, stamped with this process's identity.
+    pub fn event(&self, change: Change) -> pb::SyncEvent {
+        let change = match change {
+            Change::Registered(r) => pb::sync_event::Change::Registered(*r),
+            Change::Deregistered {
+                service,
+                instance_id,
+            } => pb::sync_event::Change::Deregistered(pb::InstanceKey {
+                service,
+                instance_id,
+            }),
+            Change::ServiceUnreachable { service } => {
+                pb::sync_event::Change::ServiceUnreachable(pb::InstanceKey {
+                    service,
+                    instance_id: String::new(),
+                })
+            }
+        };
+        pb::SyncEvent {
+            schema_version: SCHEMA_VERSION,
+            node_id: self.node_id.clone(),
+            incarnation: self.incarnation.clone(),
+            sequence: self.sequence.fetch_add(1, Ordering::Relaxed) + 1,
+            timestamp_ms: now_ms(),
+            change: Some(change),
+        }
+    }
+
+    /// Publishes a change without waiting: the producer queues it (also
+    /// across a Kafka outage) and a task records the delivery.
+    pub fn publish(self: &Arc<Self>, change: Change) {
+        let key = event_key(&change);
+        let payload = self.event(change).encode_to_vec();
+        let record = FutureRecord::to(&self.config.topic)
+            .key(&key)
+            .payload(&payload);
+        bump(&self.counters.published);
+        match self.producer.send_result(record) {
+            Ok(delivery) => {
+                let this = self.clone();
+                tokio::spawn(async move {
+                    match delivery.await {
+                        Ok(Ok(_)) => {
+                            bump(&this.counters.delivered);
+                            this.set_connected(true, None);
+                        }
+                        Ok(Err((e, _))) => {
+                            bump(&this.counters.delivery_failed);
+                            warn!(key = %key, error = %e, "Registration event not delivered; Consul still has the change.");
+                            this.set_connected(false, Some(e.to_string()));
+                        }
+                        Err(_) => bump(&this.counters.delivery_failed),
+                    }
+                });
+            }
+            Err((e, _)) => {
+                bump(&self.counters.delivery_failed);
+                warn!(key = %key, error = %e, "Registration event could not be queued; Consul still has the change.");
+                self.set_connected(false, Some(e.to_string()));
+            }
+        }
+    }
+
+    fn set_connected(&self, ok: bool, err: Option<String>) {
+        let was = self.connected.swap(ok, Ordering::Relaxed);
+        if ok && !was {
+            info!("Kafka reachable again.");
+        }
+        if let Some(e) = err {
+            *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+        }
+    }
+
+    /// Waits until every queued event is delivered (or `timeout`).
+    pub fn flush(&self, timeout: Duration) {
+        let _ = self.producer.flush(timeout);
+    }
+
+    /// Status for the admin view.
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::json!({
+            "node_id": self.node_id,
+            "incarnation": self.incarnation,
+            "topic": self.config.topic,
+            "connected": self.connected.load(Ordering::Relaxed),
+            "last_error": *self.last_error.lock().unwrap_or_else(|p| p.into_inner()),
+            "in_flight": self.producer.in_flight_count(),
+            "counters": &self.counters,
+        })
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+}
+
+async fn ensure_topic(
+    producer: &FutureProducer<QuietContext>,
+    cfg: &KafkaConfig,
+) -> Result<(), SyncStartError> {
+    let timeout = cfg.startup_timeout;
+    // Metadata fetches block: off the async threads, on a clone of the
+    // producer (an Arc inside).
+    let p = producer.clone();
+    let topic = cfg.topic.clone();
+    let meta =
+        tokio::task::spawn_blocking(move || p.client().fetch_metadata(Some(&topic), timeout))
+            .await
+            .map_err(|e| SyncStartError::Topic(e.to_string()))?
+            .map_err(|source| SyncStartError::Brokers {
+                brokers: cfg.brokers.clone(),
+                timeout,
+                source,
+            })?;
+    let exists = meta
+        .topics()
+        .iter()
+        .any(|t| t.name() == cfg.topic && t.error().is_none() && !t.partitions().is_empty());
+    if exists {
+        return Ok(());
+    }
+    let admin: AdminClient<QuietContext> = base_config(cfg)
+        .create_with_context(QuietContext)
+        .map_err(SyncStartError::Client)?;
+    let topic =
+        NewTopic::new(&cfg.topic, 3, TopicReplication::Fixed(1)).set("cleanup.policy", "compact");
+    let results = admin
+        .create_topics(
+            [&topic],
+            &AdminOptions::new().operation_timeout(Some(timeout)),
+        )
+        .await
+        .map_err(|e| SyncStartError::Topic(format!("creating {}: {e}", cfg.topic)))?;
+    for r in results {
+        match r {
+            Ok(_) => info!(topic = %cfg.topic, "Created the compacted registration topic."),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((t, code)) => return Err(SyncStartError::Topic(format!("creating {t}: {code}"))),
+        }
+    }
+    Ok(())
+}
+
+/// What to do with a remote event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Apply it.
+    Apply,
+    /// Our own node's event.
+    Own,
+    /// Already seen (duplicate or replay).
+    Duplicate,
+    /// Undecodable, unknown schema, or incomplete.
+    Invalid(String),
+}
+
+/// Tracks the highest sequence seen per (node, incarnation).
+#[derive(Debug, Default)]
+pub struct Dedup {
+    seen: HashMap<(String, String), u64>,
+}
+
+impl Dedup {
+    /// Decides about one raw event.
+    pub fn judge(&mut self, own_node: &str, payload: &[u8]) -> (Verdict, Option<pb::SyncEvent>) {
+        let ev = match pb::SyncEvent::decode(payload) {
+            Ok(ev) => ev,
+            Err(e) => return (Verdict::Invalid(format!("undecodable: {e}")), None),
+        };
+        if ev.schema_version != SCHEMA_VERSION {
+            return (
+                Verdict::Invalid(format!("unknown schema version {}", ev.schema_version)),
+                Some(ev),
+            );
+        }
+        if ev.node_id.is_empty() || ev.incarnation.is_empty() || ev.change.is_none() {
+            return (
+                Verdict::Invalid("missing node_id, incarnation or change".into()),
+                Some(ev),
+            );
+        }
+        if ev.node_id == own_node {
+            return (Verdict::Own, Some(ev));
+        }
+        let last = self
+            .seen
+            .entry((ev.node_id.clone(), ev.incarnation.clone()))
+            .or_insert(0);
+        if ev.sequence <= *last {
+            return (Verdict::Duplicate, Some(ev));
+        }
+        *last = ev.sequence;
+        (Verdict::Apply, Some(ev))
+    }
+}
+
+/// A registry that announces its changes on Kafka and applies other
+/// replicas' announcements by re-checking the inner registry (Consul).
+pub struct SyncedRegistry {
+    inner: Arc<dyn Registry>,
+    sync: Arc<KafkaSync>,
+    caught_up: watch::Receiver<bool>,
+    unreachable_sent: Mutex<HashMap<String, Instant>>,
+}
+
+impl SyncedRegistry {
+    /// Wraps `inner` and starts the consumer. Ready (`synced`) once the
+    /// inner registry is and the topic has been read to its end.
+    pub fn start(
+        inner: Arc<dyn Registry>,
+        sync: Arc<KafkaSync>,
+    ) -> Result<Arc<Self>, SyncStartError> {
+        let consumer: StreamConsumer<QuietContext> = base_config(&sync.config)
+            // A group id librdkafka requires, unique so no group ever splits
+            // partitions between replicas; offsets are never committed.
+            .set(
+                "group.id",
+                format!("gateway-{}-{}", sync.node_id, sync.incarnation),
+            )
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            .set("auto.offset.reset", "earliest")
+            .create_with_context(QuietContext)
+            .map_err(SyncStartError::Client)?;
+        let meta = consumer
+            .fetch_metadata(Some(&sync.config.topic), sync.config.startup_timeout)
+            .map_err(|source| SyncStartError::Brokers {
+                brokers: sync.config.brokers.clone(),
+                timeout: sync.config.startup_timeout,
+                source,
+            })?;
+        let partitions: Vec<i32> = meta
+            .topics()
+            .iter()
+            .filter(|t| t.name() == sync.config.topic)
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        if partitions.is_empty() {
+            return Err(SyncStartError::Topic(format!(
+                "topic {} has no partitions",
+                sync.config.topic
+            )));
+        }
+        {
+            // Scoped: a TopicPartitionList alive when the consumer drops
+            // makes the drop hang.
+            let mut tpl = TopicPartitionList::new();
+            for p in &partitions {
+                tpl.add_partition_offset(&sync.config.topic, *p, Offset::Beginning)
+                    .map_err(SyncStartError::Client)?;
+            }
+            consumer.assign(&tpl).map_err(SyncStartError::Client)?;
+        }
+        let (caught_tx, caught_up) = watch::channel(false);
+        let this = Arc::new(Self {
+            inner,
+            sync,
+            caught_up,
+            unreachable_sent: Mutex::new(HashMap::new()),
+        });
+        tokio::spawn(consume(
+            Arc::downgrade(&this),
+            consumer,
+            partitions.len(),
+            caught_tx,
+        ));
+        Ok(this)
+    }
+
+    /// The Kafka side (for flushing at shutdown).
+    pub fn kafka(&self) -> &Arc<KafkaSync> {
+        &self.sync
+    }
+
+    async fn apply(&self, ev: pb::SyncEvent, catching_up: bool) {
+        let Some(change) = ev.change else { return };
+        match change {
+            pb::sync_event::Change::Registered(r) => {
+                if catching_up {
+                    // The start-up read of Consul covers every registration;
+                    // reconciling one by one would be 10,000 queries.
+                    return;
+                }
+                match self.inner.recheck(&r.service, &r.instance_id).await {
+                    Some(false) => {
+                        bump(&self.sync.counters.contradicted);
+                        warn!(from = %ev.node_id, service = %r.service, instance = %r.instance_id, "Registration event contradicts Consul (instance absent); skipped.");
+                    }
+                    _ => bump(&self.sync.counters.applied),
+                }
+            }
+            pb::sync_event::Change::Deregistered(k) => {
+                if catching_up {
+                    return;
+                }
+                match self.inner.recheck(&k.service, &k.instance_id).await {
+                    Some(true) => {
+                        bump(&self.sync.counters.contradicted);
+                        warn!(from = %ev.node_id, service = %k.service, instance = %k.instance_id, "Deregistration event contradicts Consul (instance present); skipped.");
+                    }
+                    _ => bump(&self.sync.counters.applied),
+                }
+            }
+            pb::sync_event::Change::ServiceUnreachable(k) => {
+                if catching_up || ev.timestamp_ms + 10_000 < now_ms() {
+                    return;
+                }
+                // Re-check with Consul; never a deletion.
+                info!(from = %ev.node_id, service = %k.service, "Another replica finds every instance unreachable; re-reading Consul.");
+                self.inner.service_unreachable(&k.service);
+                bump(&self.sync.counters.applied);
+            }
+        }
+    }
+}
+
+async fn consume(
+    weak: std::sync::Weak<SyncedRegistry>,
+    consumer: StreamConsumer<QuietContext>,
+    partitions: usize,
+    caught_tx: watch::Sender<bool>,
+) {
+    let mut dedup = Dedup::default();
+    let mut eof = std::collections::HashSet::new();
+    let mut caught_up = false;
+    loop {
+        let msg = consumer.recv().await;
+        let Some(this) = weak.upgrade() else { return };
+        match msg {
+            Ok(m) => {
+                bump(&this.sync.counters.received);
+                let payload = m.payload().unwrap_or_default();
+                let (verdict, ev) = dedup.judge(&this.sync.node_id, payload);
+                match (verdict, ev) {
+                    (Verdict::Apply, Some(ev)) => this.apply(ev, !caught_up).await,
+                    (Verdict::Own, _) => bump(&this.sync.counters.skipped_own),
+                    (Verdict::Duplicate, _) => bump(&this.sync.counters.skipped_duplicate),
+                    (Verdict::Invalid(why), _) => {
+                        bump(&this.sync.counters.skipped_invalid);
+                        warn!(partition = m.partition(), offset = m.offset(), reason = %why, "Registration event skipped.");
+                    }
+                    (Verdict::Apply, None) => bump(&this.sync.counters.skipped_invalid),
+                }
+            }
+            Err(KafkaError::PartitionEOF(p)) => {
+                eof.insert(p);
+                if !caught_up && eof.len() >= partitions {
+                    caught_up = true;
+                    info!(
+                        events = this.sync.counters.received.load(Ordering::Relaxed),
+                        "Caught up with the registration topic."
+                    );
+                    caught_tx.send_replace(true);
+                }
+            }
+            Err(e) => {
+                debug!(error = %e, "Kafka consumer error; librdkafka retries.");
+                this.sync.set_connected(false, Some(e.to_string()));
+                drop(this);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+impl Registry for SyncedRegistry {
+    fn register(&self, reg: Registration) -> BoxFuture<'_, Result<RegisterOutcome, RegistryError>> {
+        async move {
+            let wire = reg.to_proto();
+            let out = self.inner.register(reg).await?;
+            self.sync.publish(Change::Registered(Box::new(wire)));
+            Ok(out)
+        }
+        .boxed()
+    }
+
+    fn deregister<'a>(
+        &'a self,
+        service: &'a str,
+        instance_id: &'a str,
+    ) -> BoxFuture<'a, Result<bool, RegistryError>> {
+        async move {
+            let existed = self.inner.deregister(service, instance_id).await?;
+            self.sync.publish(Change::Deregistered {
+                service: service.to_owned(),
+                instance_id: instance_id.to_owned(),
+            });
+            Ok(existed)
+        }
+        .boxed()
+    }
+
+    fn renew<'a>(
+        &'a self,
+        service: &'a str,
+        instance_id: &'a str,
+    ) -> BoxFuture<'a, Result<Duration, RegistryError>> {
+        self.inner.renew(service, instance_id)
+    }
+
+    fn watch(&self) -> watch::Receiver<Arc<Catalog>> {
+        self.inner.watch()
+    }
+
+    fn service_unreachable(&self, service: &str) {
+        self.inner.service_unreachable(service);
+        // Tell the other replicas at most once a second per service.
+        let mut sent = self
+            .unreachable_sent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if sent
+            .get(service)
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        {
+            sent.insert(service.to_owned(), Instant::now());
+            self.sync.publish(Change::ServiceUnreachable {
+                service: service.to_owned(),
+            });
+        }
+    }
+
+    fn status(&self) -> RegistryStatus {
+        let mut s = self.inner.status();
+        s.sync = Some(self.sync.status());
+        s
+    }
+
+    fn synced(&self) -> BoxFuture<'_, ()> {
+        async move {
+            self.inner.synced().await;
+            let mut rx = self.caught_up.clone();
+            let _ = rx.wait_for(|c| *c).await;
+        }
+        .boxed()
+    }
+
+    fn recheck<'a>(
+        &'a self,
+        service: &'a str,
+        instance_id: &'a str,
+    ) -> BoxFuture<'a, Option<bool>> {
+        self.inner.recheck(service, instance_id)
+    }
+}
+
+#[cfg(test)]
+mod tests;
