@@ -412,3 +412,31 @@ async fn grpc_registration_errors_name_the_field() {
         .into_inner();
     assert!(list.instances.is_empty(), "nothing was registered");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_registers_again_after_a_gateway_restart() {
+    let gw = GatewayProcess::start(&[], &[]).await;
+    let reg = gw.registration_url();
+    let _b = BackendHandle::start("phoenix", echo_router(), Some(&reg), |b| {
+        b.registration(|r| r.lease_ms = 900)
+    })
+    .await;
+    gw.wait_routable("phoenix", 1).await;
+    // The embedded registry dies with the gateway; a new one starts empty on
+    // the same ports and the SDK's next renewal puts the instance back.
+    let addrs = gw.addrs();
+    let mut child = gw.child;
+    child.kill().await.unwrap();
+    let _ = child.wait().await;
+    let gw = GatewayProcess::start_at(addrs, &[], &[]).await;
+    gw.wait_routable("phoenix", 1).await;
+    assert_eq!(
+        gw.http
+            .get(gw.url("/phoenix/x"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        202
+    );
+}

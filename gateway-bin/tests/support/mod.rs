@@ -41,16 +41,22 @@ pub struct GatewayProcess {
 impl GatewayProcess {
     /// Starts the gateway with extra flags and environment.
     pub async fn start(extra: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_at(["127.0.0.1:0"; 4].map(String::from), extra, env).await
+    }
+
+    /// Starts the gateway on given public, internal, registration and
+    /// admin addresses.
+    pub async fn start_at(addrs: [String; 4], extra: &[&str], env: &[(&str, &str)]) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
         cmd.args([
             "--public",
-            "127.0.0.1:0",
+            &addrs[0],
             "--internal",
-            "127.0.0.1:0",
+            &addrs[1],
             "--registration",
-            "127.0.0.1:0",
+            &addrs[2],
             "--admin",
-            "127.0.0.1:0",
+            &addrs[3],
         ])
         .args(extra)
         .env("RUST_LOG", "warn")
@@ -132,6 +138,11 @@ impl GatewayProcess {
             }
         })
         .await;
+    }
+
+    /// The four listener addresses, for starting again on the same ports.
+    pub fn addrs(&self) -> [String; 4] {
+        [self.public, self.internal, self.registration, self.admin].map(|a| a.to_string())
     }
 
     /// Sends SIGTERM.
