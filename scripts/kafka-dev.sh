@@ -165,7 +165,14 @@ do_start() {
     port="$KAFKA_PORT" cport="$KAFKA_CONTROLLER_PORT" cluster_id="$KAFKA_CLUSTER_ID"
   else
     read -r port cport <<<"$(free_ports 2)"
-    cluster_id="$(python3 -c 'import base64, uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')"
+    # A cluster id starting with '-' would be read as an option by the
+    # storage tool: draw until it does not.
+    cluster_id="$(python3 -c 'import base64, uuid
+while True:
+    c = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    if not c.startswith("-"):
+        print(c)
+        break')"
     rm -rf "$DATA/data"
     write_config "$port" "$cport"
     local fmt_out
