@@ -14,7 +14,7 @@ step() { printf '\n==> %s\n' "$*"; }
 export CARGO_TERM_COLOR=never RUST_BACKTRACE=1
 
 step "dependencies"
-scripts/install-deps.sh python haproxy consul kafka
+scripts/install-deps.sh python haproxy consul kafka compose
 
 step "rustfmt"
 cargo fmt --all -- --check
@@ -31,8 +31,9 @@ cargo test --workspace --locked
 step "python example"
 python3 -m pytest -q examples/product-service-py
 
-step "shipped HAProxy configuration is valid"
-scripts/haproxy-check.sh haproxy/haproxy.cfg
+step "shipped HAProxy and compose configurations are valid"
+scripts/haproxy-check.sh haproxy/haproxy.cfg haproxy/haproxy.compose.cfg
+.deps/bin/docker-compose -f docker-compose.yml config -q
 
 if [ "$FAST" = 0 ]; then
   step "README: the gateway command starts and becomes ready"
