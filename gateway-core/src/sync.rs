@@ -189,7 +189,7 @@ impl KafkaSync {
         ensure_topic(&producer, &cfg).await?;
         let incarnation = uuid::Uuid::new_v4().simple().to_string();
         info!(node_id, incarnation = %incarnation, topic = %cfg.topic, "Kafka sync connected.");
-        Ok(Arc::new(Self {
+        let this = Arc::new(Self {
             producer,
             config: cfg,
             node_id: node_id.to_owned(),
@@ -198,7 +198,9 @@ impl KafkaSync {
             counters: SyncCounters::default(),
             connected: AtomicBool::new(true),
             last_error: Mutex::new(None),
-        }))
+        });
+        tokio::spawn(probe(Arc::downgrade(&this)));
+        Ok(this)
     }
 
     /// Builds the event for a change, stamped with this process's identity.
@@ -295,6 +297,31 @@ impl KafkaSync {
     /// This node's id.
     pub fn node_id(&self) -> &str {
         &self.node_id
+    }
+}
+
+/// While Kafka looks down, asks a broker for metadata every two seconds and
+/// reports it back up as soon as one answers (a replica with nothing to
+/// publish would otherwise never notice).
+async fn probe(weak: std::sync::Weak<KafkaSync>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let Some(this) = weak.upgrade() else { return };
+        if this.connected.load(Ordering::Relaxed) {
+            continue;
+        }
+        let p = this.producer.clone();
+        let topic = this.config.topic.clone();
+        let ok = tokio::task::spawn_blocking(move || {
+            p.client()
+                .fetch_metadata(Some(&topic), Duration::from_secs(1))
+                .is_ok()
+        })
+        .await
+        .unwrap_or(false);
+        if ok {
+            this.set_connected(true, None);
+        }
     }
 }
 
