@@ -329,18 +329,14 @@ where
         matched_prefix: &prefix,
         deadline: Some(remaining),
     };
-    let mut wire = Some(request_to_wire(&parts, body, trailers.as_ref(), &meta)?);
     let head = parts.method == Method::HEAD;
 
-    let attempts = candidates.len();
     let mut last_err = None;
-    for (i, ep) in candidates.into_iter().enumerate() {
-        // Keep a copy only while a fall-back is still possible.
-        let mut msg = if i + 1 < attempts {
-            wire.clone().unwrap_or_default()
-        } else {
-            wire.take().unwrap_or_default()
-        };
+    for ep in candidates {
+        // Built per attempt rather than cloned up front: the message moves
+        // into the call, and a fall-back (connection refused) is rare. The
+        // body is `Bytes`, so rebuilding never copies it.
+        let mut msg = request_to_wire(&parts, body.clone(), trailers.as_ref(), &meta)?;
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
             return Err(timeout_error(&service, budget));
