@@ -100,6 +100,7 @@ do_start() {   # do_start [reuse-ports]
       -http-port "$http" -dns-port -1 -serf-lan-port "$serf_lan" -serf-wan-port "$serf_wan" \
       -server-port "$server" -grpc-port "$grpc" \
       -hcl 'disable_update_check = true' \
+      -hcl 'limits { http_max_conns_per_client = 4096 }' \
       </dev/null >"$LOG" 2>&1 &
   p=$!
   echo "$p" >"$PIDF"

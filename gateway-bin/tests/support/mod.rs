@@ -281,6 +281,10 @@ impl ConsulProcess {
             &grpc,
             "-hcl",
             "disable_update_check = true",
+            "-hcl",
+            // One blocking query per watched service per gateway: more than
+            // the agent's default of 200 connections per client address.
+            "limits { http_max_conns_per_client = 4096 }",
         ])
         .env("CHECKPOINT_DISABLE", "1")
         .stdout(Stdio::null())

@@ -433,6 +433,15 @@ impl Inner {
         let mut st = self.lock();
         let msg = format!("{context}: {e}");
         if st.connected {
+            let watches = st.watchers.len() + 1;
+            if watches >= 150 && matches!(e, ConsulError::Unreachable { .. }) {
+                // The usual cause at this scale: the agent's per-client
+                // connection limit, not an outage.
+                warn!(
+                    watches,
+                    "Consul refused connections while {watches} blocking queries are open; raise the agent's limits.http_max_conns_per_client (default 200) above the watched services of every gateway sharing an address."
+                );
+            }
             warn!(error = %e, context, "Consul unavailable; routing on the last known state.");
         } else {
             debug!(error = %e, context, "Consul still unavailable.");

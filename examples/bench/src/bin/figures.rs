@@ -257,17 +257,23 @@ async fn register_many(
         tasks.spawn(async move {
             let _p = permit;
             let body = json!({"service": service, "instance_id": id, "address": addr, "health": {"kind": "ttl"}, "lease_ms": 3_600_000});
-            http.put(format!("http://{reg}/v1/registrations")).json(&body).send().await.map(|r| r.status().is_success())
+            match http.put(format!("http://{reg}/v1/registrations")).json(&body).send().await {
+                Ok(r) if r.status().is_success() => None,
+                Ok(r) => Some(format!("{}: {}", r.status(), r.text().await.unwrap_or_default())),
+                Err(e) => Some(e.to_string()),
+            }
         });
     }
-    let mut failed = 0;
+    let mut failed = Vec::new();
     while let Some(r) = tasks.join_next().await {
-        if !matches!(r, Ok(Ok(true))) {
-            failed += 1;
+        match r {
+            Ok(None) => {}
+            Ok(Some(e)) => failed.push(e),
+            Err(e) => failed.push(e.to_string()),
         }
     }
-    if failed > 0 {
-        bail!("{failed} of {n} registrations failed");
+    if !failed.is_empty() {
+        bail!("{} of {n} registrations failed, first: {}", failed.len(), failed[0]);
     }
     Ok(t0.elapsed())
 }
