@@ -17,8 +17,7 @@
 #   --quick     3 s per run, 1 s warm-up, 1 fixed-rate round (CI smoke);
 #               default 10 s, 2 s warm-up, 2 fixed-rate rounds
 #   --no-build  use the binaries already in target/release
-#   --pin       taskset: loadgen + backend on CPU 0, the proxies on CPU 1, and
-#               TOKIO_WORKER_THREADS=1 for the gateway unless set
+#   --pin       taskset: loadgen + backend on CPU 0, the proxies on CPU 1
 #   --strict    exit 1 when a target is missed (default: only on errors)
 #   --out DIR   keep every raw result (JSON lines, configs, logs) in DIR
 #
@@ -26,7 +25,8 @@
 # BENCH_BODY_BYTES (64), BENCH_DURATION / BENCH_WARMUP (override both modes),
 # BENCH_ROUNDS (fixed-rate rounds, best p99 kept; default 2, --quick 1),
 # BENCH_NICE (niceness of every benchmark process; default -10 as root, else 0),
-# TOKIO_WORKER_THREADS (gateway worker threads; tokio's default = cores).
+# TOKIO_WORKER_THREADS (gateway worker threads; default 1 here, like
+# HAProxy's nbthread 1; the gateway's own default is one per core).
 #
 # Idempotent: installs haproxy if missing (scripts/install-deps.sh), builds,
 # starts everything on free loopback ports, stops everything on exit.
@@ -107,9 +107,12 @@ PROXY_CPU="$PRIO" LOAD_CPU="$PRIO"
 if [ "$PIN" = 1 ]; then
   command -v taskset >/dev/null 2>&1 || die "--pin needs taskset (util-linux)"
   LOAD_CPU="$PRIO taskset -c 0" PROXY_CPU="$PRIO taskset -c 1"
-  # Two tokio workers time-sharing one CPU only add wake-up latency.
-  export TOKIO_WORKER_THREADS="${TOKIO_WORKER_THREADS:-1}"
 fi
+# Equal threads: HAProxy runs `nbthread 1` here, so the gateway gets one
+# tokio worker too and CPU per request compares like with like. (With two
+# workers on these two shared cores, workers waking each other cost ~40%
+# more CPU per request: BENCHMARKS.md. Set TOKIO_WORKER_THREADS to compare.)
+export TOKIO_WORKER_THREADS="${TOKIO_WORKER_THREADS:-1}"
 
 TCK="$(getconf CLK_TCK)"
 # utime+stime of a process (all threads), in clock ticks. Fields after the
