@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Every test of the project, from a fresh machine: installs what the tests
-# need (idempotent), then formatting, lints, unit/property/integration tests,
-# the Python example's tests, the README walkthrough and a benchmark smoke.
+# need (idempotent), then formatting, lints, unit/property/integration tests
+# (real Consul and Kafka among them), the Python example's tests, the README
+# walkthrough, a benchmark smoke, the end-to-end scenarios on the replicated
+# topology and a quick run of the discovery figures.
 #
 #   scripts/test.sh            everything (CI runs this through .ci/run)
-#   scripts/test.sh --fast     skip the release build, demo and benchmark smoke
+#   scripts/test.sh --fast     skip the release build, demo, benchmark, e2e and figures
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
@@ -55,5 +57,11 @@ if [ "$FAST" = 0 ]; then
 
   step "benchmark smoke"
   scripts/bench.sh --quick
+
+  step "end-to-end scenarios on the process topology (Consul, Kafka, 3 gateways, HAProxy)"
+  scripts/e2e.sh
+
+  step "discovery and replication figures, quick"
+  scripts/figures.sh --quick
 fi
 step "all tests passed"
