@@ -7,8 +7,8 @@
 //! snapshots, so connections are reused and in-flight counts stay true.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -32,7 +32,12 @@ pub struct Endpoint {
     pub address: Arc<str>,
     /// Balancing weight.
     pub weight: u32,
-    client: ForwardingServiceClient<Channel>,
+    /// Built on first use: an instance that never gets a request costs no
+    /// channel (a tonic channel is a task plus buffers; 10,000 registered
+    /// instances would otherwise cost ~100 MiB up front).
+    client: OnceLock<ForwardingServiceClient<Channel>>,
+    /// Validated at construction, so building the channel later cannot fail.
+    target: TonicEndpoint,
     in_flight: AtomicU32,
     /// Milliseconds since the balancer's epoch until which the endpoint is
     /// skipped after refusing a connection; 0 = not ejected.
@@ -42,9 +47,16 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// A gRPC client for this instance (cheap clone of a shared channel).
+    /// A gRPC client for this instance (cheap clone of a shared channel,
+    /// created on first use; must be called inside a Tokio runtime).
     pub fn client(&self) -> ForwardingServiceClient<Channel> {
-        self.client.clone()
+        self.client
+            .get_or_init(|| {
+                ForwardingServiceClient::new(self.target.connect_lazy())
+                    .max_decoding_message_size(usize::MAX)
+                    .max_encoding_message_size(usize::MAX)
+            })
+            .clone()
     }
 
     /// Requests currently in flight.
@@ -102,6 +114,8 @@ pub enum NoEndpoint {
 /// Picks instances and tracks passive health.
 pub struct Balancer {
     snapshot: ArcSwap<Snapshot>,
+    /// Catalogue version of the snapshot in force, for waiters.
+    applied: tokio::sync::watch::Sender<u64>,
     config: BalancerConfig,
     timeouts: TimeoutConfig,
     epoch: Instant,
@@ -112,6 +126,7 @@ impl Balancer {
     pub fn new(config: BalancerConfig, timeouts: TimeoutConfig) -> Arc<Self> {
         Arc::new(Self {
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
+            applied: tokio::sync::watch::channel(0).0,
             config,
             timeouts,
             epoch: Instant::now(),
@@ -226,6 +241,14 @@ impl Balancer {
             services,
             version: catalog.version,
         }));
+        self.applied.send_replace(catalog.version);
+    }
+
+    /// Resolves once a snapshot built from catalogue `version` (or later) is
+    /// in force.
+    pub async fn wait_applied(&self, version: u64) {
+        let mut rx = self.applied.subscribe();
+        let _ = rx.wait_for(|v| *v >= version).await;
     }
 
     fn endpoint(
@@ -235,21 +258,19 @@ impl Balancer {
         address: &str,
         weight: u32,
     ) -> Option<Arc<Endpoint>> {
-        let channel = TonicEndpoint::from_shared(format!("http://{address}"))
+        let target = TonicEndpoint::from_shared(format!("http://{address}"))
             .ok()?
             .connect_timeout(self.timeouts.connect)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_while_idle(true)
-            .connect_lazy();
+            .keep_alive_while_idle(true);
         Some(Arc::new(Endpoint {
             service,
             instance_id: instance_id.into(),
             address: address.into(),
             weight: weight.max(1),
-            client: ForwardingServiceClient::new(channel)
-                .max_decoding_message_size(usize::MAX)
-                .max_encoding_message_size(usize::MAX),
+            client: OnceLock::new(),
+            target,
             in_flight: AtomicU32::new(0),
             ejected_until_ms: AtomicU64::new(0),
             requests: AtomicU64::new(0),

@@ -189,8 +189,15 @@ impl Gateway {
         spawn(listeners.admin, HttpService::new(admin));
         // Ready only once the registry has a complete view: a replica must
         // not take traffic with a half-read routing table.
+        let synced = async {
+            self.shared.registry.synced().await;
+            // ...and the routing snapshot built from that view is in force:
+            // the balancer applies catalogues on its own task.
+            let version = self.shared.registry.watch().borrow().version;
+            self.shared.balancer.wait_applied(version).await;
+        };
         tokio::select! {
-            _ = self.shared.registry.synced() => {
+            _ = synced => {
                 self.readiness.set(true);
                 info!(node_id = %self.shared.node_id, "Gateway ready.");
             }
