@@ -271,3 +271,56 @@ async fn unreachable_broker_and_bad_settings_are_startup_errors() {
     .await;
     assert!(err.contains("kafka.topic"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_service_is_rechecked_everywhere_and_never_deleted() {
+    let (consul, kafka) = (
+        ConsulProcess::start(None).await,
+        KafkaProcess::start().await,
+    );
+    let gw1 = replica(&consul, &kafka, "gw1", "reg-d").await;
+    let gw2 = replica(&consul, &kafka, "gw2", "reg-d").await;
+    // Consul says passing (TTL), but nothing listens at the address: gw1
+    // finds every instance unreachable.
+    register_ttl(&gw1, "rep-d", "d-1", "127.0.0.1:9").await;
+    gw2.wait_routable("rep-d", 1).await;
+    gw1.wait_routable("rep-d", 1).await;
+    assert_eq!(
+        gw1.http
+            .get(gw1.url("/rep-d"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        503
+    );
+    eventually("gw2 applied gw1's unreachable event", || async {
+        let v = admin_view(&gw2).await;
+        (counter(&v, "applied") >= 2).then_some(())
+    })
+    .await;
+    // Re-checked, not deleted: Consul and both replicas still have it.
+    let list: Value = gw2
+        .http
+        .get(format!(
+            "{}/v1/registrations?service=rep-d",
+            gw2.registration_url()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["instances"].as_array().unwrap().len(), 1);
+    let health: Value = gw2
+        .http
+        .get(format!("{}/v1/health/service/rep-d", consul.url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health.as_array().unwrap().len(), 1, "still in Consul");
+}
