@@ -1,7 +1,6 @@
 //! The innermost service of the request path: route, read the body within
 //! limits, pick an instance, call `ForwardingService.Send`, convert back.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -392,9 +391,6 @@ fn timeout_error(service: &str, budget: Duration) -> ForwardError {
         format!("service {service} did not answer within {budget:?}"),
     )
 }
-
-/// Never fails: used where a service must be `Infallible`.
-pub type Never = Infallible;
 
 #[cfg(test)]
 mod tests {

@@ -10,7 +10,7 @@
 //! stop renewing.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -522,11 +522,6 @@ pub trait Registry: Send + Sync + 'static {
     ) -> BoxFuture<'a, Option<bool>> {
         Box::pin(async { None })
     }
-}
-
-/// An address an IP check can use, when it is one.
-pub fn address_ip(address: &str) -> Option<IpAddr> {
-    address.parse::<SocketAddr>().ok().map(|s| s.ip())
 }
 
 #[cfg(test)]
