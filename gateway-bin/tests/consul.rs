@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::{ConsulProcess, GatewayProcess, eventually, start_python_backend};
+use support::{ConsulProcess, GatewayProcess, eventually, get_json, start_python_backend};
 
 const CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/consul.toml");
 
@@ -47,15 +47,11 @@ async fn registered_killed_critical_and_back() {
             .status(),
         200
     );
-    let entries: Value = gw
-        .http
-        .get(format!("{}/v1/health/service/cat-a", consul.url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let entries: Value = get_json(
+        &gw.http,
+        &format!("{}/v1/health/service/cat-a", consul.url()),
+    )
+    .await;
     let meta = &entries[0]["Service"]["Meta"];
     assert_eq!(meta["gw-visibility"], "public");
     assert_eq!(meta["gw-route-0"], r#"{"p":"/cat-a"}"#);
@@ -93,15 +89,7 @@ async fn registered_killed_critical_and_back() {
     );
 
     // Registering the same instance again is idempotent in Consul too.
-    let list: Value = gw
-        .http
-        .get(format!("{}/v1/agent/services", consul.url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = get_json(&gw.http, &format!("{}/v1/agent/services", consul.url())).await;
     assert_eq!(
         list.as_object()
             .unwrap()
@@ -269,15 +257,7 @@ async fn rejected_acl_token_is_a_startup_error() {
         &[],
     )
     .await;
-    let v: Value = gw
-        .http
-        .get(format!("http://{}/admin/services", gw.admin))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = get_json(&gw.http, &format!("http://{}/admin/services", gw.admin)).await;
     assert_eq!(v["registry"]["kind"], "consul");
 }
 
@@ -297,15 +277,7 @@ async fn addresses_outside_the_allowed_networks_are_refused() {
     assert_eq!(resp.status(), 400);
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["error"]["field"], "registration.address");
-    let services: Value = gw
-        .http
-        .get(format!("{}/v1/agent/services", consul.url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let services: Value = get_json(&gw.http, &format!("{}/v1/agent/services", consul.url())).await;
     assert!(
         services.as_object().unwrap().is_empty(),
         "nothing written to Consul: {services}"

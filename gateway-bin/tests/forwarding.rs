@@ -11,7 +11,7 @@ use axum::response::{AppendHeaders, IntoResponse};
 use axum::routing::{any, get};
 use serde_json::{Value, json};
 use service_sdk::Router;
-use support::{BackendHandle, GatewayProcess, eventually};
+use support::{BackendHandle, GatewayProcess, eventually, register_ttl};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -303,18 +303,6 @@ async fn visibility_timeouts_and_failover() {
 async fn closed_port() -> String {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     l.local_addr().unwrap().to_string()
-}
-
-async fn register_ttl(gw: &GatewayProcess, service: &str, id: &str, address: &str) {
-    let body = json!({"service": service, "instance_id": id, "address": address, "health": {"kind": "ttl"}});
-    let resp = gw
-        .http
-        .put(format!("{}/v1/registrations", gw.registration_url()))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert!(resp.status().is_success(), "{}", resp.text().await.unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

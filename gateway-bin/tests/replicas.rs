@@ -6,8 +6,10 @@ mod support;
 
 use std::time::Duration;
 
-use serde_json::{Value, json};
-use support::{ConsulProcess, GatewayProcess, KafkaProcess, admin_view, eventually};
+use serde_json::Value;
+use support::{
+    ConsulProcess, GatewayProcess, KafkaProcess, admin_view, eventually, get_json, register_ttl,
+};
 
 const CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/consul.toml");
 
@@ -33,18 +35,6 @@ async fn replica(
         &[],
     )
     .await
-}
-
-async fn register_ttl(gw: &GatewayProcess, service: &str, id: &str, address: &str) {
-    let body = json!({"service": service, "instance_id": id, "address": address, "health": {"kind": "ttl"}, "lease_ms": 600000});
-    let resp = gw
-        .http
-        .put(format!("{}/v1/registrations", gw.registration_url()))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert!(resp.status().is_success(), "{}", resp.text().await.unwrap());
 }
 
 fn counter(v: &Value, name: &str) -> u64 {
@@ -300,27 +290,16 @@ async fn an_unreachable_service_is_rechecked_everywhere_and_never_deleted() {
     })
     .await;
     // Re-checked, not deleted: Consul and both replicas still have it.
-    let list: Value = gw2
-        .http
-        .get(format!(
-            "{}/v1/registrations?service=rep-d",
-            gw2.registration_url()
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = get_json(
+        &gw2.http,
+        &format!("{}/v1/registrations?service=rep-d", gw2.registration_url()),
+    )
+    .await;
     assert_eq!(list["instances"].as_array().unwrap().len(), 1);
-    let health: Value = gw2
-        .http
-        .get(format!("{}/v1/health/service/rep-d", consul.url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: Value = get_json(
+        &gw2.http,
+        &format!("{}/v1/health/service/rep-d", consul.url()),
+    )
+    .await;
     assert_eq!(health.as_array().unwrap().len(), 1, "still in Consul");
 }

@@ -433,3 +433,32 @@ pub async fn admin_view(gw: &GatewayProcess) -> serde_json::Value {
         .await
         .expect("admin JSON")
 }
+
+/// Registers a TTL-checked instance through the gateway's JSON API (a TTL
+/// check needs nothing listening at the address).
+pub async fn register_ttl(gw: &GatewayProcess, service: &str, id: &str, address: &str) {
+    let body = serde_json::json!({"service": service, "instance_id": id, "address": address, "health": {"kind": "ttl"}, "lease_ms": 600000});
+    let resp = gw
+        .http
+        .put(format!("{}/v1/registrations", gw.registration_url()))
+        .json(&body)
+        .send()
+        .await
+        .expect("register");
+    assert!(
+        resp.status().is_success(),
+        "{}",
+        resp.text().await.unwrap_or_default()
+    );
+}
+
+/// GETs a URL and parses the JSON answer.
+pub async fn get_json(http: &reqwest::Client, url: &str) -> serde_json::Value {
+    http.get(url)
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("JSON body")
+}
