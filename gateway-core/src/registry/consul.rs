@@ -521,12 +521,24 @@ fn jittered(wait: Duration) -> Duration {
     wait + wait.mul_f64(rand::rng().random_range(0.0..0.05))
 }
 
-async fn services_loop(weak: std::sync::Weak<Inner>, cancel: CancellationToken) {
-    let mut index = 0u64;
-    let mut failures = 0u32;
-    let mut last = None;
-    loop {
-        let Some(inner) = weak.upgrade() else { return };
+/// The state every watch loop keeps: Consul's index, the failure streak
+/// for backoff, and when the last query started (for pacing).
+#[derive(Default)]
+struct Watch {
+    index: u64,
+    failures: u32,
+    last: Option<Instant>,
+}
+
+impl Watch {
+    /// Waits for the next query slot (rate limit) and returns what the query
+    /// needs; `None` once the registry is gone or cancelled.
+    async fn next_round(
+        &mut self,
+        weak: &std::sync::Weak<Inner>,
+        cancel: &CancellationToken,
+    ) -> Option<(ConsulClient, Duration)> {
+        let inner = weak.upgrade()?;
         let (client, min, wait) = (
             inner.client.clone(),
             inner.config.min_query_interval,
@@ -534,22 +546,51 @@ async fn services_loop(weak: std::sync::Weak<Inner>, cancel: CancellationToken) 
         );
         drop(inner);
         tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = pace(&mut last, min) => {}
+            _ = cancel.cancelled() => None,
+            _ = pace(&mut self.last, min) => Some((client, wait)),
         }
+    }
+
+    /// Records a failed query and backs off; `false` once cancelled.
+    async fn failed(
+        &mut self,
+        inner: Arc<Inner>,
+        context: &str,
+        e: &ConsulError,
+        cancel: &CancellationToken,
+    ) -> bool {
+        inner.mark_error(context, e);
+        drop(inner);
+        self.failures += 1;
+        // After a failure read afresh: a restarted agent's index is far below
+        // ours, and blocking on ours would stall recovery for a whole wait.
+        self.index = 0;
+        tokio::select! {
+            _ = cancel.cancelled() => false,
+            _ = tokio::time::sleep(backoff(self.failures)) => true,
+        }
+    }
+}
+
+async fn services_loop(weak: std::sync::Weak<Inner>, cancel: CancellationToken) {
+    let mut w = Watch::default();
+    loop {
+        let Some((client, wait)) = w.next_round(&weak, &cancel).await else {
+            return;
+        };
         let result = tokio::select! {
             _ = cancel.cancelled() => return,
-            r = client.services(index, wait) => r,
+            r = client.services(w.index, wait) => r,
         };
         let Some(inner) = weak.upgrade() else { return };
         match result {
             Ok(r) => {
-                failures = 0;
-                let went_back = r.index < index;
+                w.failures = 0;
+                let went_back = r.index < w.index;
                 if !inner.is_connected() || went_back {
                     if went_back {
                         info!(
-                            previous = index,
+                            previous = w.index,
                             now = r.index,
                             "Consul index went backwards; resetting and resyncing."
                         );
@@ -557,10 +598,10 @@ async fn services_loop(weak: std::sync::Weak<Inner>, cancel: CancellationToken) 
                     // Write back what the agent lost before applying a view
                     // that may be missing it, then read afresh.
                     inner.recover().await;
-                    index = 0;
+                    w.index = 0;
                     continue;
                 }
-                index = next_index(index, r.index);
+                w.index = next_index(w.index, r.index);
                 reconcile_watchers(
                     &inner,
                     r.value.into_keys().filter(|n| n != "consul").collect(),
@@ -568,17 +609,11 @@ async fn services_loop(weak: std::sync::Weak<Inner>, cancel: CancellationToken) 
                 );
             }
             Err(e) => {
-                inner.mark_error("watching the service list", &e);
-                failures += 1;
-                // After a failure read afresh: a restarted agent's index is
-                // far below ours, and blocking on ours would stall recovery
-                // for a whole wait.
-                index = 0;
-                let d = backoff(failures);
-                drop(inner);
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(d) => {}
+                if !w
+                    .failed(inner, "watching the service list", &e, &cancel)
+                    .await
+                {
+                    return;
                 }
             }
         }
@@ -637,82 +672,66 @@ async fn health_loop(
     refresh: Arc<Notify>,
     cancel: CancellationToken,
 ) {
-    let mut index = 0u64;
-    let mut failures = 0u32;
-    let mut last = None;
+    let mut w = Watch::default();
     loop {
-        let Some(inner) = weak.upgrade() else { return };
-        let (client, min, wait) = (
-            inner.client.clone(),
-            inner.config.min_query_interval,
-            jittered(inner.config.wait),
-        );
-        drop(inner);
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = pace(&mut last, min) => {}
-        }
+        let Some((client, wait)) = w.next_round(&weak, &cancel).await else {
+            return;
+        };
         let result = tokio::select! {
             _ = cancel.cancelled() => return,
             // Asked to re-read now (every instance looked unreachable):
             // abandon the blocking query and read without blocking.
-            _ = refresh.notified() => { index = 0; continue; }
-            r = client.health(&name, index, wait) => r,
+            _ = refresh.notified() => { w.index = 0; continue; }
+            r = client.health(&name, w.index, wait) => r,
         };
         let Some(inner) = weak.upgrade() else { return };
-        match result {
-            Ok(r) => {
-                failures = 0;
-                if r.index < index {
-                    // Went backwards: read afresh rather than trust it.
-                    index = 0;
-                    continue;
-                }
-                if !inner.is_connected() {
-                    // Until the service-list watch has resynced, an answer
-                    // may come from a restarted, empty agent: keep the last
-                    // known state and wait to be told to read again.
-                    drop(inner);
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        _ = refresh.notified() => {}
-                    }
-                    index = 0;
-                    continue;
-                }
-                index = next_index(index, r.index);
-                let mut views: Vec<InstanceView> = r.value.iter().map(entry_to_view).collect();
-                views.sort_by(|a, b| a.registration.instance_id.cmp(&b.registration.instance_id));
-                let mut st = inner.lock();
-                let changed = st
-                    .services
-                    .get(&name)
-                    .is_none_or(|old| !same_views(old, &views));
-                if changed {
-                    debug!(service = %name, instances = views.len(), "Consul health changed.");
-                    st.services.insert(name.clone(), views);
-                    inner.publish(&mut st);
-                }
-                if let Some(w) = st.watchers.get_mut(&name) {
-                    w.synced = true;
-                }
-                inner.check_synced(&st);
-            }
+        let r = match result {
+            Ok(r) => r,
             Err(e) => {
-                inner.mark_error(&format!("watching health of {name}"), &e);
-                failures += 1;
-                // After a failure read afresh: a restarted agent's index is
-                // far below ours, and blocking on ours would stall recovery
-                // for a whole wait.
-                index = 0;
-                let d = backoff(failures);
-                drop(inner);
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(d) => {}
+                if !w
+                    .failed(inner, &format!("watching health of {name}"), &e, &cancel)
+                    .await
+                {
+                    return;
                 }
+                continue;
             }
+        };
+        w.failures = 0;
+        if r.index < w.index {
+            // Went backwards: read afresh rather than trust it.
+            w.index = 0;
+            continue;
         }
+        if !inner.is_connected() {
+            // Until the service-list watch has resynced, an answer may come
+            // from a restarted, empty agent: keep the last known state and
+            // wait to be told to read again.
+            drop(inner);
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = refresh.notified() => {}
+            }
+            w.index = 0;
+            continue;
+        }
+        w.index = next_index(w.index, r.index);
+        let mut views: Vec<InstanceView> = r.value.iter().map(entry_to_view).collect();
+        views.sort_by(|a, b| a.registration.instance_id.cmp(&b.registration.instance_id));
+        let mut st = inner.lock();
+        let changed = st
+            .services
+            .get(&name)
+            .is_none_or(|old| !same_views(old, &views));
+        if changed {
+            debug!(service = %name, instances = views.len(), "Consul health changed.");
+            st.services.insert(name.clone(), views);
+            inner.publish(&mut st);
+        }
+        if let Some(watcher) = st.watchers.get_mut(&name) {
+            watcher.synced = true;
+        }
+        inner.check_synced(&st);
     }
 }
 
