@@ -44,6 +44,8 @@ pub struct Endpoint {
     ejected_until_ms: AtomicU64,
     requests: AtomicU64,
     failures: AtomicU64,
+    /// Failed calls in a row (reset by any success).
+    streak: AtomicU32,
 }
 
 impl Endpoint {
@@ -275,6 +277,7 @@ impl Balancer {
             ejected_until_ms: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            streak: AtomicU32::new(0),
         }))
     }
 
@@ -325,9 +328,31 @@ impl Balancer {
     /// The endpoint refused a connection: skip it for the ejection time.
     pub fn eject(&self, ep: &Endpoint) {
         ep.failures.fetch_add(1, Ordering::Relaxed);
+        self.eject_for(ep, "a refused connection");
+    }
+
+    fn eject_for(&self, ep: &Endpoint, why: &str) {
         let until = self.now_ms() + self.config.ejection_time.as_millis() as u64;
         if ep.ejected_until_ms.swap(until, Ordering::Relaxed) <= self.now_ms() {
-            warn!(service = %ep.service, instance = %ep.instance_id, address = %ep.address, "Instance ejected after a refused connection.");
+            warn!(service = %ep.service, instance = %ep.instance_id, address = %ep.address, reason = why, "Instance ejected.");
+        }
+    }
+
+    /// Records the outcome of a call that reached the endpoint: a success
+    /// resets the failure streak; `consecutive_failures` failures in a row
+    /// eject it (subject to the same ejection cap as refused connections).
+    pub fn record(&self, ep: &Endpoint, ok: bool) {
+        if ok {
+            if ep.streak.load(Ordering::Relaxed) != 0 {
+                ep.streak.store(0, Ordering::Relaxed);
+            }
+            return;
+        }
+        ep.failures.fetch_add(1, Ordering::Relaxed);
+        let threshold = self.config.consecutive_failures;
+        if threshold > 0 && ep.streak.fetch_add(1, Ordering::Relaxed) + 1 >= threshold {
+            ep.streak.store(0, Ordering::Relaxed);
+            self.eject_for(ep, "consecutive failed calls");
         }
     }
 

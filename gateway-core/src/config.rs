@@ -165,6 +165,12 @@ pub struct BalancerConfig {
     /// How many other instances a request never sent upstream (connection
     /// refused) may be retried on.
     pub connect_retries: usize,
+    /// Consecutive failed calls (gRPC errors, timeouts, invalid answers;
+    /// not the HTTP statuses a service chooses) after which an instance is
+    /// ejected like one that refuses connections; 0 = never. Keeps a
+    /// fast-failing instance from drawing traffic through least-loaded
+    /// balancing.
+    pub consecutive_failures: u32,
 }
 
 impl Default for BalancerConfig {
@@ -174,6 +180,7 @@ impl Default for BalancerConfig {
             ejection_time: Duration::from_secs(5),
             max_ejection_percent: 50,
             connect_retries: 2,
+            consecutive_failures: 5,
         }
     }
 }

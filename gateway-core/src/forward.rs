@@ -348,16 +348,25 @@ where
         let _in_flight = ep.start();
         let result = tokio::time::timeout_at(deadline, ep.client().send(call)).await;
         match result {
-            Err(_) => return Err(timeout_error(&service, budget)),
-            Ok(Ok(resp)) => return response_from_wire(resp.into_inner(), head),
+            Err(_) => {
+                shared.balancer.record(&ep, false);
+                return Err(timeout_error(&service, budget));
+            }
+            Ok(Ok(resp)) => {
+                let converted = response_from_wire(resp.into_inner(), head);
+                shared.balancer.record(&ep, converted.is_ok());
+                return converted;
+            }
             // tonic enforces the grpc-timeout it sends and reports it as
             // CANCELLED; either way the route's budget is spent.
             Ok(Err(_)) if Instant::now() >= deadline => {
+                shared.balancer.record(&ep, false);
                 return Err(timeout_error(&service, budget));
             }
             Ok(Err(status)) => {
                 let err = classify(&status, &service);
                 if err.kind.retry() != crate::error::Retry::Safe {
+                    shared.balancer.record(&ep, false);
                     warn!(service = %service, instance = %ep.instance_id, code = ?status.code(), message = status.message(), "Forwarded call failed.");
                     return Err(err);
                 }

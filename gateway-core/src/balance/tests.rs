@@ -166,3 +166,32 @@ async fn ejection_is_capped_and_all_ejected_is_reported() {
     b.eject(&by("d"));
     assert_eq!(b.select(svc).unwrap_err(), NoEndpoint::AllEjected);
 }
+
+#[tokio::test]
+async fn consecutive_failures_eject_and_successes_reset_the_streak() {
+    let b = balancer(BalanceStrategy::RoundRobin);
+    b.apply(&catalog(vec![
+        inst("a", 1, Health::Passing, 100),
+        inst("b", 2, Health::Passing, 100),
+    ]));
+    let snap = b.snapshot();
+    let svc = &snap.services["svc"];
+    let a = svc
+        .endpoints
+        .iter()
+        .find(|e| &*e.instance_id == "a")
+        .unwrap();
+    for _ in 0..4 {
+        b.record(a, false);
+    }
+    b.record(a, true);
+    for _ in 0..4 {
+        b.record(a, false);
+    }
+    assert!(!b.is_ejected(a), "a success in between resets the streak");
+    b.record(a, false);
+    assert!(b.is_ejected(a), "five failures in a row eject");
+    for _ in 0..6 {
+        assert_eq!(&*b.select(svc).unwrap()[0].instance_id, "b");
+    }
+}
