@@ -87,8 +87,35 @@ async fn registration_through_one_replica_reaches_the_others() {
         )
         .await;
     }
+    // One registration the topic still announces but Consul no longer has
+    // (removed with Consul's own tools): the late replica must side with
+    // Consul when it reconciles the topic at start-up.
+    register_ttl(&gw1, "rep-stale", "s-1", "127.0.0.1:9").await;
+    let resp = gw1
+        .http
+        .put(format!(
+            "{}/v1/agent/service/deregister/rep-stale:s-1",
+            consul.url()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success());
     let gw3 = replica(&consul, &kafka, "gw3", "reg-a").await;
     let v = admin_view(&gw3).await;
+    assert!(
+        counter(&v, "contradicted") >= 1,
+        "the stale registration was noticed: {v}"
+    );
+    assert_eq!(
+        gw3.http
+            .get(gw3.url("/rep-stale"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
     let late = v["services"]
         .as_array()
         .unwrap()

@@ -554,6 +554,9 @@ async fn consume(
     let mut dedup = Dedup::default();
     let mut eof = std::collections::HashSet::new();
     let mut caught_up = false;
+    // During catch-up: the latest state per instance the topic describes
+    // (true = registered), reconciled with Consul before ready.
+    let mut history: HashMap<(String, String), bool> = HashMap::new();
     loop {
         let msg = consumer.recv().await;
         let Some(this) = weak.upgrade() else { return };
@@ -562,6 +565,20 @@ async fn consume(
                 bump(&this.sync.counters.received);
                 let payload = m.payload().unwrap_or_default();
                 let (verdict, ev) = dedup.judge(&this.sync.node_id, payload);
+                if !caught_up
+                    && matches!(verdict, Verdict::Apply | Verdict::Own)
+                    && let Some(change) = ev.as_ref().and_then(|e| e.change.as_ref())
+                {
+                    match change {
+                        pb::sync_event::Change::Registered(r) => {
+                            history.insert((r.service.clone(), r.instance_id.clone()), true);
+                        }
+                        pb::sync_event::Change::Deregistered(k) => {
+                            history.insert((k.service.clone(), k.instance_id.clone()), false);
+                        }
+                        pb::sync_event::Change::ServiceUnreachable(_) => {}
+                    }
+                }
                 match (verdict, ev) {
                     (Verdict::Apply, Some(ev)) => this.apply(ev, !caught_up).await,
                     (Verdict::Own, _) => bump(&this.sync.counters.skipped_own),
@@ -577,10 +594,7 @@ async fn consume(
                 eof.insert(p);
                 if !caught_up && eof.len() >= partitions {
                     caught_up = true;
-                    info!(
-                        events = this.sync.counters.received.load(Ordering::Relaxed),
-                        "Caught up with the registration topic."
-                    );
+                    this.reconcile(std::mem::take(&mut history)).await;
                     caught_tx.send_replace(true);
                 }
             }
@@ -591,6 +605,49 @@ async fn consume(
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
+    }
+}
+
+impl SyncedRegistry {
+    /// After the catch-up read: compares what the topic says with Consul's
+    /// first full view. Consul wins; differences are counted and logged
+    /// (instances Consul reaped, or registered again elsewhere), never
+    /// applied.
+    async fn reconcile(&self, history: HashMap<(String, String), bool>) {
+        self.inner.synced().await;
+        let catalog = self.inner.watch().borrow().clone();
+        let present: std::collections::HashSet<(&str, &str)> = catalog
+            .instances
+            .iter()
+            .map(|i| {
+                (
+                    i.registration.service.as_str(),
+                    i.registration.instance_id.as_str(),
+                )
+            })
+            .collect();
+        let (mut gone, mut back) = (0u64, 0u64);
+        for ((service, instance), registered) in &history {
+            match (
+                *registered,
+                present.contains(&(service.as_str(), instance.as_str())),
+            ) {
+                (true, false) => gone += 1,
+                (false, true) => back += 1,
+                _ => {}
+            }
+        }
+        self.sync
+            .counters
+            .contradicted
+            .fetch_add(gone + back, Ordering::Relaxed);
+        info!(
+            events = self.sync.counters.received.load(Ordering::Relaxed),
+            instances_on_topic = history.len(),
+            registered_but_not_in_consul = gone,
+            deregistered_but_in_consul = back,
+            "Caught up with the registration topic and reconciled it with Consul (Consul wins)."
+        );
     }
 }
 
