@@ -210,3 +210,34 @@ fn allowed_networks_restrict_addresses() {
     )
     .unwrap();
 }
+
+proptest::proptest! {
+    /// Any wire registration either validates or names a field; never a panic.
+    #[test]
+    fn any_registration_validates_or_names_a_field(
+        service in "\\PC{0,20}",
+        instance_id in "\\PC{0,20}",
+        address in "\\PC{0,30}",
+        prefix in "\\PC{0,20}",
+        visibility in proptest::prelude::any::<i32>(),
+        weight in proptest::prelude::any::<u32>(),
+        kind in proptest::prelude::any::<i32>(),
+        lease_ms in proptest::prelude::any::<u64>(),
+    ) {
+        let p = pb::Registration {
+            service,
+            instance_id,
+            address,
+            routes: vec![pb::Route { path_prefix: prefix, hosts: vec![], timeout_ms: 0 }],
+            visibility,
+            weight,
+            health: Some(pb::HealthCheck { kind, ..Default::default() }),
+            lease_ms,
+            ..Default::default()
+        };
+        match Registration::from_proto(p, &policy()) {
+            Ok(r) => proptest::prop_assert!(!r.routes.is_empty()),
+            Err(e) => proptest::prop_assert!(e.field.starts_with("registration")),
+        }
+    }
+}

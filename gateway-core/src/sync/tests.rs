@@ -66,3 +66,12 @@ fn keys_compact_per_instance() {
         "a deregistration replaces the registration on compaction"
     );
 }
+
+proptest::proptest! {
+    /// Whatever lands on the topic, judging it never panics.
+    #[test]
+    fn any_payload_is_judged_without_panicking(payload in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+        let mut d = Dedup::default();
+        let _ = d.judge("me", &payload);
+    }
+}
