@@ -249,6 +249,22 @@ where
             "request has both Transfer-Encoding and Content-Length",
         ));
     }
+    // The only transfer coding a request may carry here is one `chunked`
+    // (hyper refuses a final coding other than chunked, but lets
+    // `chunked, chunked` through, which RFC 9112 7 forbids).
+    let mut codings = parts.headers.get_all(header::TRANSFER_ENCODING).iter();
+    if let Some(first) = codings.next()
+        && (codings.next().is_some()
+            || !first
+                .as_bytes()
+                .trim_ascii()
+                .eq_ignore_ascii_case(b"chunked"))
+    {
+        return Err(ForwardError::new(
+            ErrorKind::BadRequest,
+            "unsupported Transfer-Encoding (only a single `chunked` is accepted)",
+        ));
+    }
 
     // Route on the normalised path; visibility filters what this listener sees.
     let authority = crate::convert::authority(&parts)?;
