@@ -289,20 +289,23 @@ impl Balancer {
             return Err(NoEndpoint::NoneHealthy);
         }
         let now = self.now_ms();
-        let live: Vec<&Arc<Endpoint>> = all
-            .iter()
-            .filter(|e| e.ejected_until_ms.load(Ordering::Relaxed) <= now)
-            .collect();
-        if live.is_empty() {
+        let is_live = |e: &Endpoint| e.ejected_until_ms.load(Ordering::Relaxed) <= now;
+        let live_count = all.iter().filter(|e| is_live(e)).count();
+        if live_count == 0 {
             return Err(NoEndpoint::AllEjected);
         }
         // Cap ejection: when too many look bad, the fault is more likely on
         // our side of the network; spread over everyone (Envoy's panic mode).
-        let ejected_pct = (all.len() - live.len()) * 100 / all.len();
-        let pool: Vec<&Arc<Endpoint>> = if ejected_pct > self.config.max_ejection_percent as usize {
-            all.iter().collect()
+        let ejected_pct = (all.len() - live_count) * 100 / all.len();
+        let panic = ejected_pct > self.config.max_ejection_percent as usize;
+        // The common case (nobody ejected, or panic mode) picks straight from
+        // the snapshot's slice: no allocation on the request path.
+        let filtered: Vec<Arc<Endpoint>>;
+        let pool: &[Arc<Endpoint>] = if panic || live_count == all.len() {
+            all
         } else {
-            live
+            filtered = all.iter().filter(|e| is_live(e)).cloned().collect();
+            &filtered
         };
         let n = pool.len();
         let want = (1 + self.config.connect_retries).min(n);
@@ -319,7 +322,11 @@ impl Balancer {
                 // Lower load per unit of weight wins: (in_flight+1)/weight,
                 // compared without division.
                 let load = |e: &Endpoint| (e.in_flight() as u64 + 1) * 1000 / e.weight as u64;
-                if load(pool[b]) < load(pool[a]) { b } else { a }
+                if load(&pool[b]) < load(&pool[a]) {
+                    b
+                } else {
+                    a
+                }
             }
         };
         Ok((0..want).map(|i| pool[(first + i) % n].clone()).collect())
