@@ -237,29 +237,30 @@ fn rss_mib(pid: Option<u32>) -> f64 {
         .unwrap_or(0.0)
 }
 
-async fn register_many(
+/// PUTs `n` JSON bodies (`body(i)`) to `url`, 16 at a time; fails with the
+/// first error after all have been tried. Returns the elapsed time.
+async fn put_many(
     http: &reqwest::Client,
-    gw: &Gateway,
+    url: &str,
     n: usize,
-    prefix: &str,
+    what: &str,
+    body: impl Fn(usize) -> Value,
 ) -> anyhow::Result<Duration> {
     let t0 = Instant::now();
     let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(16));
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..n {
         let permit = sem.clone().acquire_owned().await?;
-        let (http, reg) = (http.clone(), gw.registration.clone());
-        let (service, id, addr) = (
-            format!("{prefix}-{}", i % 100),
-            format!("i-{i}"),
-            format!("127.0.0.1:{}", 20_000 + i % 40_000),
-        );
+        let (http, url, body) = (http.clone(), url.to_owned(), body(i));
         tasks.spawn(async move {
             let _p = permit;
-            let body = json!({"service": service, "instance_id": id, "address": addr, "health": {"kind": "ttl"}, "lease_ms": 3_600_000});
-            match http.put(format!("http://{reg}/v1/registrations")).json(&body).send().await {
+            match http.put(&url).json(&body).send().await {
                 Ok(r) if r.status().is_success() => None,
-                Ok(r) => Some(format!("{}: {}", r.status(), r.text().await.unwrap_or_default())),
+                Ok(r) => Some(format!(
+                    "{}: {}",
+                    r.status(),
+                    r.text().await.unwrap_or_default()
+                )),
                 Err(e) => Some(e.to_string()),
             }
         });
@@ -272,14 +273,26 @@ async fn register_many(
             Err(e) => failed.push(e.to_string()),
         }
     }
-    if !failed.is_empty() {
-        bail!(
-            "{} of {n} registrations failed, first: {}",
-            failed.len(),
-            failed[0]
-        );
+    if let Some(first) = failed.first() {
+        bail!("{} of {n} {what} failed, first: {first}", failed.len());
     }
     Ok(t0.elapsed())
+}
+
+/// Registers `n` TTL-checked instances (100 services) through the gateway.
+async fn register_many(
+    http: &reqwest::Client,
+    gw: &Gateway,
+    n: usize,
+    prefix: &str,
+) -> anyhow::Result<Duration> {
+    let url = format!("http://{}/v1/registrations", gw.registration);
+    put_many(http, &url, n, "registrations", |i| {
+        json!({"service": format!("{prefix}-{}", i % 100), "instance_id": format!("i-{i}"),
+               "address": format!("127.0.0.1:{}", 20_000 + i % 40_000),
+               "health": {"kind": "ttl"}, "lease_ms": 3_600_000})
+    })
+    .await
 }
 
 /// Writes `n` passing instances straight into Consul's catalog under 100
@@ -294,39 +307,18 @@ async fn catalog_many(
     n: usize,
     prefix: &str,
 ) -> anyhow::Result<Duration> {
-    let t0 = Instant::now();
-    let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(16));
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..n {
-        let permit = sem.clone().acquire_owned().await?;
-        let (http, url) = (http.clone(), format!("{consul}/v1/catalog/register"));
-        let (service, id, node) = (
-            format!("{prefix}-{}", i % 100),
-            format!("i-{i}"),
-            format!("fig-node-{}", i % 100),
-        );
-        tasks.spawn(async move {
-            let _p = permit;
-            let sid = format!("{service}:{id}");
-            let body = json!({
-                "Node": node, "Address": "127.0.0.1",
-                "Service": {"ID": sid, "Service": service, "Address": "127.0.0.1", "Port": 20_000 + i % 40_000,
-                            "Meta": {"gw-instance": id, "gw-route-0": format!("{{\"p\":\"/{service}\"}}"), "gw-check": "ttl"}},
-                "Check": {"CheckID": format!("service:{sid}"), "Name": "ttl", "Status": "passing", "ServiceID": sid},
-            });
-            match http.put(&url).json(&body).send().await {
-                Ok(r) if r.status().is_success() => None,
-                Ok(r) => Some(format!("{}: {}", r.status(), r.text().await.unwrap_or_default())),
-                Err(e) => Some(e.to_string()),
-            }
-        });
-    }
-    while let Some(r) = tasks.join_next().await {
-        if let Ok(Some(e)) = r {
-            bail!("catalog registration failed: {e}");
-        }
-    }
-    Ok(t0.elapsed())
+    let url = format!("{consul}/v1/catalog/register");
+    put_many(http, &url, n, "catalog registrations", |i| {
+        let (service, id) = (format!("{prefix}-{}", i % 100), format!("i-{i}"));
+        let sid = format!("{service}:{id}");
+        json!({
+            "Node": format!("fig-node-{}", i % 100), "Address": "127.0.0.1",
+            "Service": {"ID": sid, "Service": service, "Address": "127.0.0.1", "Port": 20_000 + i % 40_000,
+                        "Meta": {"gw-instance": id, "gw-route-0": format!("{{\"p\":\"/{service}\"}}"), "gw-check": "ttl"}},
+            "Check": {"CheckID": format!("service:{sid}"), "Name": "ttl", "Status": "passing", "ServiceID": sid},
+        })
+    })
+    .await
 }
 
 async fn routable_instances(http: &reqwest::Client, gw: &Gateway) -> usize {
