@@ -15,9 +15,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={f}");
     }
     tonic_prost_build::configure()
+        // A Rust backend that implements only `Send` still compiles: the
+        // other methods answer UNIMPLEMENTED, which is what the contract
+        // expects of a backend that does not declare `streaming`.
+        .generate_default_stubs(true)
         .bytes(".forwarding.v1.ForwardingReq.body")
         .bytes(".forwarding.v1.ForwardingResp.body")
         .bytes(".forwarding.v1.Header.value")
+        .bytes(".forwarding.v1.BodyChunk.data")
+        .bytes(".forwarding.v1.WebSocketMessage.binary")
         .compile_protos(&files, &["proto"])?;
     Ok(())
 }

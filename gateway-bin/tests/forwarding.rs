@@ -242,8 +242,8 @@ async fn visibility_timeouts_and_failover() {
         b.registration(|r| {
             r.routes = vec![proto::v1::Route {
                 path_prefix: "/slow".into(),
-                hosts: vec![],
                 timeout_ms: 300,
+                ..Default::default()
             }];
         })
     })

@@ -32,6 +32,8 @@ pub struct Endpoint {
     pub address: Arc<str>,
     /// Balancing weight.
     pub weight: u32,
+    /// The instance implements `ForwardingService.Stream`.
+    pub streaming: bool,
     /// Built on first use: an instance that never gets a request costs no
     /// channel (a tonic channel is a task plus buffers; 10,000 registered
     /// instances would otherwise cost ~100 MiB up front).
@@ -173,7 +175,9 @@ impl Balancer {
         // (service, prefix, sorted hosts) -> timeout: instances of one
         // service registering the same route share one entry.
         type RouteKey = (Arc<str>, String, Vec<String>);
-        let mut routes: HashMap<RouteKey, Option<Duration>> = HashMap::new();
+        // Value: (timeout, stream, max duration); `stream` if any instance asks.
+        let mut routes: HashMap<RouteKey, (Option<Duration>, bool, Option<Duration>)> =
+            HashMap::new();
         let mut visibility: HashMap<Arc<str>, Visibility> = HashMap::new();
         for inst in &catalog.instances {
             let r = &inst.registration;
@@ -190,9 +194,10 @@ impl Balancer {
             for rt in &r.routes {
                 let mut hosts = rt.hosts.clone();
                 hosts.sort();
-                routes
+                let e = routes
                     .entry((service.clone(), rt.path_prefix.clone(), hosts))
-                    .or_insert(rt.timeout);
+                    .or_insert((rt.timeout, false, rt.max_duration));
+                e.1 |= rt.stream;
             }
             if inst.health == Health::Failing {
                 continue;
@@ -203,12 +208,18 @@ impl Balancer {
                     r.instance_id.as_str(),
                     r.address.as_str(),
                 ))
-                .filter(|e| e.weight == r.weight)
+                .filter(|e| e.weight == r.weight && e.streaming == r.streaming)
                 .map(|e| (*e).clone());
             let ep = match reused {
                 Some(e) => e,
                 None => {
-                    match self.endpoint(service.clone(), &r.instance_id, &r.address, r.weight) {
+                    match self.endpoint(
+                        service.clone(),
+                        &r.instance_id,
+                        &r.address,
+                        r.weight,
+                        r.streaming,
+                    ) {
                         Some(e) => e,
                         None => {
                             warn!(service = %r.service, address = %r.address, "Instance address cannot be dialled; skipped.");
@@ -222,11 +233,16 @@ impl Balancer {
         let route_list =
             routes
                 .into_iter()
-                .filter_map(|((svc, prefix, hosts), timeout)| {
+                .filter_map(|((svc, prefix, hosts), (timeout, stream, max_duration))| {
                     let vis = visibility.get(&svc).copied().unwrap_or(Visibility::Public);
                     Route::new(svc.clone(), &prefix, &hosts, timeout, vis)
                 .map_err(|e| warn!(service = %svc, prefix = %prefix, error = %e, "Route skipped."))
                 .ok()
+                .map(|mut r| {
+                    r.stream = stream;
+                    r.max_duration = max_duration;
+                    r
+                })
                 });
         let (table, conflicts) = RouteTable::new(route_list);
         for c in conflicts {
@@ -259,6 +275,7 @@ impl Balancer {
         instance_id: &str,
         address: &str,
         weight: u32,
+        streaming: bool,
     ) -> Option<Arc<Endpoint>> {
         let target = TonicEndpoint::from_shared(format!("http://{address}"))
             .ok()?
@@ -271,6 +288,7 @@ impl Balancer {
             instance_id: instance_id.into(),
             address: address.into(),
             weight: weight.max(1),
+            streaming,
             client: OnceLock::new(),
             target,
             in_flight: AtomicU32::new(0),

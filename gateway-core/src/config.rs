@@ -102,8 +102,14 @@ impl Default for ListenConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
-    /// Largest request body accepted, in bytes (413 above it).
+    /// Largest request body the gateway buffers for `Send`, in bytes (413
+    /// above it). Bodies streamed to a backend that declares `streaming` are
+    /// not buffered and not bound by it.
     pub max_body_bytes: usize,
+    /// A request body with a `Content-Length` up to this size goes to a
+    /// streaming backend with unary `Send`; larger or unknown-length bodies
+    /// use `Stream`.
+    pub unary_body_bytes: usize,
     /// Largest total size of request headers, names plus values, in bytes
     /// (431 above it).
     pub max_header_bytes: usize,
@@ -117,6 +123,7 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
             max_body_bytes: 8 * 1024 * 1024,
+            unary_body_bytes: 64 * 1024,
             max_header_bytes: 64 * 1024,
             max_headers: 100,
             max_concurrent_requests: 10_000,
@@ -138,6 +145,14 @@ pub struct TimeoutConfig {
     /// Time to establish a connection to a backend instance.
     #[serde(with = "humantime_serde")]
     pub connect: Duration,
+    /// A `Stream` exchange (SSE, download, upload, WebSocket) in which
+    /// neither side sends anything for this long is ended.
+    #[serde(with = "humantime_serde")]
+    pub stream_idle: Duration,
+    /// Longest a `Stream` exchange may last when its route sets no
+    /// `max_duration_ms`; the remaining time is the backend's deadline.
+    #[serde(with = "humantime_serde")]
+    pub stream_max: Duration,
 }
 
 impl Default for TimeoutConfig {
@@ -146,6 +161,8 @@ impl Default for TimeoutConfig {
             request: Duration::from_secs(30),
             header_read: Duration::from_secs(10),
             connect: Duration::from_secs(1),
+            stream_idle: Duration::from_secs(300),
+            stream_max: Duration::from_secs(24 * 3600),
         }
     }
 }

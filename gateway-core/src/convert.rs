@@ -194,6 +194,7 @@ pub fn request_to_wire(
             service: meta.service.to_owned(),
             matched_prefix: meta.matched_prefix.to_owned(),
         }),
+        upgrade: String::new(),
     })
 }
 

@@ -290,6 +290,8 @@ pub struct RegistrationJson {
     pub health: Option<HealthJson>,
     /// Lease in ms (0 = default).
     pub lease_ms: u64,
+    /// The instance implements `ForwardingService.Stream`.
+    pub streaming: bool,
 }
 
 /// JSON form of a route.
@@ -302,6 +304,10 @@ pub struct RouteJson {
     pub hosts: Vec<String>,
     /// Timeout in ms (0 = default).
     pub timeout_ms: u64,
+    /// Always use `Stream` on this route.
+    pub stream: bool,
+    /// Longest `Stream` exchange in ms (0 = default).
+    pub max_duration_ms: u64,
 }
 
 /// JSON form of a health check.
@@ -368,6 +374,8 @@ impl RegistrationJson {
                     path_prefix: r.path_prefix,
                     hosts: r.hosts,
                     timeout_ms: r.timeout_ms,
+                    stream: r.stream,
+                    max_duration_ms: r.max_duration_ms,
                 })
                 .collect(),
             visibility: visibility as i32,
@@ -376,6 +384,7 @@ impl RegistrationJson {
             weight: self.weight,
             health,
             lease_ms: self.lease_ms,
+            streaming: self.streaming,
         })
     }
 }
@@ -397,13 +406,14 @@ pub fn registration_to_json(r: &pb::Registration) -> serde_json::Value {
         "service": r.service,
         "instance_id": r.instance_id,
         "address": r.address,
-        "routes": r.routes.iter().map(|rt| json!({"path_prefix": rt.path_prefix, "hosts": rt.hosts, "timeout_ms": rt.timeout_ms})).collect::<Vec<_>>(),
+        "routes": r.routes.iter().map(|rt| json!({"path_prefix": rt.path_prefix, "hosts": rt.hosts, "timeout_ms": rt.timeout_ms, "stream": rt.stream, "max_duration_ms": rt.max_duration_ms})).collect::<Vec<_>>(),
         "visibility": vis,
         "tags": r.tags,
         "metadata": r.metadata.iter().collect::<BTreeMap<_, _>>(),
         "weight": r.weight,
         "health": {"kind": kind, "grpc_service": h.grpc_service, "http_path": h.http_path, "interval_ms": h.interval_ms, "timeout_ms": h.timeout_ms, "deregister_critical_after_ms": h.deregister_critical_after_ms},
         "lease_ms": r.lease_ms,
+        "streaming": r.streaming,
     })
 }
 

@@ -78,9 +78,16 @@ pub struct RouteSpec {
     pub path_prefix: String,
     /// Hosts the route is limited to; empty = any.
     pub hosts: Vec<String>,
-    /// Per-route timeout.
+    /// Per-route timeout (the whole `Send` exchange; the response head on `Stream`).
     #[serde(with = "humantime_serde")]
     pub timeout: Option<Duration>,
+    /// Requests on this route always use `Stream` (when the instance streams).
+    #[serde(default)]
+    pub stream: bool,
+    /// Longest a `Stream` exchange on this route may last; `None` = the
+    /// gateway's `timeouts.stream_max`.
+    #[serde(default, with = "humantime_serde")]
+    pub max_duration: Option<Duration>,
 }
 
 /// A validated registration of one instance.
@@ -107,6 +114,9 @@ pub struct Registration {
     /// Lease: the instance must renew within it.
     #[serde(with = "humantime_serde")]
     pub lease: Duration,
+    /// The instance implements `ForwardingService.Stream`.
+    #[serde(default)]
+    pub streaming: bool,
 }
 
 /// A registration field that is missing or invalid. The field is named with
@@ -263,6 +273,8 @@ impl Registration {
                 path_prefix: r.path_prefix,
                 hosts: r.hosts,
                 timeout: ms(r.timeout_ms),
+                stream: r.stream,
+                max_duration: ms(r.max_duration_ms),
             });
         }
         if routes.is_empty() {
@@ -270,6 +282,8 @@ impl Registration {
                 path_prefix: format!("/{}", p.service),
                 hosts: vec![],
                 timeout: None,
+                stream: false,
+                max_duration: None,
             });
         }
         let visibility = match pb::Visibility::try_from(p.visibility) {
@@ -348,6 +362,7 @@ impl Registration {
                 deregister_critical_after: ms(h.deregister_critical_after_ms),
             },
             lease,
+            streaming: p.streaming,
         })
     }
 
@@ -372,6 +387,8 @@ impl Registration {
                     path_prefix: r.path_prefix.clone(),
                     hosts: r.hosts.clone(),
                     timeout_ms: r.timeout.map(d).unwrap_or(0),
+                    stream: r.stream,
+                    max_duration_ms: r.max_duration.map(d).unwrap_or(0),
                 })
                 .collect(),
             visibility: match self.visibility {
@@ -395,6 +412,7 @@ impl Registration {
                     .unwrap_or(0),
             }),
             lease_ms: d(self.lease),
+            streaming: self.streaming,
         }
     }
 }

@@ -69,6 +69,10 @@ pub struct Route {
     pub timeout: Option<Duration>,
     /// Who may reach the service.
     pub visibility: Visibility,
+    /// Requests here always use `Stream` when the instance streams.
+    pub stream: bool,
+    /// Longest `Stream` exchange; `None` = the gateway's default.
+    pub max_duration: Option<Duration>,
 }
 
 impl Route {
@@ -95,6 +99,8 @@ impl Route {
                 .collect(),
             timeout,
             visibility,
+            stream: false,
+            max_duration: None,
         })
     }
 

@@ -52,6 +52,7 @@ const META_VISIBILITY: &str = "gw-visibility";
 const META_WEIGHT: &str = "gw-weight";
 const META_ROUTE: &str = "gw-route-";
 const META_CHECK: &str = "gw-check";
+const META_STREAMING: &str = "gw-streaming";
 /// Consul rejects metadata values longer than this.
 const META_VALUE_MAX: usize = 512;
 
@@ -70,6 +71,12 @@ struct MetaRoute {
     h: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     t: Option<u64>,
+    /// `stream = true`
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    s: bool,
+    /// max duration, ms
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    m: Option<u64>,
 }
 
 fn split_host_port(address: &str) -> Option<(String, u16)> {
@@ -113,11 +120,16 @@ pub fn to_agent_registration(
     };
     meta.insert(META_VISIBILITY.into(), vis.into());
     meta.insert(META_WEIGHT.into(), reg.weight.to_string());
+    if reg.streaming {
+        meta.insert(META_STREAMING.into(), "1".into());
+    }
     for (i, r) in reg.routes.iter().enumerate() {
         let v = serde_json::to_string(&MetaRoute {
             p: r.path_prefix.clone(),
             h: r.hosts.clone(),
             t: r.timeout.map(|t| t.as_millis() as u64),
+            s: r.stream,
+            m: r.max_duration.map(|t| t.as_millis() as u64),
         })
         .map_err(|e| rejected(e.to_string()))?;
         meta.insert(format!("{META_ROUTE}{i}"), v);
@@ -211,6 +223,8 @@ pub fn entry_to_view(e: &ServiceEntry) -> InstanceView {
                 path_prefix: r.p,
                 hosts: r.h,
                 timeout: r.t.filter(|t| *t > 0).map(Duration::from_millis),
+                stream: r.s,
+                max_duration: r.m.filter(|t| *t > 0).map(Duration::from_millis),
             }),
             _ => {
                 warn!(service = %s.service, id = %s.id, key = %k, "Malformed route metadata skipped.")
@@ -222,6 +236,8 @@ pub fn entry_to_view(e: &ServiceEntry) -> InstanceView {
             path_prefix: format!("/{}", s.service),
             hosts: vec![],
             timeout: None,
+            stream: false,
+            max_duration: None,
         });
     }
     let visibility = match meta.get(META_VISIBILITY).map(String::as_str) {
@@ -234,6 +250,7 @@ pub fn entry_to_view(e: &ServiceEntry) -> InstanceView {
         .and_then(|w| w.parse().ok())
         .filter(|w| (1..=1000).contains(w))
         .unwrap_or(100);
+    let streaming = meta.get(META_STREAMING).is_some_and(|v| v == "1");
     let kind = match meta.get(META_CHECK).map(String::as_str) {
         Some("ttl") => CheckKind::Ttl,
         Some("http") => CheckKind::Http { path: "/".into() },
@@ -291,6 +308,7 @@ pub fn entry_to_view(e: &ServiceEntry) -> InstanceView {
                 deregister_critical_after: None,
             },
             lease: Duration::from_secs(30),
+            streaming,
         }),
         health,
         detail: detail.into(),

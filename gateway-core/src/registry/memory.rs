@@ -310,6 +310,8 @@ mod tests {
                 path_prefix: "/svc".into(),
                 hosts: vec![],
                 timeout: None,
+                stream: false,
+                max_duration: None,
             }],
             visibility: Visibility::Public,
             tags: vec![],
@@ -322,6 +324,7 @@ mod tests {
                 deregister_critical_after: None,
             },
             lease,
+            streaming: false,
         }
     }
 

@@ -146,7 +146,7 @@ fn each_invalid_field_is_named() {
     let routes = vec![pb::Route {
         path_prefix: "/o".into(),
         hosts: vec!["a b".into()],
-        timeout_ms: 0,
+        ..Default::default()
     }];
     assert_eq!(
         field(pb::Registration { routes, ..reg() }, &p),
@@ -228,7 +228,7 @@ proptest::proptest! {
             service,
             instance_id,
             address,
-            routes: vec![pb::Route { path_prefix: prefix, hosts: vec![], timeout_ms: 0 }],
+            routes: vec![pb::Route { path_prefix: prefix, ..Default::default() }],
             visibility,
             weight,
             health: Some(pb::HealthCheck { kind, ..Default::default() }),

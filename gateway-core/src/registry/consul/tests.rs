@@ -11,11 +11,15 @@ fn reg() -> Registration {
                 path_prefix: "/orders".into(),
                 hosts: vec![],
                 timeout: Some(Duration::from_millis(250)),
+                stream: false,
+                max_duration: None,
             },
             RouteSpec {
                 path_prefix: "/o".into(),
                 hosts: vec!["shop.example".into()],
                 timeout: None,
+                stream: false,
+                max_duration: None,
             },
         ],
         visibility: Visibility::Internal,
@@ -31,6 +35,7 @@ fn reg() -> Registration {
             deregister_critical_after: None,
         },
         lease: Duration::from_secs(30),
+        streaming: true,
     }
 }
 
