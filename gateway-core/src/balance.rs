@@ -231,9 +231,8 @@ impl Balancer {
             entry.endpoints.push(ep);
         }
         let route_list =
-            routes
-                .into_iter()
-                .filter_map(|((svc, prefix, hosts), (timeout, stream, max_duration))| {
+            routes.into_iter().filter_map(
+                |((svc, prefix, hosts), (timeout, stream, max_duration))| {
                     let vis = visibility.get(&svc).copied().unwrap_or(Visibility::Public);
                     Route::new(svc.clone(), &prefix, &hosts, timeout, vis)
                 .map_err(|e| warn!(service = %svc, prefix = %prefix, error = %e, "Route skipped."))
@@ -243,7 +242,8 @@ impl Balancer {
                     r.max_duration = max_duration;
                     r
                 })
-                });
+                },
+            );
         let (table, conflicts) = RouteTable::new(route_list);
         for c in conflicts {
             warn!(conflict = %c, "Route conflict.");

@@ -110,6 +110,10 @@ pub struct LimitsConfig {
     /// streaming backend with unary `Send`; larger or unknown-length bodies
     /// use `Stream`.
     pub unary_body_bytes: usize,
+    /// Largest request body streamed to a backend (`Stream`), in bytes; 0 =
+    /// no limit. Over it: 413 when `Content-Length` says so up front, else
+    /// the stream is cut and the backend's call cancelled.
+    pub max_stream_body_bytes: u64,
     /// Largest total size of request headers, names plus values, in bytes
     /// (431 above it).
     pub max_header_bytes: usize,
@@ -124,6 +128,7 @@ impl Default for LimitsConfig {
         Self {
             max_body_bytes: 8 * 1024 * 1024,
             unary_body_bytes: 64 * 1024,
+            max_stream_body_bytes: 0,
             max_header_bytes: 64 * 1024,
             max_headers: 100,
             max_concurrent_requests: 10_000,

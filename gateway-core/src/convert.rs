@@ -12,7 +12,8 @@ use axum::body::Body;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode, request};
-use http_body_util::{BodyExt, Full};
+use http_body::Frame;
+use http_body_util::{Full, StreamBody};
 use proto::convert::{headers_from_wire, split_target, version_to_wire};
 use proto::v1::{ForwardingReq, ForwardingResp, Header, RequestContext};
 
@@ -205,35 +206,132 @@ fn wire(name: &str, value: &[u8]) -> Header {
     }
 }
 
+/// How the client that will get a response can take it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ResponseTarget {
+    /// The request was `HEAD`: the answer's `Content-Length` describes the
+    /// representation, not a body.
+    pub head_request: bool,
+    /// The client accepts trailers: HTTP/2, or HTTP/1.1 with `TE: trailers`.
+    pub trailers: bool,
+}
+
+impl ResponseTarget {
+    /// What the client of `parts` accepts.
+    pub fn of(parts: &request::Parts) -> Self {
+        let te_trailers = || {
+            parts
+                .headers
+                .get_all(header::TE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .any(|t| {
+                    t.split(';')
+                        .next()
+                        .is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers"))
+                })
+        };
+        Self {
+            head_request: parts.method == http::Method::HEAD,
+            trailers: parts.version >= http::Version::HTTP_2 || te_trailers(),
+        }
+    }
+}
+
+/// Builds a response header map from the wire list in one pass, leaving out
+/// hop-by-hop fields and those named in `Connection`. Filtering while
+/// building (not removing afterwards) keeps the order the contract promises:
+/// `HeaderMap::remove` moves the last name into the hole.
+pub fn response_headers(list: &[Header]) -> Result<HeaderMap, proto::convert::InvalidHeader> {
+    let named: Vec<&str> = list
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+        .filter_map(|h| std::str::from_utf8(&h.value).ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    let mut map = HeaderMap::with_capacity(list.len());
+    for h in list {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| {
+            proto::convert::InvalidHeader {
+                name: h.name.clone(),
+                reason: "invalid header name",
+            }
+        })?;
+        if is_hop_by_hop(&name) || named.iter().any(|n| n.eq_ignore_ascii_case(name.as_str())) {
+            continue;
+        }
+        let value = HeaderValue::from_maybe_shared(h.value.clone()).map_err(|_| {
+            proto::convert::InvalidHeader {
+                name: h.name.clone(),
+                reason: "invalid header value (control characters are not allowed)",
+            }
+        })?;
+        map.append(name, value);
+    }
+    Ok(map)
+}
+
+/// The HTTP status of a backend's answer: 0 means 200; 200-599 pass; 1xx,
+/// and anything else, cannot be forwarded as a final response.
+pub fn response_status(status: u32) -> Result<StatusCode, ForwardError> {
+    let invalid = |m: String| ForwardError::new(ErrorKind::UpstreamInvalidResponse, m);
+    match status {
+        0 => Ok(StatusCode::OK),
+        s @ 200..=599 => {
+            StatusCode::from_u16(s as u16).map_err(|_| invalid(format!("invalid HTTP status {s}")))
+        }
+        s => Err(invalid(format!("HTTP status {s} cannot be forwarded"))),
+    }
+}
+
+/// Announces trailer names in a `Trailer` header, which hyper needs to send
+/// HTTP/1.1 trailers (and which tells the client what to expect).
+fn announce_trailers(headers: &mut HeaderMap, trailers: &HeaderMap) {
+    let mut names = String::new();
+    for name in trailers.keys() {
+        if !names.is_empty() {
+            names.push_str(", ");
+        }
+        names.push_str(name.as_str());
+    }
+    if let Ok(v) = HeaderValue::from_str(&names) {
+        headers.insert(header::TRAILER, v);
+    }
+}
+
 /// Turns a backend's `ForwardingResp` into the HTTP response. A response
 /// HTTP cannot carry (bad status, control characters in a header) is an
 /// upstream failure (502), never passed on half-valid.
 pub fn response_from_wire(
     resp: ForwardingResp,
-    head_request: bool,
+    target: ResponseTarget,
 ) -> Result<Response<Body>, ForwardError> {
     let invalid = |m: String| ForwardError::new(ErrorKind::UpstreamInvalidResponse, m);
-    let status = match resp.status {
-        0 => StatusCode::OK,
-        s @ 200..=599 => StatusCode::from_u16(s as u16)
-            .map_err(|_| invalid(format!("invalid HTTP status {s}")))?,
-        s => return Err(invalid(format!("HTTP status {s} cannot be forwarded"))),
-    };
+    let status = response_status(resp.status)?;
     let mut headers =
-        headers_from_wire(&resp.headers).map_err(|e| invalid(format!("response {e}")))?;
-    strip_hop_by_hop(&mut headers);
+        response_headers(&resp.headers).map_err(|e| invalid(format!("response {e}")))?;
     // The body is complete, so its length is known: framing is ours to set.
     // A HEAD answer keeps the length of the representation it describes.
-    if !(head_request && resp.body.is_empty()) {
+    if !(target.head_request && resp.body.is_empty()) {
         headers.remove(header::CONTENT_LENGTH);
     }
     let trailers =
         headers_from_wire(&resp.trailers).map_err(|e| invalid(format!("response trailer {e}")))?;
 
-    let body = if trailers.is_empty() {
+    let body = if trailers.is_empty() || !target.trailers || target.head_request {
         Body::new(Full::new(resp.body))
     } else {
-        Body::new(Full::new(resp.body).with_trailers(std::future::ready(Some(Ok(trailers)))))
+        // Trailers need a chunked HTTP/1.1 body: a body of unknown size
+        // (a stream of frames) rather than `Full`, whose exact size makes
+        // hyper send `Content-Length` and drop the trailers.
+        announce_trailers(&mut headers, &trailers);
+        let frames = [
+            Ok::<_, std::convert::Infallible>(Frame::data(resp.body)),
+            Ok(Frame::trailers(trailers)),
+        ];
+        Body::new(StreamBody::new(futures_util::stream::iter(frames)))
     };
     let mut out = Response::new(body);
     *out.status_mut() = status;

@@ -57,6 +57,8 @@ pub enum ErrorKind {
     Overloaded,
     /// The client went away or its body stream broke mid-read.
     ClientBody,
+    /// A WebSocket upgrade to a service that does not declare `streaming`.
+    WebSocketUnsupported,
 }
 
 impl ErrorKind {
@@ -74,6 +76,7 @@ impl ErrorKind {
             ErrorKind::UpstreamTimeout => "upstream_timeout",
             ErrorKind::Overloaded => "overloaded",
             ErrorKind::ClientBody => "client_body_error",
+            ErrorKind::WebSocketUnsupported => "websocket_unsupported",
         }
     }
 
@@ -89,6 +92,7 @@ impl ErrorKind {
             | ErrorKind::UpstreamFailed
             | ErrorKind::UpstreamInvalidResponse => StatusCode::BAD_GATEWAY,
             ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ErrorKind::WebSocketUnsupported => StatusCode::NOT_IMPLEMENTED,
         }
     }
 
@@ -103,7 +107,8 @@ impl ErrorKind {
             ErrorKind::UpstreamConnect
             | ErrorKind::UpstreamFailed
             | ErrorKind::UpstreamInvalidResponse
-            | ErrorKind::UpstreamTimeout => Source::Upstream,
+            | ErrorKind::UpstreamTimeout
+            | ErrorKind::WebSocketUnsupported => Source::Upstream,
             ErrorKind::NoHealthyInstance | ErrorKind::Overloaded => Source::Gateway,
         }
     }

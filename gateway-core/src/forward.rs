@@ -9,20 +9,22 @@ use std::time::Duration;
 use axum::body::Body;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use http::{Method, Request, Response, header};
+use http::{Request, Response, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use ipnet::IpNet;
 use tokio::time::Instant;
 use tower::Service;
 use tracing::{debug, warn};
 
-use crate::balance::{Balancer, NoEndpoint};
+use crate::balance::{Balancer, Endpoint, NoEndpoint};
 use crate::config::{LimitsConfig, TimeoutConfig};
-use crate::convert::{RequestMeta, request_to_wire, response_from_wire};
+use crate::convert::{RequestMeta, ResponseTarget, request_to_wire, response_from_wire};
 use crate::error::{ErrorKind, ForwardError};
 use crate::registry::{Registry, Visibility};
 use crate::request_id::RequestId;
 use crate::routing::normalise;
+use crate::stream::{self, BodySlot, Exchange, RequestFrames, StreamBody, StreamLimits};
+use proto::v1::{ForwardingResp, StreamRequest, StreamResponse, stream_request, stream_response};
 
 /// The TCP peer of the connection a request arrived on; set by the server.
 #[derive(Debug, Clone, Copy)]
@@ -64,6 +66,10 @@ pub struct Shared {
     pub timeouts: TimeoutConfig,
     /// Peers whose forwarded headers are believed.
     pub trusted_proxies: Vec<IpNet>,
+    /// Cancelled when the gateway starts draining: WebSockets are closed
+    /// with 1001 and server-sent event streams end, so their clients
+    /// reconnect to another replica; other streams get the drain grace.
+    pub draining: tokio_util::sync::CancellationToken,
 }
 
 /// The forwarding service (see module docs).
@@ -226,18 +232,70 @@ pub fn is_connect_error(status: &tonic::Status) -> bool {
     false
 }
 
+/// Where a request goes: the matched route's service and its rules.
+struct Target {
+    service: Arc<str>,
+    prefix: Arc<str>,
+    /// The unary budget (`Send`), or the response head's (`Stream`).
+    timeout: Duration,
+    /// The route asks for `Stream`.
+    stream: bool,
+    /// Longest `Stream` exchange.
+    max_duration: Duration,
+}
+
+/// How one request is sent upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dispatch {
+    /// Buffer the body, one `Send`.
+    Unary,
+    /// `Stream` the body and the answer.
+    Stream,
+    /// `Stream` carrying WebSocket messages.
+    WebSocket,
+}
+
+/// The request path of [`Forward`], step by step.
 async fn forward<B>(
     shared: &Shared,
     listener: Listener,
     req: Request<B>,
 ) -> Result<Response<Body>, ForwardError>
 where
-    B: http_body::Body<Data = Bytes>,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let started = Instant::now();
     let (parts, body) = req.into_parts();
-    check_header_limits(&parts.headers, &shared.limits)?;
+    admit(&parts, &shared.limits)?;
+    let target = route(shared, listener, &parts)?;
+    let candidates = pick(shared, &target.service)?;
+    match choose(shared, &parts, &body, &target, &candidates) {
+        Dispatch::Unary => dispatch_unary(shared, parts, body, &target, candidates, started).await,
+        Dispatch::Stream => {
+            let streaming = candidates.into_iter().filter(|e| e.streaming).collect();
+            dispatch_stream(shared, &parts, body, &target, streaming, started).await
+        }
+        Dispatch::WebSocket => {
+            let streaming: Vec<_> = candidates.into_iter().filter(|e| e.streaming).collect();
+            if streaming.is_empty() {
+                return Err(ForwardError::new(
+                    ErrorKind::WebSocketUnsupported,
+                    format!(
+                        "service {} does not accept WebSocket: it does not declare `streaming`",
+                        target.service
+                    ),
+                ));
+            }
+            dispatch_websocket(shared, parts, &target, streaming, started).await
+        }
+    }
+}
+
+/// Step 1: refuse what must never be forwarded - oversized headers and
+/// ambiguous framing.
+fn admit(parts: &http::request::Parts, limits: &LimitsConfig) -> Result<(), ForwardError> {
+    check_header_limits(&parts.headers, limits)?;
     // hyper lets Transfer-Encoding override Content-Length (RFC 9112 6.3)
     // and closes the connection after; a gateway refuses the ambiguity
     // outright, since that is what request smuggling is made of.
@@ -265,9 +323,17 @@ where
             "unsupported Transfer-Encoding (only a single `chunked` is accepted)",
         ));
     }
+    Ok(())
+}
 
-    // Route on the normalised path; visibility filters what this listener sees.
-    let authority = crate::convert::authority(&parts)?;
+/// Step 2: route on the normalised path; visibility filters what this
+/// listener sees.
+fn route(
+    shared: &Shared,
+    listener: Listener,
+    parts: &http::request::Parts,
+) -> Result<Target, ForwardError> {
+    let authority = crate::convert::authority(parts)?;
     let segments = normalise(parts.uri.path())?;
     let snapshot = shared.balancer.snapshot();
     let route = snapshot
@@ -279,19 +345,151 @@ where
                 format!("no route for {}", parts.uri.path()),
             )
         })?;
-    let service = route.service.clone();
-    let prefix = route.prefix.clone();
-    let budget = route.timeout.unwrap_or(shared.timeouts.request);
-    let deadline = started + budget;
+    Ok(Target {
+        service: route.service.clone(),
+        prefix: route.prefix.clone(),
+        timeout: route.timeout.unwrap_or(shared.timeouts.request),
+        stream: route.stream,
+        max_duration: route.max_duration.unwrap_or(shared.timeouts.stream_max),
+    })
+}
 
-    let declared = parts
+/// Step 3: the instances to try, best first.
+fn pick(shared: &Shared, service: &Arc<str>) -> Result<Vec<Arc<Endpoint>>, ForwardError> {
+    let snapshot = shared.balancer.snapshot();
+    match snapshot
+        .services
+        .get(service)
+        .map(|s| shared.balancer.select(s))
+    {
+        Some(Ok(c)) => Ok(c),
+        Some(Err(NoEndpoint::AllEjected)) => {
+            shared.registry.service_unreachable(service);
+            Err(ForwardError::new(
+                ErrorKind::NoHealthyInstance,
+                format!("every instance of service {service} is unreachable"),
+            ))
+        }
+        Some(Err(NoEndpoint::NoneHealthy)) | None => Err(ForwardError::new(
+            ErrorKind::NoHealthyInstance,
+            format!("service {service} has no healthy instance"),
+        )),
+    }
+}
+
+/// Step 4: `Send` or `Stream` (the rule forwarding.proto states).
+fn choose<B: http_body::Body>(
+    shared: &Shared,
+    parts: &http::request::Parts,
+    body: &B,
+    target: &Target,
+    candidates: &[Arc<Endpoint>],
+) -> Dispatch {
+    if crate::websocket::is_upgrade(parts) {
+        return Dispatch::WebSocket;
+    }
+    // Only instances that declare `streaming` are ever sent `Stream`; for
+    // the others nothing below is even looked at.
+    if !candidates.iter().any(|e| e.streaming) {
+        return Dispatch::Unary;
+    }
+    let small_and_complete = match declared_length(parts) {
+        Some(n) => n <= shared.limits.unary_body_bytes as u64,
+        None => body.is_end_stream(),
+    };
+    if target.stream || accepts_event_stream(&parts.headers) || !small_and_complete {
+        Dispatch::Stream
+    } else {
+        Dispatch::Unary
+    }
+}
+
+fn declared_length(parts: &http::request::Parts) -> Option<u64> {
+    parts
         .headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
+fn accepts_event_stream(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("text/event-stream"))
+        })
+}
+
+/// What the request context says besides the HTTP message.
+fn request_meta<'a>(
+    shared: &'a Shared,
+    parts: &'a http::request::Parts,
+    target: &'a Target,
+    deadline: Duration,
+) -> RequestMeta<'a> {
+    let peer = parts
+        .extensions
+        .get::<PeerAddr>()
+        .map(|p| p.0)
+        .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+    RequestMeta {
+        request_id: parts
+            .extensions
+            .get::<RequestId>()
+            .map(RequestId::as_str)
+            .unwrap_or_default(),
+        peer,
+        trusted_peer: shared
+            .trusted_proxies
+            .iter()
+            .any(|n| n.contains(&peer.ip())),
+        node_id: &shared.node_id,
+        service: &target.service,
+        matched_prefix: &target.prefix,
+        deadline: Some(deadline),
+    }
+}
+
+/// Every candidate refused the connection (or there was none).
+fn all_refused(shared: &Shared, service: &str, last_err: Option<ForwardError>) -> ForwardError {
+    if last_err.is_some() {
+        shared.registry.service_unreachable(service);
+        return ForwardError::new(
+            ErrorKind::NoHealthyInstance,
+            format!("every instance of service {service} is unreachable"),
+        );
+    }
+    ForwardError::new(
+        ErrorKind::NoHealthyInstance,
+        format!("service {service} has no healthy instance"),
+    )
+}
+
+/// Step 5a: read the whole body within the limit, then one `Send`; fall back
+/// to the next instance only if the connection was refused.
+async fn dispatch_unary<B>(
+    shared: &Shared,
+    parts: http::request::Parts,
+    body: B,
+    target: &Target,
+    candidates: Vec<Arc<Endpoint>>,
+    started: Instant,
+) -> Result<Response<Body>, ForwardError>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let service = &target.service;
+    let budget = target.timeout;
+    let deadline = started + budget;
     let (body, trailers) = tokio::time::timeout_at(
         deadline,
-        read_body(body, shared.limits.max_body_bytes, declared),
+        read_body(body, shared.limits.max_body_bytes, declared_length(&parts)),
     )
     .await
     .map_err(|_| {
@@ -300,51 +498,8 @@ where
             "request body was not received within the route's timeout",
         )
     })??;
-
-    let endpoints = snapshot.services.get(&service);
-    let candidates = match endpoints.map(|s| shared.balancer.select(s)) {
-        Some(Ok(c)) => c,
-        Some(Err(NoEndpoint::AllEjected)) => {
-            shared.registry.service_unreachable(&service);
-            return Err(ForwardError::new(
-                ErrorKind::NoHealthyInstance,
-                format!("every instance of service {service} is unreachable"),
-            ));
-        }
-        Some(Err(NoEndpoint::NoneHealthy)) | None => {
-            return Err(ForwardError::new(
-                ErrorKind::NoHealthyInstance,
-                format!("service {service} has no healthy instance"),
-            ));
-        }
-    };
-    drop(snapshot);
-
-    let request_id = parts
-        .extensions
-        .get::<RequestId>()
-        .map(RequestId::as_str)
-        .unwrap_or_default();
-    let peer = parts
-        .extensions
-        .get::<PeerAddr>()
-        .map(|p| p.0)
-        .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
-    let trusted_peer = shared
-        .trusted_proxies
-        .iter()
-        .any(|n| n.contains(&peer.ip()));
-    let remaining = deadline.saturating_duration_since(Instant::now());
-    let meta = RequestMeta {
-        request_id,
-        peer,
-        trusted_peer,
-        node_id: &shared.node_id,
-        service: &service,
-        matched_prefix: &prefix,
-        deadline: Some(remaining),
-    };
-    let head = parts.method == Method::HEAD;
+    let respond_to = ResponseTarget::of(&parts);
+    let meta = request_meta(shared, &parts, target, budget);
 
     let mut last_err = None;
     for ep in candidates {
@@ -354,7 +509,7 @@ where
         let mut msg = request_to_wire(&parts, body.clone(), trailers.as_ref(), &meta)?;
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
-            return Err(timeout_error(&service, budget));
+            return Err(timeout_error(service, budget));
         }
         if let Some(ctx) = msg.context.as_mut() {
             ctx.deadline_ms = remaining.as_millis().max(1) as u64;
@@ -366,10 +521,10 @@ where
         match result {
             Err(_) => {
                 shared.balancer.record(&ep, false);
-                return Err(timeout_error(&service, budget));
+                return Err(timeout_error(service, budget));
             }
             Ok(Ok(resp)) => {
-                let converted = response_from_wire(resp.into_inner(), head);
+                let converted = response_from_wire(resp.into_inner(), respond_to);
                 shared.balancer.record(&ep, converted.is_ok());
                 return converted;
             }
@@ -377,10 +532,10 @@ where
             // CANCELLED; either way the route's budget is spent.
             Ok(Err(_)) if Instant::now() >= deadline => {
                 shared.balancer.record(&ep, false);
-                return Err(timeout_error(&service, budget));
+                return Err(timeout_error(service, budget));
             }
             Ok(Err(status)) => {
-                let err = classify(&status, &service);
+                let err = classify(&status, service);
                 if err.kind.retry() != crate::error::Retry::Safe {
                     shared.balancer.record(&ep, false);
                     warn!(service = %service, instance = %ep.instance_id, code = ?status.code(), message = status.message(), "Forwarded call failed.");
@@ -392,22 +547,252 @@ where
             }
         }
     }
-    // Every candidate refused the connection.
-    shared.registry.service_unreachable(&service);
-    Err(last_err.map_or_else(
-        || {
-            ForwardError::new(
-                ErrorKind::NoHealthyInstance,
-                format!("service {service} has no healthy instance"),
-            )
+    Err(all_refused(shared, service, last_err))
+}
+
+/// Opens `Stream` on one instance and waits for the response head, or for
+/// the exchange to end first (client body broke, a clock ran out).
+async fn open_stream<S>(
+    ep: &Endpoint,
+    frames: S,
+    ex: &Exchange,
+) -> Result<Result<(tonic::Streaming<StreamResponse>, ForwardingResp), tonic::Status>, ForwardError>
+where
+    S: futures_util::Stream<Item = StreamRequest> + Send + 'static,
+{
+    let remaining = ex
+        .limits
+        .max_deadline
+        .saturating_duration_since(Instant::now());
+    let mut call = tonic::Request::new(frames);
+    call.set_timeout(remaining);
+    let mut client = ep.client();
+    let attempt = async move {
+        let mut s = client.stream(call).await?.into_inner();
+        match s.message().await? {
+            Some(StreamResponse {
+                frame: Some(stream_response::Frame::Head(h)),
+            }) => Ok((s, h)),
+            Some(_) => Err(tonic::Status::internal(
+                "malformed stream: the first frame of the answer is not a head",
+            )),
+            None => Err(tonic::Status::internal(
+                "malformed stream: the answer ended without a head",
+            )),
+        }
+    };
+    tokio::select! {
+        r = attempt => Ok(r),
+        e = ex.ended_before_head() => Err(e),
+    }
+}
+
+/// What a failed `Stream` attempt means: retry elsewhere (never sent), or
+/// the error for the client.
+fn stream_failure(
+    shared: &Shared,
+    ep: &Endpoint,
+    status: &tonic::Status,
+    service: &str,
+    retryable: bool,
+    ex: &Exchange,
+) -> Result<ForwardError, ForwardError> {
+    if Instant::now() >= ex.limits.max_deadline {
+        shared.balancer.record(ep, false);
+        return Err(timeout_error(service, ex.limits.head_timeout));
+    }
+    let mut err = classify(status, service);
+    if status.message().starts_with("malformed stream") {
+        err = ForwardError::new(
+            ErrorKind::UpstreamInvalidResponse,
+            format!("service {service}: {}", status.message()),
+        );
+    }
+    if err.kind.retry() == crate::error::Retry::Safe && retryable {
+        debug!(service = %service, instance = %ep.instance_id, "Connection refused; trying the next instance.");
+        shared.balancer.eject(ep);
+        return Ok(err);
+    }
+    shared.balancer.record(ep, false);
+    warn!(service = %service, instance = %ep.instance_id, code = ?status.code(), message = status.message(), "Forwarded stream failed before its head.");
+    Err(err)
+}
+
+/// Step 5b: `Stream` - the body flows up as it arrives, the answer flows
+/// back as it is produced (stream.rs). A request whose body has started to
+/// go upstream is never tried on another instance.
+async fn dispatch_stream<B>(
+    shared: &Shared,
+    parts: &http::request::Parts,
+    body: B,
+    target: &Target,
+    candidates: Vec<Arc<Endpoint>>,
+    started: Instant,
+) -> Result<Response<Body>, ForwardError>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let service = &target.service;
+    let limit = shared.limits.max_stream_body_bytes;
+    if limit > 0 && declared_length(parts).is_some_and(|n| n > limit) {
+        return Err(ForwardError::new(
+            ErrorKind::BodyTooLarge,
+            format!("request body is larger than {limit} bytes"),
+        ));
+    }
+    let ex = Exchange::new(
+        started,
+        StreamLimits {
+            head_timeout: target.timeout,
+            idle: shared.timeouts.stream_idle,
+            max_deadline: started + target.max_duration,
         },
-        |_| {
-            ForwardError::new(
-                ErrorKind::NoHealthyInstance,
-                format!("every instance of service {service} is unreachable"),
-            )
+    );
+    let slot = BodySlot::new(body);
+    let respond_to = ResponseTarget::of(parts);
+    let mut last_err = None;
+    for ep in candidates {
+        let remaining = ex
+            .limits
+            .max_deadline
+            .saturating_duration_since(Instant::now());
+        let meta = request_meta(shared, parts, target, remaining);
+        let head = request_to_wire(parts, Bytes::new(), None, &meta)?;
+        let frames = RequestFrames::new(head, slot.clone(), limit, ex.clone());
+        let in_flight = ep.start();
+        match open_stream(&ep, frames, &ex).await {
+            Err(e) => {
+                shared.balancer.record(&ep, false);
+                return Err(e);
+            }
+            Ok(Ok((s, head))) => {
+                let (status, headers, first) = match stream::response_head(head, respond_to) {
+                    Ok(h) => h,
+                    Err(e) => {
+                        shared.balancer.record(&ep, false);
+                        warn!(service = %service, instance = %ep.instance_id, error = %e, "Invalid stream head.");
+                        return Err(e);
+                    }
+                };
+                shared.balancer.record(&ep, true);
+                let drain = stream::is_event_stream(&headers)
+                    .then(|| shared.draining.clone().cancelled_owned());
+                let body =
+                    StreamBody::new(first, s, ex, respond_to, drain, service.clone(), in_flight);
+                return Ok(stream::build_response(status, headers, body));
+            }
+            Ok(Err(status)) => {
+                last_err = Some(stream_failure(
+                    shared,
+                    &ep,
+                    &status,
+                    service,
+                    slot.untouched(),
+                    &ex,
+                )?);
+            }
+        }
+    }
+    Err(all_refused(shared, service, last_err))
+}
+
+/// Step 5c: WebSocket - the backend accepts the upgrade with a 101 head,
+/// then a relay task carries messages both ways (websocket.rs).
+async fn dispatch_websocket(
+    shared: &Shared,
+    mut parts: http::request::Parts,
+    target: &Target,
+    candidates: Vec<Arc<Endpoint>>,
+    started: Instant,
+) -> Result<Response<Body>, ForwardError> {
+    let service = &target.service;
+    let accept = crate::websocket::accept_key(&parts)?;
+    let mut on_upgrade = Some(
+        parts
+            .extensions
+            .remove::<hyper::upgrade::OnUpgrade>()
+            .ok_or_else(|| {
+                ForwardError::new(
+                    ErrorKind::BadRequest,
+                    "this connection cannot be upgraded to WebSocket",
+                )
+            })?,
+    );
+    let ex = Exchange::new(
+        started,
+        StreamLimits {
+            head_timeout: target.timeout,
+            idle: shared.timeouts.stream_idle,
+            max_deadline: started + target.max_duration,
         },
-    ))
+    );
+    // No body: the backend's answer is due at once.
+    ex.request_complete();
+    let respond_to = ResponseTarget::of(&parts);
+    let mut last_err = None;
+    for ep in candidates {
+        let remaining = ex
+            .limits
+            .max_deadline
+            .saturating_duration_since(Instant::now());
+        let meta = request_meta(shared, &parts, target, remaining);
+        let mut head = request_to_wire(&parts, Bytes::new(), None, &meta)?;
+        head.headers
+            .retain(|h| !crate::websocket::is_handshake_field(&h.name));
+        head.upgrade = "websocket".into();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let frames = crate::websocket::frames(
+            StreamRequest {
+                frame: Some(stream_request::Frame::Head(head)),
+            },
+            rx,
+        );
+        let in_flight = ep.start();
+        match open_stream(&ep, frames, &ex).await {
+            Err(e) => {
+                shared.balancer.record(&ep, false);
+                return Err(e);
+            }
+            Ok(Ok((s, head))) if head.status == 101 => {
+                shared.balancer.record(&ep, true);
+                let invalid = |m: String| ForwardError::new(ErrorKind::UpstreamInvalidResponse, m);
+                let headers = crate::convert::response_headers(&head.headers)
+                    .map_err(|e| invalid(format!("response {e}")))?;
+                let Some(on_upgrade) = on_upgrade.take() else {
+                    return Err(invalid("upgrade already used".into()));
+                };
+                tokio::spawn(
+                    crate::websocket::Relay {
+                        on_upgrade,
+                        to_backend: tx,
+                        from_backend: s,
+                        ex,
+                        draining: shared.draining.clone(),
+                        max_message: shared.limits.max_body_bytes,
+                        service: service.clone(),
+                        in_flight,
+                    }
+                    .run(),
+                );
+                return Ok(crate::websocket::switching_response(headers, accept));
+            }
+            Ok(Ok((s, head))) => {
+                // The backend refused the upgrade: its answer is the response.
+                drop(tx);
+                let (status, headers, first) = stream::response_head(head, respond_to)
+                    .inspect_err(|_| shared.balancer.record(&ep, false))?;
+                shared.balancer.record(&ep, true);
+                let body =
+                    StreamBody::new(first, s, ex, respond_to, None, service.clone(), in_flight);
+                return Ok(stream::build_response(status, headers, body));
+            }
+            Ok(Err(status)) => {
+                last_err = Some(stream_failure(shared, &ep, &status, service, true, &ex)?);
+            }
+        }
+    }
+    Err(all_refused(shared, service, last_err))
 }
 
 fn timeout_error(service: &str, budget: Duration) -> ForwardError {

@@ -119,6 +119,7 @@ impl Gateway {
             limits: config.limits.clone(),
             timeouts: config.timeouts.clone(),
             trusted_proxies: config.trusted_proxies.clone(),
+            draining: CancellationToken::new(),
         });
         let api = RegistrationApi::new(
             registry,
@@ -216,6 +217,7 @@ impl Gateway {
 
     async fn drain(&self, stop: CancellationToken, mut tasks: tokio::task::JoinSet<()>) {
         stop.cancel();
+        self.shared.draining.cancel();
         while tasks.join_next().await.is_some() {}
         info!("Gateway stopped.");
     }

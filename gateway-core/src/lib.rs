@@ -34,6 +34,8 @@ pub mod registry;
 pub mod request_id;
 pub mod routing;
 pub mod server;
+pub mod stream;
 pub mod sync;
+pub mod websocket;
 
 pub use proto;

@@ -85,7 +85,8 @@ pub async fn serve<S>(
             req.extensions_mut().insert(PeerAddr(peer));
             svc.clone().oneshot(req)
         });
-        let conn = builder.serve_connection(TokioIo::new(stream), hyper_svc);
+        // With upgrades: WebSocket handshakes hand the connection to a relay.
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), hyper_svc);
         let conn = graceful.watch(conn.into_owned());
         tokio::spawn(async move {
             if let Err(e) = conn.await {

@@ -164,7 +164,7 @@ fn response_keeps_duplicate_set_cookie_and_drops_framing() {
         body: Bytes::from_static(b"hello"),
         trailers: vec![],
     };
-    let r = response_from_wire(resp, false).unwrap();
+    let r = response_from_wire(resp, ResponseTarget::default()).unwrap();
     assert_eq!(r.status(), 201);
     let c: Vec<_> = r.headers().get_all("set-cookie").iter().collect();
     assert_eq!(c, ["a=1", "b=2"]);
@@ -186,11 +186,11 @@ fn bad_responses_are_upstream_errors() {
             headers,
             ..Default::default()
         };
-        let e = response_from_wire(resp, false).unwrap_err();
+        let e = response_from_wire(resp, ResponseTarget::default()).unwrap_err();
         assert_eq!(e.kind, ErrorKind::UpstreamInvalidResponse, "{status}");
     }
     assert_eq!(
-        response_from_wire(ForwardingResp::default(), false)
+        response_from_wire(ForwardingResp::default(), ResponseTarget::default())
             .unwrap()
             .status(),
         200
@@ -291,9 +291,125 @@ proptest! {
             body: Bytes::from(body),
             trailers: vec![],
         };
-        match response_from_wire(resp, false) {
+        match response_from_wire(resp, ResponseTarget::default()) {
             Ok(r) => prop_assert!(r.status().as_u16() >= 200),
             Err(e) => prop_assert_eq!(e.kind, ErrorKind::UpstreamInvalidResponse),
         }
     }
+}
+
+/// The order the contract promises: same-name fields keep their order;
+/// names are grouped in the order of their first appearance. Removing a
+/// hop-by-hop field must not move another name (HeaderMap::remove does).
+#[test]
+fn response_header_order_is_the_promised_one() {
+    let resp = ForwardingResp {
+        status: 200,
+        headers: vec![
+            wire("x-dup", b"1"),
+            wire("connection", b"x-hop"),
+            wire("x-mid", b"m"),
+            wire("x-hop", b"h"),
+            wire("x-dup", b"2"),
+            wire("transfer-encoding", b"chunked"),
+            wire("x-last", b"l"),
+            wire("x-dup", b"3"),
+        ],
+        ..Default::default()
+    };
+    let r = response_from_wire(resp, ResponseTarget::default()).unwrap();
+    let got: Vec<(&str, &[u8])> = r
+        .headers()
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_bytes()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("x-dup", &b"1"[..]),
+            ("x-dup", b"2"),
+            ("x-dup", b"3"),
+            ("x-mid", b"m"),
+            ("x-last", b"l"),
+        ]
+    );
+}
+
+#[test]
+fn request_header_order_is_the_promised_one() {
+    let p = parts(
+        Request::builder()
+            .uri("/svc")
+            .header("host", "h")
+            .header("x-dup", "1")
+            .header("x-mid", "m")
+            .header("x-dup", "2")
+            .header("te", "trailers")
+            .header("x-last", "l")
+            .body(())
+            .unwrap(),
+    );
+    let w = request_to_wire(&p, Bytes::new(), None, &meta(false)).unwrap();
+    let got: Vec<(&str, &[u8])> = w
+        .headers
+        .iter()
+        .filter(|h| !h.name.starts_with("x-forwarded") && h.name != "x-request-id")
+        .map(|h| (h.name.as_str(), &h.value[..]))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("host", &b"h"[..]),
+            ("x-dup", b"1"),
+            ("x-dup", b"2"),
+            ("x-mid", b"m"),
+            ("x-last", b"l"),
+        ]
+    );
+}
+
+/// Trailers reach a client that can take them, in a body HTTP/1.1 can
+/// chunk (no exact size, `Trailer` announced); others get the body alone.
+#[tokio::test]
+async fn trailers_go_to_clients_that_accept_them() {
+    use http_body::Body as _;
+    use http_body_util::BodyExt;
+    let resp = || ForwardingResp {
+        status: 200,
+        body: Bytes::from_static(b"data"),
+        trailers: vec![wire("grpc-status", b"0"), wire("x-checksum", b"abc")],
+        ..Default::default()
+    };
+    let accepting = ResponseTarget {
+        head_request: false,
+        trailers: true,
+    };
+    let r = response_from_wire(resp(), accepting).unwrap();
+    assert_eq!(r.headers()["trailer"], "grpc-status, x-checksum");
+    assert!(r.body().size_hint().exact().is_none());
+    let collected = r.into_body().collect().await.unwrap();
+    let t = collected.trailers().cloned().unwrap();
+    assert_eq!(t["x-checksum"], "abc");
+    assert_eq!(collected.to_bytes(), "data");
+
+    let r = response_from_wire(resp(), ResponseTarget::default()).unwrap();
+    assert!(r.headers().get("trailer").is_none());
+    assert_eq!(r.body().size_hint().exact(), Some(4));
+}
+
+#[test]
+fn te_trailers_and_http2_accept_trailers() {
+    let of = |req: Request<()>| ResponseTarget::of(&parts(req)).trailers;
+    assert!(of(Request::builder()
+        .header("te", "gzip, trailers;q=1")
+        .body(())
+        .unwrap()));
+    assert!(!of(Request::builder()
+        .header("te", "gzip")
+        .body(())
+        .unwrap()));
+    assert!(of(Request::builder()
+        .version(http::Version::HTTP_2)
+        .body(())
+        .unwrap()));
 }

@@ -279,6 +279,7 @@ impl HttpPool {
     }
 }
 
+#[allow(clippy::large_enum_variant)] // one per connection, built once
 enum Client {
     Grpc(GrpcClient),
     Http(HttpPool),
