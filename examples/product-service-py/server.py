@@ -43,6 +43,8 @@ import urllib.request
 from concurrent import futures
 from pathlib import Path
 
+import grpc
+
 HERE = Path(__file__).resolve().parent
 GEN_DIR = HERE / "gen"
 DEFAULT_PROTO_DIR = HERE.parent.parent / "proto" / "proto"
@@ -156,10 +158,22 @@ class ProductStore:
 
 
 class Response:
-    def __init__(self, status: int, body=None, headers: list[tuple[str, str]] | None = None):
+    def __init__(self, status: int, body=None, headers: list[tuple[str, str]] | None = None,
+                 content_type: str = "application/json", raw: bytes | None = None):
         self.status = status
         self.body = body  # JSON-serialisable, or None for an empty body
         self.headers = headers or []
+        self.content_type = content_type
+        self.raw = raw  # bytes sent as they are (instead of `body` as JSON)
+
+    def body_bytes(self, method: str) -> bytes:
+        if method == "HEAD":
+            return b""
+        if self.raw is not None:
+            return self.raw
+        if self.body is not None:
+            return json.dumps(self.body).encode() + b"\n"
+        return b""
 
 
 def error(status: int, message: str, headers: list[tuple[str, str]] | None = None) -> Response:
@@ -176,6 +190,24 @@ def header(req, name: str) -> str | None:
         if h.name == name:
             return h.value.decode("latin-1")
     return None
+
+
+def header_text(value: bytes) -> str:
+    """A header value for JSON: UTF-8, undecodable bytes replaced."""
+    return value.decode("utf-8", "replace")
+
+
+def upload_result(size: int, sha256_hex: str, trailers) -> Response:
+    """The answer to POST /product/upload: byte count, SHA-256 and the request
+    trailers (same-name fields joined with ", ", as RFC 9110 allows)."""
+    out: dict = {"bytes": size, "sha256": sha256_hex}
+    if trailers:
+        fields: dict[str, str] = {}
+        for t in trailers:
+            v = header_text(t.value)
+            fields[t.name] = f"{fields[t.name]}, {v}" if t.name in fields else v
+        out["trailers"] = fields
+    return Response(200, out)
 
 
 def parse_new_product(req) -> tuple[dict | None, str | None]:
@@ -208,13 +240,33 @@ class ProductApp:
         self.store = store
         self.prefix = prefix.rstrip("/")
 
-    def handle(self, req) -> Response:
-        method = req.method
-        path = req.path or "/"
+    def segments(self, path: str) -> list[str] | None:
+        """The path's segments after the prefix, None when outside it."""
+        path = path or "/"
         if path != self.prefix and not path.startswith(self.prefix + "/"):
+            return None
+        return [urllib.parse.unquote(s) for s in path[len(self.prefix):].split("/") if s]
+
+    def stream_kind(self, method: str, path: str) -> str:
+        """How `Stream` handles a request: "upload" (body consumed chunk by
+        chunk) or "buffered" (body collected, then `handle` as for `Send`)."""
+        rest = self.segments(path)
+        if rest == ["upload"] and method == "POST":
+            return "upload"
+        return "buffered"
+
+    def handle(self, req) -> Response:
+        """One complete request (body included) -> one response."""
+        method = req.method
+        rest = self.segments(req.path)
+        if rest is None:
             return error(404, "not found")
-        rest = [urllib.parse.unquote(s) for s in path[len(self.prefix):].split("/") if s]
         read = method in ("GET", "HEAD")
+
+        if rest == ["upload"]:  # /product/upload, body in one message
+            if method != "POST":
+                return method_not_allowed("POST")
+            return upload_result(len(req.body), hashlib.sha256(req.body).hexdigest(), req.trailers)
 
         if not rest:  # /product
             if read:
@@ -254,36 +306,191 @@ class ProductApp:
         return error(404, "not found")
 
 
+# Largest request body `Stream` collects for an ordinary (buffered) handler;
+# beyond it the answer is 413 at once. Uploads are not collected at all.
+MAX_BUFFERED_BODY = 1 << 20
+
+
+class Malformed(Exception):
+    """The gateway broke the frame order of forwarding.proto's `Stream`."""
+
+
+class Cancelled(Exception):
+    """The call ended under us (the gateway cancelled it, or its deadline passed)."""
+
+
+class RequestFrames:
+    """Reads the gateway's `StreamRequest` frames in the order forwarding.proto
+    prescribes: one `head`, then `body` chunks, then one `end`, then the
+    half-close. Anything else raises Malformed; a cancelled call raises
+    Cancelled."""
+
+    def __init__(self, frames) -> None:
+        self._frames = iter(frames)
+        self.trailers: list = []
+        self.finished = False  # `end` and the half-close were seen
+
+    def _next(self):
+        """The next frame, or None at the half-close."""
+        try:
+            return next(self._frames)
+        except StopIteration:
+            return None
+        except grpc.RpcError:  # grpcio's request iterator on a cancelled call
+            raise Cancelled() from None
+
+    def head(self):
+        frame = self._next()
+        if frame is None:
+            raise Malformed("request stream closed before the head frame")
+        kind = frame.WhichOneof("frame")
+        if kind != "head":
+            raise Malformed(f"the first frame must be head, got {kind or 'an empty frame'}")
+        if frame.head.body or frame.head.trailers:
+            raise Malformed("the head frame must not carry a body or trailers (send them as body and end frames)")
+        return frame.head
+
+    def chunks(self):
+        """The request body chunk by chunk; `trailers` is set once it is done."""
+        while True:
+            frame = self._next()
+            if frame is None:
+                raise Malformed("request stream closed before the end frame")
+            kind = frame.WhichOneof("frame")
+            if kind == "body":
+                if frame.body.data:  # never empty per the contract; tolerated
+                    yield frame.body.data
+            elif kind == "end":
+                self.trailers = list(frame.end.trailers)
+                break
+            elif kind == "head":
+                raise Malformed("a second head frame")
+            elif kind in ("message", "close"):
+                raise Malformed(f"a WebSocket {kind} frame on a stream that was not upgraded")
+            else:
+                raise Malformed("an empty frame of an unknown kind")
+        frame = self._next()
+        if frame is not None:
+            raise Malformed(f"{frame.WhichOneof('frame') or 'an empty frame'} frame after end")
+        self.finished = True
+
+
 class ForwardingServicer:
-    """forwarding.v1.ForwardingService: one HTTP exchange per Send."""
+    """forwarding.v1.ForwardingService: one HTTP exchange per `Send`, or per
+    `Stream` call as frames (see forwarding.proto)."""
 
     def __init__(self, pb2, app: ProductApp, instance_id: str) -> None:
         self.pb2 = pb2
         self.app = app
         self.instance_id = instance_id
 
-    def Send(self, req, context):  # noqa: N802 (gRPC method name)
+    # -- shared -------------------------------------------------------------
+
+    def _handle(self, req) -> Response:
         try:
-            resp = self.app.handle(req)
+            return self.app.handle(req)
         except Exception:  # a bug is still an HTTP answer: 500, gRPC OK
             log.exception("request failed: %s %s", req.method, req.path)
-            resp = error(500, "internal error")
+            return error(500, "internal error")
+
+    def _headers(self, req, resp: Response) -> list:
+        """content-type, x-request-id, x-served-by, then the endpoint's own."""
         request_id = header(req, "x-request-id") or (req.context.request_id if req.HasField("context") else "")
-        headers = [("content-type", "application/json")]
+        headers = [("content-type", resp.content_type)]
         if request_id:
             headers.append(("x-request-id", request_id))
         headers.append(("x-served-by", self.instance_id))
         headers.extend(resp.headers)
-        body = b""
-        if resp.body is not None and req.method != "HEAD":
-            body = json.dumps(resp.body).encode() + b"\n"
+        return [self.pb2.Header(name=n, value=v.encode("latin-1")) for n, v in headers]
+
+    # -- Send -----------------------------------------------------------------
+
+    def Send(self, req, context):  # noqa: N802 (gRPC method name)
+        resp = self._handle(req)
         log.info("%s %s -> %d", req.method, req.path, resp.status)
         return self.pb2.ForwardingResp(
             status=resp.status,
-            headers=[self.pb2.Header(name=n, value=v.encode("latin-1")) for n, v in headers],
-            body=body,
+            headers=self._headers(req, resp),
+            body=resp.body_bytes(req.method),
         )
 
+    # -- Stream ---------------------------------------------------------------
+
+    def Stream(self, request_iterator, context):  # noqa: N802 (gRPC method name)
+        """Response frames for one exchange. A generator: grpcio sends each
+        yielded frame as it is produced, and finishes the call with OK when
+        the generator returns."""
+        frames = RequestFrames(request_iterator)
+        head = None
+        state = {"head_sent": False}
+        try:
+            head = frames.head()
+            if head.upgrade:
+                # No body or end frame follows an upgrade head: answer at once.
+                # Refusing is any status other than 101 (forwarding.proto).
+                resp = error(501, f"upgrade to {head.upgrade!r} is not supported")
+                yield from self._answer(head, resp, state)
+                return
+            kind = self.app.stream_kind(head.method, head.path)
+            if kind == "upload":
+                yield from self._upload(head, frames, state)
+            else:
+                yield from self._buffered(head, frames, state)
+        except Cancelled:
+            log.info("stream cancelled: %s %s", head.method if head else "?", head.path if head else "?")
+        except Malformed as e:
+            log.warning("malformed request stream: %s", e)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed request stream: {e}")
+        except Exception:
+            log.exception("stream failed: %s %s", head.method if head else "?", head.path if head else "?")
+            if state["head_sent"] or head is None:
+                # Too late for an HTTP answer: a non-OK status aborts the
+                # client's response, so it is never mistaken for a whole one.
+                context.abort(grpc.StatusCode.INTERNAL, "internal error")
+            yield from self._answer(head, error(500, "internal error"), state)
+
+    def _head_frame(self, req, resp: Response, state: dict):
+        state["head_sent"] = True
+        return self.pb2.StreamResponse(head=self.pb2.ForwardingResp(status=resp.status, headers=self._headers(req, resp)))
+
+    def _body_frame(self, data: bytes):
+        return self.pb2.StreamResponse(body=self.pb2.BodyChunk(data=data))
+
+    def _end_frame(self):
+        return self.pb2.StreamResponse(end=self.pb2.StreamEnd())
+
+    def _answer(self, req, resp: Response, state: dict):
+        """A complete response: head, the body as one chunk (if any), end."""
+        log.info("%s %s -> %d (stream)", req.method, req.path, resp.status)
+        yield self._head_frame(req, resp, state)
+        data = resp.body_bytes(req.method)
+        if data:
+            yield self._body_frame(data)
+        yield self._end_frame()
+
+    def _buffered(self, head, frames: RequestFrames, state: dict):
+        """An ordinary request: collect the body, then the same handler as Send."""
+        body = bytearray()
+        for chunk in frames.chunks():
+            body += chunk
+            if len(body) > MAX_BUFFERED_BODY:
+                # Answered before the body is complete, as an HTTP server may.
+                yield from self._answer(head, error(413, f"request body over {MAX_BUFFERED_BODY} bytes"), state)
+                return
+        req = self.pb2.ForwardingReq()
+        req.CopyFrom(head)
+        req.body = bytes(body)
+        req.trailers.extend(frames.trailers)
+        yield from self._answer(req, self._handle(req), state)
+
+    def _upload(self, head, frames: RequestFrames, state: dict):
+        """POST /product/upload: hash the body as it arrives, never holding it."""
+        digest = hashlib.sha256()
+        size = 0
+        for chunk in frames.chunks():
+            digest.update(chunk)
+            size += len(chunk)
+        yield from self._answer(head, upload_result(size, digest.hexdigest(), frames.trailers), state)
 
 # ---------------------------------------------------------------------------
 # Registration with the gateway (HTTP/JSON, urllib only).
@@ -436,7 +643,6 @@ def main(argv=None) -> int:
         print(ensure_generated(force=True))
         return 0
 
-    import grpc
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
     pb2, pb2_grpc = load_protos()
@@ -461,7 +667,11 @@ def main(argv=None) -> int:
     prefix = "/" + args.name
 
     app = ProductApp(ProductStore(), prefix)
-    pb2_grpc.add_ForwardingServiceServicer_to_server(ForwardingServicer(pb2, app, instance_id), server)
+    # Also derived from the generated base class, so that an RPC added to the
+    # contract later answers UNIMPLEMENTED instead of failing at startup.
+    servicer_class = type("Servicer", (ForwardingServicer, pb2_grpc.ForwardingServiceServicer), {})
+    servicer = servicer_class(pb2, app, instance_id)
+    pb2_grpc.add_ForwardingServiceServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for svc in ("", "forwarding.v1.ForwardingService"):

@@ -6,9 +6,11 @@ health service, and registration against a fake gateway (stdlib HTTP).
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
+import queue
 import signal
 import socket
 import subprocess
@@ -246,6 +248,276 @@ def test_health_service(channel):
 
 
 # ---------------------------------------------------------------------------
+# ForwardingService.Stream
+# ---------------------------------------------------------------------------
+
+
+def make_req(method: str, path: str, query: str = "", headers=(), request_id: str = "req-1", **kw):
+    hdrs = [pb2.Header(name="host", value=b"gateway.test")]
+    hdrs += [pb2.Header(name=n, value=v.encode()) for n, v in headers]
+    if request_id:
+        hdrs.append(pb2.Header(name="x-request-id", value=request_id.encode()))
+    return pb2.ForwardingReq(
+        protocol_version=1, method=method, scheme="http", authority="gateway.test", path=path,
+        query=query, has_query=bool(query), version=pb2.HTTP_VERSION_HTTP_1_1, headers=hdrs,
+        context=pb2.RequestContext(request_id=request_id or "gw-generated", service="product",
+                                   matched_prefix="/product"),
+        **kw,
+    )
+
+
+def head(req):
+    return pb2.StreamRequest(head=req)
+
+
+def chunk(data: bytes):
+    return pb2.StreamRequest(body=pb2.BodyChunk(data=data))
+
+
+def end(*trailers):
+    return pb2.StreamRequest(end=pb2.StreamEnd(trailers=[pb2.Header(name=n, value=v.encode()) for n, v in trailers]))
+
+
+@pytest.fixture(scope="module")
+def stub(channel):
+    return pb2_grpc.ForwardingServiceStub(channel)
+
+
+def exchange(stub, frames, timeout: float = 10):
+    """Sends all `frames` then half-closes; returns (response frames, gRPC code, details)."""
+    call = stub.Stream(iter(list(frames)), timeout=timeout)
+    out = []
+    try:
+        for f in call:
+            out.append(f)
+    except grpc.RpcError:
+        pass
+    return out, call.code(), call.details()
+
+
+def assemble(frames):
+    """Checks the response frame order (head, body*, end?) and returns
+    (head, body bytes, trailers)."""
+    kinds = [f.WhichOneof("frame") for f in frames]
+    assert kinds and kinds[0] == "head", kinds
+    assert all(k == "body" for k in kinds[1:-1]), kinds
+    assert kinds[-1] in ("head", "body", "end"), kinds
+    h = frames[0].head
+    assert not h.body and not h.trailers
+    data = b"".join(f.body.data for f in frames if f.WhichOneof("frame") == "body")
+    trailers = list(frames[-1].end.trailers) if kinds[-1] == "end" else []
+    return h, data, trailers
+
+
+class OpenStream:
+    """A Stream call the test drives frame by frame. Response frames are read
+    by a thread into a queue; `next()` waits for one with a deadline."""
+
+    def __init__(self, stub, timeout: float = 30):
+        self._requests: queue.Queue = queue.Queue()
+        self._responses: queue.Queue = queue.Queue()
+        self.call = stub.Stream(self._feed(), timeout=timeout)
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _feed(self):
+        while True:
+            f = self._requests.get()
+            if f is None:
+                return
+            yield f
+
+    def _read(self):
+        try:
+            for f in self.call:
+                self._responses.put(f)
+        except grpc.RpcError:
+            pass
+        self._responses.put(None)
+
+    def send(self, *frames):
+        for f in frames:
+            self._requests.put(f)
+
+    def half_close(self):
+        self._requests.put(None)
+
+    def next(self, timeout: float = 5):
+        """The next response frame; None once the call is over."""
+        try:
+            return self._responses.get(timeout=timeout)
+        except queue.Empty:
+            pytest.fail(f"no response frame within {timeout}s")
+
+    def cancel(self):
+        self.call.cancel()
+        self._requests.put(None)
+
+
+def wait_until(pred, timeout: float = 5.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("method,path,query", [
+    ("GET", "/product/1", ""),
+    ("GET", "/product", ""),
+    ("GET", "/product/999", ""),
+    ("HEAD", "/product/2", ""),
+    ("DELETE", "/product", ""),
+    ("GET", "/nope", ""),
+    ("GET", "/product/upload", ""),
+])
+def test_stream_ordinary_request_equals_send(stub, send, method, path, query):
+    frames, code, _ = exchange(stub, [head(make_req(method, path, query, request_id="same-1")), end()])
+    assert code == grpc.StatusCode.OK
+    kinds = [f.WhichOneof("frame") for f in frames]
+    unary = stub.Send(make_req(method, path, query, request_id="same-1"), timeout=5)
+    assert kinds == (["head", "body", "end"] if unary.body else ["head", "end"])
+    h, data, trailers = assemble(frames)
+    assert (h.status, hdrs(h), data) == (unary.status, hdrs(unary), unary.body)
+    assert not trailers
+
+
+def test_stream_post_in_chunks_creates_a_product(stub, send):
+    raw = json.dumps({"name": "Chunked grinder", "price_cents": 4200, "quantity": 2}).encode()
+    frames, code, _ = exchange(stub, [
+        head(make_req("POST", "/product", headers=[("content-type", "application/json")])),
+        *(chunk(raw[i:i + 7]) for i in range(0, len(raw), 7)),
+        end(),
+    ])
+    assert code == grpc.StatusCode.OK
+    h, data, _ = assemble(frames)
+    assert h.status == 201, data
+    p = json.loads(data)
+    assert p["name"] == "Chunked grinder"
+    assert values(h, "location") == [f"/product/{p['id']}"]
+    assert body(send("GET", f"/product/{p['id']}")) == p
+
+
+def test_stream_ordinary_body_over_the_limit_is_413(stub):
+    big = b"x" * (64 << 10)
+    n = product_server.MAX_BUFFERED_BODY // len(big) + 2
+    frames, code, _ = exchange(stub, [head(make_req("POST", "/product")), *(chunk(big) for _ in range(n)), end()])
+    assert code == grpc.StatusCode.OK
+    h, data, _ = assemble(frames)
+    assert h.status == 413 and "error" in json.loads(data)
+
+
+def test_stream_refuses_websocket_without_waiting_for_more_frames(stub):
+    s = OpenStream(stub)
+    try:
+        s.send(head(make_req("GET", "/product/1", upgrade="websocket")))  # no end follows an upgrade head
+        f = s.next()
+        assert f.WhichOneof("frame") == "head" and f.head.status == 501
+        frames = [f]
+        while (f := s.next()) is not None:
+            frames.append(f)
+        assemble(frames)
+        assert s.call.code() == grpc.StatusCode.OK
+    finally:
+        s.cancel()
+
+
+@pytest.mark.parametrize("name,frames,message", [
+    ("nothing", [], "before the head"),
+    ("body first", [chunk(b"x")], "first frame must be head, got body"),
+    ("end first", [end()], "first frame must be head, got end"),
+    ("empty frame first", [pb2.StreamRequest()], "got an empty frame"),
+    ("head with a body", [head(make_req("GET", "/product/1", body=b"x")), end()], "must not carry a body"),
+    ("second head", [head(make_req("GET", "/product/1")), head(make_req("GET", "/product/1"))], "second head"),
+    ("head, body, head", [head(make_req("POST", "/product")), chunk(b"{"), head(make_req("POST", "/product"))],
+     "second head"),
+    ("body after end", [head(make_req("GET", "/product/1")), end(), chunk(b"x")], "body frame after end"),
+    ("end after end", [head(make_req("GET", "/product/1")), end(), end()], "end frame after end"),
+    ("no end", [head(make_req("GET", "/product/1"))], "closed before the end frame"),
+    ("empty frame", [head(make_req("GET", "/product/1")), pb2.StreamRequest()], "empty frame of an unknown kind"),
+    ("websocket message", [head(make_req("GET", "/product/1")),
+                           pb2.StreamRequest(message=pb2.WebSocketMessage(text="hi"))], "WebSocket message frame"),
+    ("upload: body after end", [head(make_req("POST", "/product/upload")), chunk(b"a"), end(), chunk(b"b")],
+     "body frame after end"),
+])
+def test_stream_malformed_frames_are_invalid_argument(stub, send, name, frames, message):
+    out, code, details = exchange(stub, frames)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT, (name, code, details)
+    assert message in details, details
+    assert not out  # nothing was answered
+    assert send("GET", "/product/1").status == 200  # and the server is fine
+
+
+# -- uploads ----------------------------------------------------------------------
+
+
+def test_upload_10mib_in_64kib_chunks_with_trailers(stub):
+    data = os.urandom(10 << 20)
+    step = 64 << 10
+    frames, code, details = exchange(stub, [
+        head(make_req("POST", "/product/upload", headers=[("content-type", "application/octet-stream")])),
+        *(chunk(data[i:i + step]) for i in range(0, len(data), step)),
+        end(("x-checksum", "sha-256"), ("x-note", "a"), ("x-note", "b")),
+    ], timeout=60)
+    assert code == grpc.StatusCode.OK, details
+    h, out, _ = assemble(frames)
+    assert h.status == 200
+    assert json.loads(out) == {
+        "bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "trailers": {"x-checksum": "sha-256", "x-note": "a, b"},
+    }
+
+
+def test_upload_via_send_equals_stream(stub):
+    data = b"hello upload\n" * 100
+    r = stub.Send(make_req("POST", "/product/upload", body=data,
+                           trailers=[pb2.Header(name="x-t", value=b"1")]), timeout=5)
+    assert r.status == 200
+    assert body(r) == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "trailers": {"x-t": "1"}}
+    frames, code, _ = exchange(stub, [head(make_req("POST", "/product/upload")), chunk(data[:5]), chunk(data[5:]),
+                                      end(("x-t", "1"))])
+    h, out, _ = assemble(frames)
+    assert (h.status, hdrs(h), out) == (r.status, hdrs(r), r.body)
+    empty = stub.Send(make_req("POST", "/product/upload"), timeout=5)
+    assert body(empty) == {"bytes": 0, "sha256": hashlib.sha256(b"").hexdigest()}  # no trailers, no key
+
+
+def peak_rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    pytest.skip("no VmHWM in /proc")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc")
+def test_upload_200mib_streams_without_holding_the_body(stub, server):
+    block = os.urandom(256 << 10)
+    n = (200 << 20) // len(block)
+    digest = hashlib.sha256()
+    for _ in range(n):
+        digest.update(block)
+    before = peak_rss_kib(server.p.pid)
+    frames, code, details = exchange(stub, [head(make_req("POST", "/product/upload")),
+                                            *(chunk(block) for _ in range(n)), end()], timeout=120)
+    assert code == grpc.StatusCode.OK, details
+    _, out, _ = assemble(frames)
+    assert json.loads(out) == {"bytes": n * len(block), "sha256": digest.hexdigest()}
+    grown_mib = (peak_rss_kib(server.p.pid) - before) / 1024
+    assert grown_mib < 64, f"server peak RSS grew by {grown_mib:.0f} MiB for a 200 MiB upload"
+
+
+def test_cancelled_upload_leaves_the_server_serving(stub, send):
+    s = OpenStream(stub)
+    s.send(head(make_req("POST", "/product/upload")), chunk(b"x" * 1000))
+    s.cancel()
+    assert s.next() is None
+    assert send("GET", "/product/1").status == 200
+
+
+# ---------------------------------------------------------------------------
 # Registration against a fake gateway registration listener.
 # ---------------------------------------------------------------------------
 
@@ -404,3 +676,4 @@ def test_sigterm_stops_a_server_without_gateway():
         assert "stopped" in proc.stderr()
     finally:
         proc.close()
+
