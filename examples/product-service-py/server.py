@@ -27,6 +27,7 @@ Everything else goes to stderr.
 from __future__ import annotations
 
 import argparse
+import collections
 import fcntl
 import hashlib
 import json
@@ -109,13 +110,71 @@ class OutOfStock(Exception):
     pass
 
 
+class Subscription:
+    """One listener's queue of inventory changes (see ProductStore.subscribe).
+
+    Bounded: a listener that falls `limit` changes behind is marked
+    `overflowed` and gets nothing more (its stream should end; an SSE client
+    reconnects and starts again from a fresh snapshot). `close()` is
+    idempotent and may be called from any thread: it unregisters the listener
+    and wakes a reader blocked in `get()`.
+    """
+
+    def __init__(self, store: "ProductStore", limit: int) -> None:
+        self._store = store
+        self._limit = limit
+        self._cond = threading.Condition()
+        self._items: collections.deque = collections.deque()
+        self.overflowed = False
+        self.closed = False
+
+    def push(self, event: dict) -> None:
+        with self._cond:
+            if self.closed or self.overflowed:
+                return
+            if len(self._items) >= self._limit:
+                self.overflowed = True
+            else:
+                self._items.append(event)
+            self._cond.notify_all()
+
+    def get(self, timeout: float | None) -> dict | None:
+        """The next change; None on timeout, or at once when closed or overflowed."""
+        with self._cond:
+            end = None if timeout is None else time.monotonic() + timeout
+            while not self._items and not self.closed and not self.overflowed:
+                left = None if end is None else end - time.monotonic()
+                if left is not None and left <= 0:
+                    return None
+                self._cond.wait(left)
+            if self.closed or self.overflowed:
+                return None
+            return self._items.popleft()
+
+    def close(self) -> None:
+        with self._cond:
+            if self.closed:
+                return
+            self.closed = True
+            self._items.clear()
+            self._cond.notify_all()
+        self._store._unsubscribe(self)
+
+
 class ProductStore:
-    """Products and inventory, in memory, thread-safe."""
+    """Products and inventory, in memory, thread-safe.
+
+    Every change (create, decrement) gets the next sequence number and is
+    pushed to each current subscriber, under the store lock, so subscribers
+    see changes in the order they happened.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._products: dict[str, dict] = {}
         self._next_id = 1
+        self._seq = 0  # number of the last change
+        self._listeners: set[Subscription] = set()
         for name, price_cents, quantity in (
             ("Espresso beans 1kg", 2490, 10),
             ("Ceramic mug", 850, 25),
@@ -125,7 +184,10 @@ class ProductStore:
 
     def list(self) -> list[dict]:
         with self._lock:
-            return [dict(p) for p in sorted(self._products.values(), key=lambda p: int(p["id"]))]
+            return self._list_locked()
+
+    def _list_locked(self) -> list[dict]:
+        return [dict(p) for p in sorted(self._products.values(), key=lambda p: int(p["id"]))]
 
     def get(self, product_id: str) -> dict | None:
         with self._lock:
@@ -138,6 +200,7 @@ class ProductStore:
             self._next_id += 1
             p = {"id": product_id, "name": name, "price_cents": price_cents, "quantity": quantity}
             self._products[product_id] = p
+            self._publish_locked("created", p)
             return dict(p)
 
     def decrement(self, product_id: str) -> dict | None:
@@ -149,7 +212,43 @@ class ProductStore:
             if p["quantity"] <= 0:
                 raise OutOfStock(product_id)
             p["quantity"] -= 1
+            self._publish_locked("decremented", p)
             return dict(p)
+
+    def _publish_locked(self, kind: str, product: dict) -> None:
+        self._seq += 1
+        event = {"seq": self._seq, "type": kind, "product": dict(product)}
+        for sub in list(self._listeners):
+            sub.push(event)
+
+    def subscribe(self, limit: int = 1024) -> tuple[Subscription, list[dict], int]:
+        """A new listener, with the snapshot and sequence number it starts
+        from: every change after `seq` reaches the listener, none before."""
+        sub = Subscription(self, limit)
+        with self._lock:
+            self._listeners.add(sub)
+            return sub, self._list_locked(), self._seq
+
+    def snapshot(self) -> tuple[list[dict], int]:
+        """The products and the number of the last change, consistently."""
+        with self._lock:
+            return self._list_locked(), self._seq
+
+    def _unsubscribe(self, sub: Subscription) -> None:
+        with self._lock:
+            self._listeners.discard(sub)
+
+    def close_listeners(self) -> int:
+        """Closes every subscription (on shutdown); returns how many there were."""
+        with self._lock:
+            subs = list(self._listeners)
+        for sub in subs:
+            sub.close()
+        return len(subs)
+
+    def stats(self) -> dict:
+        with self._lock:
+            return {"listeners": len(self._listeners), "last_event_id": self._seq}
 
 
 # ---------------------------------------------------------------------------
@@ -210,6 +309,44 @@ def upload_result(size: int, sha256_hex: str, trailers) -> Response:
     return Response(200, out)
 
 
+SSE_HEADERS = [("cache-control", "no-cache")]
+
+
+def sse_event(event: str, data, event_id: int | None = None) -> bytes:
+    """One server-sent event (data is JSON on one line)."""
+    lines = [] if event_id is None else [f"id: {event_id}"]
+    lines.append(f"event: {event}")
+    lines.append("data: " + json.dumps(data, separators=(",", ":")))
+    return ("\n".join(lines) + "\n\n").encode()
+
+
+def hello_event(snapshot: list[dict], seq: int) -> bytes:
+    return sse_event("hello", {"products": snapshot}, seq)
+
+
+def change_event(change: dict) -> bytes:
+    return sse_event(change["type"], change["product"], change["seq"])
+
+
+def parse_events_query(query: str) -> tuple[dict | None, str | None]:
+    """`count` (events before the stream ends, hello and ticks included) and
+    `interval_ms` (a `tick` event every so often) of GET /product/events."""
+    try:
+        q = urllib.parse.parse_qs(query, keep_blank_values=True, strict_parsing=False)
+    except ValueError as e:
+        return None, f"invalid query: {e}"
+    out = {"count": None, "interval_ms": None}
+    for name, minimum in (("count", 1), ("interval_ms", 10)):
+        vals = q.get(name)
+        if not vals:
+            continue
+        v = vals[-1]
+        if not v.isdigit() or int(v) < minimum or int(v) > 10**9:
+            return None, f"{name} must be an integer from {minimum} to 1000000000"
+        out[name] = int(v)
+    return out, None
+
+
 def parse_new_product(req) -> tuple[dict | None, str | None]:
     ctype = header(req, "content-type")
     if ctype is not None and ctype.split(";", 1)[0].strip().lower() not in ("application/json", ""):
@@ -248,9 +385,12 @@ class ProductApp:
         return [urllib.parse.unquote(s) for s in path[len(self.prefix):].split("/") if s]
 
     def stream_kind(self, method: str, path: str) -> str:
-        """How `Stream` handles a request: "upload" (body consumed chunk by
-        chunk) or "buffered" (body collected, then `handle` as for `Send`)."""
+        """How `Stream` handles a request: "events" (server-sent events),
+        "upload" (body consumed chunk by chunk) or "buffered" (body collected,
+        then `handle` as for `Send`)."""
         rest = self.segments(path)
+        if rest == ["events"] and method in ("GET", "HEAD"):
+            return "events"
         if rest == ["upload"] and method == "POST":
             return "upload"
         return "buffered"
@@ -262,6 +402,21 @@ class ProductApp:
         if rest is None:
             return error(404, "not found")
         read = method in ("GET", "HEAD")
+
+        if rest == ["events"]:  # /product/events, without streaming: the hello event only
+            if not read:
+                return method_not_allowed("GET, HEAD")
+            _, problem = parse_events_query(req.query)
+            if problem:
+                return error(400, problem)
+            snapshot, seq = self.store.snapshot()
+            return Response(200, headers=list(SSE_HEADERS), content_type="text/event-stream",
+                            raw=hello_event(snapshot, seq))
+
+        if rest == ["events", "stats"]:  # /product/events/stats
+            if not read:
+                return method_not_allowed("GET, HEAD")
+            return Response(200, self.store.stats())
 
         if rest == ["upload"]:  # /product/upload, body in one message
             if method != "POST":
@@ -375,14 +530,40 @@ class RequestFrames:
         self.finished = True
 
 
+class EventStream:
+    """Resources of one open GET /product/events: the store subscription and a
+    slot among --max-event-streams. `close()` is idempotent and thread-safe;
+    it runs when the generator ends and from the gRPC termination callback
+    (cancellation), whichever comes first."""
+
+    def __init__(self, sub: Subscription, slots: threading.Semaphore, path: str) -> None:
+        self.sub = sub
+        self._slots = slots
+        self._path = path
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self.sub.close()
+        self._slots.release()
+        log.info("event stream closed: %s", self._path)
+
+
 class ForwardingServicer:
     """forwarding.v1.ForwardingService: one HTTP exchange per `Send`, or per
     `Stream` call as frames (see forwarding.proto)."""
 
-    def __init__(self, pb2, app: ProductApp, instance_id: str) -> None:
+    def __init__(self, pb2, app: ProductApp, instance_id: str, max_event_streams: int = 16,
+                 heartbeat_s: float = 15.0) -> None:
         self.pb2 = pb2
         self.app = app
         self.instance_id = instance_id
+        self.heartbeat_s = heartbeat_s
+        self._event_slots = threading.Semaphore(max_event_streams)
 
     # -- shared -------------------------------------------------------------
 
@@ -432,7 +613,9 @@ class ForwardingServicer:
                 yield from self._answer(head, resp, state)
                 return
             kind = self.app.stream_kind(head.method, head.path)
-            if kind == "upload":
+            if kind == "events":
+                yield from self._events(head, frames, context, state)
+            elif kind == "upload":
                 yield from self._upload(head, frames, state)
             else:
                 yield from self._buffered(head, frames, state)
@@ -491,6 +674,85 @@ class ForwardingServicer:
             digest.update(chunk)
             size += len(chunk)
         yield from self._answer(head, upload_result(size, digest.hexdigest(), frames.trailers), state)
+
+    def _events(self, head, frames: RequestFrames, context, state: dict):
+        """GET /product/events: server-sent events, each its own body frame."""
+        params, problem = parse_events_query(head.query)
+        for _ in frames.chunks():  # a GET has no body; read up to end anyway
+            pass
+        if problem:
+            yield from self._answer(head, error(400, problem), state)
+            return
+        if not self._event_slots.acquire(blocking=False):
+            resp = error(503, "too many open event streams", [("retry-after", "1")])
+            yield from self._answer(head, resp, state)
+            return
+        sub, snapshot, seq = self.app.store.subscribe()
+        stream = EventStream(sub, self._event_slots, head.path)
+        try:
+            if not context.add_callback(stream.close):
+                return  # the call is already over
+            yield from self._event_frames(head, params, snapshot, seq, stream, context, state)
+        finally:
+            stream.close()
+
+    def _event_frames(self, head, params: dict, snapshot, seq: int, stream: EventStream, context, state: dict):
+        resp = Response(200, headers=list(SSE_HEADERS), content_type="text/event-stream")
+        log.info("%s %s -> 200 (event stream, %s)", head.method, head.path, params)
+        yield self._head_frame(head, resp, state)
+        if head.method == "HEAD":
+            yield self._end_frame()
+            return
+        count = params["count"]
+        interval = params["interval_ms"] / 1000 if params["interval_ms"] else None
+        now = time.monotonic()
+        # End cleanly (OK) a little before the call's deadline (the route's
+        # max_duration_ms), rather than being cut off by it.
+        remaining = context.time_remaining()
+        end_at = None
+        if remaining is not None and remaining < 1e8:
+            end_at = now + max(0.0, remaining - min(1.0, remaining / 4))
+        next_tick = now + interval if interval else None
+        ticks = 0
+        sent = 0
+
+        def frame(data: bytes):
+            nonlocal sent, next_beat
+            sent += 1
+            next_beat = time.monotonic() + self.heartbeat_s if self.heartbeat_s else None
+            return self._body_frame(data)
+
+        next_beat = None
+        yield frame(hello_event(snapshot, seq))
+        sub = stream.sub
+        while count is None or sent < count:
+            now = time.monotonic()
+            if end_at is not None and now >= end_at:
+                break
+            if next_tick is not None and now >= next_tick:
+                ticks += 1
+                next_tick = max(next_tick + interval, now)
+                yield frame(sse_event("tick", {"n": ticks}))
+                continue
+            if next_beat is not None and now >= next_beat:
+                # An SSE comment: keeps an idle stream under the gateway's
+                # timeouts.stream_idle; not an event, not counted.
+                yield self._body_frame(b": keep-alive\n\n")
+                next_beat = now + self.heartbeat_s
+                continue
+            wakes = [t for t in (end_at, next_tick, next_beat) if t is not None]
+            change = sub.get(max(0.0, min(wakes) - now) if wakes else None)
+            if change is not None:
+                yield frame(change_event(change))
+            elif sub.overflowed:
+                log.warning("event listener fell behind, ending its stream: %s", head.path)
+                break
+            elif sub.closed:
+                if not context.is_active():
+                    return  # cancelled: nobody reads an end frame
+                break  # shutting down: end cleanly, the client reconnects elsewhere
+        yield self._end_frame()
+
 
 # ---------------------------------------------------------------------------
 # Registration with the gateway (HTTP/JSON, urllib only).
@@ -631,12 +893,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--instance-id", default="", help="instance id (default: <name>-<port>)")
     p.add_argument("--lease-ms", type=int, default=0, help="lease to ask for; 0 = the gateway's default")
     p.add_argument("--grace", type=float, default=5.0, help="seconds to let in-flight requests finish on shutdown")
+    p.add_argument("--workers", type=int, default=32,
+                   help="gRPC worker threads; every call in progress, open event streams included, holds one")
+    p.add_argument("--max-event-streams", type=int, default=16,
+                   help="open GET /<name>/events streams at most (503 beyond); must be below --workers")
+    p.add_argument("--heartbeat-ms", type=int, default=15000,
+                   help="send an SSE comment on an idle event stream this often; 0 = never")
     p.add_argument("--gen-only", action="store_true", help="(re)generate gen/ from the protos and exit")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if not 1 <= args.max_event_streams < args.workers:
+        raise SystemExit("--max-event-streams must be at least 1 and below --workers, "
+                         "so ordinary requests always find a worker thread")
+    if args.heartbeat_ms < 0:
+        raise SystemExit("--heartbeat-ms must not be negative")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s product-service: %(message)s")
     if args.gen_only:
@@ -648,7 +921,7 @@ def main(argv=None) -> int:
     pb2, pb2_grpc = load_protos()
 
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=16),
+        futures.ThreadPoolExecutor(max_workers=args.workers),
         options=[("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)],
     )
     try:
@@ -666,11 +939,13 @@ def main(argv=None) -> int:
     instance_id = args.instance_id or f"{args.name}-{port}"
     prefix = "/" + args.name
 
-    app = ProductApp(ProductStore(), prefix)
+    store = ProductStore()
+    app = ProductApp(store, prefix)
     # Also derived from the generated base class, so that an RPC added to the
     # contract later answers UNIMPLEMENTED instead of failing at startup.
     servicer_class = type("Servicer", (ForwardingServicer, pb2_grpc.ForwardingServiceServicer), {})
-    servicer = servicer_class(pb2, app, instance_id)
+    servicer = servicer_class(pb2, app, instance_id, max_event_streams=args.max_event_streams,
+                              heartbeat_s=args.heartbeat_ms / 1000)
     pb2_grpc.add_ForwardingServiceServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -728,6 +1003,11 @@ def main(argv=None) -> int:
             except (GatewayError, OSError, ValueError) as e:
                 log.warning("deregistration failed: %s", e)
     health_servicer.enter_graceful_shutdown()
+    # Open event streams would otherwise last until the grace period is over
+    # and then be cut off: end them cleanly now (SSE clients reconnect).
+    closed = store.close_listeners()
+    if closed:
+        log.info("ended %d open event stream(s)", closed)
     server.stop(args.grace).wait()
     log.info("stopped")
     return 2 if fatal else 0

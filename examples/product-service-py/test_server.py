@@ -372,6 +372,8 @@ def wait_until(pred, timeout: float = 5.0, what: str = "condition"):
     ("DELETE", "/product", ""),
     ("GET", "/nope", ""),
     ("GET", "/product/upload", ""),
+    ("POST", "/product/events", ""),
+    ("GET", "/product/events", "count=0"),
 ])
 def test_stream_ordinary_request_equals_send(stub, send, method, path, query):
     frames, code, _ = exchange(stub, [head(make_req(method, path, query, request_id="same-1")), end()])
@@ -412,7 +414,7 @@ def test_stream_ordinary_body_over_the_limit_is_413(stub):
 def test_stream_refuses_websocket_without_waiting_for_more_frames(stub):
     s = OpenStream(stub)
     try:
-        s.send(head(make_req("GET", "/product/1", upgrade="websocket")))  # no end follows an upgrade head
+        s.send(head(make_req("GET", "/product/events", upgrade="websocket")))  # no end follows an upgrade head
         f = s.next()
         assert f.WhichOneof("frame") == "head" and f.head.status == 501
         frames = [f]
@@ -441,6 +443,8 @@ def test_stream_refuses_websocket_without_waiting_for_more_frames(stub):
                            pb2.StreamRequest(message=pb2.WebSocketMessage(text="hi"))], "WebSocket message frame"),
     ("upload: body after end", [head(make_req("POST", "/product/upload")), chunk(b"a"), end(), chunk(b"b")],
      "body frame after end"),
+    ("events: second head", [head(make_req("GET", "/product/events")), head(make_req("GET", "/product/events"))],
+     "second head"),
 ])
 def test_stream_malformed_frames_are_invalid_argument(stub, send, name, frames, message):
     out, code, details = exchange(stub, frames)
@@ -448,6 +452,124 @@ def test_stream_malformed_frames_are_invalid_argument(stub, send, name, frames, 
     assert message in details, details
     assert not out  # nothing was answered
     assert send("GET", "/product/1").status == 200  # and the server is fine
+
+
+# -- server-sent events ----------------------------------------------------------
+
+
+def sse(frame) -> dict:
+    """The one event a body frame carries, as {"id", "event", "data"}."""
+    assert frame is not None and frame.WhichOneof("frame") == "body", frame
+    text = frame.body.data.decode()
+    assert text.endswith("\n\n") and text.count("\n\n") == 1, f"not exactly one event: {text!r}"
+    ev = {}
+    for line in text[:-2].split("\n"):
+        k, _, v = line.partition(": ")
+        ev[k] = v
+    ev["data"] = json.loads(ev["data"])
+    return ev
+
+
+def stats(send) -> dict:
+    r = send("GET", "/product/events/stats")
+    assert r.status == 200
+    return body(r)
+
+
+def test_events_hello_change_count_and_ok(stub, send):
+    s = OpenStream(stub)
+    try:
+        s.send(head(make_req("GET", "/product/events", "count=3", headers=[("accept", "text/event-stream")])), end())
+        s.half_close()
+        h = s.next()
+        assert h.WhichOneof("frame") == "head" and h.head.status == 200
+        assert values(h.head, "content-type") == ["text/event-stream"]
+        assert values(h.head, "cache-control") == ["no-cache"]
+        assert values(h.head, "x-request-id") == ["req-1"]
+        hello = sse(s.next())  # arrives while the stream is still open
+        assert hello["event"] == "hello"
+        assert [p["id"] for p in hello["data"]["products"]][:3] == ["1", "2", "3"]
+        assert s.call.is_active()  # not over yet
+
+        new = {"name": "SSE kettle", "price_cents": 100, "quantity": 5}
+        r = send("POST", "/product", json.dumps(new).encode(), headers=[("content-type", "application/json")])
+        assert r.status == 201
+        created = sse(s.next())
+        assert created["event"] == "created" and created["data"] == body(r)
+        assert int(created["id"]) > int(hello["id"])
+
+        assert send("PUT", f"/product/{body(r)['id']}/decrement").status == 200
+        dec = sse(s.next())
+        assert dec["event"] == "decremented" and dec["data"]["quantity"] == 4
+        assert int(dec["id"]) == int(created["id"]) + 1
+
+        f = s.next()  # count=3 reached
+        assert f.WhichOneof("frame") == "end" and not f.end.trailers
+        assert s.next() is None
+        assert s.call.code() == grpc.StatusCode.OK
+    finally:
+        s.cancel()
+
+
+def test_events_ticks(stub):
+    frames, code, _ = exchange(stub, [head(make_req("GET", "/product/events", "interval_ms=10&count=3")), end()])
+    assert code == grpc.StatusCode.OK
+    kinds = [f.WhichOneof("frame") for f in frames]
+    assert kinds == ["head", "body", "body", "body", "end"]
+    events = [sse(f) for f in frames[1:4]]
+    assert [e["event"] for e in events] == ["hello", "tick", "tick"]
+    assert [e["data"] for e in events[1:]] == [{"n": 1}, {"n": 2}]
+
+
+def test_events_end_cleanly_before_the_deadline(stub):
+    # The gateway's grpc-timeout on Stream is the route's max_duration_ms: the
+    # stream ends with an end frame and OK shortly before it, not cut off by it.
+    started = time.monotonic()
+    frames, code, details = exchange(stub, [head(make_req("GET", "/product/events")), end()], timeout=1.5)
+    assert code == grpc.StatusCode.OK, details
+    assert [f.WhichOneof("frame") for f in frames] == ["head", "body", "end"]
+    assert time.monotonic() - started < 1.5
+
+
+def test_events_head_request(stub):
+    frames, code, _ = exchange(stub, [head(make_req("HEAD", "/product/events")), end()])
+    assert code == grpc.StatusCode.OK
+    assert [f.WhichOneof("frame") for f in frames] == ["head", "end"]
+    assert values(frames[0].head, "content-type") == ["text/event-stream"]
+
+
+@pytest.mark.parametrize("query", ["count=0", "count=x", "interval_ms=5", "interval_ms=-1"])
+def test_events_bad_query_is_400(stub, send, query):
+    frames, code, _ = exchange(stub, [head(make_req("GET", "/product/events", query)), end()])
+    assert code == grpc.StatusCode.OK
+    h, data, _ = assemble(frames)
+    assert h.status == 400 and "error" in json.loads(data)
+    r = stub.Send(make_req("GET", "/product/events", query), timeout=5)
+    assert r.status == 400
+
+
+def test_events_via_send_is_the_hello_event_only(stub, send):
+    r = stub.Send(make_req("GET", "/product/events", "count=5"), timeout=5)
+    assert r.status == 200
+    assert values(r, "content-type") == ["text/event-stream"]
+    assert values(r, "cache-control") == ["no-cache"]
+    hello = sse(pb2.StreamResponse(body=pb2.BodyChunk(data=r.body)))
+    assert hello["event"] == "hello" and hello["data"]["products"] == body(send("GET", "/product"))
+
+
+def test_cancelling_an_event_stream_releases_its_listener(stub, send):
+    before = stats(send)["listeners"]
+    s = OpenStream(stub)
+    try:
+        s.send(head(make_req("GET", "/product/events")), end())
+        s.half_close()
+        assert s.next().WhichOneof("frame") == "head"
+        assert sse(s.next())["event"] == "hello"
+        assert stats(send)["listeners"] == before + 1
+    finally:
+        s.cancel()
+    wait_until(lambda: stats(send)["listeners"] == before, what="the listener to be released")
+    assert s.call.code() == grpc.StatusCode.CANCELLED
 
 
 # -- uploads ----------------------------------------------------------------------
@@ -515,6 +637,41 @@ def test_cancelled_upload_leaves_the_server_serving(stub, send):
     s.cancel()
     assert s.next() is None
     assert send("GET", "/product/1").status == 200
+
+
+# -- a server of its own: stream limit and shutdown -------------------------------
+
+
+def test_event_stream_limit_and_shutdown_ends_streams_cleanly():
+    proc = Proc("--listen", "127.0.0.1:0", "--gateway", "", "--workers", "4", "--max-event-streams", "1",
+                "--grace", "30")
+    ch = None
+    try:
+        ch = grpc.insecure_channel(proc.wait_ready())
+        st = pb2_grpc.ForwardingServiceStub(ch)
+        s = OpenStream(st, timeout=60)
+        s.send(head(make_req("GET", "/product/events")), end())
+        s.half_close()
+        assert s.next().head.status == 200
+        assert sse(s.next())["event"] == "hello"
+
+        frames, code, _ = exchange(st, [head(make_req("GET", "/product/events")), end()])
+        h, _, _ = assemble(frames)
+        assert h.status == 503 and values(h, "retry-after") == ["1"]
+        assert st.Send(make_req("GET", "/product/1"), timeout=5).status == 200  # still a worker for it
+
+        started = time.monotonic()
+        proc.p.send_signal(signal.SIGTERM)
+        f = s.next(timeout=10)
+        assert f.WhichOneof("frame") == "end"
+        assert s.next() is None and s.call.code() == grpc.StatusCode.OK
+        assert proc.p.wait(20) == 0
+        assert time.monotonic() - started < 20  # well within --grace 30
+        assert "ended 1 open event stream(s)" in proc.stderr()
+    finally:
+        if ch:
+            ch.close()
+        proc.close()
 
 
 # ---------------------------------------------------------------------------
