@@ -974,8 +974,9 @@ def main(argv=None) -> int:
             "service": args.name,
             "instance_id": instance_id,
             "address": advertise,
-            "routes": [{"path_prefix": prefix}],
+            "routes": [{"path_prefix": prefix}, {"path_prefix": prefix + "/events", "stream": True}],
             "health": {"kind": "grpc"},
+            "streaming": True,
         }
         if args.lease_ms:
             registration["lease_ms"] = args.lease_ms

@@ -759,8 +759,9 @@ def test_registers_renews_reregisters_and_deregisters():
             "service": "product",
             "instance_id": f"product-{port}",
             "address": address,
-            "routes": [{"path_prefix": "/product"}],
+            "routes": [{"path_prefix": "/product"}, {"path_prefix": "/product/events", "stream": True}],
             "health": {"kind": "grpc"},
+            "streaming": True,
         }
         renew_path = f"/v1/registrations/product/product-{port}/renew"
         # First renew gets 404 -> registers again -> later renews succeed.
@@ -834,3 +835,21 @@ def test_sigterm_stops_a_server_without_gateway():
     finally:
         proc.close()
 
+
+def test_name_forms_the_route_prefixes():
+    gw = FakeGateway()
+    proc = Proc("--listen", "127.0.0.1:0", "--gateway", f"http://127.0.0.1:{gw.port}", "--name", "shop")
+    try:
+        proc.wait_ready()
+        reg = gw.calls[0][2]
+        assert reg["service"] == "shop" and reg["streaming"] is True
+        assert reg["routes"] == [{"path_prefix": "/shop"}, {"path_prefix": "/shop/events", "stream": True}]
+        st = pb2_grpc.ForwardingServiceStub(grpc.insecure_channel(proc.address))
+        frames, code, _ = exchange(st, [head(make_req("GET", "/shop/events", "count=1")), end()])
+        assert code == grpc.StatusCode.OK
+        assert [f.WhichOneof("frame") for f in frames] == ["head", "body", "end"]
+        assert sse(frames[1])["event"] == "hello"
+        assert proc.terminate() == 0
+    finally:
+        proc.close()
+        gw.close()
