@@ -2,10 +2,12 @@
 """The "product" service of the service-discovery demo, as a forwarding backend.
 
 It keeps products and their inventory in memory and speaks the gateway's
-forwarding contract (proto/proto/forwarding/v1/forwarding.proto): it
-implements `forwarding.v1.ForwardingService/Send` with grpcio, plus the
-standard `grpc.health.v1.Health` service, and registers itself with the
-gateway over the HTTP/JSON registration API (Python standard library only).
+forwarding contract (proto/proto/forwarding/v1/forwarding.proto) with grpcio:
+`forwarding.v1.ForwardingService/Send` (one request, one response) and
+`/Stream` (the same exchange as frames), plus the standard
+`grpc.health.v1.Health` service. It registers itself with the gateway over
+the HTTP/JSON registration API (Python standard library only), declaring
+`streaming` and a stream route for its event stream.
 
 HTTP API, as the gateway forwards it (the route prefix is not stripped):
 
@@ -13,11 +15,25 @@ HTTP API, as the gateway forwards it (the route prefix is not stripped):
     POST /product                 -> 201 created product, `location` header
     GET  /product/{id}            -> 200 JSON product, 404 when unknown
     PUT  /product/{id}/decrement  -> 200 updated product, 409 when out of stock
+    GET  /product/events          -> 200 text/event-stream: `hello`, then one
+                                     event per inventory change; ?count=N
+                                     ends after N events, ?interval_ms=M adds
+                                     a `tick` every M ms (via Send: `hello` only)
+    GET  /product/events/stats    -> 200 {"listeners", "last_event_id"}
+    POST /product/upload          -> 200 {"bytes", "sha256"[, "trailers"]},
+                                     the body hashed as it streams in
+
+Stream: the request frames (head, body chunks, end, half-close) are checked
+in order and any other sequence is INVALID_ARGUMENT. Events and uploads are
+handled frame by frame; every other request is collected and answered by
+the same handler as Send (head, one body chunk, end), so both RPCs give the
+same answer.
 
 Usage:
 
     python3 server.py --listen 127.0.0.1:0 --gateway http://127.0.0.1:8090 \
-        [--advertise HOST:PORT] [--token T] [--name product]
+        [--advertise HOST:PORT] [--token T] [--name product] \
+        [--workers 32] [--max-event-streams 16] [--heartbeat-ms 15000]
 
 Prints exactly one line to stdout, `READY <host:port>`, once the gRPC server
 is serving and (unless `--gateway ''`) the first registration succeeded.
