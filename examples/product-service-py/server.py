@@ -2,10 +2,12 @@
 """The "product" service of the service-discovery demo, as a forwarding backend.
 
 It keeps products and their inventory in memory and speaks the gateway's
-forwarding contract (proto/proto/forwarding/v1/forwarding.proto): it
-implements `forwarding.v1.ForwardingService/Send` with grpcio, plus the
-standard `grpc.health.v1.Health` service, and registers itself with the
-gateway over the HTTP/JSON registration API (Python standard library only).
+forwarding contract (proto/proto/forwarding/v1/forwarding.proto) with grpcio:
+`forwarding.v1.ForwardingService/Send` (one request, one response) and
+`/Stream` (the same exchange as frames), plus the standard
+`grpc.health.v1.Health` service. It registers itself with the gateway over
+the HTTP/JSON registration API (Python standard library only), declaring
+`streaming` and a stream route for its event stream.
 
 HTTP API, as the gateway forwards it (the route prefix is not stripped):
 
@@ -13,11 +15,25 @@ HTTP API, as the gateway forwards it (the route prefix is not stripped):
     POST /product                 -> 201 created product, `location` header
     GET  /product/{id}            -> 200 JSON product, 404 when unknown
     PUT  /product/{id}/decrement  -> 200 updated product, 409 when out of stock
+    GET  /product/events          -> 200 text/event-stream: `hello`, then one
+                                     event per inventory change; ?count=N
+                                     ends after N events, ?interval_ms=M adds
+                                     a `tick` every M ms (via Send: `hello` only)
+    GET  /product/events/stats    -> 200 {"listeners", "last_event_id"}
+    POST /product/upload          -> 200 {"bytes", "sha256"[, "trailers"]},
+                                     the body hashed as it streams in
+
+Stream: the request frames (head, body chunks, end, half-close) are checked
+in order and any other sequence is INVALID_ARGUMENT. Events and uploads are
+handled frame by frame; every other request is collected and answered by
+the same handler as Send (head, one body chunk, end), so both RPCs give the
+same answer.
 
 Usage:
 
     python3 server.py --listen 127.0.0.1:0 --gateway http://127.0.0.1:8090 \
-        [--advertise HOST:PORT] [--token T] [--name product]
+        [--advertise HOST:PORT] [--token T] [--name product] \
+        [--workers 32] [--max-event-streams 16] [--heartbeat-ms 15000]
 
 Prints exactly one line to stdout, `READY <host:port>`, once the gRPC server
 is serving and (unless `--gateway ''`) the first registration succeeded.
@@ -27,6 +43,7 @@ Everything else goes to stderr.
 from __future__ import annotations
 
 import argparse
+import collections
 import fcntl
 import hashlib
 import json
@@ -42,6 +59,8 @@ import urllib.parse
 import urllib.request
 from concurrent import futures
 from pathlib import Path
+
+import grpc
 
 HERE = Path(__file__).resolve().parent
 GEN_DIR = HERE / "gen"
@@ -107,13 +126,71 @@ class OutOfStock(Exception):
     pass
 
 
+class Subscription:
+    """One listener's queue of inventory changes (see ProductStore.subscribe).
+
+    Bounded: a listener that falls `limit` changes behind is marked
+    `overflowed` and gets nothing more (its stream should end; an SSE client
+    reconnects and starts again from a fresh snapshot). `close()` is
+    idempotent and may be called from any thread: it unregisters the listener
+    and wakes a reader blocked in `get()`.
+    """
+
+    def __init__(self, store: "ProductStore", limit: int) -> None:
+        self._store = store
+        self._limit = limit
+        self._cond = threading.Condition()
+        self._items: collections.deque = collections.deque()
+        self.overflowed = False
+        self.closed = False
+
+    def push(self, event: dict) -> None:
+        with self._cond:
+            if self.closed or self.overflowed:
+                return
+            if len(self._items) >= self._limit:
+                self.overflowed = True
+            else:
+                self._items.append(event)
+            self._cond.notify_all()
+
+    def get(self, timeout: float | None) -> dict | None:
+        """The next change; None on timeout, or at once when closed or overflowed."""
+        with self._cond:
+            end = None if timeout is None else time.monotonic() + timeout
+            while not self._items and not self.closed and not self.overflowed:
+                left = None if end is None else end - time.monotonic()
+                if left is not None and left <= 0:
+                    return None
+                self._cond.wait(left)
+            if self.closed or self.overflowed:
+                return None
+            return self._items.popleft()
+
+    def close(self) -> None:
+        with self._cond:
+            if self.closed:
+                return
+            self.closed = True
+            self._items.clear()
+            self._cond.notify_all()
+        self._store._unsubscribe(self)
+
+
 class ProductStore:
-    """Products and inventory, in memory, thread-safe."""
+    """Products and inventory, in memory, thread-safe.
+
+    Every change (create, decrement) gets the next sequence number and is
+    pushed to each current subscriber, under the store lock, so subscribers
+    see changes in the order they happened.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._products: dict[str, dict] = {}
         self._next_id = 1
+        self._seq = 0  # number of the last change
+        self._listeners: set[Subscription] = set()
         for name, price_cents, quantity in (
             ("Espresso beans 1kg", 2490, 10),
             ("Ceramic mug", 850, 25),
@@ -123,7 +200,10 @@ class ProductStore:
 
     def list(self) -> list[dict]:
         with self._lock:
-            return [dict(p) for p in sorted(self._products.values(), key=lambda p: int(p["id"]))]
+            return self._list_locked()
+
+    def _list_locked(self) -> list[dict]:
+        return [dict(p) for p in sorted(self._products.values(), key=lambda p: int(p["id"]))]
 
     def get(self, product_id: str) -> dict | None:
         with self._lock:
@@ -136,6 +216,7 @@ class ProductStore:
             self._next_id += 1
             p = {"id": product_id, "name": name, "price_cents": price_cents, "quantity": quantity}
             self._products[product_id] = p
+            self._publish_locked("created", p)
             return dict(p)
 
     def decrement(self, product_id: str) -> dict | None:
@@ -147,7 +228,43 @@ class ProductStore:
             if p["quantity"] <= 0:
                 raise OutOfStock(product_id)
             p["quantity"] -= 1
+            self._publish_locked("decremented", p)
             return dict(p)
+
+    def _publish_locked(self, kind: str, product: dict) -> None:
+        self._seq += 1
+        event = {"seq": self._seq, "type": kind, "product": dict(product)}
+        for sub in list(self._listeners):
+            sub.push(event)
+
+    def subscribe(self, limit: int = 1024) -> tuple[Subscription, list[dict], int]:
+        """A new listener, with the snapshot and sequence number it starts
+        from: every change after `seq` reaches the listener, none before."""
+        sub = Subscription(self, limit)
+        with self._lock:
+            self._listeners.add(sub)
+            return sub, self._list_locked(), self._seq
+
+    def snapshot(self) -> tuple[list[dict], int]:
+        """The products and the number of the last change, consistently."""
+        with self._lock:
+            return self._list_locked(), self._seq
+
+    def _unsubscribe(self, sub: Subscription) -> None:
+        with self._lock:
+            self._listeners.discard(sub)
+
+    def close_listeners(self) -> int:
+        """Closes every subscription (on shutdown); returns how many there were."""
+        with self._lock:
+            subs = list(self._listeners)
+        for sub in subs:
+            sub.close()
+        return len(subs)
+
+    def stats(self) -> dict:
+        with self._lock:
+            return {"listeners": len(self._listeners), "last_event_id": self._seq}
 
 
 # ---------------------------------------------------------------------------
@@ -156,10 +273,22 @@ class ProductStore:
 
 
 class Response:
-    def __init__(self, status: int, body=None, headers: list[tuple[str, str]] | None = None):
+    def __init__(self, status: int, body=None, headers: list[tuple[str, str]] | None = None,
+                 content_type: str = "application/json", raw: bytes | None = None):
         self.status = status
         self.body = body  # JSON-serialisable, or None for an empty body
         self.headers = headers or []
+        self.content_type = content_type
+        self.raw = raw  # bytes sent as they are (instead of `body` as JSON)
+
+    def body_bytes(self, method: str) -> bytes:
+        if method == "HEAD":
+            return b""
+        if self.raw is not None:
+            return self.raw
+        if self.body is not None:
+            return json.dumps(self.body).encode() + b"\n"
+        return b""
 
 
 def error(status: int, message: str, headers: list[tuple[str, str]] | None = None) -> Response:
@@ -176,6 +305,62 @@ def header(req, name: str) -> str | None:
         if h.name == name:
             return h.value.decode("latin-1")
     return None
+
+
+def header_text(value: bytes) -> str:
+    """A header value for JSON: UTF-8, undecodable bytes replaced."""
+    return value.decode("utf-8", "replace")
+
+
+def upload_result(size: int, sha256_hex: str, trailers) -> Response:
+    """The answer to POST /product/upload: byte count, SHA-256 and the request
+    trailers (same-name fields joined with ", ", as RFC 9110 allows)."""
+    out: dict = {"bytes": size, "sha256": sha256_hex}
+    if trailers:
+        fields: dict[str, str] = {}
+        for t in trailers:
+            v = header_text(t.value)
+            fields[t.name] = f"{fields[t.name]}, {v}" if t.name in fields else v
+        out["trailers"] = fields
+    return Response(200, out)
+
+
+SSE_HEADERS = [("cache-control", "no-cache")]
+
+
+def sse_event(event: str, data, event_id: int | None = None) -> bytes:
+    """One server-sent event (data is JSON on one line)."""
+    lines = [] if event_id is None else [f"id: {event_id}"]
+    lines.append(f"event: {event}")
+    lines.append("data: " + json.dumps(data, separators=(",", ":")))
+    return ("\n".join(lines) + "\n\n").encode()
+
+
+def hello_event(snapshot: list[dict], seq: int) -> bytes:
+    return sse_event("hello", {"products": snapshot}, seq)
+
+
+def change_event(change: dict) -> bytes:
+    return sse_event(change["type"], change["product"], change["seq"])
+
+
+def parse_events_query(query: str) -> tuple[dict | None, str | None]:
+    """`count` (events before the stream ends, hello and ticks included) and
+    `interval_ms` (a `tick` event every so often) of GET /product/events."""
+    try:
+        q = urllib.parse.parse_qs(query, keep_blank_values=True, strict_parsing=False)
+    except ValueError as e:
+        return None, f"invalid query: {e}"
+    out = {"count": None, "interval_ms": None}
+    for name, minimum in (("count", 1), ("interval_ms", 10)):
+        vals = q.get(name)
+        if not vals:
+            continue
+        v = vals[-1]
+        if not v.isdigit() or int(v) < minimum or int(v) > 10**9:
+            return None, f"{name} must be an integer from {minimum} to 1000000000"
+        out[name] = int(v)
+    return out, None
 
 
 def parse_new_product(req) -> tuple[dict | None, str | None]:
@@ -208,13 +393,51 @@ class ProductApp:
         self.store = store
         self.prefix = prefix.rstrip("/")
 
-    def handle(self, req) -> Response:
-        method = req.method
-        path = req.path or "/"
+    def segments(self, path: str) -> list[str] | None:
+        """The path's segments after the prefix, None when outside it."""
+        path = path or "/"
         if path != self.prefix and not path.startswith(self.prefix + "/"):
+            return None
+        return [urllib.parse.unquote(s) for s in path[len(self.prefix):].split("/") if s]
+
+    def stream_kind(self, method: str, path: str) -> str:
+        """How `Stream` handles a request: "events" (server-sent events),
+        "upload" (body consumed chunk by chunk) or "buffered" (body collected,
+        then `handle` as for `Send`)."""
+        rest = self.segments(path)
+        if rest == ["events"] and method in ("GET", "HEAD"):
+            return "events"
+        if rest == ["upload"] and method == "POST":
+            return "upload"
+        return "buffered"
+
+    def handle(self, req) -> Response:
+        """One complete request (body included) -> one response."""
+        method = req.method
+        rest = self.segments(req.path)
+        if rest is None:
             return error(404, "not found")
-        rest = [urllib.parse.unquote(s) for s in path[len(self.prefix):].split("/") if s]
         read = method in ("GET", "HEAD")
+
+        if rest == ["events"]:  # /product/events, without streaming: the hello event only
+            if not read:
+                return method_not_allowed("GET, HEAD")
+            _, problem = parse_events_query(req.query)
+            if problem:
+                return error(400, problem)
+            snapshot, seq = self.store.snapshot()
+            return Response(200, headers=list(SSE_HEADERS), content_type="text/event-stream",
+                            raw=hello_event(snapshot, seq))
+
+        if rest == ["events", "stats"]:  # /product/events/stats
+            if not read:
+                return method_not_allowed("GET, HEAD")
+            return Response(200, self.store.stats())
+
+        if rest == ["upload"]:  # /product/upload, body in one message
+            if method != "POST":
+                return method_not_allowed("POST")
+            return upload_result(len(req.body), hashlib.sha256(req.body).hexdigest(), req.trailers)
 
         if not rest:  # /product
             if read:
@@ -254,35 +477,297 @@ class ProductApp:
         return error(404, "not found")
 
 
-class ForwardingServicer:
-    """forwarding.v1.ForwardingService: one HTTP exchange per Send."""
+# Largest request body `Stream` collects for an ordinary (buffered) handler;
+# beyond it the answer is 413 at once. Uploads are not collected at all.
+MAX_BUFFERED_BODY = 1 << 20
 
-    def __init__(self, pb2, app: ProductApp, instance_id: str) -> None:
+
+class Malformed(Exception):
+    """The gateway broke the frame order of forwarding.proto's `Stream`."""
+
+
+class Cancelled(Exception):
+    """The call ended under us (the gateway cancelled it, or its deadline passed)."""
+
+
+class RequestFrames:
+    """Reads the gateway's `StreamRequest` frames in the order forwarding.proto
+    prescribes: one `head`, then `body` chunks, then one `end`, then the
+    half-close. Anything else raises Malformed; a cancelled call raises
+    Cancelled."""
+
+    def __init__(self, frames) -> None:
+        self._frames = iter(frames)
+        self.trailers: list = []
+        self.finished = False  # `end` and the half-close were seen
+
+    def _next(self):
+        """The next frame, or None at the half-close."""
+        try:
+            return next(self._frames)
+        except StopIteration:
+            return None
+        except grpc.RpcError:  # grpcio's request iterator on a cancelled call
+            raise Cancelled() from None
+
+    def head(self):
+        frame = self._next()
+        if frame is None:
+            raise Malformed("request stream closed before the head frame")
+        kind = frame.WhichOneof("frame")
+        if kind != "head":
+            raise Malformed(f"the first frame must be head, got {kind or 'an empty frame'}")
+        if frame.head.body or frame.head.trailers:
+            raise Malformed("the head frame must not carry a body or trailers (send them as body and end frames)")
+        return frame.head
+
+    def chunks(self):
+        """The request body chunk by chunk; `trailers` is set once it is done."""
+        while True:
+            frame = self._next()
+            if frame is None:
+                raise Malformed("request stream closed before the end frame")
+            kind = frame.WhichOneof("frame")
+            if kind == "body":
+                if frame.body.data:  # never empty per the contract; tolerated
+                    yield frame.body.data
+            elif kind == "end":
+                self.trailers = list(frame.end.trailers)
+                break
+            elif kind == "head":
+                raise Malformed("a second head frame")
+            elif kind in ("message", "close"):
+                raise Malformed(f"a WebSocket {kind} frame on a stream that was not upgraded")
+            else:
+                raise Malformed("an empty frame of an unknown kind")
+        frame = self._next()
+        if frame is not None:
+            raise Malformed(f"{frame.WhichOneof('frame') or 'an empty frame'} frame after end")
+        self.finished = True
+
+
+class EventStream:
+    """Resources of one open GET /product/events: the store subscription and a
+    slot among --max-event-streams. `close()` is idempotent and thread-safe;
+    it runs when the generator ends and from the gRPC termination callback
+    (cancellation), whichever comes first."""
+
+    def __init__(self, sub: Subscription, slots: threading.Semaphore, path: str) -> None:
+        self.sub = sub
+        self._slots = slots
+        self._path = path
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self.sub.close()
+        self._slots.release()
+        log.info("event stream closed: %s", self._path)
+
+
+class ForwardingServicer:
+    """forwarding.v1.ForwardingService: one HTTP exchange per `Send`, or per
+    `Stream` call as frames (see forwarding.proto)."""
+
+    def __init__(self, pb2, app: ProductApp, instance_id: str, max_event_streams: int = 16,
+                 heartbeat_s: float = 15.0) -> None:
         self.pb2 = pb2
         self.app = app
         self.instance_id = instance_id
+        self.heartbeat_s = heartbeat_s
+        self._event_slots = threading.Semaphore(max_event_streams)
 
-    def Send(self, req, context):  # noqa: N802 (gRPC method name)
+    # -- shared -------------------------------------------------------------
+
+    def _handle(self, req) -> Response:
         try:
-            resp = self.app.handle(req)
+            return self.app.handle(req)
         except Exception:  # a bug is still an HTTP answer: 500, gRPC OK
             log.exception("request failed: %s %s", req.method, req.path)
-            resp = error(500, "internal error")
+            return error(500, "internal error")
+
+    def _headers(self, req, resp: Response) -> list:
+        """content-type, x-request-id, x-served-by, then the endpoint's own."""
         request_id = header(req, "x-request-id") or (req.context.request_id if req.HasField("context") else "")
-        headers = [("content-type", "application/json")]
+        headers = [("content-type", resp.content_type)]
         if request_id:
             headers.append(("x-request-id", request_id))
         headers.append(("x-served-by", self.instance_id))
         headers.extend(resp.headers)
-        body = b""
-        if resp.body is not None and req.method != "HEAD":
-            body = json.dumps(resp.body).encode() + b"\n"
+        return [self.pb2.Header(name=n, value=v.encode("latin-1")) for n, v in headers]
+
+    # -- Send -----------------------------------------------------------------
+
+    def Send(self, req, context):  # noqa: N802 (gRPC method name)
+        resp = self._handle(req)
         log.info("%s %s -> %d", req.method, req.path, resp.status)
         return self.pb2.ForwardingResp(
             status=resp.status,
-            headers=[self.pb2.Header(name=n, value=v.encode("latin-1")) for n, v in headers],
-            body=body,
+            headers=self._headers(req, resp),
+            body=resp.body_bytes(req.method),
         )
+
+    # -- Stream ---------------------------------------------------------------
+
+    def Stream(self, request_iterator, context):  # noqa: N802 (gRPC method name)
+        """Response frames for one exchange. A generator: grpcio sends each
+        yielded frame as it is produced, and finishes the call with OK when
+        the generator returns."""
+        frames = RequestFrames(request_iterator)
+        head = None
+        state = {"head_sent": False}
+        try:
+            head = frames.head()
+            if head.upgrade:
+                # No body or end frame follows an upgrade head: answer at once.
+                # Refusing is any status other than 101 (forwarding.proto).
+                resp = error(501, f"upgrade to {head.upgrade!r} is not supported")
+                yield from self._answer(head, resp, state)
+                return
+            kind = self.app.stream_kind(head.method, head.path)
+            if kind == "events":
+                yield from self._events(head, frames, context, state)
+            elif kind == "upload":
+                yield from self._upload(head, frames, state)
+            else:
+                yield from self._buffered(head, frames, state)
+        except Cancelled:
+            log.info("stream cancelled: %s %s", head.method if head else "?", head.path if head else "?")
+        except Malformed as e:
+            log.warning("malformed request stream: %s", e)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed request stream: {e}")
+        except Exception:
+            log.exception("stream failed: %s %s", head.method if head else "?", head.path if head else "?")
+            if state["head_sent"] or head is None:
+                # Too late for an HTTP answer: a non-OK status aborts the
+                # client's response, so it is never mistaken for a whole one.
+                context.abort(grpc.StatusCode.INTERNAL, "internal error")
+            yield from self._answer(head, error(500, "internal error"), state)
+
+    def _head_frame(self, req, resp: Response, state: dict):
+        state["head_sent"] = True
+        return self.pb2.StreamResponse(head=self.pb2.ForwardingResp(status=resp.status, headers=self._headers(req, resp)))
+
+    def _body_frame(self, data: bytes):
+        return self.pb2.StreamResponse(body=self.pb2.BodyChunk(data=data))
+
+    def _end_frame(self):
+        return self.pb2.StreamResponse(end=self.pb2.StreamEnd())
+
+    def _answer(self, req, resp: Response, state: dict):
+        """A complete response: head, the body as one chunk (if any), end."""
+        log.info("%s %s -> %d (stream)", req.method, req.path, resp.status)
+        yield self._head_frame(req, resp, state)
+        data = resp.body_bytes(req.method)
+        if data:
+            yield self._body_frame(data)
+        yield self._end_frame()
+
+    def _buffered(self, head, frames: RequestFrames, state: dict):
+        """An ordinary request: collect the body, then the same handler as Send."""
+        body = bytearray()
+        for chunk in frames.chunks():
+            body += chunk
+            if len(body) > MAX_BUFFERED_BODY:
+                # Answered before the body is complete, as an HTTP server may.
+                yield from self._answer(head, error(413, f"request body over {MAX_BUFFERED_BODY} bytes"), state)
+                return
+        req = self.pb2.ForwardingReq()
+        req.CopyFrom(head)
+        req.body = bytes(body)
+        req.trailers.extend(frames.trailers)
+        yield from self._answer(req, self._handle(req), state)
+
+    def _upload(self, head, frames: RequestFrames, state: dict):
+        """POST /product/upload: hash the body as it arrives, never holding it."""
+        digest = hashlib.sha256()
+        size = 0
+        for chunk in frames.chunks():
+            digest.update(chunk)
+            size += len(chunk)
+        yield from self._answer(head, upload_result(size, digest.hexdigest(), frames.trailers), state)
+
+    def _events(self, head, frames: RequestFrames, context, state: dict):
+        """GET /product/events: server-sent events, each its own body frame."""
+        params, problem = parse_events_query(head.query)
+        for _ in frames.chunks():  # a GET has no body; read up to end anyway
+            pass
+        if problem:
+            yield from self._answer(head, error(400, problem), state)
+            return
+        if not self._event_slots.acquire(blocking=False):
+            resp = error(503, "too many open event streams", [("retry-after", "1")])
+            yield from self._answer(head, resp, state)
+            return
+        sub, snapshot, seq = self.app.store.subscribe()
+        stream = EventStream(sub, self._event_slots, head.path)
+        try:
+            if not context.add_callback(stream.close):
+                return  # the call is already over
+            yield from self._event_frames(head, params, snapshot, seq, stream, context, state)
+        finally:
+            stream.close()
+
+    def _event_frames(self, head, params: dict, snapshot, seq: int, stream: EventStream, context, state: dict):
+        resp = Response(200, headers=list(SSE_HEADERS), content_type="text/event-stream")
+        log.info("%s %s -> 200 (event stream, %s)", head.method, head.path, params)
+        yield self._head_frame(head, resp, state)
+        if head.method == "HEAD":
+            yield self._end_frame()
+            return
+        count = params["count"]
+        interval = params["interval_ms"] / 1000 if params["interval_ms"] else None
+        now = time.monotonic()
+        # End cleanly (OK) a little before the call's deadline (the route's
+        # max_duration_ms), rather than being cut off by it.
+        remaining = context.time_remaining()
+        end_at = None
+        if remaining is not None and remaining < 1e8:
+            end_at = now + max(0.0, remaining - min(1.0, remaining / 4))
+        next_tick = now + interval if interval else None
+        ticks = 0
+        sent = 0
+
+        def frame(data: bytes):
+            nonlocal sent, next_beat
+            sent += 1
+            next_beat = time.monotonic() + self.heartbeat_s if self.heartbeat_s else None
+            return self._body_frame(data)
+
+        next_beat = None
+        yield frame(hello_event(snapshot, seq))
+        sub = stream.sub
+        while count is None or sent < count:
+            now = time.monotonic()
+            if end_at is not None and now >= end_at:
+                break
+            if next_tick is not None and now >= next_tick:
+                ticks += 1
+                next_tick = max(next_tick + interval, now)
+                yield frame(sse_event("tick", {"n": ticks}))
+                continue
+            if next_beat is not None and now >= next_beat:
+                # An SSE comment: keeps an idle stream under the gateway's
+                # timeouts.stream_idle; not an event, not counted.
+                yield self._body_frame(b": keep-alive\n\n")
+                next_beat = now + self.heartbeat_s
+                continue
+            wakes = [t for t in (end_at, next_tick, next_beat) if t is not None]
+            change = sub.get(max(0.0, min(wakes) - now) if wakes else None)
+            if change is not None:
+                yield frame(change_event(change))
+            elif sub.overflowed:
+                log.warning("event listener fell behind, ending its stream: %s", head.path)
+                break
+            elif sub.closed:
+                if not context.is_active():
+                    return  # cancelled: nobody reads an end frame
+                break  # shutting down: end cleanly, the client reconnects elsewhere
+        yield self._end_frame()
 
 
 # ---------------------------------------------------------------------------
@@ -424,25 +909,35 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--instance-id", default="", help="instance id (default: <name>-<port>)")
     p.add_argument("--lease-ms", type=int, default=0, help="lease to ask for; 0 = the gateway's default")
     p.add_argument("--grace", type=float, default=5.0, help="seconds to let in-flight requests finish on shutdown")
+    p.add_argument("--workers", type=int, default=32,
+                   help="gRPC worker threads; every call in progress, open event streams included, holds one")
+    p.add_argument("--max-event-streams", type=int, default=16,
+                   help="open GET /<name>/events streams at most (503 beyond); must be below --workers")
+    p.add_argument("--heartbeat-ms", type=int, default=15000,
+                   help="send an SSE comment on an idle event stream this often; 0 = never")
     p.add_argument("--gen-only", action="store_true", help="(re)generate gen/ from the protos and exit")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if not 1 <= args.max_event_streams < args.workers:
+        raise SystemExit("--max-event-streams must be at least 1 and below --workers, "
+                         "so ordinary requests always find a worker thread")
+    if args.heartbeat_ms < 0:
+        raise SystemExit("--heartbeat-ms must not be negative")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s product-service: %(message)s")
     if args.gen_only:
         print(ensure_generated(force=True))
         return 0
 
-    import grpc
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
     pb2, pb2_grpc = load_protos()
 
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=16),
+        futures.ThreadPoolExecutor(max_workers=args.workers),
         options=[("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)],
     )
     try:
@@ -460,8 +955,14 @@ def main(argv=None) -> int:
     instance_id = args.instance_id or f"{args.name}-{port}"
     prefix = "/" + args.name
 
-    app = ProductApp(ProductStore(), prefix)
-    pb2_grpc.add_ForwardingServiceServicer_to_server(ForwardingServicer(pb2, app, instance_id), server)
+    store = ProductStore()
+    app = ProductApp(store, prefix)
+    # Also derived from the generated base class, so that an RPC added to the
+    # contract later answers UNIMPLEMENTED instead of failing at startup.
+    servicer_class = type("Servicer", (ForwardingServicer, pb2_grpc.ForwardingServiceServicer), {})
+    servicer = servicer_class(pb2, app, instance_id, max_event_streams=args.max_event_streams,
+                              heartbeat_s=args.heartbeat_ms / 1000)
+    pb2_grpc.add_ForwardingServiceServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for svc in ("", "forwarding.v1.ForwardingService"):
@@ -489,8 +990,9 @@ def main(argv=None) -> int:
             "service": args.name,
             "instance_id": instance_id,
             "address": advertise,
-            "routes": [{"path_prefix": prefix}],
+            "routes": [{"path_prefix": prefix}, {"path_prefix": prefix + "/events", "stream": True}],
             "health": {"kind": "grpc"},
+            "streaming": True,
         }
         if args.lease_ms:
             registration["lease_ms"] = args.lease_ms
@@ -518,6 +1020,11 @@ def main(argv=None) -> int:
             except (GatewayError, OSError, ValueError) as e:
                 log.warning("deregistration failed: %s", e)
     health_servicer.enter_graceful_shutdown()
+    # Open event streams would otherwise last until the grace period is over
+    # and then be cut off: end them cleanly now (SSE clients reconnect).
+    closed = store.close_listeners()
+    if closed:
+        log.info("ended %d open event stream(s)", closed)
     server.stop(args.grace).wait()
     log.info("stopped")
     return 2 if fatal else 0
