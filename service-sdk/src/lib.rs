@@ -48,18 +48,25 @@ use tower::ServiceExt;
 use tracing::{info, warn};
 
 pub use axum::Router;
+pub use axum::body::Body;
 pub use axum::routing;
 pub use proto;
 
 mod registration;
+mod stream;
+pub mod ws;
 pub use registration::Registrar;
 
 /// A forwarded request: the client's HTTP request as the gateway received it
 /// (raw path and query, headers in order), with [`ForwardContext`] in its
-/// extensions.
-pub type Request = http::Request<Bytes>;
-/// The HTTP response to send back through the gateway.
-pub type Response = http::Response<Bytes>;
+/// extensions. The body streams: on `Stream` it yields the client's bytes as
+/// they arrive (and its trailers, if any); on `Send` it is the whole,
+/// already buffered body.
+pub type Request = http::Request<Body>;
+/// The HTTP response to send back through the gateway. On `Stream` every
+/// data frame of the body goes to the gateway as soon as it is produced; on
+/// `Send` the body is collected first.
+pub type Response = http::Response<Body>;
 
 /// What the gateway knows about a request besides the HTTP message. Found in
 /// the request's extensions.
@@ -84,7 +91,9 @@ pub struct ForwardContext {
 /// Handles forwarded requests. The one required method; the hooks have
 /// defaults.
 pub trait Handler: Send + Sync + 'static {
-    /// Answers one forwarded request.
+    /// Answers one forwarded request. The request body streams in as the
+    /// client sends it; the response body streams out as it is produced
+    /// (on `Stream`; on `Send` both are complete messages).
     fn handle(&self, req: Request) -> impl Future<Output = Response> + Send;
 
     /// Called after every successful (re-)registration with the gateway.
@@ -93,19 +102,9 @@ pub trait Handler: Send + Sync + 'static {
 
 impl Handler for axum::Router {
     async fn handle(&self, req: Request) -> Response {
-        let req = req.map(axum::body::Body::from);
-        let resp = match self.clone().oneshot(req).await {
+        match self.clone().oneshot(req).await {
             Ok(r) => r,
             Err(never) => match never {},
-        };
-        let (parts, body) = resp.into_parts();
-        match body.collect().await {
-            Ok(b) => Response::from_parts(parts, b.to_bytes()),
-            Err(e) => {
-                let mut r = Response::new(Bytes::from(format!("response body failed: {e}")));
-                *r.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
-                r
-            }
         }
     }
 }
@@ -137,9 +136,24 @@ pub enum Error {
     Config(String),
 }
 
-/// Turns a `ForwardingReq` into an HTTP request. Fails with a message when
-/// the message cannot be an HTTP request (bad method, target or header).
+/// Turns a complete `ForwardingReq` (as `Send` carries it) into an HTTP
+/// request whose body yields `body`, then `trailers` if there are any. Fails
+/// with a message when the message cannot be an HTTP request (bad method,
+/// target, header or trailer).
 pub fn request_from_wire(req: pb::ForwardingReq) -> Result<Request, String> {
+    let (req, body, trailers) = split_wire_request(req)?;
+    let trailers = if trailers.is_empty() {
+        None
+    } else {
+        Some(headers_from_wire(&trailers).map_err(|e| format!("trailer {e}"))?)
+    };
+    Ok(req.map(|()| Body::new(stream::BufferedBody::new(body, trailers))))
+}
+
+/// The request without its body, and the body and trailers of the message.
+pub(crate) fn split_wire_request(
+    req: pb::ForwardingReq,
+) -> Result<(http::Request<()>, Bytes, Vec<pb::Header>), String> {
     let method = http::Method::from_bytes(req.method.as_bytes())
         .map_err(|_| format!("invalid method {:?}", req.method))?;
     let target = if req.has_query || !req.query.is_empty() {
@@ -151,7 +165,7 @@ pub fn request_from_wire(req: pb::ForwardingReq) -> Result<Request, String> {
         .parse()
         .map_err(|e| format!("invalid request target {target:?}: {e}"))?;
     let headers = headers_from_wire(&req.headers).map_err(|e| e.to_string())?;
-    let mut out = http::Request::new(req.body);
+    let mut out = http::Request::new(());
     *out.method_mut() = method;
     *out.uri_mut() = uri;
     *out.version_mut() =
@@ -167,18 +181,24 @@ pub fn request_from_wire(req: pb::ForwardingReq) -> Result<Request, String> {
         service: ctx.service,
         matched_prefix: ctx.matched_prefix,
     });
-    Ok(out)
+    Ok((out, req.body, req.trailers))
 }
 
-/// Turns an HTTP response into a `ForwardingResp`.
-pub fn response_to_wire(resp: Response) -> pb::ForwardingResp {
+/// Turns an HTTP response into a `ForwardingResp` (as `Send` answers),
+/// collecting the whole body and its trailers. Fails when the body does.
+pub async fn response_to_wire(resp: Response) -> Result<pb::ForwardingResp, axum::Error> {
     let (parts, body) = resp.into_parts();
-    pb::ForwardingResp {
-        status: parts.status.as_u16() as u32,
+    let collected = body.collect().await?;
+    let trailers = collected
+        .trailers()
+        .map(headers_to_wire)
+        .unwrap_or_default();
+    Ok(pb::ForwardingResp {
+        status: u32::from(parts.status.as_u16()),
         headers: headers_to_wire(&parts.headers),
-        body,
-        trailers: vec![],
-    }
+        body: collected.to_bytes(),
+        trailers,
+    })
 }
 
 /// Serves a [`Handler`] as `ForwardingService`.
@@ -193,13 +213,28 @@ impl<H> Forwarding<H> {
 
 #[tonic::async_trait]
 impl<H: Handler> ForwardingService for Forwarding<H> {
+    /// Buffered: the whole request in, the whole response out. A response
+    /// body that fails is a forwarding failure (INTERNAL), not a 200 with a
+    /// truncated body.
     async fn send(
         &self,
         req: tonic::Request<pb::ForwardingReq>,
     ) -> Result<tonic::Response<pb::ForwardingResp>, tonic::Status> {
         let req = request_from_wire(req.into_inner()).map_err(tonic::Status::invalid_argument)?;
         let resp = self.0.handle(req).await;
-        Ok(tonic::Response::new(response_to_wire(resp)))
+        let resp = response_to_wire(resp)
+            .await
+            .map_err(|e| tonic::Status::internal(format!("the response body failed: {e}")))?;
+        Ok(tonic::Response::new(resp))
+    }
+
+    /// Streaming: see the crate documentation for the frames sent.
+    async fn stream(
+        &self,
+        req: tonic::Request<tonic::Streaming<pb::StreamRequest>>,
+    ) -> Result<tonic::Response<tonic::codegen::BoxStream<pb::StreamResponse>>, tonic::Status> {
+        let call = stream::CallStream::new(self.0.clone(), req.into_inner());
+        Ok(tonic::Response::new(Box::pin(call)))
     }
 }
 
@@ -463,13 +498,66 @@ mod tests {
             "/x/{id}",
             routing::get(|axum::extract::Path(id): axum::extract::Path<String>| async move { id }),
         );
-        let req = http::Request::get("/x/42").body(Bytes::new()).unwrap();
-        let resp = app.handle(req).await;
-        assert_eq!(resp.status(), 200);
-        assert_eq!(resp.body(), "42");
+        let req = http::Request::get("/x/42").body(Body::empty()).unwrap();
+        let resp = response_to_wire(app.handle(req).await).await.unwrap();
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.body, "42");
         let resp = app
-            .handle(http::Request::post("/x/42").body(Bytes::new()).unwrap())
+            .handle(http::Request::post("/x/42").body(Body::empty()).unwrap())
             .await;
         assert_eq!(resp.status(), 405);
+    }
+
+    #[tokio::test]
+    async fn send_bodies_carry_their_trailers() {
+        let req = request_from_wire(pb::ForwardingReq {
+            method: "POST".into(),
+            path: "/".into(),
+            body: Bytes::from_static(b"abc"),
+            trailers: vec![pb::Header {
+                name: "x-checksum".into(),
+                value: Bytes::from_static(b"900150983cd24fb0"),
+            }],
+            ..Default::default()
+        })
+        .unwrap();
+        let body = req.into_body();
+        assert_eq!(http_body::Body::size_hint(&body).exact(), Some(3));
+        let collected = body.collect().await.unwrap();
+        assert_eq!(
+            collected.trailers().unwrap()["x-checksum"],
+            "900150983cd24fb0"
+        );
+        assert_eq!(collected.to_bytes(), "abc");
+
+        let e = request_from_wire(pb::ForwardingReq {
+            method: "POST".into(),
+            path: "/".into(),
+            trailers: vec![pb::Header {
+                name: "bad name".into(),
+                value: Bytes::new(),
+            }],
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(e.contains("trailer"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn response_trailers_are_collected_for_send() {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        let frames = vec![
+            Ok::<_, std::convert::Infallible>(http_body::Frame::data(Bytes::from_static(b"a"))),
+            Ok(http_body::Frame::data(Bytes::from_static(b"b"))),
+            Ok(http_body::Frame::trailers(trailers)),
+        ];
+        let body = Body::new(http_body_util::StreamBody::new(futures_util::stream::iter(
+            frames,
+        )));
+        let wire = response_to_wire(Response::new(body)).await.unwrap();
+        assert_eq!(wire.body, "ab");
+        assert_eq!(wire.trailers.len(), 1);
+        assert_eq!(wire.trailers[0].name, "grpc-status");
     }
 }
