@@ -247,6 +247,9 @@ pub struct BackendBuilder {
     registration: pb::Registration,
     token: Option<String>,
     drain: Duration,
+    /// Prefixes given with [`BackendBuilder::route`].
+    sdk_routes: Vec<String>,
+    prefer_unary: bool,
 }
 
 /// A backend service: `ForwardingService` + health + registration.
@@ -259,6 +262,8 @@ impl Backend {
         BackendBuilder {
             registration: pb::Registration {
                 service: name.clone(),
+                // Every SDK backend implements `ForwardingService.Stream`.
+                streaming: true,
                 ..Default::default()
             },
             name,
@@ -267,6 +272,8 @@ impl Backend {
             gateway: None,
             token: None,
             drain: Duration::from_millis(500),
+            sdk_routes: Vec::new(),
+            prefer_unary: false,
         }
     }
 }
@@ -297,12 +304,51 @@ impl BackendBuilder {
         self
     }
 
-    /// Adds a route prefix (default: `/<name>`).
+    /// Adds a route prefix (default, when no route is given: `/<name>`).
+    ///
+    /// The route is registered with `stream = true` (unless
+    /// [`prefer_unary`](Self::prefer_unary)): the gateway sends every request
+    /// on it over `ForwardingService.Stream`, since the SDK cannot know which
+    /// handlers stream their answers.
     pub fn route(mut self, path_prefix: impl Into<String>) -> Self {
+        let path_prefix = path_prefix.into();
+        self.sdk_routes.push(path_prefix.clone());
         self.registration.routes.push(pb::Route {
-            path_prefix: path_prefix.into(),
+            path_prefix,
+            stream: !self.prefer_unary,
             ..Default::default()
         });
+        self
+    }
+
+    /// Registers the routes of [`route`](Self::route) (and the default
+    /// `/<name>` route) with `stream = false`.
+    ///
+    /// By default those routes are registered with `stream = true`, so the
+    /// gateway uses `ForwardingService.Stream` for every request: response
+    /// bodies reach the client as the handler produces them, whatever the
+    /// request looked like. That costs a little per request (a few more
+    /// gRPC messages, no unary fast path).
+    ///
+    /// With `prefer_unary`, the gateway uses unary `Send` for small,
+    /// complete requests (a `Content-Length` within its
+    /// `limits.unary_body_bytes`) that do not `Accept: text/event-stream`,
+    /// and `Stream` only for WebSocket upgrades, large or chunked uploads
+    /// and event-stream requests. The handlers are the same either way, but
+    /// on `Send` the SDK collects the whole response before answering: a
+    /// download or a long poll requested without `Accept:
+    /// text/event-stream` then reaches the client only once complete (and
+    /// must fit the gateway's limits). Choose it when every handler answers
+    /// promptly with a small body. Routes set up with
+    /// [`registration`](Self::registration) keep the `stream` flag they
+    /// were given.
+    pub fn prefer_unary(mut self) -> Self {
+        self.prefer_unary = true;
+        for r in &mut self.registration.routes {
+            if self.sdk_routes.contains(&r.path_prefix) {
+                r.stream = false;
+            }
+        }
         self
     }
 
@@ -341,6 +387,15 @@ impl BackendBuilder {
         let local = listener.local_addr()?;
         let mut registration = self.registration;
         registration.address = self.advertise.unwrap_or_else(|| local.to_string());
+        if registration.routes.is_empty() {
+            // The gateway's default would be the same prefix, but only a
+            // route of ours can say `stream`.
+            registration.routes.push(pb::Route {
+                path_prefix: format!("/{}", self.name),
+                stream: !self.prefer_unary,
+                ..Default::default()
+            });
+        }
         Ok(BoundBackend {
             listener,
             handler: Arc::new(handler),
@@ -559,5 +614,47 @@ mod tests {
         assert_eq!(wire.body, "ab");
         assert_eq!(wire.trailers.len(), 1);
         assert_eq!(wire.trailers[0].name, "grpc-status");
+    }
+
+    #[test]
+    fn routes_default_to_streaming_unless_unary_is_preferred() {
+        let b = Backend::builder("svc")
+            .route("/a")
+            .prefer_unary()
+            .route("/b");
+        assert!(b.registration.streaming);
+        assert!(b.registration.routes.iter().all(|r| !r.stream));
+        let b = Backend::builder("svc").route("/a");
+        assert!(b.registration.routes[0].stream);
+    }
+
+    #[tokio::test]
+    async fn the_default_route_is_registered_explicitly() {
+        let bound = Backend::builder("svc").bind(Router::new()).await.unwrap();
+        let routes = &bound.registration.routes;
+        assert_eq!(routes.len(), 1);
+        assert_eq!(routes[0].path_prefix, "/svc");
+        assert!(routes[0].stream);
+        assert!(bound.registration.streaming);
+
+        let bound = Backend::builder("svc")
+            .prefer_unary()
+            .bind(Router::new())
+            .await
+            .unwrap();
+        assert!(!bound.registration.routes[0].stream);
+
+        let bound = Backend::builder("svc")
+            .registration(|r| {
+                r.routes = vec![pb::Route {
+                    path_prefix: "/own".into(),
+                    ..Default::default()
+                }]
+            })
+            .bind(Router::new())
+            .await
+            .unwrap();
+        assert_eq!(bound.registration.routes.len(), 1);
+        assert!(!bound.registration.routes[0].stream);
     }
 }
