@@ -30,6 +30,97 @@
 //! ```
 //!
 //! Then `curl http://127.0.0.1:8080/hello/you` through the gateway.
+//!
+//! # Streaming, server-sent events, WebSocket
+//!
+//! Bodies stream both ways, so the same axum handlers serve uploads of any
+//! size, downloads, server-sent events and WebSocket (see [`ws`]):
+//!
+//! ```no_run
+//! use std::convert::Infallible;
+//! use std::time::Duration;
+//!
+//! use axum::response::sse::{Event, Sse};
+//! use futures_util::{Stream, StreamExt};
+//! use service_sdk::routing::{get, post};
+//! use service_sdk::ws::{Message, WebSocket, WebSocketUpgrade};
+//! use service_sdk::{Backend, Body};
+//!
+//! /// Counts the bytes of an upload as they arrive, without holding it.
+//! async fn upload(body: Body) -> String {
+//!     let mut chunks = body.into_data_stream();
+//!     let mut n = 0;
+//!     while let Some(chunk) = chunks.next().await {
+//!         match chunk {
+//!             Ok(bytes) => n += bytes.len(),
+//!             Err(e) => return format!("upload cut off: {e}\n"),
+//!         }
+//!     }
+//!     format!("{n} bytes\n")
+//! }
+//!
+//! /// One event a second; each one reaches the client when it is produced.
+//! async fn ticks() -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+//!     let events = futures_util::stream::unfold(0u64, |i| async move {
+//!         tokio::time::sleep(Duration::from_secs(1)).await;
+//!         Some((Ok(Event::default().data(i.to_string())), i + 1))
+//!     });
+//!     Sse::new(events)
+//! }
+//!
+//! async fn echo(mut socket: WebSocket) {
+//!     while let Some(Ok(msg)) = socket.recv().await {
+//!         if matches!(msg, Message::Close(_)) || socket.send(msg).await.is_err() {
+//!             return;
+//!         }
+//!     }
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), service_sdk::Error> {
+//!     let app = service_sdk::Router::new()
+//!         .route("/files/upload", post(upload))
+//!         .route("/files/ticks", get(ticks))
+//!         .route("/files/ws", get(|ws: WebSocketUpgrade| async move { ws.on_upgrade(echo) }));
+//!     Backend::builder("files")
+//!         .gateway("http://127.0.0.1:8090")
+//!         .bind(app)
+//!         .await?
+//!         .serve(async { let _ = tokio::signal::ctrl_c().await; })
+//!         .await
+//! }
+//! ```
+//!
+//! Extractors that buffer (`Bytes`, `String`, `Json`, `Form`) still work,
+//! within axum's default body limit (2 MB; see
+//! `axum::extract::DefaultBodyLimit`); read [`Body`] as a stream for more.
+//!
+//! ## How the exchange travels
+//!
+//! The backend registers with `streaming = true`, and its routes (those of
+//! [`BackendBuilder::route`], or the default `/<name>`) with `stream = true`,
+//! so the gateway forwards every request over `ForwardingService.Stream`
+//! (unless [`BackendBuilder::prefer_unary`]). On `Stream`, the SDK:
+//! * builds the request from the `head` frame; its body yields the `body`
+//!   chunks as they arrive and ends at `end`, whose trailers become the
+//!   body's trailers (a call that ends before `end` makes reading the body
+//!   fail, so a truncated upload never looks complete);
+//! * answers with a `head` (status and headers, no body), then one `body`
+//!   frame per data frame of the response body as soon as it is produced,
+//!   then `end` with the body's trailers (empty when none), then gRPC OK;
+//! * fails the call with INTERNAL when the response body fails (the
+//!   gateway then aborts the client's response), and with INVALID_ARGUMENT,
+//!   naming the problem, when the frames are out of order;
+//! * drops the handler (its future, its response body, its WebSocket
+//!   callback) as soon as the gateway cancels the call.
+//!
+//! Frames are handed over through channels of two frames each way, and the
+//! handler only runs while gRPC flow control lets frames out: a slow client
+//! slows the handler instead of filling memory.
+//!
+//! On unary `Send` the request body is the complete body (and its
+//! trailers), and the SDK collects the response body (and its trailers)
+//! into one `ForwardingResp`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
