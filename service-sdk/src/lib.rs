@@ -30,6 +30,97 @@
 //! ```
 //!
 //! Then `curl http://127.0.0.1:8080/hello/you` through the gateway.
+//!
+//! # Streaming, server-sent events, WebSocket
+//!
+//! Bodies stream both ways, so the same axum handlers serve uploads of any
+//! size, downloads, server-sent events and WebSocket (see [`ws`]):
+//!
+//! ```no_run
+//! use std::convert::Infallible;
+//! use std::time::Duration;
+//!
+//! use axum::response::sse::{Event, Sse};
+//! use futures_util::{Stream, StreamExt};
+//! use service_sdk::routing::{get, post};
+//! use service_sdk::ws::{Message, WebSocket, WebSocketUpgrade};
+//! use service_sdk::{Backend, Body};
+//!
+//! /// Counts the bytes of an upload as they arrive, without holding it.
+//! async fn upload(body: Body) -> String {
+//!     let mut chunks = body.into_data_stream();
+//!     let mut n = 0;
+//!     while let Some(chunk) = chunks.next().await {
+//!         match chunk {
+//!             Ok(bytes) => n += bytes.len(),
+//!             Err(e) => return format!("upload cut off: {e}\n"),
+//!         }
+//!     }
+//!     format!("{n} bytes\n")
+//! }
+//!
+//! /// One event a second; each one reaches the client when it is produced.
+//! async fn ticks() -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+//!     let events = futures_util::stream::unfold(0u64, |i| async move {
+//!         tokio::time::sleep(Duration::from_secs(1)).await;
+//!         Some((Ok(Event::default().data(i.to_string())), i + 1))
+//!     });
+//!     Sse::new(events)
+//! }
+//!
+//! async fn echo(mut socket: WebSocket) {
+//!     while let Some(Ok(msg)) = socket.recv().await {
+//!         if matches!(msg, Message::Close(_)) || socket.send(msg).await.is_err() {
+//!             return;
+//!         }
+//!     }
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), service_sdk::Error> {
+//!     let app = service_sdk::Router::new()
+//!         .route("/files/upload", post(upload))
+//!         .route("/files/ticks", get(ticks))
+//!         .route("/files/ws", get(|ws: WebSocketUpgrade| async move { ws.on_upgrade(echo) }));
+//!     Backend::builder("files")
+//!         .gateway("http://127.0.0.1:8090")
+//!         .bind(app)
+//!         .await?
+//!         .serve(async { let _ = tokio::signal::ctrl_c().await; })
+//!         .await
+//! }
+//! ```
+//!
+//! Extractors that buffer (`Bytes`, `String`, `Json`, `Form`) still work,
+//! within axum's default body limit (2 MB; see
+//! `axum::extract::DefaultBodyLimit`); read [`Body`] as a stream for more.
+//!
+//! ## How the exchange travels
+//!
+//! The backend registers with `streaming = true`, and its routes (those of
+//! [`BackendBuilder::route`], or the default `/<name>`) with `stream = true`,
+//! so the gateway forwards every request over `ForwardingService.Stream`
+//! (unless [`BackendBuilder::prefer_unary`]). On `Stream`, the SDK:
+//! * builds the request from the `head` frame; its body yields the `body`
+//!   chunks as they arrive and ends at `end`, whose trailers become the
+//!   body's trailers (a call that ends before `end` makes reading the body
+//!   fail, so a truncated upload never looks complete);
+//! * answers with a `head` (status and headers, no body), then one `body`
+//!   frame per data frame of the response body as soon as it is produced,
+//!   then `end` with the body's trailers (empty when none), then gRPC OK;
+//! * fails the call with INTERNAL when the response body fails (the
+//!   gateway then aborts the client's response), and with INVALID_ARGUMENT,
+//!   naming the problem, when the frames are out of order;
+//! * drops the handler (its future, its response body, its WebSocket
+//!   callback) as soon as the gateway cancels the call.
+//!
+//! Frames are handed over through channels of two frames each way, and the
+//! handler only runs while gRPC flow control lets frames out: a slow client
+//! slows the handler instead of filling memory.
+//!
+//! On unary `Send` the request body is the complete body (and its
+//! trailers), and the SDK collects the response body (and its trailers)
+//! into one `ForwardingResp`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -48,18 +139,25 @@ use tower::ServiceExt;
 use tracing::{info, warn};
 
 pub use axum::Router;
+pub use axum::body::Body;
 pub use axum::routing;
 pub use proto;
 
 mod registration;
+mod stream;
+pub mod ws;
 pub use registration::Registrar;
 
 /// A forwarded request: the client's HTTP request as the gateway received it
 /// (raw path and query, headers in order), with [`ForwardContext`] in its
-/// extensions.
-pub type Request = http::Request<Bytes>;
-/// The HTTP response to send back through the gateway.
-pub type Response = http::Response<Bytes>;
+/// extensions. The body streams: on `Stream` it yields the client's bytes as
+/// they arrive (and its trailers, if any); on `Send` it is the whole,
+/// already buffered body.
+pub type Request = http::Request<Body>;
+/// The HTTP response to send back through the gateway. On `Stream` every
+/// data frame of the body goes to the gateway as soon as it is produced; on
+/// `Send` the body is collected first.
+pub type Response = http::Response<Body>;
 
 /// What the gateway knows about a request besides the HTTP message. Found in
 /// the request's extensions.
@@ -84,7 +182,9 @@ pub struct ForwardContext {
 /// Handles forwarded requests. The one required method; the hooks have
 /// defaults.
 pub trait Handler: Send + Sync + 'static {
-    /// Answers one forwarded request.
+    /// Answers one forwarded request. The request body streams in as the
+    /// client sends it; the response body streams out as it is produced
+    /// (on `Stream`; on `Send` both are complete messages).
     fn handle(&self, req: Request) -> impl Future<Output = Response> + Send;
 
     /// Called after every successful (re-)registration with the gateway.
@@ -93,19 +193,9 @@ pub trait Handler: Send + Sync + 'static {
 
 impl Handler for axum::Router {
     async fn handle(&self, req: Request) -> Response {
-        let req = req.map(axum::body::Body::from);
-        let resp = match self.clone().oneshot(req).await {
+        match self.clone().oneshot(req).await {
             Ok(r) => r,
             Err(never) => match never {},
-        };
-        let (parts, body) = resp.into_parts();
-        match body.collect().await {
-            Ok(b) => Response::from_parts(parts, b.to_bytes()),
-            Err(e) => {
-                let mut r = Response::new(Bytes::from(format!("response body failed: {e}")));
-                *r.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
-                r
-            }
         }
     }
 }
@@ -137,9 +227,24 @@ pub enum Error {
     Config(String),
 }
 
-/// Turns a `ForwardingReq` into an HTTP request. Fails with a message when
-/// the message cannot be an HTTP request (bad method, target or header).
+/// Turns a complete `ForwardingReq` (as `Send` carries it) into an HTTP
+/// request whose body yields `body`, then `trailers` if there are any. Fails
+/// with a message when the message cannot be an HTTP request (bad method,
+/// target, header or trailer).
 pub fn request_from_wire(req: pb::ForwardingReq) -> Result<Request, String> {
+    let (req, body, trailers) = split_wire_request(req)?;
+    let trailers = if trailers.is_empty() {
+        None
+    } else {
+        Some(headers_from_wire(&trailers).map_err(|e| format!("trailer {e}"))?)
+    };
+    Ok(req.map(|()| Body::new(stream::BufferedBody::new(body, trailers))))
+}
+
+/// The request without its body, and the body and trailers of the message.
+pub(crate) fn split_wire_request(
+    req: pb::ForwardingReq,
+) -> Result<(http::Request<()>, Bytes, Vec<pb::Header>), String> {
     let method = http::Method::from_bytes(req.method.as_bytes())
         .map_err(|_| format!("invalid method {:?}", req.method))?;
     let target = if req.has_query || !req.query.is_empty() {
@@ -151,7 +256,7 @@ pub fn request_from_wire(req: pb::ForwardingReq) -> Result<Request, String> {
         .parse()
         .map_err(|e| format!("invalid request target {target:?}: {e}"))?;
     let headers = headers_from_wire(&req.headers).map_err(|e| e.to_string())?;
-    let mut out = http::Request::new(req.body);
+    let mut out = http::Request::new(());
     *out.method_mut() = method;
     *out.uri_mut() = uri;
     *out.version_mut() =
@@ -167,18 +272,24 @@ pub fn request_from_wire(req: pb::ForwardingReq) -> Result<Request, String> {
         service: ctx.service,
         matched_prefix: ctx.matched_prefix,
     });
-    Ok(out)
+    Ok((out, req.body, req.trailers))
 }
 
-/// Turns an HTTP response into a `ForwardingResp`.
-pub fn response_to_wire(resp: Response) -> pb::ForwardingResp {
+/// Turns an HTTP response into a `ForwardingResp` (as `Send` answers),
+/// collecting the whole body and its trailers. Fails when the body does.
+pub async fn response_to_wire(resp: Response) -> Result<pb::ForwardingResp, axum::Error> {
     let (parts, body) = resp.into_parts();
-    pb::ForwardingResp {
-        status: parts.status.as_u16() as u32,
+    let collected = body.collect().await?;
+    let trailers = collected
+        .trailers()
+        .map(headers_to_wire)
+        .unwrap_or_default();
+    Ok(pb::ForwardingResp {
+        status: u32::from(parts.status.as_u16()),
         headers: headers_to_wire(&parts.headers),
-        body,
-        trailers: vec![],
-    }
+        body: collected.to_bytes(),
+        trailers,
+    })
 }
 
 /// Serves a [`Handler`] as `ForwardingService`.
@@ -193,13 +304,28 @@ impl<H> Forwarding<H> {
 
 #[tonic::async_trait]
 impl<H: Handler> ForwardingService for Forwarding<H> {
+    /// Buffered: the whole request in, the whole response out. A response
+    /// body that fails is a forwarding failure (INTERNAL), not a 200 with a
+    /// truncated body.
     async fn send(
         &self,
         req: tonic::Request<pb::ForwardingReq>,
     ) -> Result<tonic::Response<pb::ForwardingResp>, tonic::Status> {
         let req = request_from_wire(req.into_inner()).map_err(tonic::Status::invalid_argument)?;
         let resp = self.0.handle(req).await;
-        Ok(tonic::Response::new(response_to_wire(resp)))
+        let resp = response_to_wire(resp)
+            .await
+            .map_err(|e| tonic::Status::internal(format!("the response body failed: {e}")))?;
+        Ok(tonic::Response::new(resp))
+    }
+
+    /// Streaming: see the crate documentation for the frames sent.
+    async fn stream(
+        &self,
+        req: tonic::Request<tonic::Streaming<pb::StreamRequest>>,
+    ) -> Result<tonic::Response<tonic::codegen::BoxStream<pb::StreamResponse>>, tonic::Status> {
+        let call = stream::CallStream::new(self.0.clone(), req.into_inner());
+        Ok(tonic::Response::new(Box::pin(call)))
     }
 }
 
@@ -212,6 +338,9 @@ pub struct BackendBuilder {
     registration: pb::Registration,
     token: Option<String>,
     drain: Duration,
+    /// Prefixes given with [`BackendBuilder::route`].
+    sdk_routes: Vec<String>,
+    prefer_unary: bool,
 }
 
 /// A backend service: `ForwardingService` + health + registration.
@@ -224,6 +353,8 @@ impl Backend {
         BackendBuilder {
             registration: pb::Registration {
                 service: name.clone(),
+                // Every SDK backend implements `ForwardingService.Stream`.
+                streaming: true,
                 ..Default::default()
             },
             name,
@@ -232,6 +363,8 @@ impl Backend {
             gateway: None,
             token: None,
             drain: Duration::from_millis(500),
+            sdk_routes: Vec::new(),
+            prefer_unary: false,
         }
     }
 }
@@ -262,12 +395,51 @@ impl BackendBuilder {
         self
     }
 
-    /// Adds a route prefix (default: `/<name>`).
+    /// Adds a route prefix (default, when no route is given: `/<name>`).
+    ///
+    /// The route is registered with `stream = true` (unless
+    /// [`prefer_unary`](Self::prefer_unary)): the gateway sends every request
+    /// on it over `ForwardingService.Stream`, since the SDK cannot know which
+    /// handlers stream their answers.
     pub fn route(mut self, path_prefix: impl Into<String>) -> Self {
+        let path_prefix = path_prefix.into();
+        self.sdk_routes.push(path_prefix.clone());
         self.registration.routes.push(pb::Route {
-            path_prefix: path_prefix.into(),
+            path_prefix,
+            stream: !self.prefer_unary,
             ..Default::default()
         });
+        self
+    }
+
+    /// Registers the routes of [`route`](Self::route) (and the default
+    /// `/<name>` route) with `stream = false`.
+    ///
+    /// By default those routes are registered with `stream = true`, so the
+    /// gateway uses `ForwardingService.Stream` for every request: response
+    /// bodies reach the client as the handler produces them, whatever the
+    /// request looked like. That costs a little per request (a few more
+    /// gRPC messages, no unary fast path).
+    ///
+    /// With `prefer_unary`, the gateway uses unary `Send` for small,
+    /// complete requests (a `Content-Length` within its
+    /// `limits.unary_body_bytes`) that do not `Accept: text/event-stream`,
+    /// and `Stream` only for WebSocket upgrades, large or chunked uploads
+    /// and event-stream requests. The handlers are the same either way, but
+    /// on `Send` the SDK collects the whole response before answering: a
+    /// download or a long poll requested without `Accept:
+    /// text/event-stream` then reaches the client only once complete (and
+    /// must fit the gateway's limits). Choose it when every handler answers
+    /// promptly with a small body. Routes set up with
+    /// [`registration`](Self::registration) keep the `stream` flag they
+    /// were given.
+    pub fn prefer_unary(mut self) -> Self {
+        self.prefer_unary = true;
+        for r in &mut self.registration.routes {
+            if self.sdk_routes.contains(&r.path_prefix) {
+                r.stream = false;
+            }
+        }
         self
     }
 
@@ -306,6 +478,15 @@ impl BackendBuilder {
         let local = listener.local_addr()?;
         let mut registration = self.registration;
         registration.address = self.advertise.unwrap_or_else(|| local.to_string());
+        if registration.routes.is_empty() {
+            // The gateway's default would be the same prefix, but only a
+            // route of ours can say `stream`.
+            registration.routes.push(pb::Route {
+                path_prefix: format!("/{}", self.name),
+                stream: !self.prefer_unary,
+                ..Default::default()
+            });
+        }
         Ok(BoundBackend {
             listener,
             handler: Arc::new(handler),
@@ -463,13 +644,108 @@ mod tests {
             "/x/{id}",
             routing::get(|axum::extract::Path(id): axum::extract::Path<String>| async move { id }),
         );
-        let req = http::Request::get("/x/42").body(Bytes::new()).unwrap();
-        let resp = app.handle(req).await;
-        assert_eq!(resp.status(), 200);
-        assert_eq!(resp.body(), "42");
+        let req = http::Request::get("/x/42").body(Body::empty()).unwrap();
+        let resp = response_to_wire(app.handle(req).await).await.unwrap();
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.body, "42");
         let resp = app
-            .handle(http::Request::post("/x/42").body(Bytes::new()).unwrap())
+            .handle(http::Request::post("/x/42").body(Body::empty()).unwrap())
             .await;
         assert_eq!(resp.status(), 405);
+    }
+
+    #[tokio::test]
+    async fn send_bodies_carry_their_trailers() {
+        let req = request_from_wire(pb::ForwardingReq {
+            method: "POST".into(),
+            path: "/".into(),
+            body: Bytes::from_static(b"abc"),
+            trailers: vec![pb::Header {
+                name: "x-checksum".into(),
+                value: Bytes::from_static(b"900150983cd24fb0"),
+            }],
+            ..Default::default()
+        })
+        .unwrap();
+        let body = req.into_body();
+        assert_eq!(http_body::Body::size_hint(&body).exact(), Some(3));
+        let collected = body.collect().await.unwrap();
+        assert_eq!(
+            collected.trailers().unwrap()["x-checksum"],
+            "900150983cd24fb0"
+        );
+        assert_eq!(collected.to_bytes(), "abc");
+
+        let e = request_from_wire(pb::ForwardingReq {
+            method: "POST".into(),
+            path: "/".into(),
+            trailers: vec![pb::Header {
+                name: "bad name".into(),
+                value: Bytes::new(),
+            }],
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(e.contains("trailer"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn response_trailers_are_collected_for_send() {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        let frames = vec![
+            Ok::<_, std::convert::Infallible>(http_body::Frame::data(Bytes::from_static(b"a"))),
+            Ok(http_body::Frame::data(Bytes::from_static(b"b"))),
+            Ok(http_body::Frame::trailers(trailers)),
+        ];
+        let body = Body::new(http_body_util::StreamBody::new(futures_util::stream::iter(
+            frames,
+        )));
+        let wire = response_to_wire(Response::new(body)).await.unwrap();
+        assert_eq!(wire.body, "ab");
+        assert_eq!(wire.trailers.len(), 1);
+        assert_eq!(wire.trailers[0].name, "grpc-status");
+    }
+
+    #[test]
+    fn routes_default_to_streaming_unless_unary_is_preferred() {
+        let b = Backend::builder("svc")
+            .route("/a")
+            .prefer_unary()
+            .route("/b");
+        assert!(b.registration.streaming);
+        assert!(b.registration.routes.iter().all(|r| !r.stream));
+        let b = Backend::builder("svc").route("/a");
+        assert!(b.registration.routes[0].stream);
+    }
+
+    #[tokio::test]
+    async fn the_default_route_is_registered_explicitly() {
+        let bound = Backend::builder("svc").bind(Router::new()).await.unwrap();
+        let routes = &bound.registration.routes;
+        assert_eq!(routes.len(), 1);
+        assert_eq!(routes[0].path_prefix, "/svc");
+        assert!(routes[0].stream);
+        assert!(bound.registration.streaming);
+
+        let bound = Backend::builder("svc")
+            .prefer_unary()
+            .bind(Router::new())
+            .await
+            .unwrap();
+        assert!(!bound.registration.routes[0].stream);
+
+        let bound = Backend::builder("svc")
+            .registration(|r| {
+                r.routes = vec![pb::Route {
+                    path_prefix: "/own".into(),
+                    ..Default::default()
+                }]
+            })
+            .bind(Router::new())
+            .await
+            .unwrap();
+        assert_eq!(bound.registration.routes.len(), 1);
+        assert!(!bound.registration.routes[0].stream);
     }
 }
