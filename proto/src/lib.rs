@@ -11,7 +11,11 @@ pub mod forwarding {
     /// Version 1 of the contract.
     // Generated; the .proto files carry the documentation, written for
     // readers of the .proto in any language rather than for rustdoc lists.
-    #[allow(missing_docs, clippy::doc_lazy_continuation, clippy::doc_overindented_list_items)]
+    #[allow(
+        missing_docs,
+        clippy::doc_lazy_continuation,
+        clippy::doc_overindented_list_items
+    )]
     pub mod v1 {
         tonic::include_proto!("forwarding.v1");
     }
