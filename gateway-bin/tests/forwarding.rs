@@ -42,6 +42,13 @@ async fn forwards_losslessly_and_errors_are_json() {
     let reg = gw.registration_url();
     let echo = BackendHandle::start("echo", echo_router(), Some(&reg), |b| b).await;
     gw.wait_routable("echo", 1).await;
+    // The same handler behind `Send` only: bodies are buffered, within
+    // `limits.max_body_bytes`.
+    let _unary = BackendHandle::start("unary", echo_router(), Some(&reg), |b| {
+        b.registration(|r| r.streaming = false)
+    })
+    .await;
+    gw.wait_routable("unary", 1).await;
 
     // Method, raw path and query, duplicate headers, body all arrive.
     let resp = gw
@@ -97,7 +104,7 @@ async fn forwards_losslessly_and_errors_are_json() {
     // sent: the answer must come without a single body byte (a client that
     // kept writing could see the connection close under it instead).
     let mut s = tokio::net::TcpStream::connect(gw.public).await.unwrap();
-    s.write_all(b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 9437184\r\n\r\n")
+    s.write_all(b"POST /unary HTTP/1.1\r\nHost: a\r\nContent-Length: 9437184\r\n\r\n")
         .await
         .unwrap();
     let mut buf = vec![0u8; 4096];
@@ -153,7 +160,14 @@ async fn malformed_http_gets_400_and_the_connection_closed() {
         counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         async { "reached" }
     }));
-    let _b = BackendHandle::start("echo", router, Some(&gw.registration_url()), |b| b).await;
+    // A backend that only speaks `Send`: the gateway reads each body whole
+    // before anything goes upstream, so nothing malformed reaches it. (A
+    // streaming backend may see the head of a request whose chunking turns
+    // out bad, but never its `end`: tests/streaming.rs checks that.)
+    let _b = BackendHandle::start("echo", router, Some(&gw.registration_url()), |b| {
+        b.registration(|r| r.streaming = false)
+    })
+    .await;
     gw.wait_routable("echo", 1).await;
     let cases = malformed_requests();
     assert!(cases.len() >= 90, "{} cases", cases.len());

@@ -49,6 +49,8 @@ struct Observed {
     /// WebSocket close frames received from the gateway.
     ws_closes: Mutex<Vec<WebSocketClose>>,
     ws_closed: Notify,
+    /// Request bodies read to their `end`.
+    completed: std::sync::atomic::AtomicUsize,
 }
 
 #[derive(Clone, Default)]
@@ -146,6 +148,8 @@ impl Backend {
         match path {
             "/s/sha" => {
                 let (sha, n, trailers) = consume(&mut inbound).await?;
+                o.completed
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let t: Vec<String> = trailers
                     .iter()
                     .map(|t| format!("{}={}", t.name, String::from_utf8_lossy(&t.value)))
@@ -1192,4 +1196,135 @@ async fn a_draining_gateway_closes_websockets_with_1001_and_ends_event_streams()
         .await
         .expect("gateway exited")
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streaming_backend_never_sees_the_end_of_a_malformed_body() {
+    let (gw, backend) = setup(&[]).await;
+    let cases: [&[u8]; 4] = [
+        b"POST /s/sha HTTP/1.1\r\nhost: g\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n",
+        b"POST /s/sha HTTP/1.1\r\nhost: g\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhelloXX",
+        b"POST /s/sha HTTP/1.1\r\nhost: g\r\ntransfer-encoding: chunked\r\n\r\nffffffffffffffffffff\r\n",
+        // Cut short: the client stops sending (half-close) mid-chunk.
+        b"POST /s/sha HTTP/1.1\r\nhost: g\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhel",
+    ];
+    for raw in cases {
+        let mut s = tokio::net::TcpStream::connect(gw.public).await.unwrap();
+        s.write_all(raw).await.unwrap();
+        s.shutdown().await.unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "connection left open for {:?}",
+                    String::from_utf8_lossy(raw)
+                )
+            })
+            .ok();
+        let text = String::from_utf8_lossy(&out);
+        assert!(
+            text.starts_with("HTTP/1.1 400"),
+            "{:?} -> {text:?}",
+            String::from_utf8_lossy(raw)
+        );
+    }
+    // Heads may have gone upstream; no body was ever complete (`/s/sha`
+    // answers only after `end`), so nothing was served.
+    assert!(
+        backend
+            .0
+            .heads
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|h| h.path == "/s/sha")
+    );
+    assert_eq!(
+        backend
+            .0
+            .completed
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+}
+
+/// The SDK end to end: an axum `Sse` handler and a WebSocket handler behind
+/// the gateway, written as for plain axum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_handlers_stream_sse_and_websocket_through_the_gateway() {
+    use axum::response::sse::{Event, Sse};
+    use service_sdk::routing::get as route_get;
+    use service_sdk::ws::{Message as SdkMessage, WebSocket, WebSocketUpgrade};
+    let gw = GatewayProcess::start(&[], &[]).await;
+    let go = Arc::new(Notify::new());
+    let g = go.clone();
+    let app = service_sdk::Router::new()
+        .route(
+            "/sdk/events",
+            route_get(move || {
+                let g = g.clone();
+                async move {
+                    let events = futures_util::stream::unfold(0u32, move |i| {
+                        let g = g.clone();
+                        async move {
+                            if i == 3 {
+                                return None;
+                            }
+                            if i == 1 {
+                                g.notified().await;
+                            }
+                            Some((
+                                Ok::<_, Infallible>(Event::default().data(format!("e{i}"))),
+                                i + 1,
+                            ))
+                        }
+                    });
+                    Sse::new(events)
+                }
+            }),
+        )
+        .route(
+            "/sdk/ws",
+            route_get(|ws: WebSocketUpgrade| async move {
+                ws.on_upgrade(|mut socket: WebSocket| async move {
+                    while let Some(Ok(m)) = socket.recv().await {
+                        match m {
+                            SdkMessage::Close(_) => return,
+                            m => {
+                                if socket.send(m).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                })
+            }),
+        );
+    let _b = support::BackendHandle::start("sdk", app, Some(&gw.registration_url()), |b| b).await;
+    gw.wait_routable("sdk", 1).await;
+    // curl-like: no Accept header; the SDK's routes are `stream = true`.
+    let mut c = Client::connect(gw.public, false).await;
+    let resp = c.send(get("/sdk/events").body(empty()).unwrap()).await;
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let first = tokio::time::timeout(Duration::from_secs(10), body.frame())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.into_data().unwrap(), "data: e0\n\n");
+    go.notify_one();
+    let rest = body.collect().await.unwrap().to_bytes();
+    assert_eq!(rest, "data: e1\n\ndata: e2\n\n");
+
+    let tcp = tokio::net::TcpStream::connect(gw.public).await.unwrap();
+    let (mut ws, _) =
+        tokio_tungstenite::client_async(format!("ws://{}/sdk/ws", gw.public).as_str(), tcp)
+            .await
+            .unwrap();
+    ws.send(Message::text("hi")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("hi"));
+    ws.close(None).await.unwrap();
+    while let Some(Ok(_)) = ws.next().await {}
 }

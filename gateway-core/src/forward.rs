@@ -388,9 +388,12 @@ fn choose<B: http_body::Body>(
     if crate::websocket::is_upgrade(parts) {
         return Dispatch::WebSocket;
     }
-    // Only instances that declare `streaming` are ever sent `Stream`; for
-    // the others nothing below is even looked at.
-    if !candidates.iter().any(|e| e.streaming) {
+    // The balancer picks the instance, then the RPC follows from what that
+    // instance declares: an instance without `streaming` gets `Send` (its
+    // body buffered) even on a stream route, so a rolling upgrade between
+    // capabilities keeps the balancer's spread. Nothing below is looked at
+    // for instances that only speak `Send`.
+    if !candidates.first().is_some_and(|e| e.streaming) {
         return Dispatch::Unary;
     }
     let small_and_complete = match declared_length(parts) {
