@@ -50,6 +50,10 @@ run curl -s -X POST "http://$PUBLIC/order/purchase/1"
 run curl -s "http://$PUBLIC/order"
 run curl -s "http://$PUBLIC/nope"
 run curl -s "http://$REG/v1/registrations"
+say "streaming: server-sent events, a streamed upload"
+run curl -sN "http://$PUBLIC/product/events?count=1"
+head -c 50000000 /dev/zero > "$LOGS/upload.bin"
+run curl -s -X POST -H 'transfer-encoding: chunked' --data-binary "@$LOGS/upload.bin" "http://$PUBLIC/product/upload"
 
 if [ "$CHECK" = 1 ]; then
   code() { curl -s -o /dev/null -w '%{http_code}' "$@"; }
@@ -57,6 +61,10 @@ if [ "$CHECK" = 1 ]; then
   [ "$(code -X POST "http://$PUBLIC/order/purchase/2")" = 201 ]
   [ "$(code "http://$PUBLIC/nope")" = 404 ]
   [ "$(code "http://$ADMIN/admin/services")" = 200 ]
+  curl -sN --max-time 10 "http://$PUBLIC/product/events?count=1" | grep -q '^event: hello'
+  want="$(sha256sum "$LOGS/upload.bin" | cut -d' ' -f1)"
+  curl -s -X POST -H 'transfer-encoding: chunked' --data-binary "@$LOGS/upload.bin" \
+    "http://$PUBLIC/product/upload" | grep -q "\"sha256\": *\"$want\""
   echo "demo check passed"
   exit 0
 fi

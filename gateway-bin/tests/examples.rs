@@ -138,4 +138,64 @@ async fn order_buys_from_product_through_the_gateway() {
             .status(),
         409
     );
+
+    // Streaming, implemented in Python from the .proto alone: server-sent
+    // events reach the client as they happen, an upload streams through.
+    let mut events = gw
+        .http
+        .get(gw.url("/product/events?count=2"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status(), 200);
+    assert_eq!(events.headers()["content-type"], "text/event-stream");
+    let hello = tokio::time::timeout(std::time::Duration::from_secs(10), events.chunk())
+        .await
+        .expect("hello before the stream ends")
+        .unwrap()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&hello).contains("event: hello"),
+        "{hello:?}"
+    );
+    // A purchase through the Rust service is an inventory change.
+    let resp = gw
+        .http
+        .post(gw.url("/order/purchase/1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let mut rest = Vec::new();
+    while let Some(c) = events.chunk().await.unwrap() {
+        rest.extend_from_slice(&c);
+    }
+    assert!(
+        String::from_utf8_lossy(&rest).contains("event: decremented"),
+        "{}",
+        String::from_utf8_lossy(&rest)
+    );
+
+    const SIZE: usize = 8 * 1024 * 1024;
+    let chunks = futures_util::stream::iter(
+        (0..SIZE / 65536)
+            .map(|i| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![(i % 251) as u8; 65536]))),
+    );
+    let resp = gw
+        .http
+        .post(gw.url("/product/upload"))
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.unwrap();
+    use sha2::Digest;
+    let mut sha = sha2::Sha256::new();
+    for i in 0..SIZE / 65536 {
+        sha.update(vec![(i % 251) as u8; 65536]);
+    }
+    let expect: String = sha.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(v["bytes"], SIZE);
+    assert_eq!(v["sha256"], expect);
 }

@@ -686,6 +686,12 @@ where
                 return Ok(stream::build_response(status, headers, body));
             }
             Ok(Err(status)) => {
+                // The client's side broke first: that is the cause, whatever
+                // the backend said about the cut-off stream.
+                if let Some(e) = ex.take_abort() {
+                    shared.balancer.record(&ep, true);
+                    return Err(e);
+                }
                 last_err = Some(stream_failure(
                     shared,
                     &ep,

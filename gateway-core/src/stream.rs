@@ -107,7 +107,7 @@ impl Exchange {
         self.waker.wake();
     }
 
-    fn take_abort(&self) -> Option<ForwardError> {
+    pub(crate) fn take_abort(&self) -> Option<ForwardError> {
         self.abort.lock().ok().and_then(|mut a| a.take())
     }
 
@@ -213,6 +213,10 @@ pub(crate) struct RequestFrames<B> {
     slot: Arc<BodySlot<B>>,
     body: Option<Pin<Box<B>>>,
     ended: bool,
+    /// The body broke or grew too large: the call must be cancelled, so
+    /// this stream never ends (ending would half-close, which a backend
+    /// could take for a complete body).
+    aborted: bool,
     sent: u64,
     /// Most body bytes streamed; 0 = no limit.
     max: u64,
@@ -231,6 +235,7 @@ impl<B> RequestFrames<B> {
             slot,
             body: None,
             ended: false,
+            aborted: false,
             sent: 0,
             max,
             ex,
@@ -253,6 +258,9 @@ where
         let this = &mut *self;
         if let Some(h) = this.head.take() {
             return Poll::Ready(Some(frame(stream_request::Frame::Head(h))));
+        }
+        if this.aborted {
+            return Poll::Pending;
         }
         if this.ended {
             return Poll::Ready(None);
@@ -288,7 +296,7 @@ where
                         ErrorKind::ClientBody,
                         format!("request body could not be read: {e}"),
                     ));
-                    this.ended = true;
+                    this.aborted = true;
                     return Poll::Pending;
                 }
                 Poll::Ready(Some(Ok(f))) => {
@@ -301,7 +309,7 @@ where
                                     ErrorKind::BodyTooLarge,
                                     format!("request body is larger than {} bytes", this.max),
                                 ));
-                                this.ended = true;
+                                this.aborted = true;
                                 return Poll::Pending;
                             }
                             this.ex.touch();

@@ -1,1 +1,200 @@
+use super::*;
+use futures_util::StreamExt;
+use http_body_util::StreamBody as FrameStream;
+use proptest::prelude::*;
+use std::convert::Infallible;
 
+fn limits() -> StreamLimits {
+    StreamLimits {
+        head_timeout: Duration::from_secs(30),
+        idle: Duration::from_secs(300),
+        max_deadline: Instant::now() + Duration::from_secs(3600),
+    }
+}
+
+fn body_of(
+    chunks: Vec<Vec<u8>>,
+    trailers: Option<HeaderMap>,
+) -> impl http_body::Body<Data = Bytes, Error = Infallible> + Send + 'static {
+    let data = chunks
+        .into_iter()
+        .map(|c| Ok::<_, Infallible>(Frame::data(Bytes::from(c))));
+    let tail = trailers.map(|t| Ok(Frame::trailers(t)));
+    FrameStream::new(futures_util::stream::iter(data.chain(tail)))
+}
+
+/// Runs the request side to its end: the frames an attempt sends upstream.
+async fn frames_of<B>(body: B, max: u64) -> (Vec<StreamRequest>, Arc<Exchange>)
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let ex = Exchange::new(Instant::now(), limits());
+    let head = ForwardingReq {
+        method: "POST".into(),
+        ..Default::default()
+    };
+    let frames = RequestFrames::new(head, BodySlot::new(body), max, ex.clone());
+    // A cut-off body leaves the stream pending forever: take what is ready.
+    let mut out = Vec::new();
+    let mut frames = Box::pin(frames);
+    while let Some(Some(f)) = frames.next().now_or_never_ready().await {
+        out.push(f);
+    }
+    (out, ex)
+}
+
+trait NowOrNever: futures_util::Future + Sized {
+    /// Resolves to `Some` when the future completes within a few polls of
+    /// yielding, `None` when it stays pending.
+    fn now_or_never_ready(self) -> impl futures_util::Future<Output = Option<Self::Output>> {
+        async move {
+            tokio::time::timeout(Duration::from_millis(50), self)
+                .await
+                .ok()
+        }
+    }
+}
+
+impl<F: futures_util::Future> NowOrNever for F {}
+
+proptest! {
+    /// Any body, cut into any chunks, with or without trailers, goes up as
+    /// head, the same bytes in order (no empty chunk), then one `end`
+    /// carrying the trailers - and nothing after it.
+    #[test]
+    fn request_frames_carry_any_body_exactly(
+        chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..300), 0..12),
+        trailer in proptest::option::of("[a-z]{1,8}"),
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        rt.block_on(async {
+            let trailers = trailer.as_ref().map(|v| {
+                let mut t = HeaderMap::new();
+                t.insert("x-sum", v.parse().unwrap());
+                t
+            });
+            let want: Vec<u8> = chunks.concat();
+            let (frames, _) = frames_of(body_of(chunks.clone(), trailers), 0).await;
+            prop_assert!(matches!(frames.first().and_then(|f| f.frame.as_ref()), Some(stream_request::Frame::Head(_))));
+            let mut got = Vec::new();
+            let mut ends = 0;
+            for f in &frames[1..] {
+                match f.frame.as_ref() {
+                    Some(stream_request::Frame::Body(c)) => {
+                        prop_assert!(ends == 0, "a chunk after end");
+                        prop_assert!(!c.data.is_empty(), "an empty chunk");
+                        got.extend_from_slice(&c.data);
+                    }
+                    Some(stream_request::Frame::End(e)) => {
+                        ends += 1;
+                        let names: Vec<&str> = e.trailers.iter().map(|h| h.name.as_str()).collect();
+                        prop_assert_eq!(names.len(), usize::from(trailer.is_some()));
+                    }
+                    other => prop_assert!(false, "unexpected frame {:?}", other),
+                }
+            }
+            prop_assert_eq!(ends, 1);
+            prop_assert_eq!(got, want);
+            Ok(())
+        })?;
+    }
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_cut_and_never_ended() {
+    let (frames, ex) = frames_of(body_of(vec![vec![1; 600], vec![2; 600]], None), 1000).await;
+    assert!(
+        frames
+            .iter()
+            .all(|f| !matches!(f.frame, Some(stream_request::Frame::End(_)))),
+        "no end for a cut body"
+    );
+    assert_eq!(
+        ex.take_abort().map(|e| e.kind),
+        Some(ErrorKind::BodyTooLarge)
+    );
+}
+
+#[tokio::test]
+async fn a_broken_client_body_aborts_and_never_ends() {
+    let data = futures_util::stream::iter([
+        Ok(Frame::data(Bytes::from_static(b"abc"))),
+        Err(std::io::Error::other("client went away")),
+    ]);
+    let (frames, ex) = frames_of(FrameStream::new(data), 0).await;
+    assert_eq!(frames.len(), 2, "head and the one chunk");
+    assert_eq!(ex.take_abort().map(|e| e.kind), Some(ErrorKind::ClientBody));
+}
+
+#[tokio::test]
+async fn a_taken_body_is_not_retried() {
+    let slot = BodySlot::new(body_of(vec![b"x".to_vec()], None));
+    assert!(slot.untouched());
+    let ex = Exchange::new(Instant::now(), limits());
+    let mut first = Box::pin(RequestFrames::new(
+        ForwardingReq::default(),
+        slot.clone(),
+        0,
+        ex.clone(),
+    ));
+    first.next().await; // head: the body is still there
+    assert!(slot.untouched());
+    first.next().await; // the first chunk: taken
+    assert!(!slot.untouched());
+    // A second attempt gets a head and nothing else.
+    let second = RequestFrames::new(ForwardingReq::default(), slot, 0, ex);
+    assert_eq!(second.collect::<Vec<_>>().await.len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn clocks_end_an_exchange_for_the_reason_that_comes_first() {
+    let start = Instant::now();
+    let ex = Exchange::new(
+        start,
+        StreamLimits {
+            head_timeout: Duration::from_secs(2),
+            idle: Duration::from_secs(10),
+            max_deadline: start + Duration::from_secs(100),
+        },
+    );
+    // Before the body is complete, only idle and the maximum count.
+    let e = ex.ended_before_head().await;
+    assert!(e.message.contains("nothing flowed"), "{e}");
+    assert_eq!(start.elapsed(), Duration::from_secs(10));
+    // Once it is, the head is due within head_timeout.
+    ex.request_complete();
+    let at = Instant::now();
+    let e = ex.ended_before_head().await;
+    assert!(e.message.contains("did not answer"), "{e}");
+    assert_eq!(at.elapsed(), Duration::from_secs(2));
+}
+
+#[test]
+fn response_heads_are_checked() {
+    let t = ResponseTarget::default();
+    let ok = ForwardingResp {
+        status: 200,
+        body: Bytes::from_static(b"first"),
+        ..Default::default()
+    };
+    let (status, _, first) = response_head(ok, t).unwrap();
+    assert_eq!((status.as_u16(), &first[..]), (200, &b"first"[..]));
+    let with_trailers = ForwardingResp {
+        status: 200,
+        trailers: vec![proto::v1::Header {
+            name: "x".into(),
+            value: Bytes::from_static(b"y"),
+        }],
+        ..Default::default()
+    };
+    assert_eq!(
+        response_head(with_trailers, t).unwrap_err().kind,
+        ErrorKind::UpstreamInvalidResponse
+    );
+    let informational = ForwardingResp {
+        status: 101,
+        ..Default::default()
+    };
+    assert!(response_head(informational, t).is_err());
+}
