@@ -279,6 +279,8 @@ impl HttpPool {
     }
 }
 
+// One per process, behind an Arc: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum Client {
     Grpc(GrpcClient),
     Http(HttpPool),
