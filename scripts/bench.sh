@@ -420,12 +420,13 @@ rss_sampler() {
     sleep 0.05
   done >"$2"
 }
-declare -A SRES SIDLE SPEAK SCPU
+declare -A SRES SIDLE SPEAK SCPU SOTHER
 # stream_run NAME PROXY_PID STREAMBENCH_ARGS...
 stream_run() {
   local name="$1" pid="$2"; shift 2
-  local c0=0 c1=0
+  local c0=0 c1=0 b0 b1 m0 w0 m1 w1 lg
   SIDLE["$name"]="" SPEAK["$name"]="" SCPU["$name"]=""
+  b0="$(cpu_ticks "$BACKEND_PID")" m0="$(machine_busy)" w0="$(now_ms)"
   if [ "$pid" != - ]; then
     SIDLE["$name"]="$(status_kib "$pid" VmRSS)" c0="$(cpu_ticks "$pid")"
     rss_sampler "$pid" "$WORK/rss.$name.txt" &
@@ -444,14 +445,19 @@ stream_run() {
     SPEAK["$name"]="$(sort -n "$WORK/rss.$name.txt" | tail -n 1)"
     SCPU["$name"]="$(calc "($c1 - $c0) * 1000 / $TCK")"
   fi
+  b1="$(cpu_ticks "$BACKEND_PID")" m1="$(machine_busy)" w1="$(now_ms)"
   SRES["$name"]="$(cat "$WORK/streambench.$name.out")"
-  printf '{"name":"%s","run":"stream","proxy_cpu_ms":%s,"proxy_idle_rss_kib":%s,"proxy_peak_rss_kib":%s,"streambench":%s}\n' \
-    "$name" "${SCPU[$name]:-null}" "${SIDLE[$name]:-null}" "${SPEAK[$name]:-null}" "${SRES[$name]}" >>"$WORK/results.jsonl"
-  say "$(printf '%-8s stream upload=%s MB/s download=%s MB/s sse p50/p99=%s/%s us ws p50/p99=%s/%s us proxy cpu=%s ms rss idle/peak=%s/%s KiB' \
+  # Same noise gauge as the unary runs: machine CPU not used by the benchmark.
+  lg="$(jget "${SRES[$name]}" cpu_ms)"; case "$lg" in ''|null) lg=0 ;; esac
+  SOTHER["$name"]="$(calc "(($m1 - $m0) - ($c1 - $c0) - ($b1 - $b0) - $lg * $TCK / 1000) * 100000 / $TCK / ($w1 - $w0 > 0 ? $w1 - $w0 : 1) / $NCPU")"
+  SOTHER["$name"]="$(fmt "${SOTHER[$name]}" '%.0f')"; [ "${SOTHER[$name]#-}" = "${SOTHER[$name]}" ] || SOTHER["$name"]=0
+  printf '{"name":"%s","run":"stream","proxy_cpu_ms":%s,"proxy_idle_rss_kib":%s,"proxy_peak_rss_kib":%s,"other_load_pct":%s,"streambench":%s}\n' \
+    "$name" "${SCPU[$name]:-null}" "${SIDLE[$name]:-null}" "${SPEAK[$name]:-null}" "${SOTHER[$name]}" "${SRES[$name]}" >>"$WORK/results.jsonl"
+  say "$(printf '%-8s stream upload=%s MB/s download=%s MB/s sse p50/p99=%s/%s us ws p50/p99=%s/%s us proxy cpu=%s ms rss idle/peak=%s/%s KiB, other load %s%%' \
     "$name" "$(jget "${SRES[$name]}" upload_mb_s)" "$(jget "${SRES[$name]}" download_mb_s)" \
     "$(jget "${SRES[$name]}" sse_p50_us)" "$(jget "${SRES[$name]}" sse_p99_us)" \
     "$(jget "${SRES[$name]}" ws_p50_us)" "$(jget "${SRES[$name]}" ws_p99_us)" \
-    "${SCPU[$name]:--}" "${SIDLE[$name]:--}" "${SPEAK[$name]:--}")"
+    "${SCPU[$name]:--}" "${SIDLE[$name]:--}" "${SPEAK[$name]:--}" "${SOTHER[$name]}")"
   sleep 0.5
 }
 
@@ -493,6 +499,8 @@ srow() { # NAME LABEL
   srow gateway "(b) gateway HTTP/1.1"
   srow haproxy "(c) haproxy HTTP/1.1"
   [ "$GW_STREAMS" = 1 ] || echo "(b) not run: the gateway does not use ForwardingService.Stream yet (GET /sse came back through Send)."
+  echo
+  echo "Other load during the streaming runs (% of $NCPU CPUs): direct ${SOTHER[direct]}%, gateway ${SOTHER[gateway]:--}%, haproxy ${SOTHER[haproxy]}%"
   echo
 } | tee -a "$WORK/table.md"
 printf '{"stream_bytes":"%s","gateway_streams":%s,"gateway_idle_rss_kib":%s,"gateway_peak_rss_kib":%s}\n' \
