@@ -409,6 +409,8 @@ wait_for "gateway route /upload" 20 is_200 "http://$GW_PUBLIC/upload"
 # gateway without Stream calls Send, which answers the fixed unary body.
 GW_STREAMS=0
 probe="$(curl -s -D - -o /dev/null --max-time 5 "http://$GW_PUBLIC/sse?count=1&interval_us=0" | tr -d '\r' || true)"
+probe_status="$(sed -n '1s/^HTTP\/[0-9.]* \([0-9]*\).*/\1/p' <<<"$probe")"
+[ "$probe_status" = 200 ] || die "GET /sse through the gateway: HTTP ${probe_status:-no answer}"
 if grep -qix 'x-bench-via: stream' <<<"$probe"; then GW_STREAMS=1; fi
 [ "$GW_STREAMS" = 1 ] || say "the gateway answered /sse without streaming (no ForwardingService.Stream yet): gateway streaming runs skipped"
 
