@@ -12,6 +12,12 @@
 #   gateway idle RSS                            <= 20 MiB
 #   gateway CPU/request / haproxy CPU/request   <= 3 (goal 1.5)
 #
+# Then the streaming section (ForwardingService.Stream), the same three ways
+# with streambench (direct = gRPC Stream frames to the backend): upload and
+# download MB/s of a large body (1 GiB, --quick 64 MiB), SSE event latency
+# (backend send -> client receipt) and WebSocket echo round trip p50/p99, the
+# proxy's CPU over the run and its RSS idle vs peak (sampled every 50 ms).
+#
 #   scripts/bench.sh [--quick] [--no-build] [--pin] [--strict] [--out DIR]
 #
 #   --quick     3 s per run, 1 s warm-up, 1 fixed-rate round (CI smoke);
@@ -27,6 +33,9 @@
 # BENCH_NICE (niceness of every benchmark process; default -10 as root, else 0),
 # TOKIO_WORKER_THREADS (gateway worker threads; default 1 here, like
 # HAProxy's nbthread 1; the gateway's own default is one per core).
+# Streaming: BENCH_STREAM_BYTES (upload and download size; 1GiB, --quick
+# 64MiB), BENCH_SSE_EVENTS (2000), BENCH_SSE_INTERVAL_US (1000),
+# BENCH_WS_MESSAGES (2000).
 #
 # Idempotent: installs haproxy if missing (scripts/install-deps.sh), builds,
 # starts everything on free loopback ports, stops everything on exit.
@@ -42,7 +51,7 @@ while [ $# -gt 0 ]; do
     --strict) STRICT=1 ;;
     --out) OUT="${2:?--out needs a directory}"; shift ;;
     --out=*) OUT="${1#--out=}" ;;
-    -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,41p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
   shift
@@ -74,14 +83,15 @@ if [ "$BUILD" = 1 ]; then
   (cd "$REPO" && cargo build --release -p bench -p gateway-bin >&2)
 fi
 BIN="${CARGO_TARGET_DIR:-$REPO/target}/release"
-for b in bench-backend loadgen gateway; do [ -x "$BIN/$b" ] || die "missing $BIN/$b (run without --no-build)"; done
+for b in bench-backend loadgen streambench gateway; do [ -x "$BIN/$b" ] || die "missing $BIN/$b (run without --no-build)"; done
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/bench.XXXXXX")"
-PIDS=() LOAD_PID=""
+PIDS=() LOAD_PID="" SAMPLER_PID=""
 cleanup() {
   local rc=$? p _
   trap - EXIT INT TERM
   if [ -n "${LOAD_PID:-}" ]; then kill -TERM "$LOAD_PID" 2>/dev/null || true; fi
+  if [ -n "${SAMPLER_PID:-}" ]; then kill -TERM "$SAMPLER_PID" 2>/dev/null || true; fi
   for p in "${PIDS[@]+"${PIDS[@]}"}"; do kill -TERM "$p" 2>/dev/null || true; done
   for p in "${PIDS[@]+"${PIDS[@]}"}"; do
     for _ in $(seq 1 30); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
@@ -184,6 +194,8 @@ case "$code" in 2??) ;; *) die "registration failed: HTTP $code $(cat "$WORK/reg
 wait_for "gateway route /bench" 20 is_200 "http://$GW_PUBLIC/bench/x"
 
 HAPROXY_PORT="$(free_port)"
+HAPROXY_STREAM_PORT="$(free_port)"
+[ "$HAPROXY_STREAM_PORT" != "$HAPROXY_PORT" ] || HAPROXY_STREAM_PORT="$(free_port)"
 cat >"$WORK/haproxy.cfg" <<CFG
 global
     nbthread 1
@@ -196,9 +208,20 @@ defaults
     timeout client 60s
     timeout server 60s
     timeout http-keep-alive 60s
+    # WebSocket and long SSE (the streaming section): idle limit of a tunnel.
+    timeout tunnel 1h
 
 frontend bench
     bind 127.0.0.1:$HAPROXY_PORT
+    default_backend backend
+
+# The streaming section only, so the unary frontend above is untouched. By
+# default HAProxy sends body data with MSG_MORE and the kernel holds small
+# writes back (SSE events then arrive 100-200 ms late); http-no-delay is
+# HAProxy's switch for interactive bodies, which SSE is.
+frontend bench-stream
+    bind 127.0.0.1:$HAPROXY_STREAM_PORT
+    option http-no-delay
     default_backend backend
 
 backend backend
@@ -361,5 +384,131 @@ tline() { printf '  %-44s %7s %-4s %-22s %s\n' "$1" "$2" "$3" "$4" "$5"; }
 printf '{"p99_added_ms":%s,"gateway_idle_rss_mib":%s,"cpu_ratio_sat":%s,"cpu_ratio_rate":%s,"errors":%s}\n' \
   "$P99_ADDED_MS" "$GW_IDLE_MIB" "$CPU_RATIO" "$CPU_RATIO_RATE" "$errors_total" >"$WORK/summary.json"
 
+# ---------------------------------------------------------------------------
+# Streaming: ForwardingService.Stream (uploads, downloads, SSE, WebSocket)
+# ---------------------------------------------------------------------------
+# Its own service on the same backend, registered only now, so the unary runs
+# above are untouched: `streaming: true`; /upload is a default route (a
+# chunked body goes by Stream on the gateway's own rule; its head comes only
+# after the whole body, hence the long timeout), /download and /sse are
+# `stream: true` routes, and WebSocket upgrades use Stream on any route.
+if [ "$QUICK" = 1 ]; then STREAM_BYTES=64MiB; else STREAM_BYTES=1GiB; fi
+STREAM_BYTES="${BENCH_STREAM_BYTES:-$STREAM_BYTES}"
+SSE_EVENTS="${BENCH_SSE_EVENTS:-2000}"
+SSE_INTERVAL_US="${BENCH_SSE_INTERVAL_US:-1000}"
+WS_MESSAGES="${BENCH_WS_MESSAGES:-2000}"
+SB_ARGS=(--upload-bytes "$STREAM_BYTES" --download-bytes "$STREAM_BYTES" --sse-events "$SSE_EVENTS"
+  --sse-interval-us "$SSE_INTERVAL_US" --ws-messages "$WS_MESSAGES")
+
+SREG="{\"service\":\"bench-stream\",\"address\":\"$BACKEND_GRPC\",\"streaming\":true,\"routes\":[{\"path_prefix\":\"/upload\",\"timeout_ms\":600000},{\"path_prefix\":\"/download\",\"stream\":true},{\"path_prefix\":\"/sse\",\"stream\":true},{\"path_prefix\":\"/ws\"}],\"health\":{\"kind\":\"ttl\"},\"lease_ms\":3600000}"
+code="$(curl -s -o "$WORK/register-stream.json" -w '%{http_code}' --max-time 5 -X PUT \
+  -H 'content-type: application/json' -d "$SREG" "http://$GW_REG/v1/registrations")"
+case "$code" in 2??) ;; *) die "streaming registration failed: HTTP $code $(cat "$WORK/register-stream.json")" ;; esac
+wait_for "gateway route /upload" 20 is_200 "http://$GW_PUBLIC/upload"
+# Does the gateway stream yet? A Stream answer carries x-bench-via: stream; a
+# gateway without Stream calls Send, which answers the fixed unary body.
+GW_STREAMS=0
+probe="$(curl -s -D - -o /dev/null --max-time 5 "http://$GW_PUBLIC/sse?count=1&interval_us=0" | tr -d '\r' || true)"
+probe_status="$(sed -n '1s/^HTTP\/[0-9.]* \([0-9]*\).*/\1/p' <<<"$probe")"
+[ "$probe_status" = 200 ] || die "GET /sse through the gateway: HTTP ${probe_status:-no answer}"
+if grep -qix 'x-bench-via: stream' <<<"$probe"; then GW_STREAMS=1; fi
+[ "$GW_STREAMS" = 1 ] || say "the gateway answered /sse without streaming (no ForwardingService.Stream yet): gateway streaming runs skipped"
+
+# VmRSS of PID every 50 ms into FILE until killed or PID exits.
+rss_sampler() {
+  local k v _
+  while [ -r "/proc/$1/status" ]; do
+    while read -r k v _; do case "$k" in VmRSS:) echo "$v" ;; esac; done <"/proc/$1/status" 2>/dev/null || break
+    sleep 0.05
+  done >"$2"
+}
+declare -A SRES SIDLE SPEAK SCPU SOTHER
+# stream_run NAME PROXY_PID STREAMBENCH_ARGS...
+stream_run() {
+  local name="$1" pid="$2"; shift 2
+  local c0=0 c1=0 b0 b1 m0 w0 m1 w1 lg
+  SIDLE["$name"]="" SPEAK["$name"]="" SCPU["$name"]=""
+  b0="$(cpu_ticks "$BACKEND_PID")" m0="$(machine_busy)" w0="$(now_ms)"
+  if [ "$pid" != - ]; then
+    SIDLE["$name"]="$(status_kib "$pid" VmRSS)" c0="$(cpu_ticks "$pid")"
+    rss_sampler "$pid" "$WORK/rss.$name.txt" &
+    SAMPLER_PID=$!
+  fi
+  $LOAD_CPU "$BIN/streambench" "${SB_ARGS[@]}" "$@" \
+    >"$WORK/streambench.$name.out" 2>"$WORK/streambench.$name.err" &
+  LOAD_PID=$!
+  wait "$LOAD_PID" || die "streambench failed for $name: $(tail -n 3 "$WORK/streambench.$name.err")"
+  LOAD_PID=""
+  if [ "$pid" != - ]; then
+    kill -TERM "$SAMPLER_PID" 2>/dev/null || true
+    wait "$SAMPLER_PID" 2>/dev/null || true
+    SAMPLER_PID=""
+    c1="$(cpu_ticks "$pid")"
+    SPEAK["$name"]="$(sort -n "$WORK/rss.$name.txt" | tail -n 1)"
+    SCPU["$name"]="$(calc "($c1 - $c0) * 1000 / $TCK")"
+  fi
+  b1="$(cpu_ticks "$BACKEND_PID")" m1="$(machine_busy)" w1="$(now_ms)"
+  SRES["$name"]="$(cat "$WORK/streambench.$name.out")"
+  # Same noise gauge as the unary runs: machine CPU not used by the benchmark.
+  lg="$(jget "${SRES[$name]}" cpu_ms)"; case "$lg" in ''|null) lg=0 ;; esac
+  SOTHER["$name"]="$(calc "(($m1 - $m0) - ($c1 - $c0) - ($b1 - $b0) - $lg * $TCK / 1000) * 100000 / $TCK / ($w1 - $w0 > 0 ? $w1 - $w0 : 1) / $NCPU")"
+  SOTHER["$name"]="$(fmt "${SOTHER[$name]}" '%.0f')"; [ "${SOTHER[$name]#-}" = "${SOTHER[$name]}" ] || SOTHER["$name"]=0
+  printf '{"name":"%s","run":"stream","proxy_cpu_ms":%s,"proxy_idle_rss_kib":%s,"proxy_peak_rss_kib":%s,"other_load_pct":%s,"streambench":%s}\n' \
+    "$name" "${SCPU[$name]:-null}" "${SIDLE[$name]:-null}" "${SPEAK[$name]:-null}" "${SOTHER[$name]}" "${SRES[$name]}" >>"$WORK/results.jsonl"
+  say "$(printf '%-8s stream upload=%s MB/s download=%s MB/s sse p50/p99=%s/%s us ws p50/p99=%s/%s us proxy cpu=%s ms rss idle/peak=%s/%s KiB, other load %s%%' \
+    "$name" "$(jget "${SRES[$name]}" upload_mb_s)" "$(jget "${SRES[$name]}" download_mb_s)" \
+    "$(jget "${SRES[$name]}" sse_p50_us)" "$(jget "${SRES[$name]}" sse_p99_us)" \
+    "$(jget "${SRES[$name]}" ws_p50_us)" "$(jget "${SRES[$name]}" ws_p99_us)" \
+    "${SCPU[$name]:--}" "${SIDLE[$name]:--}" "${SPEAK[$name]:--}" "${SOTHER[$name]}")"
+  sleep 0.5
+}
+
+say "streaming runs: upload + download $STREAM_BYTES, $SSE_EVENTS SSE events every $SSE_INTERVAL_US us, $WS_MESSAGES WebSocket echoes"
+stream_run direct - --target grpc --addr "$BACKEND_GRPC" --expect-via stream
+if [ "$GW_STREAMS" = 1 ]; then
+  stream_run gateway "$GATEWAY_PID" --target http --url "http://$GW_PUBLIC" --expect-via stream
+fi
+stream_run haproxy "$HAPROXY_PID" --target http --url "http://127.0.0.1:$HAPROXY_STREAM_PORT" --expect-via http
+for p in "$BACKEND_PID" "$GATEWAY_PID" "$HAPROXY_PID"; do alive "$p" "a benchmark process" /dev/null; done
+
+srow() { # NAME LABEL
+  local r="${SRES[$1]:-}"
+  if [ -z "$r" ]; then
+    printf '| %-24s | %8s | %8s | %7s | %7s | %7s | %7s | %8s | %8s | %8s |\n' "$2" - - - - - - - - -
+    return
+  fi
+  printf '| %-24s | %8s | %8s | %7s | %7s | %7s | %7s | %8s | %8s | %8s |\n' "$2" \
+    "$(fmt "$(jget "$r" upload_mb_s)" '%.0f')" "$(fmt "$(jget "$r" download_mb_s)" '%.0f')" \
+    "$(fmt "$(jget "$r" sse_p50_us)" '%.0f')" "$(fmt "$(jget "$r" sse_p99_us)" '%.0f')" \
+    "$(fmt "$(jget "$r" ws_p50_us)" '%.0f')" "$(fmt "$(jget "$r" ws_p99_us)" '%.0f')" \
+    "$(fmt "${SCPU[$1]:-}" '%.0f')" "$(mib "${SIDLE[$1]:-}")" "$(mib "${SPEAK[$1]:-}")"
+}
+{
+  echo
+  echo "Streaming: upload and download $STREAM_BYTES each (MB/s = 10^6 B/s), $SSE_EVENTS SSE events every $SSE_INTERVAL_US µs, $WS_MESSAGES WebSocket echoes of 64 B."
+  echo "Latencies in µs: SSE = backend send stamp -> client receipt, WS = echo round trip. CPU = proxy utime+stime over the whole run, in ms. RSS in MiB: idle before the run, peak sampled every 50 ms during it."
+  echo
+  printf '| %-24s | %8s | %8s | %7s | %7s | %7s | %7s | %8s | %8s | %8s |\n' \
+    "path" "upload" "download" "SSE" "SSE" "WS" "WS" "proxy" "RSS" "RSS"
+  printf '| %-24s | %8s | %8s | %7s | %7s | %7s | %7s | %8s | %8s | %8s |\n' \
+    "" "MB/s" "MB/s" "p50" "p99" "p50" "p99" "CPU ms" "idle" "peak"
+  printf '|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n' \
+    "$(printf -- '-%.0s' {1..26})" "$(printf -- '-%.0s' {1..10})" "$(printf -- '-%.0s' {1..10})" \
+    "$(printf -- '-%.0s' {1..9})" "$(printf -- '-%.0s' {1..9})" "$(printf -- '-%.0s' {1..9})" \
+    "$(printf -- '-%.0s' {1..9})" "$(printf -- '-%.0s' {1..10})" "$(printf -- '-%.0s' {1..10})" \
+    "$(printf -- '-%.0s' {1..10})"
+  srow direct  "(a) direct gRPC Stream"
+  srow gateway "(b) gateway HTTP/1.1"
+  srow haproxy "(c) haproxy HTTP/1.1"
+  [ "$GW_STREAMS" = 1 ] || echo "(b) not run: the gateway does not use ForwardingService.Stream yet (GET /sse came back through Send)."
+  echo
+  echo "Other load during the streaming runs (% of $NCPU CPUs): direct ${SOTHER[direct]}%, gateway ${SOTHER[gateway]:--}%, haproxy ${SOTHER[haproxy]}%"
+  echo
+} | tee -a "$WORK/table.md"
+printf '{"stream_bytes":"%s","gateway_streams":%s,"gateway_idle_rss_kib":%s,"gateway_peak_rss_kib":%s}\n' \
+  "$STREAM_BYTES" "$([ "$GW_STREAMS" = 1 ] && echo true || echo false)" \
+  "${SIDLE[gateway]:-null}" "${SPEAK[gateway]:-null}" >"$WORK/stream-summary.json"
+
 [ "$errors_total" = 0 ] || die "$errors_total requests failed"
 if [ "$STRICT" = 1 ] && [ "$V1$V2$V3" != "metmetmet" ]; then die "a target was missed (--strict)"; fi
+if [ "$STRICT" = 1 ] && [ "$GW_STREAMS" != 1 ]; then die "the gateway does not stream (--strict)"; fi

@@ -279,7 +279,8 @@ impl HttpPool {
     }
 }
 
-#[allow(clippy::large_enum_variant)] // one per connection, built once
+// One per process, behind an Arc: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum Client {
     Grpc(GrpcClient),
     Http(HttpPool),
