@@ -1185,6 +1185,9 @@ async fn a_draining_gateway_closes_websockets_with_1001_and_ends_event_streams()
         Message::Close(Some(f)) => assert_eq!(u16::from(f.code), 1001),
         other => panic!("{other:?}"),
     }
+    // The client answers the close, as a WebSocket client does; the gateway
+    // waits for that (upgraded connections are outside hyper's drain).
+    let ws_done = tokio::spawn(async move { while let Some(Ok(_)) = ws.next().await {} });
     // The event stream ends cleanly (EventSource reconnects elsewhere).
     let rest = tokio::time::timeout(Duration::from_secs(5), body.collect())
         .await
@@ -1196,6 +1199,7 @@ async fn a_draining_gateway_closes_websockets_with_1001_and_ends_event_streams()
         .await
         .expect("gateway exited")
         .unwrap();
+    ws_done.await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1327,4 +1331,51 @@ async fn sdk_handlers_stream_sse_and_websocket_through_the_gateway() {
     assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("hi"));
     ws.close(None).await.unwrap();
     while let Some(Ok(_)) = ws.next().await {}
+}
+
+/// WebSocket over HTTP/2 (RFC 8441): an extended CONNECT becomes the same
+/// `Stream` exchange as an HTTP/1.1 upgrade.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_over_http2_extended_connect() {
+    let (gw, backend) = setup(&[]).await;
+    let Client::H2(mut tx) = Client::connect(gw.public, true).await else {
+        unreachable!()
+    };
+    let mut req = Request::connect(format!("http://{}/s/ws", gw.public))
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-protocol", "chat")
+        .body(empty())
+        .unwrap();
+    req.extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    tx.ready().await.unwrap();
+    let resp = tx.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["sec-websocket-protocol"], "chat");
+    let head = backend.0.heads.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(
+        (head.method.as_str(), head.upgrade.as_str()),
+        ("GET", "websocket")
+    );
+    let io = hyper::upgrade::on(resp).await.unwrap();
+    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        TokioIo::new(io),
+        tokio_tungstenite::tungstenite::protocol::Role::Client,
+        None,
+    )
+    .await;
+    ws.send(Message::text("over h2")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("over h2"));
+    let closed = backend.0.ws_closed.notified();
+    ws.close(Some(CloseFrame {
+        code: CloseCode::from(4003),
+        reason: "h2 done".into(),
+    }))
+    .await
+    .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), closed)
+        .await
+        .unwrap();
+    let c = backend.0.ws_closes.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(c.code, 4003);
 }

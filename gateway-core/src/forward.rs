@@ -70,6 +70,9 @@ pub struct Shared {
     /// with 1001 and server-sent event streams end, so their clients
     /// reconnect to another replica; other streams get the drain grace.
     pub draining: tokio_util::sync::CancellationToken,
+    /// WebSocket relays: upgraded connections leave hyper's graceful
+    /// shutdown, so the drain waits for these (their close 1001) itself.
+    pub relays: tokio_util::task::TaskTracker,
 }
 
 /// The forwarding service (see module docs).
@@ -750,6 +753,9 @@ async fn dispatch_websocket(
         head.headers
             .retain(|h| !crate::websocket::is_handshake_field(&h.name));
         head.upgrade = "websocket".into();
+        // Backends see one shape of upgrade whatever the client spoke: an
+        // HTTP/2 extended CONNECT is presented as the GET it stands for.
+        head.method = "GET".into();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let frames = crate::websocket::frames(
             StreamRequest {
@@ -771,7 +777,7 @@ async fn dispatch_websocket(
                 let Some(on_upgrade) = on_upgrade.take() else {
                     return Err(invalid("upgrade already used".into()));
                 };
-                tokio::spawn(
+                shared.relays.spawn(
                     crate::websocket::Relay {
                         on_upgrade,
                         to_backend: tx,

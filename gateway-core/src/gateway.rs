@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::admin::{self, Readiness};
 use crate::balance::Balancer;
@@ -120,6 +120,7 @@ impl Gateway {
             timeouts: config.timeouts.clone(),
             trusted_proxies: config.trusted_proxies.clone(),
             draining: CancellationToken::new(),
+            relays: tokio_util::task::TaskTracker::new(),
         });
         let api = RegistrationApi::new(
             registry,
@@ -219,6 +220,17 @@ impl Gateway {
         stop.cancel();
         self.shared.draining.cancel();
         while tasks.join_next().await.is_some() {}
+        // WebSocket relays are sending their close 1001; give them the grace.
+        self.shared.relays.close();
+        if tokio::time::timeout(self.config.drain.grace, self.shared.relays.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                open = self.shared.relays.len(),
+                "Grace period over; dropping WebSocket relays."
+            );
+        }
         info!("Gateway stopped.");
     }
 }

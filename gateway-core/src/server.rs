@@ -61,7 +61,9 @@ pub async fn serve<S>(
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(opts.max_header_bytes.min(u32::MAX as usize) as u32)
-        .max_concurrent_streams(1024);
+        .max_concurrent_streams(1024)
+        // WebSocket over HTTP/2 (RFC 8441).
+        .enable_connect_protocol();
     let graceful = GracefulShutdown::new();
     let local = listener.local_addr().ok();
     tokio::pin!(shutdown);

@@ -52,16 +52,38 @@ fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
-/// Whether the request asks to upgrade to WebSocket (RFC 6455 4.1).
+/// Whether the request asks for WebSocket: an HTTP/1.1 upgrade (RFC 6455
+/// 4.1) or an HTTP/2 extended CONNECT (RFC 8441).
 pub(crate) fn is_upgrade(parts: &request::Parts) -> bool {
-    parts.version == http::Version::HTTP_11
-        && has_token(&parts.headers, header::UPGRADE, "websocket")
-        && has_token(&parts.headers, header::CONNECTION, "upgrade")
+    is_h2_connect(parts)
+        || (parts.version == http::Version::HTTP_11
+            && has_token(&parts.headers, header::UPGRADE, "websocket")
+            && has_token(&parts.headers, header::CONNECTION, "upgrade"))
 }
 
-/// Checks the handshake and returns the `Sec-WebSocket-Accept` value.
-pub(crate) fn accept_key(parts: &request::Parts) -> Result<HeaderValue, ForwardError> {
+/// An HTTP/2 extended CONNECT with `:protocol = websocket` (RFC 8441 4).
+pub(crate) fn is_h2_connect(parts: &request::Parts) -> bool {
+    parts.method == http::Method::CONNECT
+        && parts
+            .extensions
+            .get::<hyper::ext::Protocol>()
+            .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"))
+}
+
+/// Checks the handshake and returns the `Sec-WebSocket-Accept` value (none
+/// for HTTP/2, where the stream itself is the WebSocket).
+pub(crate) fn accept_key(parts: &request::Parts) -> Result<Option<HeaderValue>, ForwardError> {
     let bad = |m: &'static str| ForwardError::new(ErrorKind::BadRequest, m);
+    if is_h2_connect(parts) {
+        if parts
+            .headers
+            .get(SEC_WEBSOCKET_VERSION)
+            .is_none_or(|v| v.as_bytes() != b"13")
+        {
+            return Err(bad("a WebSocket CONNECT needs sec-websocket-version: 13"));
+        }
+        return Ok(None);
+    }
     if parts.method != http::Method::GET {
         return Err(bad("a WebSocket upgrade must be a GET"));
     }
@@ -82,18 +104,29 @@ pub(crate) fn accept_key(parts: &request::Parts) -> Result<HeaderValue, ForwardE
         return Err(bad("Sec-WebSocket-Key is not 16 bytes of base64"));
     }
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(k);
-    HeaderValue::from_str(&accept).map_err(|_| bad("Sec-WebSocket-Key is invalid"))
+    HeaderValue::from_str(&accept)
+        .map(Some)
+        .map_err(|_| bad("Sec-WebSocket-Key is invalid"))
 }
 
-/// The 101 answer to the client, with the backend's head fields (e.g. the
-/// chosen `sec-websocket-protocol`, cookies) and the handshake's.
-pub(crate) fn switching_response(mut headers: HeaderMap, accept: HeaderValue) -> Response<Body> {
+/// The answer that accepts the WebSocket, with the backend's head fields
+/// (e.g. the chosen `sec-websocket-protocol`, cookies): 101 with the
+/// handshake's fields on HTTP/1.1, 200 on HTTP/2 (RFC 8441 5).
+pub(crate) fn switching_response(
+    mut headers: HeaderMap,
+    accept: Option<HeaderValue>,
+) -> Response<Body> {
     headers.remove(header::CONTENT_LENGTH);
-    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    headers.insert(SEC_WEBSOCKET_ACCEPT, accept);
     let mut out = Response::new(Body::empty());
-    *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    match accept {
+        Some(accept) => {
+            headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(SEC_WEBSOCKET_ACCEPT, accept);
+            *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        }
+        None => *out.status_mut() = StatusCode::OK,
+    }
     *out.headers_mut() = headers;
     out
 }
