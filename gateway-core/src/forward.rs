@@ -273,11 +273,16 @@ where
     admit(&parts, &shared.limits)?;
     let target = route(shared, listener, &parts)?;
     let candidates = pick(shared, &target.service)?;
+    // The streaming dispatches are boxed: their state is large, and kept
+    // inline it would grow (and cost a bigger copy on) every unary request.
     match choose(shared, &parts, &body, &target, &candidates) {
         Dispatch::Unary => dispatch_unary(shared, parts, body, &target, candidates, started).await,
         Dispatch::Stream => {
             let streaming = candidates.into_iter().filter(|e| e.streaming).collect();
-            dispatch_stream(shared, &parts, body, &target, streaming, started).await
+            Box::pin(dispatch_stream(
+                shared, &parts, body, &target, streaming, started,
+            ))
+            .await
         }
         Dispatch::WebSocket => {
             let streaming: Vec<_> = candidates.into_iter().filter(|e| e.streaming).collect();
@@ -290,7 +295,10 @@ where
                     ),
                 ));
             }
-            dispatch_websocket(shared, parts, &target, streaming, started).await
+            Box::pin(dispatch_websocket(
+                shared, parts, &target, streaming, started,
+            ))
+            .await
         }
     }
 }
