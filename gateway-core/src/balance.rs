@@ -76,6 +76,27 @@ impl Endpoint {
     }
 }
 
+#[cfg(test)]
+impl Endpoint {
+    /// An endpoint nobody dials, for tests of what surrounds a call.
+    pub(crate) fn for_tests() -> Arc<Self> {
+        Arc::new(Endpoint {
+            service: "svc".into(),
+            instance_id: "svc-1".into(),
+            address: "127.0.0.1:9".into(),
+            weight: 100,
+            streaming: true,
+            client: OnceLock::new(),
+            target: TonicEndpoint::from_static("http://127.0.0.1:9"),
+            in_flight: AtomicU32::new(0),
+            ejected_until_ms: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            streak: AtomicU32::new(0),
+        })
+    }
+}
+
 /// Decrements the in-flight count when dropped (also on cancellation).
 pub struct InFlight(Arc<Endpoint>);
 

@@ -198,3 +198,125 @@ fn response_heads_are_checked() {
     };
     assert!(response_head(informational, t).is_err());
 }
+
+/// A backend's answer as the bytes of a gRPC response body: each frame
+/// length-prefixed, then the status in the trailers.
+fn grpc_answer(
+    frames: Vec<StreamResponse>,
+    status: tonic::Code,
+) -> tonic::Streaming<StreamResponse> {
+    use prost::Message as _;
+    let mut data = Vec::new();
+    for f in frames {
+        let m = f.encode_to_vec();
+        data.push(0u8);
+        data.extend_from_slice(&(m.len() as u32).to_be_bytes());
+        data.extend_from_slice(&m);
+    }
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", (status as i32).to_string().parse().unwrap());
+    let body = FrameStream::new(futures_util::stream::iter([
+        Ok::<_, Infallible>(Frame::data(Bytes::from(data))),
+        Ok(Frame::trailers(trailers)),
+    ]));
+    tonic::Streaming::new_response(
+        tonic_prost::ProstDecoder::<StreamResponse>::default(),
+        body,
+        http::StatusCode::OK,
+        None,
+        None,
+    )
+}
+
+fn chunk_frame(data: Vec<u8>) -> StreamResponse {
+    StreamResponse {
+        frame: Some(stream_response::Frame::Body(BodyChunk {
+            data: data.into(),
+        })),
+    }
+}
+
+async fn client_sees(
+    frames: Vec<StreamResponse>,
+    status: tonic::Code,
+    trailers_ok: bool,
+) -> Result<(Vec<u8>, Option<HeaderMap>), String> {
+    use http_body_util::BodyExt;
+    let ex = Exchange::new(Instant::now(), limits());
+    let ep = crate::balance::Endpoint::for_tests();
+    let target = ResponseTarget {
+        head_request: false,
+        trailers: trailers_ok,
+    };
+    let body = StreamBody::new(
+        Bytes::new(),
+        grpc_answer(frames, status),
+        ex,
+        target,
+        None,
+        "svc".into(),
+        ep.start(),
+    );
+    let c = body.collect().await.map_err(|e| e.to_string())?;
+    let t = c.trailers().cloned();
+    Ok((c.to_bytes().to_vec(), t))
+}
+
+proptest! {
+    /// Whatever chunks a backend sends, the client gets exactly those bytes
+    /// in order, then the trailers of `end` if it can take trailers; a call
+    /// that fails after them is an error, never a complete-looking body.
+    #[test]
+    fn the_response_body_is_exactly_what_the_backend_sent(
+        chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..200), 0..10),
+        with_end in any::<bool>(),
+        trailers_ok in any::<bool>(),
+        fail in any::<bool>(),
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        rt.block_on(async {
+            let mut frames: Vec<StreamResponse> = chunks.iter().cloned().map(chunk_frame).collect();
+            if with_end {
+                frames.push(StreamResponse {
+                    frame: Some(stream_response::Frame::End(StreamEnd {
+                        trailers: vec![proto::v1::Header { name: "x-sum".into(), value: Bytes::from_static(b"7") }],
+                    })),
+                });
+            }
+            let status = if fail { tonic::Code::Internal } else { tonic::Code::Ok };
+            let got = client_sees(frames, status, trailers_ok).await;
+            if fail {
+                prop_assert!(got.is_err(), "a failed call must abort: {:?}", got);
+                return Ok(());
+            }
+            let (data, trailers) = got.map_err(|e| TestCaseError::fail(e))?;
+            prop_assert_eq!(data, chunks.concat());
+            let expect_trailers = with_end && trailers_ok;
+            prop_assert_eq!(trailers.is_some(), expect_trailers);
+            Ok(())
+        })?;
+    }
+}
+
+#[tokio::test]
+async fn malformed_answers_abort() {
+    let head = StreamResponse {
+        frame: Some(stream_response::Frame::Head(ForwardingResp::default())),
+    };
+    let end = StreamResponse {
+        frame: Some(stream_response::Frame::End(StreamEnd::default())),
+    };
+    for (what, frames) in [
+        ("a second head", vec![chunk_frame(b"a".to_vec()), head]),
+        (
+            "a chunk after end",
+            vec![end.clone(), chunk_frame(b"a".to_vec())],
+        ),
+        ("a second end", vec![end.clone(), end]),
+        ("an empty frame", vec![StreamResponse { frame: None }]),
+    ] {
+        let got = client_sees(frames, tonic::Code::Ok, true).await;
+        let e = got.expect_err(what);
+        assert!(e.contains("malformed"), "{what}: {e}");
+    }
+}
