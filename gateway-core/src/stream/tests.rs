@@ -289,7 +289,7 @@ proptest! {
                 prop_assert!(got.is_err(), "a failed call must abort: {:?}", got);
                 return Ok(());
             }
-            let (data, trailers) = got.map_err(|e| TestCaseError::fail(e))?;
+            let (data, trailers) = got.map_err(TestCaseError::fail)?;
             prop_assert_eq!(data, chunks.concat());
             let expect_trailers = with_end && trailers_ok;
             prop_assert_eq!(trailers.is_some(), expect_trailers);
