@@ -401,6 +401,7 @@ ENV
   curl -s http://127.0.0.1:$HAP_PUBLIC/product/1                 # through HAProxy (any replica)
   curl -s http://127.0.0.1:8101/product/1                     # through gw1 (8201 gw2, 8301 gw3)
   curl -s -X POST http://127.0.0.1:$HAP_PUBLIC/order/purchase/1      # order -> product, both via the gateways
+  curl -sN http://127.0.0.1:$HAP_PUBLIC/order/events               # server-sent events: hello, then one per purchase
   curl -s http://127.0.0.1:8104/admin/services                # gw1's view (8204, 8304)
   http://127.0.0.1:$HAP_STATS/stats   http://127.0.0.1:$HAP_STATS/metrics   http://$CONSUL_HTTP_ADDR/ui
   scripts/topology.sh status | rolling-restart | down          (logs: $LOGS)
