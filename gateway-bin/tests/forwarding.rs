@@ -577,3 +577,40 @@ fn malformed_requests() -> Vec<Vec<u8>> {
     }
     cases
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_services_filters_and_pages() {
+    let gw = GatewayProcess::start(&[], &[]).await;
+    for (i, name) in ["page-a", "page-b", "page-c", "other"].iter().enumerate() {
+        register_ttl(
+            &gw,
+            name,
+            &format!("{name}-1"),
+            &format!("127.0.0.1:{}", 20000 + i),
+        )
+        .await;
+    }
+    gw.wait_routable("other", 1).await;
+    let admin = |q: &str| format!("http://{}/admin/services{q}", gw.admin);
+    let v = support::get_json(&gw.http, &admin("?prefix=page-&limit=2&instances=false")).await;
+    let names: Vec<&str> = v["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["page-a", "page-b"]);
+    assert_eq!(v["total_services"], 3);
+    assert_eq!(v["next_offset"], 2);
+    assert!(v.get("instances").is_none());
+    let v = support::get_json(&gw.http, &admin("?prefix=page-&limit=2&offset=2")).await;
+    assert_eq!(v["services"][0]["name"], "page-c");
+    assert!(v.get("next_offset").is_none());
+    let v = support::get_json(&gw.http, &admin("?service=other")).await;
+    assert_eq!(v["services"].as_array().unwrap().len(), 1);
+    assert_eq!(v["instances"].as_array().unwrap().len(), 1);
+    let r = gw.http.get(admin("?limit=x")).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "bad_request");
+}

@@ -55,12 +55,55 @@ async fn readyz(State(s): State<AdminState>) -> Response {
     }
 }
 
-async fn services(State(s): State<AdminState>) -> Response {
+/// Filters and paging of `/admin/services`, all optional: without them the
+/// whole view (every service, every registered instance) is returned.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct ServicesQuery {
+    /// Only this service.
+    service: Option<String>,
+    /// Only services whose name starts with this.
+    prefix: Option<String>,
+    /// At most this many services (sorted by name), from `offset`.
+    limit: Option<usize>,
+    /// Skip this many services.
+    offset: usize,
+    /// Include the registry's instance listing (default true); `false`
+    /// keeps the answer small at thousands of instances.
+    instances: Option<bool>,
+}
+
+async fn services(
+    State(s): State<AdminState>,
+    query: Result<axum::extract::Query<ServicesQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let q = match query {
+        Ok(axum::extract::Query(q)) => q,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                axum::Json(json!({"error": {"code": "bad_request", "message": e.body_text()}})),
+            )
+                .into_response();
+        }
+    };
     let snap = s.shared.balancer.snapshot();
-    let mut services: Vec<_> = snap
+    let mut names: Vec<&Arc<str>> = snap
         .services
+        .keys()
+        .filter(|n| q.service.as_deref().is_none_or(|w| &***n == w))
+        .filter(|n| q.prefix.as_deref().is_none_or(|p| n.starts_with(p)))
+        .collect();
+    names.sort();
+    let total = names.len();
+    let end = q
+        .limit
+        .map_or(total, |l| q.offset.saturating_add(l).min(total));
+    let page = names.get(q.offset.min(total)..end).unwrap_or_default();
+    let services: Vec<_> = page
         .iter()
-        .map(|(name, eps)| {
+        .map(|name| {
+            let eps = &snap.services[*name];
             let endpoints: Vec<_> = eps
                 .endpoints
                 .iter()
@@ -70,6 +113,7 @@ async fn services(State(s): State<AdminState>) -> Response {
                         "instance_id": &*e.instance_id,
                         "address": &*e.address,
                         "weight": e.weight,
+                        "streaming": e.streaming,
                         "in_flight": e.in_flight(),
                         "requests": requests,
                         "connect_failures": failures,
@@ -78,24 +122,30 @@ async fn services(State(s): State<AdminState>) -> Response {
                 })
                 .collect();
             json!({
-                "name": &**name,
+                "name": &***name,
                 "registered_instances": eps.registered,
                 "routable_instances": endpoints.len(),
                 "endpoints": endpoints,
             })
         })
         .collect();
-    services.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
-    axum::Json(json!({
+    let mut out = json!({
         "node_id": &*s.shared.node_id,
         "ready": s.readiness.is_ready(),
         "registry": s.shared.registry.status(),
         "snapshot_version": snap.version,
         "routes": snap.routes.len(),
+        "total_services": total,
         "services": services,
-        "instances": list_to_json(&s.api.list(""))["instances"],
-    }))
-    .into_response()
+    });
+    if end < total {
+        out["next_offset"] = json!(end);
+    }
+    if q.instances.unwrap_or(true) {
+        let service = q.service.as_deref().unwrap_or("");
+        out["instances"] = list_to_json(&s.api.list(service))["instances"].take();
+    }
+    axum::Json(out).into_response()
 }
 
 /// The admin router; unknown paths go to `fallback` (the admin proxy stack).

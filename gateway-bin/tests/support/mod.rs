@@ -125,7 +125,10 @@ impl GatewayProcess {
 
     /// Waits until `service` has `n` routable instances in the admin view.
     pub async fn wait_routable(&self, service: &str, n: usize) {
-        let url = format!("http://{}/admin/services", self.admin);
+        let url = format!(
+            "http://{}/admin/services?service={service}&instances=false",
+            self.admin
+        );
         let http = self.http.clone();
         eventually(&format!("{service} has {n} routable instances"), || {
             let (http, url) = (http.clone(), url.clone());
