@@ -252,8 +252,17 @@ impl ClientContext for QuietContext {
 
 impl ConsumerContext for QuietContext {}
 
+/// Longest wait, in ms, between two attempts to reach a broker. librdkafka
+/// doubles the wait after each failed attempt up to 10 s by default: after
+/// an outage of more than a few seconds a producer or consumer could then
+/// sit idle up to 10 s after the brokers' return before it sends or reads
+/// anything. Capped at half a second (attempts at that pace are cheap);
+/// `kafka.properties` may set it otherwise.
+pub(crate) const RECONNECT_BACKOFF_MAX_MS: &str = "500";
+
 fn base_config(cfg: &KafkaConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
+    c.set("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX_MS);
     for (k, v) in &cfg.properties {
         c.set(k, v);
     }
