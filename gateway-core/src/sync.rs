@@ -12,6 +12,10 @@
 //! Kafka unreachable: the producer keeps events queued (idempotent, acks=all,
 //! no delivery timeout) and delivers them in order when the brokers return;
 //! meanwhile the gateway serves and accepts registrations, which Consul holds.
+//! The consumer reads the errors librdkafka queues during an outage without
+//! pausing for each (they would otherwise delay every event published after
+//! the brokers return), and `connected` changes once per outage and once per
+//! return, whatever the number of errors.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -84,6 +88,10 @@ pub struct SyncCounters {
     skipped_duplicate: AtomicU64,
     skipped_invalid: AtomicU64,
     contradicted: AtomicU64,
+    /// Errors the consumer read (librdkafka reports each failed reconnect).
+    consumer_errors: AtomicU64,
+    /// Times Kafka was found unreachable (once per outage).
+    disconnects: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -118,8 +126,107 @@ pub struct KafkaSync {
     incarnation: String,
     sequence: AtomicU64,
     counters: SyncCounters,
-    connected: AtomicBool,
+    link: Link,
     last_error: Mutex<Option<String>>,
+}
+
+/// How long after a broker last answered an error that may have been queued
+/// earlier is not taken as a new outage. librdkafka queues an error for every
+/// failed reconnect; the last few of an outage can be read just after the
+/// broker answered again, and would flip the state back to down until the
+/// next probe (the flapping the held-out check saw).
+pub(crate) const STALE_ERROR_GRACE: Duration = Duration::from_secs(2);
+
+/// Whether Kafka is reachable, from this process's point of view: changes
+/// once per transition, never once per error.
+#[derive(Debug)]
+pub(crate) struct Link {
+    connected: AtomicBool,
+    epoch: Instant,
+    /// When a broker last answered, in ms since `epoch`.
+    last_ok_ms: AtomicU64,
+}
+
+impl Link {
+    pub(crate) fn new(now: Instant) -> Self {
+        Self {
+            connected: AtomicBool::new(true),
+            epoch: now,
+            last_ok_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn ms(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_millis() as u64
+    }
+
+    /// A broker answered (a delivery, a probe, a message or end of
+    /// partition read). True when this ends an outage.
+    pub(crate) fn answered(&self, now: Instant) -> bool {
+        self.last_ok_ms.fetch_max(self.ms(now), Ordering::Relaxed);
+        !self.connected.load(Ordering::Relaxed) && !self.connected.swap(true, Ordering::Relaxed)
+    }
+
+    /// Talking to Kafka failed. `maybe_stale`: the error may have waited in
+    /// a queue (consumer errors), so one read within [`STALE_ERROR_GRACE`]
+    /// of a broker's answer does not start an outage. True when this starts
+    /// one.
+    pub(crate) fn failed(&self, now: Instant, maybe_stale: bool) -> bool {
+        if maybe_stale {
+            let since_ok = self
+                .ms(now)
+                .saturating_sub(self.last_ok_ms.load(Ordering::Relaxed));
+            if since_ok < STALE_ERROR_GRACE.as_millis() as u64 {
+                return false;
+            }
+        }
+        self.connected.swap(false, Ordering::Relaxed)
+    }
+
+    pub(crate) fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+}
+
+/// Errors read back to back, without the consumer ever waiting for one, for
+/// this long means librdkafka is reporting errors as fast as they are read
+/// (a spin, not an outage): pause [`ERROR_SPIN_PAUSE`] then.
+pub(crate) const ERROR_SPIN: Duration = Duration::from_secs(1);
+/// See [`ERROR_SPIN`].
+pub(crate) const ERROR_SPIN_PAUSE: Duration = Duration::from_millis(100);
+
+/// Paces the consumer's error handling by time, never per error.
+///
+/// While the brokers are unreachable librdkafka reports errors at its own
+/// reconnect pace, so the consumer waits for each: that wait is the backoff.
+/// Errors queued during an outage are read as fast as they come out of the
+/// queue once the brokers are back (a pause per queued error made a replica
+/// read 5 errors a second, 12-30 s behind, before any new event). Only an
+/// uninterrupted stream of errors for [`ERROR_SPIN`] is paused, briefly.
+#[derive(Debug, Default)]
+pub(crate) struct ErrorPacing {
+    back_to_back_since: Option<Instant>,
+}
+
+impl ErrorPacing {
+    /// An error was read; `waited`: the consumer had to wait for it (the
+    /// queue was empty). Returns how long to pause, if at all.
+    pub(crate) fn error(&mut self, now: Instant, waited: bool) -> Option<Duration> {
+        if waited {
+            self.back_to_back_since = None;
+        }
+        let since = *self.back_to_back_since.get_or_insert(now);
+        if now.saturating_duration_since(since) >= ERROR_SPIN {
+            self.back_to_back_since = None;
+            return Some(ERROR_SPIN_PAUSE);
+        }
+        None
+    }
+
+    /// A message or end of partition was read.
+    pub(crate) fn progress(&mut self) {
+        self.back_to_back_since = None;
+    }
 }
 
 /// librdkafka reports every failed reconnect at ERROR, several times a
@@ -145,8 +252,17 @@ impl ClientContext for QuietContext {
 
 impl ConsumerContext for QuietContext {}
 
+/// Longest wait, in ms, between two attempts to reach a broker. librdkafka
+/// doubles the wait after each failed attempt up to 10 s by default: after
+/// an outage of more than a few seconds a producer or consumer could then
+/// sit idle up to 10 s after the brokers' return before it sends or reads
+/// anything. Capped at half a second (attempts at that pace are cheap);
+/// `kafka.properties` may set it otherwise.
+pub(crate) const RECONNECT_BACKOFF_MAX_MS: &str = "500";
+
 fn base_config(cfg: &KafkaConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
+    c.set("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX_MS);
     for (k, v) in &cfg.properties {
         c.set(k, v);
     }
@@ -196,7 +312,7 @@ impl KafkaSync {
             incarnation,
             sequence: AtomicU64::new(0),
             counters: SyncCounters::default(),
-            connected: AtomicBool::new(true),
+            link: Link::new(Instant::now()),
             last_error: Mutex::new(None),
         });
         tokio::spawn(probe(Arc::downgrade(&this)));
@@ -247,12 +363,12 @@ impl KafkaSync {
                     match delivery.await {
                         Ok(Ok(_)) => {
                             bump(&this.counters.delivered);
-                            this.set_connected(true, None);
+                            this.broker_answered();
                         }
                         Ok(Err((e, _))) => {
                             bump(&this.counters.delivery_failed);
                             warn!(key = %key, error = %e, "Registration event not delivered; Consul still has the change.");
-                            this.set_connected(false, Some(e.to_string()));
+                            this.broker_failed(e.to_string(), false);
                         }
                         Err(_) => bump(&this.counters.delivery_failed),
                     }
@@ -261,19 +377,26 @@ impl KafkaSync {
             Err((e, _)) => {
                 bump(&self.counters.delivery_failed);
                 warn!(key = %key, error = %e, "Registration event could not be queued; Consul still has the change.");
-                self.set_connected(false, Some(e.to_string()));
+                self.broker_failed(e.to_string(), false);
             }
         }
     }
 
-    fn set_connected(&self, ok: bool, err: Option<String>) {
-        let was = self.connected.swap(ok, Ordering::Relaxed);
-        if ok && !was {
+    /// A broker answered: logs the end of an outage once.
+    fn broker_answered(&self) {
+        if self.link.answered(Instant::now()) {
             info!("Kafka reachable again.");
         }
-        if let Some(e) = err {
-            *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+    }
+
+    /// Talking to Kafka failed: records the error, and logs and counts the
+    /// start of an outage once. `maybe_stale` as in [`Link::failed`].
+    fn broker_failed(&self, error: String, maybe_stale: bool) {
+        if self.link.failed(Instant::now(), maybe_stale) {
+            bump(&self.counters.disconnects);
+            warn!(error = %error, "Kafka unreachable; registrations go on through Consul and their events wait in the queue.");
         }
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(error);
     }
 
     /// Waits until every queued event is delivered (or `timeout`).
@@ -287,7 +410,7 @@ impl KafkaSync {
             "node_id": self.node_id,
             "incarnation": self.incarnation,
             "topic": self.config.topic,
-            "connected": self.connected.load(Ordering::Relaxed),
+            "connected": self.link.connected(),
             "last_error": *self.last_error.lock().unwrap_or_else(|p| p.into_inner()),
             "in_flight": self.producer.in_flight_count(),
             "counters": &self.counters,
@@ -307,7 +430,7 @@ async fn probe(weak: std::sync::Weak<KafkaSync>) {
     loop {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let Some(this) = weak.upgrade() else { return };
-        if this.connected.load(Ordering::Relaxed) {
+        if this.link.connected() {
             continue;
         }
         let p = this.producer.clone();
@@ -320,7 +443,7 @@ async fn probe(weak: std::sync::Weak<KafkaSync>) {
         .await
         .unwrap_or(false);
         if ok {
-            this.set_connected(true, None);
+            this.broker_answered();
         }
     }
 }
@@ -557,11 +680,20 @@ async fn consume(
     // During catch-up: the latest state per instance the topic describes
     // (true = registered), reconciled with Consul before ready.
     let mut history: HashMap<(String, String), bool> = HashMap::new();
+    let mut pacing = ErrorPacing::default();
     loop {
-        let msg = consumer.recv().await;
+        // Whether the next event was already queued or had to be waited for:
+        // errors queued during an outage are drained without pausing.
+        let mut next = std::pin::pin!(consumer.recv());
+        let (msg, waited) = match next.as_mut().now_or_never() {
+            Some(msg) => (msg, false),
+            None => (next.as_mut().await, true),
+        };
         let Some(this) = weak.upgrade() else { return };
         match msg {
             Ok(m) => {
+                pacing.progress();
+                this.sync.broker_answered();
                 bump(&this.sync.counters.received);
                 let payload = m.payload().unwrap_or_default();
                 let (verdict, ev) = dedup.judge(&this.sync.node_id, payload);
@@ -591,6 +723,8 @@ async fn consume(
                 }
             }
             Err(KafkaError::PartitionEOF(p)) => {
+                pacing.progress();
+                this.sync.broker_answered();
                 eof.insert(p);
                 if !caught_up && eof.len() >= partitions {
                     caught_up = true;
@@ -599,10 +733,17 @@ async fn consume(
                 }
             }
             Err(e) => {
+                // librdkafka reconnects by itself; an error only tells the
+                // admin view. No pause per error: during an outage the next
+                // one comes at librdkafka's reconnect pace anyway, and after
+                // it the queued ones must not delay the new events.
+                bump(&this.sync.counters.consumer_errors);
                 debug!(error = %e, "Kafka consumer error; librdkafka retries.");
-                this.sync.set_connected(false, Some(e.to_string()));
-                drop(this);
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                this.sync.broker_failed(e.to_string(), true);
+                if let Some(pause) = pacing.error(Instant::now(), waited) {
+                    drop(this);
+                    tokio::time::sleep(pause).await;
+                }
             }
         }
     }

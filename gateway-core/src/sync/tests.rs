@@ -75,3 +75,95 @@ proptest::proptest! {
         let _ = d.judge("me", &payload);
     }
 }
+
+/// An outage as the consumer sees it: errors while the broker is down, the
+/// broker answers again, then the errors librdkafka queued meanwhile are
+/// read. One transition each way, whatever the number of errors.
+#[test]
+fn connected_changes_once_per_outage_not_once_per_error() {
+    let t0 = Instant::now();
+    let link = Link::new(t0);
+    assert!(link.connected());
+    let at = |ms: u64| t0 + Duration::from_millis(ms);
+    // The first error long after the last answer starts the outage; the
+    // others do not start it again.
+    assert!(link.failed(at(5_000), true), "the outage starts");
+    assert!(!link.connected());
+    for i in 0..200 {
+        assert!(!link.failed(at(5_000 + i * 50), true));
+    }
+    // The broker answers: back up, once.
+    assert!(link.answered(at(20_000)), "the outage ends");
+    assert!(!link.answered(at(20_001)), "already up");
+    // Errors queued before the return and read just after it do not flip
+    // the state back (that flapping logged "reachable again" every 2 s).
+    for i in 0..200 {
+        assert!(!link.failed(at(20_001 + i), true));
+    }
+    assert!(link.connected());
+    // Messages keep coming: still up, and an error read then is stale.
+    assert!(!link.answered(at(30_000)));
+    assert!(!link.failed(at(30_500), true));
+    assert!(link.connected());
+    // A later outage is noticed again.
+    assert!(link.failed(at(30_000) + STALE_ERROR_GRACE, true));
+    assert!(!link.connected());
+    assert!(link.answered(at(40_000)));
+}
+
+#[test]
+fn a_failed_delivery_is_never_taken_for_a_stale_error() {
+    let t0 = Instant::now();
+    let link = Link::new(t0);
+    assert!(!link.answered(t0), "up from the start");
+    // A delivery that failed just after a broker answered is current news.
+    assert!(link.failed(t0 + Duration::from_millis(1), false));
+    assert!(!link.connected());
+}
+
+#[test]
+fn queued_errors_are_drained_without_a_pause() {
+    let t0 = Instant::now();
+    let mut p = ErrorPacing::default();
+    // 10,000 errors queued during an outage, read back to back in 500 ms
+    // once the broker is back: never a pause.
+    for i in 0..10_000u64 {
+        assert_eq!(p.error(t0 + Duration::from_micros(i * 50), false), None);
+    }
+    // Errors librdkafka reports one by one while the broker is down (the
+    // consumer waited for each): never a pause either, however long.
+    for s in 0..600u64 {
+        assert_eq!(p.error(t0 + Duration::from_secs(s), true), None);
+    }
+}
+
+#[test]
+fn only_an_uninterrupted_stream_of_errors_pauses_and_briefly() {
+    let t0 = Instant::now();
+    let mut p = ErrorPacing::default();
+    let mut pauses = Vec::new();
+    // Errors ready back to back for 5 s (librdkafka spinning).
+    for ms in 0..5_000u64 {
+        if let Some(d) = p.error(t0 + Duration::from_millis(ms), false) {
+            pauses.push((ms, d));
+        }
+    }
+    assert_eq!(
+        pauses.len(),
+        4,
+        "one pause per second of errors: {pauses:?}"
+    );
+    assert!(pauses.iter().all(|(_, d)| *d == ERROR_SPIN_PAUSE));
+    assert!(
+        ERROR_SPIN_PAUSE * 5 <= ERROR_SPIN,
+        "reads at least 80% of the time"
+    );
+    // A message in between resets it.
+    let mut p = ErrorPacing::default();
+    for ms in 0..5_000u64 {
+        if ms % 900 == 0 {
+            p.progress();
+        }
+        assert_eq!(p.error(t0 + Duration::from_millis(ms), false), None);
+    }
+}
