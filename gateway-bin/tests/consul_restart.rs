@@ -308,3 +308,44 @@ async fn consul_restarting_empty_drops_no_route_on_any_replica() {
 fn consul_http() -> reqwest::Client {
     reqwest::Client::new()
 }
+
+/// The listing shows what Consul enforces: the check timings registered,
+/// the DeregisterCriticalServiceAfter in force, and a lease only where one
+/// is kept (a TTL check's TTL); gRPC/HTTP-checked instances have none (0).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_shows_the_timings_and_lease_in_force() {
+    let _serial = SERIAL.lock().await;
+    let consul = ConsulProcess::start(None).await;
+    let gw = gateway_on(&consul).await;
+    let b = backend(None).await;
+    let mut grpc = grpc_registration("timed", "g-1", &b.addr.to_string());
+    grpc["lease_ms"] = json!(2000);
+    register_json(&gw, &grpc).await;
+    let ttl = json!({"service": "timed", "instance_id": "t-1", "address": "127.0.0.1:9",
+        "health": {"kind": "ttl"}, "lease_ms": 2000});
+    register_json(&gw, &ttl).await;
+    // Whether still the local entry or already Consul's view, and on a
+    // replica that reads Consul alone, the listing is the same.
+    let other = gateway_on(&consul).await;
+    for (gw, what) in [(&gw, "acknowledging replica"), (&other, "other replica")] {
+        let list_url = format!("{}/v1/registrations?service=timed", gw.registration_url());
+        let v = eventually(&format!("both instances listed on the {what}"), || async {
+            let v = get_json(&gw.http, &list_url).await;
+            (v["instances"].as_array()?.len() == 2).then_some(v)
+        })
+        .await;
+        for i in v["instances"].as_array().unwrap() {
+            let r = &i["registration"];
+            let h = &r["health"];
+            assert_eq!(h["deregister_critical_after_ms"], 60000, "{what}: {r}");
+            if r["instance_id"] == "g-1" {
+                assert_eq!(h["interval_ms"], 1000, "{what}: {r}");
+                assert_eq!(h["timeout_ms"], 500, "{what}: {r}");
+                assert_eq!(r["lease_ms"], 0, "{what}: no lease is kept: {r}");
+            } else {
+                assert_eq!(h["kind"], "ttl", "{what}: {r}");
+                assert_eq!(r["lease_ms"], 2000, "{what}: the TTL: {r}");
+            }
+        }
+    }
+}

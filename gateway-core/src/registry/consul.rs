@@ -19,7 +19,23 @@
 //!   SDK retries on its own. When Consul answers again (or its index goes
 //!   backwards: a restarted dev agent), every registration this gateway
 //!   accepted and the agent lost is written again before the new state is
-//!   applied.
+//!   applied. For `consul.restart_grace` after that, instances missing from
+//!   Consul's view stay routed: the other replicas may not have written
+//!   theirs back yet, and a replica must not shrink its routing table
+//!   because Consul came back with less than it had. Additions and failing
+//!   checks apply at once; when the window closes every watch reads afresh
+//!   and Consul's view applies in full.
+//! * **Read-your-writes**: a registration the agent accepted is routed by
+//!   this gateway before it is acknowledged, as passing (like the new
+//!   check), until a health answer carrying that write (`gw-write`) shows
+//!   Consul's own view of it.
+//! * **Re-registration** replaces: a registration Consul holds as critical
+//!   or warning is removed before the new one is written, so it starts
+//!   passing like a fresh one (Consul would keep the old check status).
+//! * **Leases**: only a TTL check enforces one (the TTL); with gRPC/HTTP
+//!   checks Consul's check decides and listings show no lease (0). The
+//!   check timings in force are stored in `gw-timing`, so every replica
+//!   lists them.
 //! * **All instances unreachable** from this gateway: its health of that
 //!   service is re-read at once; nothing is ever deregistered on one
 //!   gateway's view.
@@ -53,6 +69,8 @@ const META_WEIGHT: &str = "gw-weight";
 const META_ROUTE: &str = "gw-route-";
 const META_CHECK: &str = "gw-check";
 const META_STREAMING: &str = "gw-streaming";
+/// The check timings in force (`MetaTiming`), so every replica lists them.
+const META_TIMING: &str = "gw-timing";
 /// A fresh value on every write: tells this gateway when Consul's view
 /// includes that write (see [`Pending`]).
 const META_WRITE: &str = "gw-write";
@@ -83,6 +101,47 @@ struct MetaRoute {
     /// max duration, ms
     #[serde(default, skip_serializing_if = "Option::is_none")]
     m: Option<u64>,
+}
+
+/// Check timings as stored in `gw-timing`, in ms.
+#[derive(Debug, Serialize, Deserialize)]
+struct MetaTiming {
+    /// interval
+    i: u64,
+    /// timeout
+    t: u64,
+    /// DeregisterCriticalServiceAfter in force
+    d: u64,
+    /// TTL of a TTL check (the lease in force); absent for gRPC/HTTP checks
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    l: Option<u64>,
+    /// gRPC service name / HTTP path checked
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    c: String,
+}
+
+/// Consul never removes a critical service sooner than this.
+const DEREGISTER_MIN: Duration = Duration::from_secs(60);
+
+/// What Consul enforces for `reg` - what listings show: the
+/// `DeregisterCriticalServiceAfter` in force, and a lease only for TTL
+/// checks (the TTL). With a gRPC or HTTP check no lease is kept: Consul's
+/// check decides, an instance that stops renewing stays while it passes,
+/// and `lease` is zero ("none").
+pub fn in_force(reg: &Registration, config: &ConsulConfig) -> Registration {
+    let mut r = reg.clone();
+    r.health.deregister_critical_after = Some(deregister_after(reg, config));
+    if r.health.kind != CheckKind::Ttl {
+        r.lease = Duration::ZERO;
+    }
+    r
+}
+
+fn deregister_after(reg: &Registration, config: &ConsulConfig) -> Duration {
+    reg.health
+        .deregister_critical_after
+        .unwrap_or(config.deregister_critical_after)
+        .max(DEREGISTER_MIN)
 }
 
 fn split_host_port(address: &str) -> Option<(String, u16)> {
@@ -146,6 +205,23 @@ pub fn to_agent_registration(
         CheckKind::Ttl => "ttl",
     };
     meta.insert(META_CHECK.into(), kind.into());
+    let deregister_after = deregister_after(reg, config);
+    let ms = |d: Duration| d.as_millis() as u64;
+    meta.insert(
+        META_TIMING.into(),
+        serde_json::to_string(&MetaTiming {
+            i: ms(reg.health.interval),
+            t: ms(reg.health.timeout),
+            d: ms(deregister_after),
+            l: (reg.health.kind == CheckKind::Ttl).then(|| ms(reg.lease)),
+            c: match &reg.health.kind {
+                CheckKind::Grpc { service } => service.clone(),
+                CheckKind::Http { path } => path.clone(),
+                CheckKind::Ttl => String::new(),
+            },
+        })
+        .map_err(|e| rejected(e.to_string()))?,
+    );
     if meta.len() > 64 {
         return Err(rejected(format!(
             "{} metadata entries (routes included); Consul allows 64",
@@ -160,11 +236,6 @@ pub fn to_agent_registration(
             "metadata {k:?} is too long for Consul (keys 128, values {META_VALUE_MAX} bytes)"
         )));
     }
-    let deregister_after = reg
-        .health
-        .deregister_critical_after
-        .unwrap_or(config.deregister_critical_after)
-        .max(Duration::from_secs(60));
     let mut check = AgentCheck {
         check_id: format!("service:{id}"),
         name: format!("{} health ({kind})", reg.service),
@@ -280,6 +351,38 @@ pub fn entry_to_view(e: &ServiceEntry) -> InstanceView {
             service: String::new(),
         },
     };
+    // Registered by a gateway: the timings it wrote; by Consul's own
+    // tools: unknown, shown as the gateway defaults, with no lease.
+    let timing = meta
+        .get(META_TIMING)
+        .and_then(|t| serde_json::from_str::<MetaTiming>(t).ok());
+    let kind = match (kind, &timing) {
+        (CheckKind::Grpc { .. }, Some(t)) => CheckKind::Grpc {
+            service: t.c.clone(),
+        },
+        (CheckKind::Http { .. }, Some(t)) if t.c.starts_with('/') => {
+            CheckKind::Http { path: t.c.clone() }
+        }
+        (k, _) => k,
+    };
+    let ms = Duration::from_millis;
+    let (interval, timeout, deregister_critical_after, lease) = match &timing {
+        Some(t) => (
+            ms(t.i),
+            ms(t.t),
+            Some(ms(t.d)),
+            match kind {
+                CheckKind::Ttl => t.l.map(ms).unwrap_or_default(),
+                _ => Duration::ZERO,
+            },
+        ),
+        None => (
+            Duration::from_secs(5),
+            Duration::from_secs(1),
+            None,
+            Duration::ZERO,
+        ),
+    };
     let critical: Vec<&str> = e
         .checks
         .iter()
@@ -325,11 +428,11 @@ pub fn entry_to_view(e: &ServiceEntry) -> InstanceView {
             weight,
             health: HealthCheck {
                 kind,
-                interval: Duration::from_secs(5),
-                timeout: Duration::from_secs(1),
-                deregister_critical_after: None,
+                interval,
+                timeout,
+                deregister_critical_after,
             },
-            lease: Duration::from_secs(30),
+            lease,
             streaming,
         }),
         health,
@@ -987,7 +1090,7 @@ impl Registry for ConsulRegistry {
                 agent.id,
                 Pending {
                     view: InstanceView {
-                        registration: Arc::new(reg.clone()),
+                        registration: Arc::new(in_force(&reg, &self.inner.config)),
                         health: Health::Passing,
                         detail: "accepted by the consul agent; awaiting its view".into(),
                         lease_deadline: None,
@@ -1051,10 +1154,13 @@ impl Registry for ConsulRegistry {
                     .or_else(|| st.pending.get(&id).map(|p| p.view.registration.clone()));
                 (st.owned.get(&id).map(|(r, _)| r.clone()), known)
             };
+            // The lease answered is the renewal cadence the instance asked
+            // for (only a TTL check enforces it; see `in_force`).
             let lease = owned
                 .as_ref()
                 .map(|r| r.lease)
-                .or(known.as_ref().map(|r| r.lease));
+                .or(known.as_ref().map(|r| r.lease))
+                .filter(|l| !l.is_zero());
             let ttl = owned
                 .as_ref()
                 .or(known.as_deref())
