@@ -303,6 +303,13 @@ pub struct ConsulConfig {
     /// Smallest pause between two queries of one watch loop (rate limit).
     #[serde(with = "humantime_serde")]
     pub min_query_interval: Duration,
+    /// After Consul answers again (an outage, or a restart that may have
+    /// lost everything), instances missing from its view stay routed this
+    /// long, so every replica can reconnect and write back what it accepted
+    /// before anything is dropped. Longer than the slowest reconnect (error
+    /// backoff is at most 7.5 s) plus the write-back.
+    #[serde(with = "humantime_serde")]
+    pub restart_grace: Duration,
 }
 
 impl Default for ConsulConfig {
@@ -315,6 +322,7 @@ impl Default for ConsulConfig {
             wait: Duration::from_secs(60),
             deregister_critical_after: Duration::from_secs(60),
             min_query_interval: Duration::from_millis(5),
+            restart_grace: Duration::from_secs(15),
         }
     }
 }

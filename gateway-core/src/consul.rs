@@ -369,6 +369,27 @@ impl ConsulClient {
         }
     }
 
+    /// `GET /v1/agent/health/service/id/<id>?format=text`: the aggregated
+    /// status of the service's checks on this agent (`passing`, `warning`,
+    /// `critical`, `maintenance`); `None` when the agent does not have it.
+    pub async fn agent_service_status(&self, id: &str) -> Result<Option<String>, ConsulError> {
+        let path = format!("/v1/agent/health/service/id/{}?format=text", encode(id));
+        let (url, rb) = self.request(reqwest::Method::GET, &path, Duration::from_secs(5));
+        match self.send(&url, rb).await {
+            Ok(resp) => Ok(Some(
+                resp.text().await.unwrap_or_default().trim().to_owned(),
+            )),
+            // 429 = warning, 503 = critical (or maintenance).
+            Err(ConsulError::Status {
+                status: 429 | 503,
+                body,
+                ..
+            }) => Ok(Some(body.trim().to_owned())),
+            Err(ConsulError::Status { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// `PUT /v1/agent/check/pass/<check id>`; `Ok(false)` when unknown.
     pub async fn pass_ttl(&self, check_id: &str) -> Result<bool, ConsulError> {
         let path = format!("/v1/agent/check/pass/{}", encode(check_id));

@@ -112,6 +112,12 @@ impl Gateway {
             .into();
         let balancer = Balancer::new(config.balancer.clone(), config.timeouts.clone());
         let follow = balancer.follow(registry.as_ref());
+        let api = RegistrationApi::new(
+            registry.clone(),
+            RegistrationPolicy::from_config(&config),
+            config.registration.token.clone(),
+        )
+        .routing_with(balancer.clone());
         let shared = Arc::new(Shared {
             node_id,
             balancer,
@@ -122,11 +128,6 @@ impl Gateway {
             draining: CancellationToken::new(),
             relays: tokio_util::task::TaskTracker::new(),
         });
-        let api = RegistrationApi::new(
-            registry,
-            RegistrationPolicy::from_config(&config),
-            config.registration.token.clone(),
-        );
         Ok(Self {
             config,
             shared,

@@ -90,6 +90,8 @@ pub struct RegistrationApi {
     registry: Arc<dyn Registry>,
     policy: Arc<RegistrationPolicy>,
     token: Option<Arc<str>>,
+    /// The balancer routing this registry's catalogue, when there is one.
+    balancer: Option<Arc<crate::balance::Balancer>>,
 }
 
 impl RegistrationApi {
@@ -103,7 +105,16 @@ impl RegistrationApi {
             registry,
             policy: Arc::new(policy),
             token: token.map(Into::into),
+            balancer: None,
         }
+    }
+
+    /// Acknowledges a registration only once `balancer` routes it (its
+    /// snapshot is rebuilt on its own task): a client that registers and
+    /// then calls through this gateway at once finds the route.
+    pub fn routing_with(mut self, balancer: Arc<crate::balance::Balancer>) -> Self {
+        self.balancer = Some(balancer);
+        self
     }
 
     /// Checks `authorization: Bearer <token>` when a token is configured.
@@ -134,6 +145,14 @@ impl RegistrationApi {
         let reg = Registration::from_proto(reg, &self.policy)?;
         let (service, address) = (reg.service.clone(), reg.address.clone());
         let out = self.registry.register(reg).await?;
+        if let Some(b) = &self.balancer {
+            // The registry published the registration before answering;
+            // bounded, in case a registry publishes nothing for it.
+            let version = self.registry.watch().borrow().version;
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_secs(1), b.wait_applied(version))
+                    .await;
+        }
         if out.created {
             info!(service = %service, instance = %out.instance_id, address = %address, "Instance registered.");
         }

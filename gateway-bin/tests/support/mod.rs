@@ -468,3 +468,25 @@ pub async fn get_json(http: &reqwest::Client, url: &str) -> serde_json::Value {
         .await
         .expect("JSON body")
 }
+
+/// PUTs a registration (JSON API) through `gw` and panics unless it is
+/// acknowledged.
+pub async fn register_json(gw: &GatewayProcess, body: &serde_json::Value) {
+    let resp = gw
+        .http
+        .put(format!("{}/v1/registrations", gw.registration_url()))
+        .json(body)
+        .send()
+        .await
+        .expect("register");
+    assert!(
+        resp.status().is_success(),
+        "registration refused: {}",
+        resp.text().await.unwrap_or_default()
+    );
+}
+
+/// A loopback port nothing listens on (bound, then released).
+pub fn closed_port() -> u16 {
+    free_port()
+}

@@ -19,7 +19,23 @@
 //!   SDK retries on its own. When Consul answers again (or its index goes
 //!   backwards: a restarted dev agent), every registration this gateway
 //!   accepted and the agent lost is written again before the new state is
-//!   applied.
+//!   applied. For `consul.restart_grace` after that, instances missing from
+//!   Consul's view stay routed: the other replicas may not have written
+//!   theirs back yet, and a replica must not shrink its routing table
+//!   because Consul came back with less than it had. Additions and failing
+//!   checks apply at once; when the window closes every watch reads afresh
+//!   and Consul's view applies in full.
+//! * **Read-your-writes**: a registration the agent accepted is routed by
+//!   this gateway before it is acknowledged, as passing (like the new
+//!   check), until a health answer carrying that write (`gw-write`) shows
+//!   Consul's own view of it.
+//! * **Re-registration** replaces: a registration Consul holds as critical
+//!   or warning is removed before the new one is written, so it starts
+//!   passing like a fresh one (Consul would keep the old check status).
+//! * **Leases**: only a TTL check enforces one (the TTL); with gRPC/HTTP
+//!   checks Consul's check decides and listings show no lease (0). The
+//!   check timings in force are stored in `gw-timing`, so every replica
+//!   lists them.
 //! * **All instances unreachable** from this gateway: its health of that
 //!   service is re-read at once; nothing is ever deregistered on one
 //!   gateway's view.
@@ -53,6 +69,14 @@ const META_WEIGHT: &str = "gw-weight";
 const META_ROUTE: &str = "gw-route-";
 const META_CHECK: &str = "gw-check";
 const META_STREAMING: &str = "gw-streaming";
+/// The check timings in force (`MetaTiming`), so every replica lists them.
+const META_TIMING: &str = "gw-timing";
+/// A fresh value on every write: tells this gateway when Consul's view
+/// includes that write (see [`Pending`]).
+const META_WRITE: &str = "gw-write";
+/// Longest a locally accepted registration is routed before Consul's view
+/// shows it; after that, Consul's view wins.
+const PENDING_MAX: Duration = Duration::from_secs(10);
 /// Consul rejects metadata values longer than this.
 const META_VALUE_MAX: usize = 512;
 
@@ -77,6 +101,47 @@ struct MetaRoute {
     /// max duration, ms
     #[serde(default, skip_serializing_if = "Option::is_none")]
     m: Option<u64>,
+}
+
+/// Check timings as stored in `gw-timing`, in ms.
+#[derive(Debug, Serialize, Deserialize)]
+struct MetaTiming {
+    /// interval
+    i: u64,
+    /// timeout
+    t: u64,
+    /// DeregisterCriticalServiceAfter in force
+    d: u64,
+    /// TTL of a TTL check (the lease in force); absent for gRPC/HTTP checks
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    l: Option<u64>,
+    /// gRPC service name / HTTP path checked
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    c: String,
+}
+
+/// Consul never removes a critical service sooner than this.
+const DEREGISTER_MIN: Duration = Duration::from_secs(60);
+
+/// What Consul enforces for `reg` - what listings show: the
+/// `DeregisterCriticalServiceAfter` in force, and a lease only for TTL
+/// checks (the TTL). With a gRPC or HTTP check no lease is kept: Consul's
+/// check decides, an instance that stops renewing stays while it passes,
+/// and `lease` is zero ("none").
+pub fn in_force(reg: &Registration, config: &ConsulConfig) -> Registration {
+    let mut r = reg.clone();
+    r.health.deregister_critical_after = Some(deregister_after(reg, config));
+    if r.health.kind != CheckKind::Ttl {
+        r.lease = Duration::ZERO;
+    }
+    r
+}
+
+fn deregister_after(reg: &Registration, config: &ConsulConfig) -> Duration {
+    reg.health
+        .deregister_critical_after
+        .unwrap_or(config.deregister_critical_after)
+        .max(DEREGISTER_MIN)
 }
 
 fn split_host_port(address: &str) -> Option<(String, u16)> {
@@ -140,6 +205,23 @@ pub fn to_agent_registration(
         CheckKind::Ttl => "ttl",
     };
     meta.insert(META_CHECK.into(), kind.into());
+    let deregister_after = deregister_after(reg, config);
+    let ms = |d: Duration| d.as_millis() as u64;
+    meta.insert(
+        META_TIMING.into(),
+        serde_json::to_string(&MetaTiming {
+            i: ms(reg.health.interval),
+            t: ms(reg.health.timeout),
+            d: ms(deregister_after),
+            l: (reg.health.kind == CheckKind::Ttl).then(|| ms(reg.lease)),
+            c: match &reg.health.kind {
+                CheckKind::Grpc { service } => service.clone(),
+                CheckKind::Http { path } => path.clone(),
+                CheckKind::Ttl => String::new(),
+            },
+        })
+        .map_err(|e| rejected(e.to_string()))?,
+    );
     if meta.len() > 64 {
         return Err(rejected(format!(
             "{} metadata entries (routes included); Consul allows 64",
@@ -154,11 +236,6 @@ pub fn to_agent_registration(
             "metadata {k:?} is too long for Consul (keys 128, values {META_VALUE_MAX} bytes)"
         )));
     }
-    let deregister_after = reg
-        .health
-        .deregister_critical_after
-        .unwrap_or(config.deregister_critical_after)
-        .max(Duration::from_secs(60));
     let mut check = AgentCheck {
         check_id: format!("service:{id}"),
         name: format!("{} health ({kind})", reg.service),
@@ -200,6 +277,22 @@ pub fn to_agent_registration(
         },
         check,
     })
+}
+
+/// The agent registration for one write of `reg`, stamped with `write`
+/// (a fresh value per accepted registration).
+fn to_agent_write(
+    reg: &Registration,
+    config: &ConsulConfig,
+    write: &str,
+) -> Result<AgentServiceRegistration, RegistryError> {
+    let mut a = to_agent_registration(reg, config)?;
+    a.meta.insert(META_WRITE.into(), write.to_owned());
+    Ok(a)
+}
+
+fn new_write_id() -> String {
+    format!("{:016x}", rand::rng().random::<u64>())
 }
 
 /// Rebuilds an instance from a health entry. Instances registered with
@@ -258,6 +351,38 @@ pub fn entry_to_view(e: &ServiceEntry) -> InstanceView {
             service: String::new(),
         },
     };
+    // Registered by a gateway: the timings it wrote; by Consul's own
+    // tools: unknown, shown as the gateway defaults, with no lease.
+    let timing = meta
+        .get(META_TIMING)
+        .and_then(|t| serde_json::from_str::<MetaTiming>(t).ok());
+    let kind = match (kind, &timing) {
+        (CheckKind::Grpc { .. }, Some(t)) => CheckKind::Grpc {
+            service: t.c.clone(),
+        },
+        (CheckKind::Http { .. }, Some(t)) if t.c.starts_with('/') => {
+            CheckKind::Http { path: t.c.clone() }
+        }
+        (k, _) => k,
+    };
+    let ms = Duration::from_millis;
+    let (interval, timeout, deregister_critical_after, lease) = match &timing {
+        Some(t) => (
+            ms(t.i),
+            ms(t.t),
+            Some(ms(t.d)),
+            match kind {
+                CheckKind::Ttl => t.l.map(ms).unwrap_or_default(),
+                _ => Duration::ZERO,
+            },
+        ),
+        None => (
+            Duration::from_secs(5),
+            Duration::from_secs(1),
+            None,
+            Duration::ZERO,
+        ),
+    };
     let critical: Vec<&str> = e
         .checks
         .iter()
@@ -303,11 +428,11 @@ pub fn entry_to_view(e: &ServiceEntry) -> InstanceView {
             weight,
             health: HealthCheck {
                 kind,
-                interval: Duration::from_secs(5),
-                timeout: Duration::from_secs(1),
-                deregister_critical_after: None,
+                interval,
+                timeout,
+                deregister_critical_after,
             },
-            lease: Duration::from_secs(30),
+            lease,
             streaming,
         }),
         health,
@@ -330,13 +455,36 @@ struct Watcher {
     synced: bool,
 }
 
+/// A registration the agent accepted that Consul's view (the catalog the
+/// watches read) may not show yet: routed at once, as passing - the same
+/// optimistic start the check itself gets - until a health result carries
+/// this write's `gw-write` value (from then on Consul's view, whatever it
+/// says, is newer than the write) or `PENDING_MAX` passes.
+struct Pending {
+    view: InstanceView,
+    write: String,
+    since: Instant,
+}
+
 #[derive(Default)]
 struct State {
+    /// Consul's view per service (plus, during a restart grace, instances
+    /// it no longer shows).
     services: BTreeMap<String, Vec<InstanceView>>,
     watchers: HashMap<String, Watcher>,
-    /// Registrations this gateway accepted, by Consul id: written again when
-    /// the agent lost them.
-    owned: HashMap<String, Registration>,
+    /// Registrations this gateway accepted, by Consul id, with the
+    /// `gw-write` value they were written with: written again when the
+    /// agent lost them.
+    owned: HashMap<String, (Registration, String)>,
+    /// Accepted here, not yet seen in Consul's view; by Consul id.
+    pending: HashMap<String, Pending>,
+    /// The `gw-write` value of every instance in the last applied health
+    /// answers, by Consul id: a write the watch already brought back needs
+    /// no pending entry.
+    seen_writes: HashMap<String, String>,
+    /// Until then, instances that disappear from Consul's view stay routed
+    /// (Consul answered again after an outage or a restart).
+    grace_until: Option<Instant>,
     services_loaded: bool,
     connected: bool,
     last_error: Option<String>,
@@ -349,6 +497,8 @@ struct Inner {
     tx: watch::Sender<Arc<Catalog>>,
     synced: watch::Sender<bool>,
     state: Mutex<State>,
+    /// Makes the service-list watch read again at once.
+    services_refresh: Arc<Notify>,
 }
 
 /// The Consul-backed registry. Cheap to clone.
@@ -406,6 +556,7 @@ impl ConsulRegistry {
                 connected: true,
                 ..Default::default()
             }),
+            services_refresh: Arc::new(Notify::new()),
         });
         tokio::spawn(services_loop(Arc::downgrade(&inner), cancel.clone()));
         Self {
@@ -429,11 +580,23 @@ impl Inner {
 
     fn publish(&self, st: &mut State) {
         st.version += 1;
-        let instances = st
+        let mut instances: Vec<InstanceView> = st
             .services
-            .values()
-            .flat_map(|v| v.iter().cloned())
+            .iter()
+            .flat_map(|(name, v)| {
+                v.iter()
+                    .filter(|i| {
+                        !st.pending
+                            .contains_key(&consul_id(name, &i.registration.instance_id))
+                    })
+                    .cloned()
+            })
+            .chain(st.pending.values().map(|p| p.view.clone()))
             .collect();
+        instances.sort_by(|a, b| {
+            (&a.registration.service, &a.registration.instance_id)
+                .cmp(&(&b.registration.service, &b.registration.instance_id))
+        });
         self.tx.send_replace(Arc::new(Catalog {
             instances,
             version: st.version,
@@ -472,34 +635,85 @@ impl Inner {
         self.lock().connected
     }
 
+    /// A watch saw Consul's index go backwards: the agent restarted, maybe
+    /// empty. Health answers are held back (as during an outage) until the
+    /// service-list watch has written back what this gateway accepted.
+    fn mark_restarted(&self) {
+        {
+            let mut st = self.lock();
+            if st.connected {
+                info!("Consul index went backwards (agent restarted); resyncing.");
+            }
+            st.connected = false;
+            st.last_error = Some("consul index went backwards: agent restarted".into());
+        }
+        self.services_refresh.notify_one();
+    }
+
     /// Consul answers again (or restarted): write back what the agent lost,
     /// then mark connected and make every health watch read afresh. Health
     /// watches do not apply answers while disconnected, so a restarted,
     /// still-empty agent never empties the routing table.
-    async fn recover(&self) {
+    ///
+    /// Then a grace window (`consul.restart_grace`) opens: Consul may have
+    /// come back empty and the other replicas may not have written back
+    /// their registrations yet, so for that long an instance missing from
+    /// Consul's view stays routed (Consul's view still adds instances and
+    /// marks them failing). When it closes, every watch reads afresh and
+    /// Consul's view applies in full.
+    async fn recover(self: &Arc<Self>) {
         info!("Consul reachable; resyncing registrations this gateway accepted.");
         self.resync_owned().await;
+        let grace = self.config.restart_grace;
         let mut st = self.lock();
         st.connected = true;
         st.last_error = None;
+        if !grace.is_zero() {
+            st.grace_until = Some(Instant::now() + grace);
+            let weak = Arc::downgrade(self);
+            tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                if let Some(inner) = weak.upgrade() {
+                    inner.end_grace();
+                }
+            });
+        }
         for w in st.watchers.values() {
             w.refresh.notify_one();
         }
     }
 
+    /// The restart grace is over: read everything afresh and apply it.
+    fn end_grace(&self) {
+        let mut st = self.lock();
+        if st.grace_until.is_some_and(|g| g <= Instant::now()) {
+            st.grace_until = None;
+            debug!("Consul restart grace over; applying Consul's view in full.");
+            for w in st.watchers.values() {
+                w.refresh.notify_one();
+            }
+            drop(st);
+            self.services_refresh.notify_one();
+        }
+    }
+
+    fn in_grace(st: &State) -> bool {
+        st.grace_until.is_some_and(|g| Instant::now() < g)
+    }
+
     /// Writes back every registration this gateway accepted that the agent
     /// no longer has (a restarted dev agent keeps nothing).
     async fn resync_owned(&self) {
-        let owned: Vec<(String, Registration)> = self
+        let owned: Vec<(String, (Registration, String))> = self
             .lock()
             .owned
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        for (id, reg) in owned {
+        for (id, (reg, write)) in owned {
             match self.client.has_service(&id).await {
                 Ok(true) => {}
-                Ok(false) => match to_agent_registration(&reg, &self.config) {
+                Ok(false) => match to_agent_write(&reg, &self.config, &write) {
                     Ok(a) => match self.client.register(&a).await {
                         Ok(()) => {
                             info!(service = %reg.service, instance = %reg.instance_id, "Re-registered an instance the Consul agent lost.")
@@ -591,6 +805,9 @@ impl Watch {
 }
 
 async fn services_loop(weak: std::sync::Weak<Inner>, cancel: CancellationToken) {
+    let Some(refresh) = weak.upgrade().map(|i| i.services_refresh.clone()) else {
+        return;
+    };
     let mut w = Watch::default();
     loop {
         let Some((client, wait)) = w.next_round(&weak, &cancel).await else {
@@ -598,6 +815,7 @@ async fn services_loop(weak: std::sync::Weak<Inner>, cancel: CancellationToken) 
         };
         let result = tokio::select! {
             _ = cancel.cancelled() => return,
+            _ = refresh.notified() => { w.index = 0; continue; }
             r = client.services(w.index, wait) => r,
         };
         let Some(inner) = weak.upgrade() else { return };
@@ -612,6 +830,7 @@ async fn services_loop(weak: std::sync::Weak<Inner>, cancel: CancellationToken) 
                             now = r.index,
                             "Consul index went backwards; resetting and resyncing."
                         );
+                        inner.mark_restarted();
                     }
                     // Write back what the agent lost before applying a view
                     // that may be missing it, then read afresh.
@@ -641,12 +860,22 @@ async fn services_loop(weak: std::sync::Weak<Inner>, cancel: CancellationToken) 
 fn reconcile_watchers(inner: &Arc<Inner>, names: Vec<String>, cancel: &CancellationToken) {
     let mut st = inner.lock();
     let mut changed = false;
+    // During a restart grace a service missing from the list keeps its
+    // watch and its instances: its owner may not have written it back yet.
+    let grace = Inner::in_grace(&st);
     let gone: Vec<String> = st
         .watchers
         .keys()
-        .filter(|k| !names.contains(k))
+        .filter(|k| !grace && !names.contains(k))
         .cloned()
         .collect();
+    // A local write the list still does not show after PENDING_MAX was
+    // removed from Consul meanwhile: Consul's view wins.
+    let before = st.pending.len();
+    st.pending.retain(|_, p| {
+        grace || names.contains(&p.view.registration.service) || p.since.elapsed() < PENDING_MAX
+    });
+    changed |= st.pending.len() != before;
     for name in gone {
         if let Some(w) = st.watchers.remove(&name) {
             w.task.abort();
@@ -717,7 +946,9 @@ async fn health_loop(
         };
         w.failures = 0;
         if r.index < w.index {
-            // Went backwards: read afresh rather than trust it.
+            // Went backwards: the agent restarted. Read afresh once the
+            // service-list watch has written back what this gateway owns.
+            inner.mark_restarted();
             w.index = 0;
             continue;
         }
@@ -735,9 +966,53 @@ async fn health_loop(
         }
         w.index = next_index(w.index, r.index);
         let mut views: Vec<InstanceView> = r.value.iter().map(entry_to_view).collect();
-        views.sort_by(|a, b| a.registration.instance_id.cmp(&b.registration.instance_id));
         let mut st = inner.lock();
-        let changed = st
+        // Locally accepted writes this answer shows (or that waited too
+        // long) give way to Consul's view.
+        let now = Instant::now();
+        let before = st.pending.len();
+        st.pending.retain(|id, p| {
+            p.view.registration.service != name
+                || (now < p.since + PENDING_MAX
+                    && !r.value.iter().any(|e| {
+                        e.service.id == *id
+                            && e.service
+                                .meta
+                                .as_ref()
+                                .and_then(|m| m.get(META_WRITE))
+                                .is_some_and(|v| *v == p.write)
+                    }))
+        });
+        let mut changed = st.pending.len() != before;
+        let prefix = format!("{name}:");
+        st.seen_writes.retain(|id, _| {
+            !id.starts_with(&prefix) || r.value.iter().any(|e| e.service.id == *id)
+        });
+        for e in &r.value {
+            if let Some(v) = e.service.meta.as_ref().and_then(|m| m.get(META_WRITE)) {
+                st.seen_writes.insert(e.service.id.clone(), v.clone());
+            }
+        }
+        if Inner::in_grace(&st) {
+            let kept: Vec<InstanceView> = st
+                .services
+                .get(&name)
+                .into_iter()
+                .flatten()
+                .filter(|o| {
+                    !views
+                        .iter()
+                        .any(|v| v.registration.instance_id == o.registration.instance_id)
+                })
+                .cloned()
+                .collect();
+            if !kept.is_empty() {
+                debug!(service = %name, kept = kept.len(), "Consul restart grace: keeping instances Consul does not show (yet).");
+                views.extend(kept);
+            }
+        }
+        views.sort_by(|a, b| a.registration.instance_id.cmp(&b.registration.instance_id));
+        changed |= st
             .services
             .get(&name)
             .is_none_or(|old| !same_views(old, &views));
@@ -765,18 +1040,67 @@ fn unavailable(e: ConsulError) -> RegistryError {
 impl Registry for ConsulRegistry {
     fn register(&self, reg: Registration) -> BoxFuture<'_, Result<RegisterOutcome, RegistryError>> {
         async move {
-            let agent = to_agent_registration(&reg, &self.inner.config)?;
-            self.inner
-                .client
-                .register(&agent)
+            let write = new_write_id();
+            let agent = to_agent_write(&reg, &self.inner.config, &write)?;
+            let client = &self.inner.client;
+            // Consul keeps a check's status when a service is registered
+            // again, so an instance that restarted after its check went
+            // critical would stay unrouted until the check next passes. A
+            // registration replaces the previous one: remove a non-passing
+            // one first so the new one starts passing, like a fresh one.
+            // (A passing one is replaced in place: no gap for other replicas.)
+            match client
+                .agent_service_status(&agent.id)
                 .await
-                .map_err(unavailable)?;
+                .map_err(unavailable)?
+            {
+                // Not "maintenance": that is an operator's decision to keep.
+                Some(status) if status == "critical" || status == "warning" => {
+                    debug!(service = %reg.service, instance = %reg.instance_id, %status, "Re-registration replaces a non-passing registration.");
+                    client.deregister(&agent.id).await.map_err(unavailable)?;
+                }
+                _ => {}
+            }
+            client.register(&agent).await.map_err(unavailable)?;
             let mut st = self.inner.lock();
             let known = st.services.get(&reg.service).is_some_and(|v| {
                 v.iter()
                     .any(|i| i.registration.instance_id == reg.instance_id)
             });
-            let created = st.owned.insert(agent.id, reg.clone()).is_none() && !known;
+            let created = st
+                .owned
+                .insert(agent.id.clone(), (reg.clone(), write.clone()))
+                .is_none()
+                && !known;
+            // Read-your-writes: the agent holds it, so this gateway routes
+            // it before acknowledging, without waiting for the catalog sync
+            // and the blocking query to bring it back (unless they already
+            // did: then Consul's view is at least as new as this write).
+            if st.seen_writes.get(&agent.id) == Some(&write) {
+                if st.pending.remove(&agent.id).is_some() {
+                    self.inner.publish(&mut st);
+                }
+                return Ok(RegisterOutcome {
+                    instance_id: reg.instance_id,
+                    lease: reg.lease,
+                    created,
+                });
+            }
+            st.pending.insert(
+                agent.id,
+                Pending {
+                    view: InstanceView {
+                        registration: Arc::new(in_force(&reg, &self.inner.config)),
+                        health: Health::Passing,
+                        detail: "accepted by the consul agent; awaiting its view".into(),
+                        lease_deadline: None,
+                    },
+                    write,
+                    since: Instant::now(),
+                },
+            );
+            self.inner.publish(&mut st);
+            drop(st);
             Ok(RegisterOutcome {
                 instance_id: reg.instance_id,
                 lease: reg.lease,
@@ -799,7 +1123,11 @@ impl Registry for ConsulRegistry {
                 .deregister(&id)
                 .await
                 .map_err(unavailable)?;
-            let owned = self.inner.lock().owned.remove(&id).is_some();
+            let mut st = self.inner.lock();
+            let owned = st.owned.remove(&id).is_some();
+            if st.pending.remove(&id).is_some() {
+                self.inner.publish(&mut st);
+            }
             Ok(existed || owned)
         }
         .boxed()
@@ -822,13 +1150,17 @@ impl Registry for ConsulRegistry {
                     .services
                     .get(service)
                     .and_then(|v| v.iter().find(|i| i.registration.instance_id == instance_id))
-                    .map(|i| i.registration.clone());
-                (st.owned.get(&id).cloned(), known)
+                    .map(|i| i.registration.clone())
+                    .or_else(|| st.pending.get(&id).map(|p| p.view.registration.clone()));
+                (st.owned.get(&id).map(|(r, _)| r.clone()), known)
             };
+            // The lease answered is the renewal cadence the instance asked
+            // for (only a TTL check enforces it; see `in_force`).
             let lease = owned
                 .as_ref()
                 .map(|r| r.lease)
-                .or(known.as_ref().map(|r| r.lease));
+                .or(known.as_ref().map(|r| r.lease))
+                .filter(|l| !l.is_zero());
             let ttl = owned
                 .as_ref()
                 .or(known.as_deref())

@@ -128,3 +128,30 @@ fn ipv6_and_oversized_metadata() {
         Err(RegistryError::Rejected(_))
     ));
 }
+
+#[test]
+fn listings_show_the_timings_and_lease_in_force() {
+    let config = ConsulConfig::default();
+    // gRPC check: interval and timeout as registered, the clamped
+    // DeregisterCriticalServiceAfter, and no lease (Consul keeps none).
+    let mut r = reg();
+    r.health.interval = Duration::from_millis(1000);
+    r.lease = Duration::from_millis(2000);
+    let agent = to_agent_registration(&r, &config).unwrap();
+    let back = entry_to_view(&entry(&agent, &["passing"])).registration;
+    assert_eq!(back.health.interval, Duration::from_millis(1000));
+    assert_eq!(back.health.timeout, Duration::from_millis(500));
+    assert_eq!(
+        back.health.deregister_critical_after,
+        Some(Duration::from_secs(60))
+    );
+    assert_eq!(back.lease, Duration::ZERO);
+    assert_eq!(*back, in_force(&r, &config), "local and Consul views agree");
+    // TTL check: the TTL is the lease in force.
+    r.health.kind = CheckKind::Ttl;
+    let agent = to_agent_registration(&r, &config).unwrap();
+    assert_eq!(agent.check.ttl.as_deref(), Some("2000ms"));
+    let back = entry_to_view(&entry(&agent, &["passing"])).registration;
+    assert_eq!(back.lease, Duration::from_millis(2000));
+    assert_eq!(*back, in_force(&r, &config));
+}
