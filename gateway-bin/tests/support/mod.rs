@@ -239,25 +239,48 @@ impl ConsulProcess {
         p
     }
 
+    /// Starts an agent on five free ports. `free_port` releases each port
+    /// before Consul binds it, so an agent started beside others can lose a
+    /// port to one of them and never elect itself; it is then started
+    /// again on other ports (the ports of a started agent never change, as
+    /// `restart` needs).
     pub async fn start(extra_hcl: Option<&str>) -> Self {
-        let ports = [
-            free_port(),
-            free_port(),
-            free_port(),
-            free_port(),
-            free_port(),
-        ];
-        let mut c = Self {
-            child: None,
-            addr: SocketAddr::from(([127, 0, 0, 1], ports[0])),
-            ports,
-            extra_hcl: extra_hcl.map(String::from),
-        };
-        c.spawn().await;
-        c
+        for attempt in 1..=3 {
+            let ports = [
+                free_port(),
+                free_port(),
+                free_port(),
+                free_port(),
+                free_port(),
+            ];
+            let mut c = Self {
+                child: None,
+                addr: SocketAddr::from(([127, 0, 0, 1], ports[0])),
+                ports,
+                extra_hcl: extra_hcl.map(String::from),
+            };
+            if c.try_spawn(Duration::from_secs(15)).await {
+                return c;
+            }
+            eprintln!(
+                "consul did not elect itself on ports {ports:?} (attempt {attempt}); trying other ports"
+            );
+            if let Some(mut child) = c.child.take() {
+                let _ = child.kill().await;
+            }
+        }
+        panic!("consul did not start in three attempts");
     }
 
     async fn spawn(&mut self) {
+        assert!(
+            self.try_spawn(DEADLINE).await,
+            "timed out waiting for: consul has a leader"
+        );
+    }
+
+    /// Spawns the agent and waits up to `within` for it to have a leader.
+    async fn try_spawn(&mut self, within: Duration) -> bool {
         let [http, lan, wan, server, grpc] = self.ports.map(|p| p.to_string());
         let mut cmd = Command::new(Self::binary());
         cmd.args([
@@ -302,14 +325,19 @@ impl ConsulProcess {
         self.child = Some(cmd.spawn().expect("spawn consul"));
         let url = format!("http://{}/v1/status/leader", self.addr);
         let http = reqwest::Client::new();
-        eventually("consul has a leader", || {
-            let (http, url) = (http.clone(), url.clone());
-            async move {
-                let t = http.get(&url).send().await.ok()?.text().await.ok()?;
-                (t.len() > 2).then_some(())
+        let start = tokio::time::Instant::now();
+        while start.elapsed() < within {
+            let leader = async { http.get(&url).send().await.ok()?.text().await.ok() };
+            if leader.await.is_some_and(|t| t.len() > 2) {
+                return true;
             }
-        })
-        .await;
+            // An agent that lost a port to another process exits at once.
+            if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
     }
 
     pub fn url(&self) -> String {
