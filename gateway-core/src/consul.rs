@@ -248,7 +248,7 @@ impl ConsulClient {
             .pool_idle_timeout(Duration::from_secs(90))
             // Two blocking queries plus a few targeted reads: a constant,
             // small number of connections whatever the number of services.
-            .pool_max_idle_per_host(4)
+            .pool_max_idle_per_host(2)
             .tcp_nodelay(true)
             .build()?;
         Ok(Self {
