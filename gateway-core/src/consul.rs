@@ -130,6 +130,10 @@ pub struct AgentCheck {
     /// Timeout ("1s") for grpc/http checks.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
+    /// Free text; a gateway stamps its write here so that every write
+    /// changes the check (and its `ModifyIndex` in `/v1/health/state/any`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub notes: Option<String>,
     /// Reap the service after critical this long ("1m").
     pub deregister_critical_service_after: String,
     /// Initial status; "critical" so nothing is routed before a check passes.
@@ -199,6 +203,29 @@ pub struct Check {
     pub output: String,
 }
 
+/// One check of `/v1/health/state/any`: enough to tell which services
+/// changed since the last read.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct StateCheck {
+    /// Node the check runs on.
+    pub node: String,
+    /// Check id.
+    #[serde(rename = "CheckID")]
+    pub check_id: String,
+    /// "passing", "warning" or "critical".
+    pub status: String,
+    /// Service id ("" for a node check).
+    #[serde(rename = "ServiceID", default)]
+    pub service_id: String,
+    /// Service name ("" for a node check).
+    #[serde(default)]
+    pub service_name: String,
+    /// Raft index of the check's last change (status, output, definition).
+    #[serde(default)]
+    pub modify_index: u64,
+}
+
 /// The client. Cheap to clone.
 #[derive(Clone)]
 pub struct ConsulClient {
@@ -219,6 +246,9 @@ impl ConsulClient {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(2))
             .pool_idle_timeout(Duration::from_secs(90))
+            // Two blocking queries plus a few targeted reads: a constant,
+            // small number of connections whatever the number of services.
+            .pool_max_idle_per_host(2)
             .tcp_nodelay(true)
             .build()?;
         Ok(Self {
@@ -448,6 +478,32 @@ impl ConsulClient {
             .await?;
         let index = Self::index_of(&url, &resp)?;
         let value: Option<Vec<ServiceEntry>> = Self::json(&url, resp).await?;
+        Ok(Indexed {
+            value: value.unwrap_or_default(),
+            index,
+        })
+    }
+}
+
+impl ConsulClient {
+    /// `GET /v1/health/state/any` (blocking when `index > 0`): every check
+    /// in the datacenter. Its index moves on any check or registration
+    /// change.
+    pub async fn health_state(
+        &self,
+        index: u64,
+        wait: Duration,
+    ) -> Result<Indexed<Vec<StateCheck>>, ConsulError> {
+        let (url, rb) = self.request(
+            reqwest::Method::GET,
+            "/v1/health/state/any",
+            Self::blocking_timeout(wait),
+        );
+        let resp = self
+            .send(&url, rb.query(&self.read_params(index, wait)))
+            .await?;
+        let index = Self::index_of(&url, &resp)?;
+        let value: Option<Vec<StateCheck>> = Self::json(&url, resp).await?;
         Ok(Indexed {
             value: value.unwrap_or_default(),
             index,

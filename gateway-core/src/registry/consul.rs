@@ -6,12 +6,20 @@
 //!   decides what is dead. Routes, visibility and weight live in the
 //!   service's metadata (`gw-*` keys): any replica rebuilds its whole routing
 //!   table from Consul alone.
-//! * **Reads** are blocking queries: one on the service list, one per
-//!   service on its health, following Consul's rules (a return is not a
+//! * **Reads** are two blocking queries whatever the number of services:
+//!   one on the service list, one on every check of the datacenter
+//!   (`/v1/health/state/any`), following Consul's rules (a return is not a
 //!   change; the index resets when it goes backwards and is clamped to at
 //!   least 1; the loop is rate-limited, errors back off with jitter; the
-//!   client timeout exceeds the wait). Only instances whose checks all pass
-//!   are routed.
+//!   client timeout exceeds the wait). When the check state moves, a
+//!   fingerprint per service (check ids, status, `ModifyIndex`, node checks)
+//!   tells which services changed, and only those are read again
+//!   (`/v1/health/service/<name>`, non-blocking, two at a time, on the same
+//!   small keep-alive pool: at most ~4 connections to the agent). Every
+//!   gateway write stamps the check's notes with its `gw-write`, so a
+//!   metadata-only re-registration moves the check too; a change no check
+//!   explains (another tool's metadata edit) re-reads every service, at
+//!   most every 5 s. Only instances whose checks all pass are routed.
 //! * **Consul unreachable**: the last known state keeps serving; the admin
 //!   view and logs say so; registrations are refused with a retryable error
 //!   (gRPC UNAVAILABLE / HTTP 503 `registry_unavailable`) rather than queued,
@@ -40,13 +48,13 @@
 //!   service is re-read at once; nothing is ever deregistered on one
 //!   gateway's view.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, StreamExt};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
@@ -59,8 +67,8 @@ use super::{
 };
 use crate::config::ConsulConfig;
 use crate::consul::{
-    AgentCheck, AgentServiceRegistration, ConsulClient, ConsulError, ServiceEntry, Weights,
-    next_index,
+    AgentCheck, AgentServiceRegistration, ConsulClient, ConsulError, ServiceEntry, StateCheck,
+    Weights, next_index,
 };
 
 const META_INSTANCE: &str = "gw-instance";
@@ -288,6 +296,10 @@ fn to_agent_write(
 ) -> Result<AgentServiceRegistration, RegistryError> {
     let mut a = to_agent_registration(reg, config)?;
     a.meta.insert(META_WRITE.into(), write.to_owned());
+    // A write that only changes metadata would leave the check as it was,
+    // and the health-state watch could not tell which service changed:
+    // stamping the write on the check changes its ModifyIndex.
+    a.check.notes = Some(format!("{META_WRITE} {write}"));
     Ok(a)
 }
 
@@ -448,9 +460,8 @@ fn same_views(a: &[InstanceView], b: &[InstanceView]) -> bool {
             .all(|(x, y)| x.health == y.health && x.registration == y.registration)
 }
 
+/// A service of the catalog this gateway follows.
 struct Watcher {
-    task: tokio::task::AbortHandle,
-    refresh: Arc<Notify>,
     last_refresh: Option<Instant>,
     synced: bool,
 }
@@ -472,6 +483,9 @@ struct State {
     /// it no longer shows).
     services: BTreeMap<String, Vec<InstanceView>>,
     watchers: HashMap<String, Watcher>,
+    /// Services whose health must be read again (their checks changed, they
+    /// are new, or a re-read was asked for).
+    dirty: BTreeSet<String>,
     /// Registrations this gateway accepted, by Consul id, with the
     /// `gw-write` value they were written with: written again when the
     /// agent lost them.
@@ -499,6 +513,8 @@ struct Inner {
     state: Mutex<State>,
     /// Makes the service-list watch read again at once.
     services_refresh: Arc<Notify>,
+    /// Wakes the health watch: services were marked dirty.
+    health_refresh: Arc<Notify>,
 }
 
 /// The Consul-backed registry. Cheap to clone.
@@ -557,8 +573,10 @@ impl ConsulRegistry {
                 ..Default::default()
             }),
             services_refresh: Arc::new(Notify::new()),
+            health_refresh: Arc::new(Notify::new()),
         });
         tokio::spawn(services_loop(Arc::downgrade(&inner), cancel.clone()));
+        tokio::spawn(health_loop(Arc::downgrade(&inner), cancel.clone()));
         Self {
             _guard: Arc::new(cancel.drop_guard()),
             inner,
@@ -614,15 +632,6 @@ impl Inner {
         let mut st = self.lock();
         let msg = format!("{context}: {e}");
         if st.connected {
-            let watches = st.watchers.len() + 1;
-            if watches >= 150 && matches!(e, ConsulError::Unreachable { .. }) {
-                // The usual cause at this scale: the agent's per-client
-                // connection limit, not an outage.
-                warn!(
-                    watches,
-                    "Consul refused connections while {watches} blocking queries are open; raise the agent's limits.http_max_conns_per_client (default 200) above the watched services of every gateway sharing an address."
-                );
-            }
             warn!(error = %e, context, "Consul unavailable; routing on the last known state.");
         } else {
             debug!(error = %e, context, "Consul still unavailable.");
@@ -678,9 +687,14 @@ impl Inner {
                 }
             });
         }
-        for w in st.watchers.values() {
-            w.refresh.notify_one();
-        }
+        self.refresh_all(&mut st);
+    }
+
+    /// Every followed service's health is read again.
+    fn refresh_all(&self, st: &mut State) {
+        let names: Vec<String> = st.watchers.keys().cloned().collect();
+        st.dirty.extend(names);
+        self.health_refresh.notify_one();
     }
 
     /// The restart grace is over: read everything afresh and apply it.
@@ -689,9 +703,7 @@ impl Inner {
         if st.grace_until.is_some_and(|g| g <= Instant::now()) {
             st.grace_until = None;
             debug!("Consul restart grace over; applying Consul's view in full.");
-            for w in st.watchers.values() {
-                w.refresh.notify_one();
-            }
+            self.refresh_all(&mut st);
             drop(st);
             self.services_refresh.notify_one();
         }
@@ -842,7 +854,6 @@ async fn services_loop(weak: std::sync::Weak<Inner>, cancel: CancellationToken) 
                 reconcile_watchers(
                     &inner,
                     r.value.into_keys().filter(|n| n != "consul").collect(),
-                    &cancel,
                 );
             }
             Err(e) => {
@@ -857,7 +868,7 @@ async fn services_loop(weak: std::sync::Weak<Inner>, cancel: CancellationToken) 
     }
 }
 
-fn reconcile_watchers(inner: &Arc<Inner>, names: Vec<String>, cancel: &CancellationToken) {
+fn reconcile_watchers(inner: &Arc<Inner>, names: Vec<String>) {
     let mut st = inner.lock();
     let mut changed = false;
     // During a restart grace a service missing from the list keeps its
@@ -877,34 +888,30 @@ fn reconcile_watchers(inner: &Arc<Inner>, names: Vec<String>, cancel: &Cancellat
     });
     changed |= st.pending.len() != before;
     for name in gone {
-        if let Some(w) = st.watchers.remove(&name) {
-            w.task.abort();
-        }
+        st.watchers.remove(&name);
+        st.dirty.remove(&name);
         if st.services.remove(&name).is_some() {
             changed = true;
         }
         debug!(service = %name, "Service left the Consul catalog.");
     }
+    let mut added = false;
     for name in names {
         if st.watchers.contains_key(&name) {
             continue;
         }
-        let refresh = Arc::new(Notify::new());
-        let task = tokio::spawn(health_loop(
-            Arc::downgrade(inner),
-            name.clone(),
-            refresh.clone(),
-            cancel.clone(),
-        ));
+        st.dirty.insert(name.clone());
         st.watchers.insert(
             name,
             Watcher {
-                task: task.abort_handle(),
-                refresh,
                 last_refresh: None,
                 synced: false,
             },
         );
+        added = true;
+    }
+    if added {
+        inner.health_refresh.notify_one();
     }
     st.services_loaded = true;
     if changed {
@@ -913,32 +920,101 @@ fn reconcile_watchers(inner: &Arc<Inner>, names: Vec<String>, cancel: &Cancellat
     inner.check_synced(&st);
 }
 
-async fn health_loop(
-    weak: std::sync::Weak<Inner>,
-    name: String,
-    refresh: Arc<Notify>,
-    cancel: CancellationToken,
-) {
+/// At most this many targeted health reads at once (two blocking queries
+/// plus these: the connections this gateway holds to the agent).
+const READS_IN_FLIGHT: usize = 2;
+/// A health-state change that no check explains (metadata changed by
+/// another tool, a node update) re-reads every service, at most this often.
+const SWEEP_MIN: Duration = Duration::from_secs(5);
+
+/// A fingerprint per service of its checks in `/v1/health/state/any`
+/// (status, ids and `ModifyIndex`, node checks of its nodes included): a
+/// service whose fingerprint moved has changed.
+fn fingerprints(checks: &[StateCheck]) -> HashMap<String, u64> {
+    use std::hash::{Hash, Hasher};
+    let mut node_checks: HashMap<&str, Vec<&StateCheck>> = HashMap::new();
+    let mut by_service: HashMap<&str, Vec<&StateCheck>> = HashMap::new();
+    for c in checks {
+        if c.service_id.is_empty() {
+            node_checks.entry(&c.node).or_default().push(c);
+        } else {
+            by_service.entry(&c.service_name).or_default().push(c);
+        }
+    }
+    by_service
+        .into_iter()
+        .map(|(name, mut cs)| {
+            let mut nodes: Vec<&str> = cs.iter().map(|c| c.node.as_str()).collect();
+            nodes.sort_unstable();
+            nodes.dedup();
+            for n in nodes {
+                if let Some(nc) = node_checks.get(n) {
+                    cs.extend(nc.iter().copied());
+                }
+            }
+            cs.sort_by(|a, b| {
+                (&a.node, &a.service_id, &a.check_id).cmp(&(&b.node, &b.service_id, &b.check_id))
+            });
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            for c in cs {
+                (
+                    &c.node,
+                    &c.service_id,
+                    &c.check_id,
+                    &c.status,
+                    c.modify_index,
+                )
+                    .hash(&mut h);
+            }
+            (name.to_owned(), h.finish())
+        })
+        .collect()
+}
+
+/// The health watch: ONE blocking query on every check of the datacenter;
+/// when it moves, the services whose checks changed (and those marked
+/// dirty otherwise) are read again without blocking, a few at a time, on
+/// the same connections.
+async fn health_loop(weak: std::sync::Weak<Inner>, cancel: CancellationToken) {
+    let Some(refresh) = weak.upgrade().map(|i| i.health_refresh.clone()) else {
+        return;
+    };
     let mut w = Watch::default();
+    let mut seen: HashMap<String, u64> = HashMap::new();
+    let mut last_sweep: Option<Instant> = None;
+    let mut sweep_due = false;
     loop {
-        let Some((client, wait)) = w.next_round(&weak, &cancel).await else {
+        if !read_dirty(&weak, &cancel, &mut w).await {
+            return;
+        }
+        let Some((client, mut wait)) = w.next_round(&weak, &cancel).await else {
             return;
         };
+        if sweep_due {
+            let left = last_sweep.map_or(Duration::ZERO, |t| SWEEP_MIN.saturating_sub(t.elapsed()));
+            if left.is_zero() {
+                sweep_due = false;
+                last_sweep = Some(Instant::now());
+                let Some(inner) = weak.upgrade() else { return };
+                debug!("Consul changed in a way no check shows; re-reading every service.");
+                let mut st = inner.lock();
+                inner.refresh_all(&mut st);
+                continue;
+            }
+            wait = wait.min(left.max(Duration::from_millis(1)));
+        }
         let result = tokio::select! {
             _ = cancel.cancelled() => return,
-            // Asked to re-read now (every instance looked unreachable):
-            // abandon the blocking query and read without blocking.
-            _ = refresh.notified() => { w.index = 0; continue; }
-            r = client.health(&name, w.index, wait) => r,
+            // Services were marked dirty: read them now (the blocking
+            // query starts again afterwards from the same index).
+            _ = refresh.notified() => continue,
+            r = client.health_state(w.index, wait) => r,
         };
         let Some(inner) = weak.upgrade() else { return };
         let r = match result {
             Ok(r) => r,
             Err(e) => {
-                if !w
-                    .failed(inner, &format!("watching health of {name}"), &e, &cancel)
-                    .await
-                {
+                if !w.failed(inner, "watching health state", &e, &cancel).await {
                     return;
                 }
                 continue;
@@ -950,6 +1026,7 @@ async fn health_loop(
             // service-list watch has written back what this gateway owns.
             inner.mark_restarted();
             w.index = 0;
+            seen.clear();
             continue;
         }
         if !inner.is_connected() {
@@ -964,68 +1041,159 @@ async fn health_loop(
             w.index = 0;
             continue;
         }
+        let previous = w.index;
         w.index = next_index(w.index, r.index);
-        let mut views: Vec<InstanceView> = r.value.iter().map(entry_to_view).collect();
+        let fps = fingerprints(&r.value);
+        drop(r);
+        let mut changed: Vec<String> = fps
+            .iter()
+            .filter(|(k, v)| seen.get(*k) != Some(*v))
+            .map(|(k, _)| k.clone())
+            .collect();
+        changed.extend(seen.keys().filter(|k| !fps.contains_key(*k)).cloned());
+        seen = fps;
+        if previous > 0 && w.index != previous && changed.is_empty() {
+            sweep_due = true;
+        }
         let mut st = inner.lock();
-        // Locally accepted writes this answer shows (or that waited too
-        // long) give way to Consul's view.
-        let now = Instant::now();
-        let before = st.pending.len();
-        st.pending.retain(|id, p| {
-            p.view.registration.service != name
-                || (now < p.since + PENDING_MAX
-                    && !r.value.iter().any(|e| {
-                        e.service.id == *id
-                            && e.service
-                                .meta
-                                .as_ref()
-                                .and_then(|m| m.get(META_WRITE))
-                                .is_some_and(|v| *v == p.write)
-                    }))
-        });
-        let mut changed = st.pending.len() != before;
-        let prefix = format!("{name}:");
-        st.seen_writes.retain(|id, _| {
-            !id.starts_with(&prefix) || r.value.iter().any(|e| e.service.id == *id)
-        });
-        for e in &r.value {
-            if let Some(v) = e.service.meta.as_ref().and_then(|m| m.get(META_WRITE)) {
-                st.seen_writes.insert(e.service.id.clone(), v.clone());
+        for name in changed {
+            if st.watchers.contains_key(&name) {
+                st.dirty.insert(name);
             }
         }
-        if Inner::in_grace(&st) {
-            let kept: Vec<InstanceView> = st
-                .services
-                .get(&name)
-                .into_iter()
-                .flatten()
-                .filter(|o| {
-                    !views
-                        .iter()
-                        .any(|v| v.registration.instance_id == o.registration.instance_id)
-                })
-                .cloned()
-                .collect();
-            if !kept.is_empty() {
-                debug!(service = %name, kept = kept.len(), "Consul restart grace: keeping instances Consul does not show (yet).");
-                views.extend(kept);
-            }
-        }
-        views.sort_by(|a, b| a.registration.instance_id.cmp(&b.registration.instance_id));
-        changed |= st
-            .services
-            .get(&name)
-            .is_none_or(|old| !same_views(old, &views));
-        if changed {
-            debug!(service = %name, instances = views.len(), "Consul health changed.");
-            st.services.insert(name.clone(), views);
-            inner.publish(&mut st);
-        }
-        if let Some(watcher) = st.watchers.get_mut(&name) {
-            watcher.synced = true;
-        }
-        inner.check_synced(&st);
     }
+}
+
+/// Reads the health of every dirty service (non-blocking, a few at a
+/// time) and applies it; `false` once cancelled or gone.
+async fn read_dirty(
+    weak: &std::sync::Weak<Inner>,
+    cancel: &CancellationToken,
+    w: &mut Watch,
+) -> bool {
+    let Some(inner) = weak.upgrade() else {
+        return false;
+    };
+    let names: Vec<String> = {
+        let mut st = inner.lock();
+        if !st.connected {
+            return true;
+        }
+        let dirty = std::mem::take(&mut st.dirty);
+        dirty
+            .into_iter()
+            .filter(|n| st.watchers.contains_key(n))
+            .collect()
+    };
+    if names.is_empty() {
+        return true;
+    }
+    let (client, wait) = (inner.client.clone(), inner.config.wait);
+    drop(inner);
+    let mut reads = futures_util::stream::iter(names)
+        .map(|name| {
+            let client = client.clone();
+            async move {
+                let r = client.health(&name, 0, wait).await;
+                (name, r)
+            }
+        })
+        .buffer_unordered(READS_IN_FLIGHT);
+    let mut failure = None;
+    loop {
+        let next = tokio::select! {
+            _ = cancel.cancelled() => return false,
+            n = reads.next() => n,
+        };
+        let Some((name, r)) = next else { break };
+        let Some(inner) = weak.upgrade() else {
+            return false;
+        };
+        match r {
+            Ok(r) => apply_health(&inner, &name, r.value),
+            Err(e) => {
+                inner.lock().dirty.insert(name);
+                failure = Some(e);
+            }
+        }
+    }
+    if let Some(e) = failure {
+        let Some(inner) = weak.upgrade() else {
+            return false;
+        };
+        return w.failed(inner, "reading service health", &e, cancel).await;
+    }
+    true
+}
+
+/// Applies one service's health answer (Consul's view, the restart grace,
+/// read-your-writes).
+fn apply_health(inner: &Inner, name: &str, entries: Vec<ServiceEntry>) {
+    let mut views: Vec<InstanceView> = entries.iter().map(entry_to_view).collect();
+    let mut st = inner.lock();
+    if !st.connected {
+        // An answer from an agent that may have restarted empty: read it
+        // again once the service-list watch has resynced.
+        st.dirty.insert(name.to_owned());
+        return;
+    }
+    // Locally accepted writes this answer shows (or that waited too
+    // long) give way to Consul's view.
+    let now = Instant::now();
+    let before = st.pending.len();
+    st.pending.retain(|id, p| {
+        p.view.registration.service != name
+            || (now < p.since + PENDING_MAX
+                && !entries.iter().any(|e| {
+                    e.service.id == *id
+                        && e.service
+                            .meta
+                            .as_ref()
+                            .and_then(|m| m.get(META_WRITE))
+                            .is_some_and(|v| *v == p.write)
+                }))
+    });
+    let mut changed = st.pending.len() != before;
+    let prefix = format!("{name}:");
+    st.seen_writes
+        .retain(|id, _| !id.starts_with(&prefix) || entries.iter().any(|e| e.service.id == *id));
+    for e in &entries {
+        if let Some(v) = e.service.meta.as_ref().and_then(|m| m.get(META_WRITE)) {
+            st.seen_writes.insert(e.service.id.clone(), v.clone());
+        }
+    }
+    if Inner::in_grace(&st) {
+        let kept: Vec<InstanceView> = st
+            .services
+            .get(name)
+            .into_iter()
+            .flatten()
+            .filter(|o| {
+                !views
+                    .iter()
+                    .any(|v| v.registration.instance_id == o.registration.instance_id)
+            })
+            .cloned()
+            .collect();
+        if !kept.is_empty() {
+            debug!(service = %name, kept = kept.len(), "Consul restart grace: keeping instances Consul does not show (yet).");
+            views.extend(kept);
+        }
+    }
+    views.sort_by(|a, b| a.registration.instance_id.cmp(&b.registration.instance_id));
+    changed |= st
+        .services
+        .get(name)
+        .is_none_or(|old| !same_views(old, &views));
+    if changed {
+        debug!(service = %name, instances = views.len(), "Consul health changed.");
+        st.services.insert(name.to_owned(), views);
+        inner.publish(&mut st);
+    }
+    if let Some(watcher) = st.watchers.get_mut(name) {
+        watcher.synced = true;
+    }
+    inner.check_synced(&st);
 }
 
 fn unavailable(e: ConsulError) -> RegistryError {
@@ -1204,6 +1372,7 @@ impl Registry for ConsulRegistry {
 
     fn service_unreachable(&self, service: &str) {
         let mut st = self.inner.lock();
+        let st = &mut *st;
         if let Some(w) = st.watchers.get_mut(service) {
             // At most one forced re-read per service per 500 ms.
             if w.last_refresh
@@ -1214,7 +1383,8 @@ impl Registry for ConsulRegistry {
                     service,
                     "Every instance unreachable from this gateway; re-reading Consul."
                 );
-                w.refresh.notify_one();
+                st.dirty.insert(service.to_owned());
+                self.inner.health_refresh.notify_one();
             }
         }
     }
@@ -1239,8 +1409,12 @@ impl Registry for ConsulRegistry {
         instance_id: &'a str,
     ) -> BoxFuture<'a, Option<bool>> {
         async move {
-            if let Some(w) = self.inner.lock().watchers.get(service) {
-                w.refresh.notify_one();
+            {
+                let mut st = self.inner.lock();
+                if st.watchers.contains_key(service) {
+                    st.dirty.insert(service.to_owned());
+                    self.inner.health_refresh.notify_one();
+                }
             }
             let entries = self
                 .inner

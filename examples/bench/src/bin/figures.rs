@@ -279,7 +279,44 @@ async fn put_many(
     Ok(t0.elapsed())
 }
 
-/// Registers `n` TTL-checked instances (100 services) through the gateway.
+/// Services the mass registrations are spread over (10,000 instances: 10
+/// per service).
+const SERVICES: usize = 1000;
+
+/// TCP connections the process `pid` holds to `port` on the loopback
+/// (its socket fds matched against /proc/net/tcp{,6}).
+fn connections_to(pid: Option<u32>, port: u16) -> usize {
+    let Some(pid) = pid else { return 0 };
+    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter_map(|l| {
+            l.to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')
+                .map(String::from)
+        })
+        .collect();
+    let port = format!(":{port:04X}");
+    ["tcp", "tcp6"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(format!("/proc/{pid}/net/{f}")).ok())
+        .map(|t| {
+            t.lines()
+                .skip(1)
+                .filter(|l| {
+                    let c: Vec<&str> = l.split_whitespace().collect();
+                    // remote address, state ESTABLISHED (01), inode
+                    c.len() > 9 && c[2].ends_with(&port) && c[3] == "01" && inodes.contains(c[9])
+                })
+                .count()
+        })
+        .sum()
+}
+
+/// Registers `n` TTL-checked instances (`SERVICES` services) through the gateway.
 async fn register_many(
     http: &reqwest::Client,
     gw: &Gateway,
@@ -288,15 +325,15 @@ async fn register_many(
 ) -> anyhow::Result<Duration> {
     let url = format!("http://{}/v1/registrations", gw.registration);
     put_many(http, &url, n, "registrations", |i| {
-        json!({"service": format!("{prefix}-{}", i % 100), "instance_id": format!("i-{i}"),
+        json!({"service": format!("{prefix}-{}", i % SERVICES), "instance_id": format!("i-{i}"),
                "address": format!("127.0.0.1:{}", 20_000 + i % 40_000),
                "health": {"kind": "ttl"}, "lease_ms": 3_600_000})
     })
     .await
 }
 
-/// Writes `n` passing instances straight into Consul's catalog under 100
-/// synthetic nodes (with the gateway's `gw-*` metadata), bypassing the agent.
+/// Writes `n` passing instances (numbered from `first`, over `SERVICES`
+/// services) straight into Consul's catalog under 100 synthetic nodes (with the gateway's `gw-*` metadata), bypassing the agent.
 /// One dev agent holding 10,000 agent registrations slows to ~15 per second
 /// (its anti-entropy walks every local service per change), an artefact of
 /// putting a whole fleet on one agent; the catalog path measures the gateway,
@@ -304,12 +341,14 @@ async fn register_many(
 async fn catalog_many(
     http: &reqwest::Client,
     consul: &str,
+    first: usize,
     n: usize,
     prefix: &str,
 ) -> anyhow::Result<Duration> {
     let url = format!("{consul}/v1/catalog/register");
     put_many(http, &url, n, "catalog registrations", |i| {
-        let (service, id) = (format!("{prefix}-{}", i % 100), format!("i-{i}"));
+        let i = first + i;
+        let (service, id) = (format!("{prefix}-{}", i % SERVICES), format!("i-{i}"));
         let sid = format!("{service}:{id}");
         json!({
             "Node": format!("fig-node-{}", i % 100), "Address": "127.0.0.1",
@@ -384,7 +423,7 @@ async fn consul_figures(args: &Args, consul: &str, n: usize) -> anyhow::Result<(
     );
 
     let through_gateway = n.min(1000);
-    let took = register_many(&http, &gw, through_gateway, "agent").await?;
+    let took = register_many(&http, &gw, through_gateway, "fleet").await?;
     println!(
         "Consul: {through_gateway} registrations through the gateway (agent API, 16 at a time) in {:.2} s = {:.0}/s",
         took.as_secs_f64(),
@@ -394,7 +433,14 @@ async fn consul_figures(args: &Args, consul: &str, n: usize) -> anyhow::Result<(
         "{}",
         json!({"figure": "consul_registrations_per_second", "registrations": through_gateway, "seconds": took.as_secs_f64()})
     );
-    catalog_many(&http, consul, n.saturating_sub(through_gateway), "mass").await?;
+    catalog_many(
+        &http,
+        consul,
+        through_gateway,
+        n.saturating_sub(through_gateway),
+        "fleet",
+    )
+    .await?;
     let t0 = Instant::now();
     let expected = n + 2;
     while routable_instances(&http, &gw).await < expected {
@@ -403,13 +449,35 @@ async fn consul_figures(args: &Args, consul: &str, n: usize) -> anyhow::Result<(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let after = rss_mib(gw.child.id());
-    println!("Consul: {expected} instances routable; gateway RSS {after:.1} MiB");
+    let loaded = rss_mib(gw.child.id());
+    let consul_port: u16 = consul
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.trim_end_matches('/').parse().ok())
+        .unwrap_or(8500);
+    let loaded_conns = connections_to(gw.child.id(), consul_port);
+    drop(gw);
+    // The gateway above served /admin/services listings of every instance
+    // (megabytes each) to count them, and those dominate its RSS. A fresh
+    // replica, measured once ready (every service read) and before any
+    // listing, shows what holding the routing table costs.
+    let (fresh, ready) = start_gateway(&args.gateway, &["--consul", consul]).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_mib(fresh.child.id());
+    let conns = connections_to(fresh.child.id(), consul_port);
+    let services = SERVICES.min(n) + args.trials + 1;
+    let routable = routable_instances(&http, &fresh).await;
+    println!(
+        "Consul: {routable}/{expected} instances in {services} services routable; a fresh gateway (ready in {:.2} s) RSS {after:.1} MiB, {conns} connections to the agent; the loaded gateway (after registrations and admin listings) RSS {loaded:.1} MiB, {loaded_conns} connections",
+        ready.as_secs_f64()
+    );
     println!(
         "{}",
-        json!({"figure": "consul_memory", "instances": expected, "rss_mib": after})
+        json!({"figure": "consul_memory", "instances": expected, "routable": routable, "services": services,
+               "rss_mib": after, "agent_connections": conns, "ready_s": ready.as_secs_f64(),
+               "loaded_rss_mib": loaded, "loaded_agent_connections": loaded_conns})
     );
-    drop(gw);
+    drop(fresh);
 
     let (mem, _) = start_gateway(&args.gateway, &[]).await?;
     let before = rss_mib(mem.child.id());
@@ -461,7 +529,7 @@ async fn replica_figures(args: &Args, consul: &str, kafka: &str, n: usize) -> an
 
     let through = n.min(1000);
     register_many(&http, &gw1, through, "late").await?;
-    catalog_many(&http, consul, n - through, "bulk").await?;
+    catalog_many(&http, consul, 0, n - through, "bulk").await?;
     println!(
         "Replicas: {through} registrations through gw1 (on the topic) + {} written to the catalog",
         n - through

@@ -155,3 +155,60 @@ fn listings_show_the_timings_and_lease_in_force() {
     assert_eq!(back.lease, Duration::from_millis(2000));
     assert_eq!(*back, in_force(&r, &config));
 }
+
+fn state(node: &str, check: &str, service: &str, status: &str, modify: u64) -> StateCheck {
+    StateCheck {
+        node: node.into(),
+        check_id: check.into(),
+        status: status.into(),
+        service_id: if service.is_empty() {
+            String::new()
+        } else {
+            format!("{service}:1")
+        },
+        service_name: service.into(),
+        modify_index: modify,
+    }
+}
+
+#[test]
+fn fingerprints_tell_which_services_changed() {
+    let base = vec![
+        state("n1", "serfHealth", "", "passing", 1),
+        state("n2", "serfHealth", "", "passing", 1),
+        state("n1", "service:a:1", "a", "passing", 5),
+        state("n2", "service:b:1", "b", "passing", 6),
+    ];
+    let fp = fingerprints(&base);
+    assert_eq!(fp.len(), 2, "node checks are no service");
+    // Order does not matter.
+    let mut rev = base.clone();
+    rev.reverse();
+    assert_eq!(fingerprints(&rev), fp);
+    // A status change moves that service only.
+    let mut s = base.clone();
+    s[2].status = "critical".into();
+    let f = fingerprints(&s);
+    assert_ne!(f["a"], fp["a"]);
+    assert_eq!(f["b"], fp["b"]);
+    // A rewritten check (a gateway write stamps its notes) moves it too.
+    let mut s = base.clone();
+    s[3].modify_index = 9;
+    let f = fingerprints(&s);
+    assert_eq!(f["a"], fp["a"]);
+    assert_ne!(f["b"], fp["b"]);
+    // A node check moves every service on that node.
+    let mut s = base.clone();
+    s[1].status = "critical".into();
+    let f = fingerprints(&s);
+    assert_eq!(f["a"], fp["a"]);
+    assert_ne!(f["b"], fp["b"]);
+}
+
+#[test]
+fn every_write_changes_the_check() {
+    let config = ConsulConfig::default();
+    let a = to_agent_write(&reg(), &config, "w1").unwrap();
+    let b = to_agent_write(&reg(), &config, "w2").unwrap();
+    assert_ne!(a.check.notes, b.check.notes);
+}
