@@ -193,9 +193,10 @@ code="$(curl -s -o "$WORK/register.json" -w '%{http_code}' --max-time 5 -X PUT \
 case "$code" in 2??) ;; *) die "registration failed: HTTP $code $(cat "$WORK/register.json")" ;; esac
 wait_for "gateway route /bench" 20 is_200 "http://$GW_PUBLIC/bench/x"
 
-HAPROXY_PORT="$(free_port)"
-HAPROXY_STREAM_PORT="$(free_port)"
-[ "$HAPROXY_STREAM_PORT" != "$HAPROXY_PORT" ] || HAPROXY_STREAM_PORT="$(free_port)"
+# A port found free can be taken before HAProxy binds it (other tests pick
+# ports the same way): HAProxy then exits at once, and is started again on
+# other ports.
+write_haproxy_cfg() {
 cat >"$WORK/haproxy.cfg" <<CFG
 global
     nbthread 1
@@ -228,11 +229,29 @@ backend backend
     http-reuse always
     server b1 $BACKEND_HTTP
 CFG
-haproxy -c -q -f "$WORK/haproxy.cfg" >&2 || die "haproxy rejected $WORK/haproxy.cfg"
-say "starting haproxy on 127.0.0.1:$HAPROXY_PORT (nbthread 1)"
-$PROXY_CPU haproxy -db -f "$WORK/haproxy.cfg" >"$WORK/haproxy.out" 2>"$WORK/haproxy.err" &
-HAPROXY_PID=$!; PIDS+=("$HAPROXY_PID")
-wait_for "haproxy" 20 is_200 "http://127.0.0.1:$HAPROXY_PORT/bench/x"
+}
+haproxy_up=0
+for attempt in 1 2 3; do
+  HAPROXY_PORT="$(free_port)"
+  HAPROXY_STREAM_PORT="$(free_port)"
+  [ "$HAPROXY_STREAM_PORT" != "$HAPROXY_PORT" ] || HAPROXY_STREAM_PORT="$(free_port)"
+  write_haproxy_cfg
+  haproxy -c -q -f "$WORK/haproxy.cfg" >&2 || die "haproxy rejected $WORK/haproxy.cfg"
+  say "starting haproxy on 127.0.0.1:$HAPROXY_PORT (nbthread 1)"
+  $PROXY_CPU haproxy -db -f "$WORK/haproxy.cfg" >"$WORK/haproxy.out" 2>"$WORK/haproxy.err" &
+  HAPROXY_PID=$!
+  deadline=$((SECONDS + 20))
+  while [ "$SECONDS" -lt "$deadline" ] && kill -0 "$HAPROXY_PID" 2>/dev/null; do
+    if is_200 "http://127.0.0.1:$HAPROXY_PORT/bench/x"; then haproxy_up=1; break; fi
+    sleep 0.1
+  done
+  [ "$haproxy_up" = 1 ] && break
+  say "haproxy did not come up (attempt $attempt): $(tail -n 2 "$WORK/haproxy.err" 2>/dev/null | tr '\n' ' ')"
+  kill "$HAPROXY_PID" 2>/dev/null || true
+  wait "$HAPROXY_PID" 2>/dev/null || true
+done
+[ "$haproxy_up" = 1 ] || die "timed out waiting for haproxy"
+PIDS+=("$HAPROXY_PID")
 alive "$HAPROXY_PID" haproxy "$WORK/haproxy.err"
 
 # Same answer on every path?
