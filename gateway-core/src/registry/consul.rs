@@ -715,13 +715,30 @@ impl Inner {
 
     /// Writes back every registration this gateway accepted that the agent
     /// no longer has (a restarted dev agent keeps nothing).
+    ///
+    /// Also every gateway-written registration of the last known view (its
+    /// `gw-write` was seen) that no replica may still own: after a rolling
+    /// restart the replicas that accepted a registration are gone, and the
+    /// new processes only read it from Consul; without this, an agent that
+    /// came back empty would lose it for good once the restart grace ends
+    /// (`scripts/e2e.sh --consul-restart`). Every replica writes the same
+    /// registrations back: registering is idempotent.
     async fn resync_owned(&self) {
-        let owned: Vec<(String, (Registration, String))> = self
-            .lock()
-            .owned
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let owned: Vec<(String, (Registration, String))> = {
+            let st = self.lock();
+            let mut all: Vec<(String, (Registration, String))> = st
+                .owned
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            for v in st.services.values().flatten() {
+                let id = consul_id(&v.registration.service, &v.registration.instance_id);
+                if st.seen_writes.contains_key(&id) && !st.owned.contains_key(&id) {
+                    all.push((id, ((*v.registration).clone(), new_write_id())));
+                }
+            }
+            all
+        };
         for (id, (reg, write)) in owned {
             match self.client.has_service(&id).await {
                 Ok(true) => {}
