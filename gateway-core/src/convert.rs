@@ -206,6 +206,22 @@ fn wire(name: &str, value: &[u8]) -> Header {
     }
 }
 
+/// Whether a header holding a comma-separated list (`TE`, `Accept`,
+/// `Connection`, `Upgrade`; a single media type is a list of one) names
+/// `token`, parameters after `;` ignored, case-insensitively.
+pub fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case(token))
+        })
+}
+
 /// How the client that will get a response can take it.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ResponseTarget {
@@ -219,22 +235,10 @@ pub struct ResponseTarget {
 impl ResponseTarget {
     /// What the client of `parts` accepts.
     pub fn of(parts: &request::Parts) -> Self {
-        let te_trailers = || {
-            parts
-                .headers
-                .get_all(header::TE)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .any(|t| {
-                    t.split(';')
-                        .next()
-                        .is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers"))
-                })
-        };
         Self {
             head_request: parts.method == http::Method::HEAD,
-            trailers: parts.version >= http::Version::HTTP_2 || te_trailers(),
+            trailers: parts.version >= http::Version::HTTP_2
+                || has_token(&parts.headers, header::TE, "trailers"),
         }
     }
 }

@@ -16,9 +16,9 @@ use tokio::time::Instant;
 use tower::Service;
 use tracing::{debug, warn};
 
-use crate::balance::{Balancer, Endpoint, NoEndpoint};
+use crate::balance::{Balancer, Endpoint, NoEndpoint, Snapshot};
 use crate::config::{LimitsConfig, TimeoutConfig};
-use crate::convert::{RequestMeta, ResponseTarget, request_to_wire, response_from_wire};
+use crate::convert::{RequestMeta, ResponseTarget, has_token, request_to_wire, response_from_wire};
 use crate::error::{ErrorKind, ForwardError};
 use crate::registry::{Registry, Visibility};
 use crate::request_id::RequestId;
@@ -271,8 +271,12 @@ where
     let started = Instant::now();
     let (parts, body) = req.into_parts();
     admit(&parts, &shared.limits)?;
-    let target = route(shared, listener, &parts)?;
-    let candidates = pick(shared, &target.service)?;
+    // One snapshot for both steps (a route and its endpoints from the same
+    // catalogue), released before anything is awaited.
+    let snapshot = shared.balancer.snapshot();
+    let target = route(shared, &snapshot, listener, &parts)?;
+    let candidates = pick(shared, &snapshot, &target.service)?;
+    drop(snapshot);
     // The streaming dispatches are boxed: their state is large, and kept
     // inline it would grow (and cost a bigger copy on) every unary request.
     match choose(shared, &parts, &body, &target, &candidates) {
@@ -341,12 +345,12 @@ fn admit(parts: &http::request::Parts, limits: &LimitsConfig) -> Result<(), Forw
 /// listener sees.
 fn route(
     shared: &Shared,
+    snapshot: &Snapshot,
     listener: Listener,
     parts: &http::request::Parts,
 ) -> Result<Target, ForwardError> {
     let authority = crate::convert::authority(parts)?;
     let segments = normalise(parts.uri.path())?;
-    let snapshot = shared.balancer.snapshot();
     let route = snapshot
         .routes
         .lookup(authority, &segments, |v| listener.allows(v))
@@ -366,8 +370,11 @@ fn route(
 }
 
 /// Step 3: the instances to try, best first.
-fn pick(shared: &Shared, service: &Arc<str>) -> Result<Vec<Arc<Endpoint>>, ForwardError> {
-    let snapshot = shared.balancer.snapshot();
+fn pick(
+    shared: &Shared,
+    snapshot: &Snapshot,
+    service: &Arc<str>,
+) -> Result<Vec<Arc<Endpoint>>, ForwardError> {
     match snapshot
         .services
         .get(service)
@@ -411,7 +418,10 @@ fn choose<B: http_body::Body>(
         Some(n) => n <= shared.limits.unary_body_bytes as u64,
         None => body.is_end_stream(),
     };
-    if target.stream || accepts_event_stream(&parts.headers) || !small_and_complete {
+    if target.stream
+        || has_token(&parts.headers, header::ACCEPT, "text/event-stream")
+        || !small_and_complete
+    {
         Dispatch::Stream
     } else {
         Dispatch::Unary
@@ -424,19 +434,6 @@ fn declared_length(parts: &http::request::Parts) -> Option<u64> {
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
-}
-
-fn accepts_event_stream(headers: &http::HeaderMap) -> bool {
-    headers
-        .get_all(header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| {
-            t.split(';')
-                .next()
-                .is_some_and(|t| t.trim().eq_ignore_ascii_case("text/event-stream"))
-        })
 }
 
 /// What the request context says besides the HTTP message.
@@ -564,6 +561,19 @@ where
     Err(all_refused(shared, service, last_err))
 }
 
+/// The clocks of a `Stream` exchange on `target`: the unary timeout for the
+/// head, the gateway's idle limit, the route's maximum duration.
+fn stream_exchange(shared: &Shared, target: &Target, started: Instant) -> Arc<Exchange> {
+    Exchange::new(
+        started,
+        StreamLimits {
+            head_timeout: target.timeout,
+            idle: shared.timeouts.stream_idle,
+            max_deadline: started + target.max_duration,
+        },
+    )
+}
+
 /// Opens `Stream` on one instance and waits for the response head, or for
 /// the exchange to end first (client body broke, a clock ran out).
 async fn open_stream<S>(
@@ -655,14 +665,7 @@ where
             format!("request body is larger than {limit} bytes"),
         ));
     }
-    let ex = Exchange::new(
-        started,
-        StreamLimits {
-            head_timeout: target.timeout,
-            idle: shared.timeouts.stream_idle,
-            max_deadline: started + target.max_duration,
-        },
-    );
+    let ex = stream_exchange(shared, target, started);
     let slot = BodySlot::new(body);
     let respond_to = ResponseTarget::of(parts);
     let mut last_err = None;
@@ -739,14 +742,7 @@ async fn dispatch_websocket(
                 )
             })?,
     );
-    let ex = Exchange::new(
-        started,
-        StreamLimits {
-            head_timeout: target.timeout,
-            idle: shared.timeouts.stream_idle,
-            max_deadline: started + target.max_duration,
-        },
-    );
+    let ex = stream_exchange(shared, target, started);
     // No body: the backend's answer is due at once.
     ex.request_complete();
     let respond_to = ResponseTarget::of(&parts);

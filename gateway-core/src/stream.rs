@@ -552,14 +552,7 @@ pub(crate) fn build_response(
 
 /// Whether a response is a server-sent event stream.
 pub(crate) fn is_event_stream(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(';')
-                .next()
-                .is_some_and(|t| t.trim().eq_ignore_ascii_case("text/event-stream"))
-        })
+    crate::convert::has_token(headers, header::CONTENT_TYPE, "text/event-stream")
 }
 
 #[cfg(test)]

@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::balance::InFlight;
+use crate::convert::has_token;
 use crate::error::{ErrorKind, ForwardError};
 use crate::stream::Exchange;
 
@@ -41,15 +42,6 @@ const SEC_WEBSOCKET_ACCEPT: &str = "sec-websocket-accept";
 /// offers no extensions).
 pub(crate) fn is_handshake_field(name: &str) -> bool {
     name == SEC_WEBSOCKET_KEY || name == SEC_WEBSOCKET_VERSION || name == SEC_WEBSOCKET_EXTENSIONS
-}
-
-fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 /// Whether the request asks for WebSocket: an HTTP/1.1 upgrade (RFC 6455

@@ -1,5 +1,6 @@
-//! What `bench-backend` and `streambench` must agree on: the byte pattern of
-//! uploads and downloads, the chunk size, the SSE event format and the clock.
+//! What `bench-backend`, `loadgen` and `streambench` share: the byte pattern of
+//! uploads and downloads, the chunk size, the SSE event format, the clock
+//! and a process's own CPU time.
 //!
 //! The pattern is byte `i` = `(i * 31 + 7) mod 251`. It depends only on
 //! `i mod 251`, so any chunk of it is a slice of one small table: the
@@ -146,6 +147,17 @@ pub fn upload_answer(bytes: u64, sha256_hex: &str) -> Bytes {
 /// plain HTTP server). Lets the client tell that a gateway really used
 /// `Stream` rather than buffering through `Send`.
 pub const VIA_HEADER: &str = "x-bench-via";
+
+/// CPU time (user + system, all threads) this process used so far, from
+/// /proc/self/stat (USER_HZ = 100 on Linux); `None` elsewhere. Lets the
+/// caller tell the benchmark's own CPU use from other load on the machine.
+pub fn own_cpu_ms() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(ticks * 10)
+}
 
 #[cfg(test)]
 mod tests {

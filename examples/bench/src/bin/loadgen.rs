@@ -26,6 +26,7 @@
 //! answer (HTTP status, or `ForwardingResp.status`), a transport error and a
 //! request exceeding `--timeout` are errors.
 
+use bench::own_cpu_ms;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -518,17 +519,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
     });
     println!("{out}");
     Ok(())
-}
-
-/// CPU time (user + system, all threads) this process used so far, from
-/// /proc/self/stat (USER_HZ = 100 on Linux); null elsewhere. Lets the caller
-/// tell the benchmark's own CPU use from other load on the machine.
-fn own_cpu_ms() -> Option<u64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-    Some(ticks * 10)
 }
 
 fn main() -> anyhow::Result<()> {

@@ -37,7 +37,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use bench::{CHUNK, Pattern, VIA_HEADER, unix_nanos};
+use bench::{CHUNK, Pattern, VIA_HEADER, own_cpu_ms, unix_nanos};
 use bytes::Bytes;
 use clap::{Parser, ValueEnum};
 use futures_util::{SinkExt, StreamExt, stream};
@@ -766,16 +766,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
     out.insert("cpu_ms".into(), json!(own_cpu_ms()));
     println!("{}", Value::Object(out));
     Ok(())
-}
-
-/// CPU time (user + system) of this process so far, from /proc/self/stat
-/// (USER_HZ = 100 on Linux); null elsewhere.
-fn own_cpu_ms() -> Option<u64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-    Some(ticks * 10)
 }
 
 fn main() -> anyhow::Result<()> {
