@@ -232,9 +232,14 @@ impl Backend {
                 *o.cancelled.lock().unwrap() = Some(Instant::now());
                 o.cancelled_signal.notify_waiters();
             }
-            "/s/silent" => {
+            "/s/silent" | "/s/bounded/feed" => {
                 send(head(200, vec![h("content-type", "text/event-stream")])).await?;
                 tx.closed().await;
+            }
+            "/s/early" => {
+                // Answers without reading the body (a 413 of its own).
+                send(head(413, vec![h("content-type", "text/plain")])).await?;
+                send(chunk("too big for me")).await?;
             }
             "/s/two-heads" => {
                 send(head(200, vec![])).await?;
@@ -302,6 +307,15 @@ impl Backend {
         while let Some(f) = inbound.message().await? {
             match f.frame {
                 Some(stream_request::Frame::Message(m)) => {
+                    if let Some(web_socket_message::Data::Text(t)) = &m.data {
+                        match t.as_str() {
+                            // The call ends OK without a close frame: 1000.
+                            "end-me" => return Ok(()),
+                            // The call fails: 1011.
+                            "fail-me" => return Err(Status::internal("failed on purpose")),
+                            _ => {}
+                        }
+                    }
                     if let Some(web_socket_message::Data::Text(t)) = &m.data
                         && t == "close-me"
                     {
@@ -457,11 +471,35 @@ async fn setup(extra: &[&str]) -> (GatewayProcess, Backend) {
             {"path_prefix": "/s"},
             {"path_prefix": "/s/download", "stream": true},
             {"path_prefix": "/s/trailers", "stream": true},
+            {"path_prefix": "/s/bounded", "stream": true, "max_duration_ms": 800},
         ]),
     )
     .await;
     gw.wait_routable("s", 1).await;
     (gw, backend)
+}
+
+/// The gateway started with `toml` as its configuration file.
+async fn setup_with_config(name: &str, toml: &str) -> (GatewayProcess, Backend) {
+    let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("gateway.toml");
+    std::fs::write(&cfg, toml).unwrap();
+    setup(&["--config", cfg.to_str().unwrap()]).await
+}
+
+/// A WebSocket handshake as a plain HTTP/1.1 GET, to see the answer when
+/// the gateway or the backend does not switch protocols.
+async fn ws_handshake(gw: &GatewayProcess, path: &str, version: &str) -> reqwest::Response {
+    gw.http
+        .get(gw.url(path))
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", version)
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .unwrap()
 }
 
 // ---------------------------------------------------------------------------
@@ -706,16 +744,7 @@ async fn the_gateway_picks_send_or_stream_by_the_documented_rule() {
     let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
     assert_eq!(v["rpc"], "send");
     assert_eq!(v["bytes"], 100_000);
-    let resp = gw
-        .http
-        .get(gw.url("/plain/ws"))
-        .header("connection", "upgrade")
-        .header("upgrade", "websocket")
-        .header("sec-websocket-version", "13")
-        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
-        .send()
-        .await
-        .unwrap();
+    let resp = ws_handshake(&gw, "/plain/ws", "13").await;
     assert_eq!(resp.status(), 501);
     let v: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(v["error"]["code"], "websocket_unsupported");
@@ -886,15 +915,11 @@ async fn malformed_backend_streams_are_502_or_aborts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_idle_for_too_long_are_ended_and_long_ones_are_not_cut_at_the_request_timeout() {
-    let dir = std::env::temp_dir().join(format!("gw-idle-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let cfg = dir.join("gateway.toml");
-    std::fs::write(
-        &cfg,
+    let (gw, backend) = setup_with_config(
+        "gw-idle",
         "[timeouts]\nrequest = \"300ms\"\nstream_idle = \"1s\"\n",
     )
-    .unwrap();
-    let (gw, backend) = setup(&["--config", cfg.to_str().unwrap()]).await;
+    .await;
     let mut c = Client::connect(gw.public, false).await;
     // Events keep flowing past the 300 ms request timeout: not cut.
     let resp = c
@@ -934,11 +959,8 @@ async fn streams_idle_for_too_long_are_ended_and_long_ones_are_not_cut_at_the_re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streamed_uploads_over_the_limit_get_413_or_are_cut() {
-    let dir = std::env::temp_dir().join(format!("gw-limit-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let cfg = dir.join("gateway.toml");
-    std::fs::write(&cfg, "[limits]\nmax_stream_body_bytes = 1000000\n").unwrap();
-    let (gw, backend) = setup(&["--config", cfg.to_str().unwrap()]).await;
+    let (gw, backend) =
+        setup_with_config("gw-limit", "[limits]\nmax_stream_body_bytes = 1000000\n").await;
     // Known up front: 413 before anything reaches the backend.
     // Only the head is sent: a client still writing the body could see the
     // closed connection (broken pipe) before it reads the answer.
@@ -1125,29 +1147,11 @@ async fn websocket_messages_and_close_codes_are_relayed_both_ways() {
     }
 
     // A backend may refuse the upgrade with an ordinary answer.
-    let resp = gw
-        .http
-        .get(gw.url("/s/ws-refuse"))
-        .header("connection", "upgrade")
-        .header("upgrade", "websocket")
-        .header("sec-websocket-version", "13")
-        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
-        .send()
-        .await
-        .unwrap();
+    let resp = ws_handshake(&gw, "/s/ws-refuse", "13").await;
     assert_eq!(resp.status(), 403);
     assert_eq!(resp.text().await.unwrap(), "{\"error\":\"no\"}");
     // A malformed handshake is a 400 with a JSON body.
-    let resp = gw
-        .http
-        .get(gw.url("/s/ws"))
-        .header("connection", "upgrade")
-        .header("upgrade", "websocket")
-        .header("sec-websocket-version", "8")
-        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
-        .send()
-        .await
-        .unwrap();
+    let resp = ws_handshake(&gw, "/s/ws", "8").await;
     assert_eq!(resp.status(), 400);
     let v: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(v["error"]["code"], "bad_request");
@@ -1155,11 +1159,7 @@ async fn websocket_messages_and_close_codes_are_relayed_both_ways() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draining_gateway_closes_websockets_with_1001_and_ends_event_streams() {
-    let dir = std::env::temp_dir().join(format!("gw-drain-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let cfg = dir.join("gateway.toml");
-    std::fs::write(&cfg, "[drain]\ngrace = \"5s\"\n").unwrap();
-    let (mut gw, _backend) = setup(&["--config", cfg.to_str().unwrap()]).await;
+    let (mut gw, _backend) = setup_with_config("gw-drain", "[drain]\ngrace = \"5s\"\n").await;
     let tcp = tokio::net::TcpStream::connect(gw.public).await.unwrap();
     let (mut ws, _) =
         tokio_tungstenite::client_async(format!("ws://{}/s/ws", gw.public).as_str(), tcp)
@@ -1382,4 +1382,67 @@ async fn websocket_over_http2_extended_connect() {
         .unwrap();
     let c = backend.0.ws_closes.lock().unwrap().last().cloned().unwrap();
     assert_eq!(c.code, 4003);
+}
+
+/// A backend may answer before it read the body: the client gets that
+/// answer, the rest of its body is discarded and the connection closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_answering_before_the_body_ends_is_passed_on() {
+    let (gw, _backend) = setup(&[]).await;
+    let mut s = tokio::net::TcpStream::connect(gw.public).await.unwrap();
+    s.write_all(
+        b"POST /s/early HTTP/1.1\r\nhost: g\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n",
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    // The client never finishes its body: only the gateway can end this.
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("the connection is closed after the answer")
+        .ok();
+    let text = String::from_utf8_lossy(&out).to_lowercase();
+    assert!(text.starts_with("http/1.1 413"), "{text}");
+    assert!(text.contains("too big for me"), "{text}");
+}
+
+/// A route's `max_duration_ms` ends a stream that the idle limit (5 min by
+/// default) would let live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_routes_maximum_duration_ends_its_streams() {
+    let (gw, _backend) = setup(&[]).await;
+    let mut c = Client::connect(gw.public, false).await;
+    let started = Instant::now();
+    let resp = c.send(get("/s/bounded/feed").body(empty()).unwrap()).await;
+    assert_eq!(resp.status(), 200);
+    assert!(read_all(resp).await.is_err(), "cut as an abort");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(700) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+}
+
+/// The call ending without a close frame closes the client's WebSocket with
+/// 1000; the call failing closes it with 1011.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_call_ending_closes_with_1000_or_1011() {
+    let (gw, _backend) = setup(&[]).await;
+    for (say, code) in [("end-me", 1000u16), ("fail-me", 1011)] {
+        let tcp = tokio::net::TcpStream::connect(gw.public).await.unwrap();
+        let (mut ws, _) =
+            tokio_tungstenite::client_async(format!("ws://{}/s/ws", gw.public).as_str(), tcp)
+                .await
+                .unwrap();
+        ws.send(Message::text(say)).await.unwrap();
+        match tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+        {
+            Message::Close(Some(f)) => assert_eq!(u16::from(f.code), code, "{say}"),
+            other => panic!("{say}: {other:?}"),
+        }
+    }
 }
