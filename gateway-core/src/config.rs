@@ -121,6 +121,13 @@ pub struct LimitsConfig {
     pub max_headers: usize,
     /// Requests handled at once per listener; more are shed with 503.
     pub max_concurrent_requests: usize,
+    /// Open connections per listener; a connection over it is answered
+    /// with a plain 503 `too_many_connections` and closed at once.
+    pub max_connections: usize,
+    /// Open connections per client IP address per listener (same answer
+    /// over it); 0 = no per-address limit. Behind a load balancer every
+    /// client shares its address: leave it 0 there.
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for LimitsConfig {
@@ -132,6 +139,8 @@ impl Default for LimitsConfig {
             max_header_bytes: 64 * 1024,
             max_headers: 100,
             max_concurrent_requests: 10_000,
+            max_connections: 10_000,
+            max_connections_per_ip: 0,
         }
     }
 }
@@ -158,6 +167,24 @@ pub struct TimeoutConfig {
     /// `max_duration_ms`; the remaining time is the backend's deadline.
     #[serde(with = "humantime_serde")]
     pub stream_max: Duration,
+    /// Time from accept until a client has sent its first byte, and for
+    /// h2c its whole connection preface and first SETTINGS frame; a
+    /// connection that says nothing is closed after it.
+    #[serde(with = "humantime_serde")]
+    pub first_byte: Duration,
+    /// A connection (HTTP/1.1 or HTTP/2) with no request in flight for
+    /// this long is closed (HTTP/2 with a GOAWAY). Bytes that are not
+    /// requests (pings, trickled partial heads) do not keep it open.
+    #[serde(with = "humantime_serde")]
+    pub idle: Duration,
+    /// HTTP/2: a PING is sent after this long without frames from the
+    /// client...
+    #[serde(with = "humantime_serde")]
+    pub http2_keep_alive_interval: Duration,
+    /// ...and the connection is closed if its acknowledgement does not
+    /// come within this.
+    #[serde(with = "humantime_serde")]
+    pub http2_keep_alive_timeout: Duration,
 }
 
 impl Default for TimeoutConfig {
@@ -168,6 +195,10 @@ impl Default for TimeoutConfig {
             connect: Duration::from_secs(1),
             stream_idle: Duration::from_secs(300),
             stream_max: Duration::from_secs(24 * 3600),
+            first_byte: Duration::from_secs(10),
+            idle: Duration::from_secs(60),
+            http2_keep_alive_interval: Duration::from_secs(30),
+            http2_keep_alive_timeout: Duration::from_secs(20),
         }
     }
 }
@@ -434,6 +465,26 @@ impl GatewayConfig {
         }
         if self.limits.max_concurrent_requests == 0 {
             return err("limits.max_concurrent_requests", "must be greater than 0");
+        }
+        if self.limits.max_connections == 0 {
+            return err("limits.max_connections", "must be greater than 0");
+        }
+        for (setting, d) in [
+            ("timeouts.header_read", self.timeouts.header_read),
+            ("timeouts.first_byte", self.timeouts.first_byte),
+            ("timeouts.idle", self.timeouts.idle),
+            (
+                "timeouts.http2_keep_alive_interval",
+                self.timeouts.http2_keep_alive_interval,
+            ),
+            (
+                "timeouts.http2_keep_alive_timeout",
+                self.timeouts.http2_keep_alive_timeout,
+            ),
+        ] {
+            if d.is_zero() {
+                return err(setting, "must be greater than 0");
+            }
         }
         if self.timeouts.request.is_zero() {
             return err("timeouts.request", "must be greater than 0");

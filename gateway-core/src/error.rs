@@ -59,6 +59,16 @@ pub enum ErrorKind {
     ClientBody,
     /// A WebSocket upgrade to a service that does not declare `streaming`.
     WebSocketUnsupported,
+    /// Ambiguous HTTP/1.1 message framing (Transfer-Encoding with
+    /// Content-Length, repeated Content-Length, bare LF line ends): the
+    /// stuff request smuggling is made of.
+    BadRequestFraming,
+    /// A `Host` that is not `host[:port]`, or one that disagrees with the
+    /// HTTP/2 `:authority`.
+    InvalidHost,
+    /// The listener is at `limits.max_connections` (or the client's address
+    /// at `limits.max_connections_per_ip`).
+    TooManyConnections,
 }
 
 impl ErrorKind {
@@ -77,17 +87,25 @@ impl ErrorKind {
             ErrorKind::Overloaded => "overloaded",
             ErrorKind::ClientBody => "client_body_error",
             ErrorKind::WebSocketUnsupported => "websocket_unsupported",
+            ErrorKind::BadRequestFraming => "bad_request_framing",
+            ErrorKind::InvalidHost => "invalid_host",
+            ErrorKind::TooManyConnections => "too_many_connections",
         }
     }
 
     /// HTTP status this failure is answered with.
     pub fn status(self) -> StatusCode {
         match self {
-            ErrorKind::BadRequest | ErrorKind::ClientBody => StatusCode::BAD_REQUEST,
+            ErrorKind::BadRequest
+            | ErrorKind::ClientBody
+            | ErrorKind::BadRequestFraming
+            | ErrorKind::InvalidHost => StatusCode::BAD_REQUEST,
             ErrorKind::RouteNotFound => StatusCode::NOT_FOUND,
             ErrorKind::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            ErrorKind::NoHealthyInstance | ErrorKind::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::NoHealthyInstance | ErrorKind::Overloaded | ErrorKind::TooManyConnections => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ErrorKind::UpstreamConnect
             | ErrorKind::UpstreamFailed
             | ErrorKind::UpstreamInvalidResponse => StatusCode::BAD_GATEWAY,
@@ -103,13 +121,17 @@ impl ErrorKind {
             | ErrorKind::RouteNotFound
             | ErrorKind::BodyTooLarge
             | ErrorKind::HeadersTooLarge
-            | ErrorKind::ClientBody => Source::Client,
+            | ErrorKind::ClientBody
+            | ErrorKind::BadRequestFraming
+            | ErrorKind::InvalidHost => Source::Client,
             ErrorKind::UpstreamConnect
             | ErrorKind::UpstreamFailed
             | ErrorKind::UpstreamInvalidResponse
             | ErrorKind::UpstreamTimeout
             | ErrorKind::WebSocketUnsupported => Source::Upstream,
-            ErrorKind::NoHealthyInstance | ErrorKind::Overloaded => Source::Gateway,
+            ErrorKind::NoHealthyInstance
+            | ErrorKind::Overloaded
+            | ErrorKind::TooManyConnections => Source::Gateway,
         }
     }
 
@@ -145,32 +167,78 @@ impl ForwardError {
     /// The one place a failure becomes a response: status from the kind, a
     /// JSON body `{"error":{"code","message","request_id"}}`.
     pub fn into_response(self, request_id: Option<&str>) -> Response<Body> {
-        let body = serde_json::json!({
-            "error": {
-                "code": self.kind.code(),
-                "message": self.message,
-                "request_id": request_id,
-            }
-        });
-        let mut resp = Response::new(Body::from(body.to_string()));
+        let mut resp = Response::new(Body::from(self.json_body(request_id)));
         *resp.status_mut() = self.kind.status();
         let h = resp.headers_mut();
         h.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        if self.kind == ErrorKind::Overloaded || self.kind == ErrorKind::NoHealthyInstance {
+        if self.kind.retry_after() {
             h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         if let Some(id) = request_id.and_then(|id| HeaderValue::from_str(id).ok()) {
             h.insert(crate::request_id::HEADER, id);
         }
-        // A client that sent garbage gets its connection closed, so framing
-        // confusion cannot carry over to the next request on it.
-        if matches!(self.kind, ErrorKind::BadRequest | ErrorKind::ClientBody) {
+        if self.kind.closes_connection() {
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         resp
+    }
+
+    /// The JSON body of [`Self::into_response`].
+    fn json_body(&self, request_id: Option<&str>) -> String {
+        serde_json::json!({
+            "error": {
+                "code": self.kind.code(),
+                "message": self.message,
+                "request_id": request_id,
+            }
+        })
+        .to_string()
+    }
+
+    /// The same answer as [`Self::into_response`] as raw HTTP/1.1 bytes, for
+    /// the one place no HTTP stack runs yet: a connection refused right
+    /// after accept, before any byte is read.
+    pub fn into_http1_bytes(self) -> Vec<u8> {
+        let body = self.json_body(None);
+        let status = self.kind.status();
+        let mut out = format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            body.len()
+        );
+        if self.kind.retry_after() {
+            out.push_str("retry-after: 1\r\n");
+        }
+        out.push_str("\r\n");
+        out.push_str(&body);
+        out.into_bytes()
+    }
+}
+
+impl ErrorKind {
+    /// Overload-like answers tell the client when to come back.
+    fn retry_after(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::Overloaded | ErrorKind::NoHealthyInstance | ErrorKind::TooManyConnections
+        )
+    }
+
+    /// A client that sent garbage gets its connection closed, so framing
+    /// confusion cannot carry over to the next request on it.
+    fn closes_connection(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::BadRequest
+                | ErrorKind::ClientBody
+                | ErrorKind::BadRequestFraming
+                | ErrorKind::InvalidHost
+                | ErrorKind::TooManyConnections
+        )
     }
 }
 
@@ -190,6 +258,18 @@ mod tests {
         assert_eq!(v["error"]["code"], "route_not_found");
         assert_eq!(v["error"]["message"], "no route for /x");
         assert_eq!(v["error"]["request_id"], "abc");
+    }
+
+    #[test]
+    fn raw_answer_matches_the_json_shape() {
+        let raw = ForwardError::new(ErrorKind::TooManyConnections, "full").into_http1_bytes();
+        let text = String::from_utf8(raw).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{head}");
+        assert!(head.contains(&format!("content-length: {}", body.len())), "{head}");
+        assert!(head.contains("connection: close"), "{head}");
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["error"]["code"], "too_many_connections");
     }
 
     #[test]
@@ -218,6 +298,9 @@ mod tests {
             (UpstreamFailed, 502),
             (UpstreamTimeout, 504),
             (Overloaded, 503),
+            (BadRequestFraming, 400),
+            (InvalidHost, 400),
+            (TooManyConnections, 503),
         ];
         for (k, s) in expect {
             assert_eq!(k.status().as_u16(), s, "{k:?}");

@@ -311,6 +311,7 @@ where
 /// ambiguous framing.
 fn admit(parts: &http::request::Parts, limits: &LimitsConfig) -> Result<(), ForwardError> {
     check_header_limits(&parts.headers, limits)?;
+    check_host(parts)?;
     // hyper lets Transfer-Encoding override Content-Length (RFC 9112 6.3)
     // and closes the connection after; a gateway refuses the ambiguity
     // outright, since that is what request smuggling is made of.
@@ -339,6 +340,86 @@ fn admit(parts: &http::request::Parts, limits: &LimitsConfig) -> Result<(), Forw
         ));
     }
     Ok(())
+}
+
+/// RFC 9112 3.2: a request whose `Host` is not `host[:port]` gets a 400
+/// (the connection-level scanner also refuses raw non-ASCII targets). On
+/// HTTP/2 a `Host` must name the same authority as `:authority` (RFC 9113
+/// 8.3.1), or one backend could see a different host than the route chose.
+fn check_host(parts: &http::request::Parts) -> Result<(), ForwardError> {
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    let Some(host) = hosts.next() else {
+        return Ok(());
+    };
+    if !valid_host(host.as_bytes()) {
+        return Err(ForwardError::new(
+            ErrorKind::InvalidHost,
+            "Host header is not a valid host[:port]",
+        ));
+    }
+    if parts.version == http::Version::HTTP_2
+        && let Some(a) = parts.uri.authority()
+        && !a.as_str().eq_ignore_ascii_case(host.to_str().unwrap_or_default())
+    {
+        return Err(ForwardError::new(
+            ErrorKind::InvalidHost,
+            "Host header differs from :authority",
+        ));
+    }
+    Ok(())
+}
+
+/// `uri-host [ ":" port ]` (RFC 9112 3.2, RFC 3986 3.2.2); empty is allowed
+/// (a target without authority). No user info, no path, no spaces.
+fn valid_host(h: &[u8]) -> bool {
+    let (host, port) = if let Some(rest) = h.strip_prefix(b"[") {
+        // IP literal: hex digits, ':' and '.' (IPv6, v4-mapped), optional zone not allowed.
+        let Some(end) = rest.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let (lit, after) = (&rest[..end], &rest[end + 1..]);
+        if lit.is_empty()
+            || !lit
+                .iter()
+                .all(|b| b.is_ascii_hexdigit() || *b == b':' || *b == b'.')
+        {
+            return false;
+        }
+        match after {
+            [] => return true,
+            [b':', port @ ..] => (&b""[..], Some(port)),
+            _ => return false,
+        }
+    } else {
+        match h.iter().rposition(|&b| b == b':') {
+            Some(i) => (&h[..i], Some(&h[i + 1..])),
+            None => (h, None),
+        }
+    };
+    // reg-name / IPv4: unreserved, pct-encoded and sub-delims.
+    let reg_name = host.iter().all(|&b| {
+        b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'%'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+            )
+    });
+    let port_ok = port.is_none_or(|p| p.len() <= 5 && p.iter().all(u8::is_ascii_digit));
+    reg_name && port_ok
 }
 
 /// Step 2: route on the normalised path; visibility filters what this
@@ -867,5 +948,38 @@ mod tests {
         assert!(!Listener::Public.allows(Visibility::Internal));
         assert!(!Listener::Internal.allows(Visibility::Admin));
         assert!(Listener::Admin.allows(Visibility::Admin));
+    }
+
+    #[test]
+    fn hosts_must_be_host_and_port() {
+        for ok in [
+            "a", "a:80", "example.com", "EX-1.example.com:8080", "127.0.0.1:1", "[::1]",
+            "[::1]:8080", "[::ffff:1.2.3.4]", "", "a:", "xn--bcher-kva.de",
+        ] {
+            assert!(valid_host(ok.as_bytes()), "{ok:?}");
+        }
+        for bad in [
+            "bad host/x", "a/b", "user@a", "a:b", "a:123456", "[::1", "[zz]", "[::1]x",
+            "a b", "a?b", "a#b", "a\\b", "a:80:80", "\u{e9}.com",
+        ] {
+            assert!(!valid_host(bad.as_bytes()), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn h2_host_must_match_authority() {
+        let req = |host: &str| {
+            let (parts, ()) = Request::builder()
+                .version(http::Version::HTTP_2)
+                .uri("http://a.example:8080/x")
+                .header(header::HOST, host)
+                .body(())
+                .unwrap()
+                .into_parts();
+            parts
+        };
+        check_host(&req("A.example:8080")).unwrap();
+        let e = check_host(&req("b.example")).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidHost);
     }
 }

@@ -166,6 +166,12 @@ impl Gateway {
             max_header_bytes: self.config.limits.max_header_bytes * 2,
             max_headers: self.config.limits.max_headers * 2,
             grace: self.config.drain.grace,
+            first_byte_timeout: self.config.timeouts.first_byte,
+            idle_timeout: self.config.timeouts.idle,
+            http2_keep_alive_interval: self.config.timeouts.http2_keep_alive_interval,
+            http2_keep_alive_timeout: self.config.timeouts.http2_keep_alive_timeout,
+            max_connections: self.config.limits.max_connections,
+            max_connections_per_ip: self.config.limits.max_connections_per_ip,
         };
         let stop = CancellationToken::new();
         let mut tasks = tokio::task::JoinSet::new();

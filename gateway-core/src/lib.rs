@@ -22,6 +22,7 @@
 pub mod admin;
 pub mod balance;
 pub mod config;
+pub mod conn;
 pub mod consul;
 pub mod convert;
 pub mod error;

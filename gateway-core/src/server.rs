@@ -2,23 +2,49 @@
 //! then draining in-flight requests within a grace period.
 //!
 //! One function for every listener (public, internal, registration, admin):
-//! HTTP/1.1 and h2c on the same port, header limits and a header read
-//! timeout against slow clients, the peer address put into each request.
+//! HTTP/1.1 and h2c on the same port, and every accepted connection bounded
+//! from accept onwards:
+//!
+//! - at most `max_connections` open (and `max_connections_per_ip` per client
+//!   address); one over is answered with a canned 503 and closed at once;
+//! - a client that says nothing (no first byte, no h2 preface and SETTINGS)
+//!   within `first_byte` is closed;
+//! - an HTTP/1.1 head must arrive within `header_read` (hyper's timer);
+//! - HTTP/2 peers are pinged and dropped when they stop answering;
+//! - a connection with no request in flight for `idle` is closed (HTTP/2
+//!   with a GOAWAY);
+//! - HTTP/1.1 framing hyper resolves silently is refused with a JSON 400
+//!   (see [`crate::conn`]).
+//!
+//! [`Server::connection`] takes any `AsyncRead + AsyncWrite` stream, so a TLS
+//! acceptor wraps the accepted TCP stream first and hands the result over.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
-use http::{Request, Response};
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower::{Service, ServiceExt};
 use tracing::{debug, info, warn};
 
+use crate::conn::{ConnState, InFlight, Watched};
+use crate::error::{ErrorKind, ForwardError};
 use crate::forward::PeerAddr;
 
 /// Connection-level limits.
@@ -33,7 +59,28 @@ pub struct ServerOptions {
     pub max_headers: usize,
     /// Longest wait for in-flight requests after shutdown.
     pub grace: Duration,
+    /// Time from accept until the client's first byte (h2c: its preface
+    /// and first frame).
+    pub first_byte_timeout: Duration,
+    /// A connection without a request in flight for this long is closed.
+    pub idle_timeout: Duration,
+    /// HTTP/2 PING interval when the peer is silent.
+    pub http2_keep_alive_interval: Duration,
+    /// HTTP/2 PING acknowledgement deadline.
+    pub http2_keep_alive_timeout: Duration,
+    /// Open connections on this listener.
+    pub max_connections: usize,
+    /// Open connections per client address; 0 = unlimited.
+    pub max_connections_per_ip: usize,
 }
+
+/// A client that was asked to close (idle, draining) and has not within
+/// this long is dropped: an HTTP/2 peer that never acknowledges the
+/// GOAWAY's PING would otherwise hold the connection.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// The service every listener serves.
+type Svc = tower::util::BoxCloneSyncService<Request<Incoming>, Response<Body>, Infallible>;
 
 /// Serves `svc` on `listener` until `shutdown` resolves; then stops
 /// accepting and waits up to `opts.grace` for open requests to finish.
@@ -50,21 +97,7 @@ pub async fn serve<S>(
         + 'static,
     S::Future: Send + 'static,
 {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(opts.header_read_timeout)
-        .max_buf_size(opts.max_header_bytes.max(8192))
-        .max_headers(opts.max_headers);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(opts.max_header_bytes.min(u32::MAX as usize) as u32)
-        .max_concurrent_streams(1024)
-        // WebSocket over HTTP/2 (RFC 8441).
-        .enable_connect_protocol();
-    let graceful = GracefulShutdown::new();
+    let server = Arc::new(Server::new(Svc::new(svc), opts));
     let local = listener.local_addr().ok();
     tokio::pin!(shutdown);
     loop {
@@ -81,27 +114,325 @@ pub async fn serve<S>(
                 }
             },
         };
+        let Some(permit) = server.admit(peer.ip()) else {
+            server.refuse(stream, peer);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        let svc = svc.clone();
-        let hyper_svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-            req.extensions_mut().insert(PeerAddr(peer));
-            svc.clone().oneshot(req)
-        });
-        // With upgrades: WebSocket handshakes hand the connection to a relay.
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), hyper_svc);
-        let conn = graceful.watch(conn.into_owned());
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                debug!(%peer, error = %e, "Connection ended with an error.");
-            }
+        let s = server.clone();
+        server.tasks.spawn(async move {
+            s.connection(stream, peer).await;
+            drop(permit);
         });
     }
     drop(listener);
-    info!(listener = ?local, "Stopped accepting; draining connections.");
-    if tokio::time::timeout(opts.grace, graceful.shutdown())
+    info!(listener = ?local, open = server.tasks.len(), "Stopped accepting; draining connections.");
+    server.draining.cancel();
+    server.tasks.close();
+    if tokio::time::timeout(server.opts.grace, server.tasks.wait())
         .await
         .is_err()
     {
-        warn!(listener = ?local, grace = ?opts.grace, "Grace period over; closing remaining connections.");
+        warn!(listener = ?local, grace = ?server.opts.grace, "Grace period over; closing remaining connections.");
+        server.killed.cancel();
+        server.tasks.wait().await;
+    }
+}
+
+/// One listener's connection handling: limits, timers, the hyper builder.
+pub struct Server {
+    builder: auto::Builder<TokioExecutor>,
+    svc: Svc,
+    opts: ServerOptions,
+    open: AtomicUsize,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    refused: AtomicU64,
+    /// The raw 503 a connection over the limit gets.
+    refusal: Bytes,
+    draining: CancellationToken,
+    killed: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Server {
+    fn new(svc: Svc, opts: ServerOptions) -> Self {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(opts.header_read_timeout)
+            .max_buf_size(opts.max_header_bytes.max(8192))
+            .max_headers(opts.max_headers);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(opts.max_header_bytes.min(u32::MAX as usize) as u32)
+            .max_concurrent_streams(1024)
+            // A peer that stops answering PINGs is gone: free its connection.
+            .keep_alive_interval(opts.http2_keep_alive_interval)
+            .keep_alive_timeout(opts.http2_keep_alive_timeout)
+            // WebSocket over HTTP/2 (RFC 8441).
+            .enable_connect_protocol();
+        let refusal = ForwardError::new(
+            ErrorKind::TooManyConnections,
+            "the gateway has too many open connections; retry later",
+        )
+        .into_http1_bytes()
+        .into();
+        Self {
+            builder,
+            svc,
+            opts,
+            open: AtomicUsize::new(0),
+            per_ip: Mutex::new(HashMap::new()),
+            refused: AtomicU64::new(0),
+            refusal,
+            draining: CancellationToken::new(),
+            killed: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        }
+    }
+
+    /// Takes a connection slot for `ip`, if one is free.
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Permit> {
+        if self.open.fetch_add(1, Ordering::AcqRel) >= self.opts.max_connections {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        let per_ip = self.opts.max_connections_per_ip;
+        if per_ip > 0 {
+            let mut map = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+            let n = map.entry(ip).or_insert(0);
+            if *n >= per_ip {
+                drop(map);
+                self.open.fetch_sub(1, Ordering::AcqRel);
+                return None;
+            }
+            *n += 1;
+        }
+        Some(Permit {
+            server: self.clone(),
+            ip,
+        })
+    }
+
+    /// Answers a connection over the limit without reading from it: one
+    /// non-blocking write of a canned 503 (lost if the socket buffer is
+    /// full, which is fine), then close.
+    fn refuse(&self, stream: TcpStream, peer: SocketAddr) {
+        let n = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+        let _ = stream.try_write(&self.refusal);
+        // Logged at 1, 2, 4, 8...: a flood is visible without flooding the log.
+        if n.is_power_of_two() {
+            warn!(%peer, refused_total = n, open = self.open.load(Ordering::Relaxed), "Connection refused: over the connection limit.");
+        }
+    }
+
+    /// Connections refused so far for being over a limit.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Serves one accepted connection until it ends, times out or the
+    /// server stops. `io` is the accepted stream, or a TLS stream around it.
+    pub async fn connection<I>(&self, io: I, peer: SocketAddr)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let state = ConnState::new();
+        let io = Watched::new(io, state.clone(), self.opts.max_header_bytes);
+        let svc = self.svc.clone();
+        let st = state.clone();
+        let hyper_svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+            req.extensions_mut().insert(PeerAddr(peer));
+            let (refused, guard) = st.begin_request();
+            let svc = svc.clone();
+            async move {
+                let upgrade = asks_upgrade(&req);
+                let resp = match refused {
+                    Some(e) => e.into_response(None),
+                    None => svc.oneshot(req).await?,
+                };
+                Ok::<_, Infallible>(track(resp, upgrade, guard))
+            }
+        });
+        // With upgrades: WebSocket handshakes hand the connection to a relay.
+        let conn = self
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(io), hyper_svc);
+        tokio::pin!(conn);
+        let timer = tokio::time::sleep_until(state.started() + self.opts.first_byte_timeout);
+        tokio::pin!(timer);
+        let mut closing: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                res = conn.as_mut() => {
+                    if let Err(e) = res {
+                        debug!(%peer, error = %e, "Connection ended with an error.");
+                    }
+                    return;
+                }
+                _ = self.killed.cancelled() => return,
+                _ = self.draining.cancelled(), if closing.is_none() => {
+                    conn.as_mut().graceful_shutdown();
+                    // Drain: open requests get the server's grace, not CLOSE_GRACE.
+                    closing = Some(Instant::now() + self.opts.grace);
+                }
+                _ = state.became_idle() => {
+                    let now = Instant::now();
+                    if let Verdict::Wait(until) = self.verdict(&state, closing, now) {
+                        timer.as_mut().reset(until);
+                    } else {
+                        timer.as_mut().reset(now);
+                    }
+                }
+                _ = &mut timer => {
+                    let now = Instant::now();
+                    match self.verdict(&state, closing, now) {
+                        Verdict::Wait(until) => timer.as_mut().reset(until),
+                        Verdict::Drop(why) => {
+                            debug!(%peer, why, "Connection closed.");
+                            return;
+                        }
+                        Verdict::Close(why) => {
+                            debug!(%peer, why, "Closing connection.");
+                            conn.as_mut().graceful_shutdown();
+                            closing = Some(now + CLOSE_GRACE);
+                            timer.as_mut().reset(now + CLOSE_GRACE);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn verdict(&self, state: &ConnState, closing: Option<Instant>, now: Instant) -> Verdict {
+        if !state.greeted() {
+            let deadline = state.started() + self.opts.first_byte_timeout;
+            return if now >= deadline {
+                Verdict::Drop("nothing received within timeouts.first_byte")
+            } else {
+                Verdict::Wait(deadline)
+            };
+        }
+        if state.in_flight() > 0 {
+            // Re-checked later: the request's end restarts the idle clock.
+            // Checked again when the last request ends (`became_idle`).
+            return Verdict::Wait(now + self.opts.idle_timeout);
+        }
+        if let Some(by) = closing {
+            return if now >= by {
+                Verdict::Drop("did not close when asked")
+            } else {
+                Verdict::Wait(by)
+            };
+        }
+        let deadline = state.idle_since() + self.opts.idle_timeout;
+        if now >= deadline {
+            Verdict::Close("no request within timeouts.idle")
+        } else {
+            Verdict::Wait(deadline)
+        }
+    }
+}
+
+enum Verdict {
+    Wait(Instant),
+    /// Ask the peer to close (h1: close when idle; h2: GOAWAY).
+    Close(&'static str),
+    /// Drop the connection now.
+    Drop(&'static str),
+}
+
+/// A connection slot; given back when the connection ends.
+struct Permit {
+    server: Arc<Server>,
+    ip: IpAddr,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let s = &self.server;
+        if s.opts.max_connections_per_ip > 0 {
+            let mut map = s.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = map.get_mut(&self.ip) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(&self.ip);
+                }
+            }
+        }
+        s.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What an HTTP/1.1 request may switch the connection to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Upgrade {
+    No,
+    /// `Upgrade:` header: switched by a 101.
+    Protocol,
+    /// `CONNECT`: switched by a 2xx.
+    Tunnel,
+}
+
+fn asks_upgrade<B>(req: &Request<B>) -> Upgrade {
+    if req.version() > http::Version::HTTP_11 {
+        Upgrade::No
+    } else if req.method() == http::Method::CONNECT {
+        Upgrade::Tunnel
+    } else if req.headers().contains_key(header::UPGRADE) {
+        Upgrade::Protocol
+    } else {
+        Upgrade::No
+    }
+}
+
+/// Holds the request's in-flight guard until its response body ends. An
+/// HTTP/1.1 upgrade request that is not upgraded gets its connection
+/// closed: the framing scanner stops at an upgrade request (the bytes after
+/// it may be another protocol), so no unscanned request may follow it.
+fn track(mut resp: Response<Body>, upgrade: Upgrade, guard: InFlight) -> Response<TrackedBody> {
+    let switched = match upgrade {
+        Upgrade::No => true,
+        Upgrade::Protocol => resp.status() == StatusCode::SWITCHING_PROTOCOLS,
+        Upgrade::Tunnel => resp.status().is_success(),
+    };
+    if !switched {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp.map(|body| TrackedBody {
+        body,
+        _guard: guard,
+    })
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that counts as a request in flight until it ends.
+    pub struct TrackedBody {
+        #[pin]
+        body: Body,
+        _guard: InFlight,
+    }
+}
+
+impl http_body::Body for TrackedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
