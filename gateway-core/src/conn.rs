@@ -547,6 +547,5 @@ fn framing(head: &[u8]) -> Result<Framing, (ErrorKind, &'static str)> {
     })
 }
 
-
 #[cfg(test)]
 mod tests;

@@ -103,9 +103,9 @@ impl ErrorKind {
             ErrorKind::RouteNotFound => StatusCode::NOT_FOUND,
             ErrorKind::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            ErrorKind::NoHealthyInstance | ErrorKind::Overloaded | ErrorKind::TooManyConnections => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ErrorKind::NoHealthyInstance
+            | ErrorKind::Overloaded
+            | ErrorKind::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::UpstreamConnect
             | ErrorKind::UpstreamFailed
             | ErrorKind::UpstreamInvalidResponse => StatusCode::BAD_GATEWAY,
@@ -265,8 +265,14 @@ mod tests {
         let raw = ForwardError::new(ErrorKind::TooManyConnections, "full").into_http1_bytes();
         let text = String::from_utf8(raw).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
-        assert!(head.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{head}");
-        assert!(head.contains(&format!("content-length: {}", body.len())), "{head}");
+        assert!(
+            head.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+            "{head}"
+        );
+        assert!(
+            head.contains(&format!("content-length: {}", body.len())),
+            "{head}"
+        );
         assert!(head.contains("connection: close"), "{head}");
         let v: serde_json::Value = serde_json::from_str(body).unwrap();
         assert_eq!(v["error"]["code"], "too_many_connections");

@@ -359,7 +359,9 @@ fn check_host(parts: &http::request::Parts) -> Result<(), ForwardError> {
     }
     if parts.version == http::Version::HTTP_2
         && let Some(a) = parts.uri.authority()
-        && !a.as_str().eq_ignore_ascii_case(host.to_str().unwrap_or_default())
+        && !a
+            .as_str()
+            .eq_ignore_ascii_case(host.to_str().unwrap_or_default())
     {
         return Err(ForwardError::new(
             ErrorKind::InvalidHost,
@@ -953,14 +955,35 @@ mod tests {
     #[test]
     fn hosts_must_be_host_and_port() {
         for ok in [
-            "a", "a:80", "example.com", "EX-1.example.com:8080", "127.0.0.1:1", "[::1]",
-            "[::1]:8080", "[::ffff:1.2.3.4]", "", "a:", "xn--bcher-kva.de",
+            "a",
+            "a:80",
+            "example.com",
+            "EX-1.example.com:8080",
+            "127.0.0.1:1",
+            "[::1]",
+            "[::1]:8080",
+            "[::ffff:1.2.3.4]",
+            "",
+            "a:",
+            "xn--bcher-kva.de",
         ] {
             assert!(valid_host(ok.as_bytes()), "{ok:?}");
         }
         for bad in [
-            "bad host/x", "a/b", "user@a", "a:b", "a:123456", "[::1", "[zz]", "[::1]x",
-            "a b", "a?b", "a#b", "a\\b", "a:80:80", "\u{e9}.com",
+            "bad host/x",
+            "a/b",
+            "user@a",
+            "a:b",
+            "a:123456",
+            "[::1",
+            "[zz]",
+            "[::1]x",
+            "a b",
+            "a?b",
+            "a#b",
+            "a\\b",
+            "a:80:80",
+            "\u{e9}.com",
         ] {
             assert!(!valid_host(bad.as_bytes()), "{bad:?}");
         }

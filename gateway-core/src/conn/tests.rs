@@ -61,9 +61,19 @@ fn ambiguous_framing_is_pinned_to_its_request() {
         (b"GET /caf\xc3\xa9 HTTP/1.1\r\nHost: a\r\n\r\n", ErrorKind::BadRequest),
     ];
     for (raw, kind) in cases {
-        assert_eq!(verdict(raw), Some((0, *kind)), "{:?}", String::from_utf8_lossy(raw));
+        assert_eq!(
+            verdict(raw),
+            Some((0, *kind)),
+            "{:?}",
+            String::from_utf8_lossy(raw)
+        );
         let two = [first, raw].concat();
-        assert_eq!(verdict(&two), Some((1, *kind)), "{:?}", String::from_utf8_lossy(raw));
+        assert_eq!(
+            verdict(&two),
+            Some((1, *kind)),
+            "{:?}",
+            String::from_utf8_lossy(raw)
+        );
     }
 }
 
@@ -91,7 +101,8 @@ fn broken_chunks_refuse_what_follows() {
 
 #[test]
 fn upgrades_stop_the_scan() {
-    let raw = b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n\x81\x05hello\n\n";
+    let raw =
+        b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n\x81\x05hello\n\n";
     assert_eq!(verdict(raw), None);
 }
 
