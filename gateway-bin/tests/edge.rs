@@ -474,3 +474,64 @@ async fn malformed_framing_gets_400_closes_and_reaches_nothing() {
     assert!(text.contains("bad_request_framing"), "{text}");
     assert_eq!(seen.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_timeout_ends_quiet_http2_connections_but_not_slow_requests() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let gw = gateway_with("h2idle", "[timeouts]\nidle = \"1s\"\n").await;
+    let slow = Router::new().fallback(any(|| async {
+        // Longer than `timeouts.idle`: a request in flight keeps its
+        // connection.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        "slow"
+    }));
+    let _b = BackendHandle::start("h2idle", slow, Some(&gw.registration_url()), |b| b).await;
+    gw.wait_routable("h2idle", 1).await;
+
+    for h2 in [false, true] {
+        // The request senders are kept: dropping one closes the client side.
+        let (mut keep_h1, mut keep_h2) = (None, None);
+        let tcp = TcpStream::connect(gw.public).await.unwrap();
+        let uri = format!("http://{}/h2idle/x", gw.public);
+        let req = http::Request::get(&uri)
+            .header("host", gw.public.to_string())
+            .body(Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let (resp, conn) = if h2 {
+            let (mut send, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                    .await
+                    .unwrap();
+            let conn = tokio::spawn(async move { conn.await.ok() });
+            let resp = send.send_request(req).await.unwrap();
+            keep_h2 = Some(send);
+            (resp, conn)
+        } else {
+            let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+                .await
+                .unwrap();
+            let conn = tokio::spawn(async move { conn.await.ok() });
+            let resp = send.send_request(req).await.unwrap();
+            keep_h1 = Some(send);
+            (resp, conn)
+        };
+        assert_eq!(resp.status(), 200, "h2={h2}");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"slow");
+        // The client keeps the connection (and answers PINGs); the gateway
+        // ends it once nothing is in flight for `idle`.
+        let idle_from = Instant::now();
+        tokio::time::timeout(DEADLINE, conn)
+            .await
+            .expect("the gateway closed the idle connection")
+            .unwrap();
+        let after = idle_from.elapsed();
+        assert!(
+            after >= Duration::from_millis(800) && after < Duration::from_secs(5),
+            "h2={h2}: closed {after:?} after the last response"
+        );
+        drop((keep_h1, keep_h2));
+    }
+}
