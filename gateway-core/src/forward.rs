@@ -313,8 +313,10 @@ fn admit(parts: &http::request::Parts, limits: &LimitsConfig) -> Result<(), Forw
     check_header_limits(&parts.headers, limits)?;
     check_host(parts)?;
     // hyper lets Transfer-Encoding override Content-Length (RFC 9112 6.3)
-    // and closes the connection after; a gateway refuses the ambiguity
-    // outright, since that is what request smuggling is made of.
+    // and drops the Content-Length, so on HTTP/1.1 the ambiguity is caught
+    // on the raw head by the connection scanner (crate::conn), which
+    // answers `bad_request_framing`; this check covers whatever else hands
+    // both headers to the stack (an embedding server, HTTP/2).
     if parts.headers.contains_key(header::TRANSFER_ENCODING)
         && parts.headers.contains_key(header::CONTENT_LENGTH)
     {
