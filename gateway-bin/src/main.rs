@@ -142,6 +142,31 @@ fn default_node_id() -> String {
     format!("{host}-{}", std::process::id())
 }
 
+/// The soft open-file limit (Linux `/proc/self/limits`), if known.
+fn open_file_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// Connections beyond the open-file limit fail in `accept` (and starve
+/// backend connections) instead of getting the `too_many_connections`
+/// answer: say so at start-up.
+fn check_open_file_limit(c: &GatewayConfig) {
+    let listeners = 3 + u64::from(c.listen.internal.is_some());
+    let wanted = c.limits.max_connections as u64 * listeners;
+    if let Some(limit) = open_file_limit()
+        && limit < wanted
+    {
+        tracing::warn!(
+            open_file_limit = limit,
+            max_connections = c.limits.max_connections,
+            listeners,
+            "limits.max_connections per listener exceeds the open-file limit: raise `ulimit -n` (LimitNOFILE=) or lower limits.max_connections."
+        );
+    }
+}
+
 async fn shutdown_signal() {
     #[cfg(unix)]
     {
@@ -182,6 +207,7 @@ async fn main() -> anyhow::Result<()> {
         print!("{}", toml::to_string_pretty(&config)?);
         return Ok(());
     }
+    check_open_file_limit(&config);
     let mut config = config;
     let node_id = config.node_id.get_or_insert_with(default_node_id).clone();
     let mut registry: Arc<dyn Registry> = match &config.consul {
