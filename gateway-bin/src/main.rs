@@ -151,18 +151,17 @@ fn open_file_limit() -> Option<u64> {
 
 /// Connections beyond the open-file limit fail in `accept` (and starve
 /// backend connections) instead of getting the `too_many_connections`
-/// answer: say so at start-up.
+/// answer: say so at start-up when even one listener could not reach its
+/// limit (with some room for the gateway's own connections to backends).
 fn check_open_file_limit(c: &GatewayConfig) {
-    let listeners = 3 + u64::from(c.listen.internal.is_some());
-    let wanted = c.limits.max_connections as u64 * listeners;
+    let wanted = c.limits.max_connections as u64 + 256;
     if let Some(limit) = open_file_limit()
         && limit < wanted
     {
         tracing::warn!(
             open_file_limit = limit,
             max_connections = c.limits.max_connections,
-            listeners,
-            "limits.max_connections per listener exceeds the open-file limit: raise `ulimit -n` (LimitNOFILE=) or lower limits.max_connections."
+            "limits.max_connections (per listener) is above the open-file limit: raise `ulimit -n` (LimitNOFILE=) or lower limits.max_connections."
         );
     }
 }

@@ -535,3 +535,63 @@ async fn idle_timeout_ends_quiet_http2_connections_but_not_slow_requests() {
         drop((keep_h1, keep_h2));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_over_http2_outlives_the_idle_timeout() {
+    use futures_util::{SinkExt, StreamExt};
+    use http_body_util::Empty;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use service_sdk::routing::get as route_get;
+    use service_sdk::ws::{WebSocket, WebSocketUpgrade};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let gw = gateway_with("h2ws", "[timeouts]\nidle = \"1s\"\n").await;
+    let echo = Router::new().route(
+        "/h2ws",
+        route_get(|ws: WebSocketUpgrade| async move {
+            ws.on_upgrade(|mut socket: WebSocket| async move {
+                while let Some(Ok(m)) = socket.recv().await {
+                    if socket.send(m).await.is_err() {
+                        return;
+                    }
+                }
+            })
+        }),
+    );
+    let _b = BackendHandle::start("h2ws", echo, Some(&gw.registration_url()), |b| b).await;
+    gw.wait_routable("h2ws", 1).await;
+
+    let tcp = TcpStream::connect(gw.public).await.unwrap();
+    let (mut tx, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut req = http::Request::connect(format!("http://{}/h2ws", gw.public))
+        .header("sec-websocket-version", "13")
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap();
+    req.extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    tx.ready().await.unwrap();
+    let resp = tx.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let io = hyper::upgrade::on(resp).await.unwrap();
+    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        TokioIo::new(io),
+        tokio_tungstenite::tungstenite::protocol::Role::Client,
+        None,
+    )
+    .await;
+    ws.send(Message::text("before")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("before"));
+    // The tunnel's response ended long ago; its stream is still a request
+    // in progress, so `timeouts.idle` must not end the connection under it.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    ws.send(Message::text("after")).await.unwrap();
+    let echoed = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("echo after the idle timeout");
+    assert_eq!(echoed.unwrap().unwrap(), Message::text("after"));
+    drop(tx);
+}

@@ -62,6 +62,10 @@ pub struct ConnState {
     refusal: OnceLock<Refusal>,
     /// Told when the last request in flight ends.
     idle: tokio::sync::Notify,
+    /// An HTTP/2 stream was turned into a tunnel (WebSocket over extended
+    /// CONNECT): it lives on past its response, where nothing here sees its
+    /// end, so the connection is never called idle again.
+    tunnelled: AtomicBool,
 }
 
 impl ConnState {
@@ -75,6 +79,7 @@ impl ConnState {
             served: AtomicU64::new(0),
             refusal: OnceLock::new(),
             idle: tokio::sync::Notify::new(),
+            tunnelled: AtomicBool::new(false),
         })
     }
 
@@ -92,6 +97,16 @@ impl ConnState {
     /// Requests being served (until their response body ends).
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Marks the connection as carrying a tunnel (see `tunnelled`).
+    pub fn tunnel_opened(&self) {
+        self.tunnelled.store(true, Ordering::Release);
+    }
+
+    /// Whether a request or a tunnel is in progress: not idle.
+    pub fn busy(&self) -> bool {
+        self.in_flight() > 0 || self.tunnelled.load(Ordering::Acquire)
     }
 
     /// When the connection last became idle (its start if it never served).

@@ -247,13 +247,18 @@ impl Server {
             req.extensions_mut().insert(PeerAddr(peer));
             let (refused, guard) = st.begin_request();
             let svc = svc.clone();
+            let st2 = st.clone();
             async move {
                 let upgrade = asks_upgrade(&req);
                 let resp = match refused {
                     Some(e) => e.into_response(None),
                     None => svc.oneshot(req).await?,
                 };
-                Ok::<_, Infallible>(track(resp, upgrade, guard))
+                let resp = track(resp, upgrade, guard);
+                if upgrade == Upgrade::H2Tunnel && resp.status().is_success() {
+                    st2.tunnel_opened();
+                }
+                Ok::<_, Infallible>(resp)
             }
         });
         // With upgrades: WebSocket handshakes hand the connection to a relay.
@@ -315,8 +320,7 @@ impl Server {
                 Verdict::Wait(deadline)
             };
         }
-        if state.in_flight() > 0 {
-            // Re-checked later: the request's end restarts the idle clock.
+        if state.busy() {
             // Checked again when the last request ends (`became_idle`).
             return Verdict::Wait(now + self.opts.idle_timeout);
         }
@@ -374,10 +378,19 @@ enum Upgrade {
     Protocol,
     /// `CONNECT`: switched by a 2xx.
     Tunnel,
+    /// HTTP/2 extended CONNECT (WebSocket, RFC 8441): one stream becomes a
+    /// tunnel inside a connection that goes on.
+    H2Tunnel,
 }
 
 fn asks_upgrade<B>(req: &Request<B>) -> Upgrade {
-    if req.version() > http::Version::HTTP_11 {
+    if req.version() == http::Version::HTTP_2 {
+        if req.method() == http::Method::CONNECT {
+            Upgrade::H2Tunnel
+        } else {
+            Upgrade::No
+        }
+    } else if req.version() > http::Version::HTTP_2 {
         Upgrade::No
     } else if req.method() == http::Method::CONNECT {
         Upgrade::Tunnel
@@ -394,7 +407,7 @@ fn asks_upgrade<B>(req: &Request<B>) -> Upgrade {
 /// it may be another protocol), so no unscanned request may follow it.
 fn track(mut resp: Response<Body>, upgrade: Upgrade, guard: InFlight) -> Response<TrackedBody> {
     let switched = match upgrade {
-        Upgrade::No => true,
+        Upgrade::No | Upgrade::H2Tunnel => true,
         Upgrade::Protocol => resp.status() == StatusCode::SWITCHING_PROTOCOLS,
         Upgrade::Tunnel => resp.status().is_success(),
     };
