@@ -102,8 +102,9 @@ async fn an_idle_flood_does_not_stop_a_normal_client_and_is_closed() {
     let t = Instant::now();
     let resp = gw.http.get(gw.url("/flood/x")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
+    // Generous for a loaded CI machine; the flood itself costs nothing here.
     assert!(
-        t.elapsed() < Duration::from_secs(1),
+        t.elapsed() < Duration::from_secs(2),
         "served in {:?}",
         t.elapsed()
     );
