@@ -323,7 +323,9 @@ impl std::str::FromStr for ScopedToken {
             .split_once('=')
             .ok_or("expected SERVICES=TOKEN (e.g. orders,orders-*=s3cret)")?;
         Ok(Self {
-            token: token.to_owned(),
+            // Header values arrive trimmed: a token with outer spaces could
+            // never match.
+            token: token.trim().to_owned(),
             services: services
                 .split(',')
                 .map(|p| p.trim().to_owned())
@@ -351,6 +353,15 @@ impl RegistrationConfig {
         for (i, t) in self.tokens.iter().enumerate() {
             if t.token.is_empty() {
                 return err(format!("entry {i}: the token must not be empty"));
+            }
+            if t.token
+                .bytes()
+                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+            {
+                // A bearer token is one token68: it cannot hold spaces.
+                return err(format!(
+                    "entry {i}: the token must not contain spaces or control characters"
+                ));
             }
             if seen.contains(&t.token.as_str()) {
                 // One secret with two scopes: which one applies is ambiguous.
@@ -697,7 +708,7 @@ mod tests {
         assert!(!t.covers("ordersx") && !t.covers("payments"));
         let star: ScopedToken = "*=x".parse().unwrap();
         assert!(star.covers("anything"));
-        let parsed: ScopedToken = "orders, orders-*=a=b".parse().unwrap();
+        let parsed: ScopedToken = "orders, orders-*=a=b ".parse().unwrap();
         assert_eq!(parsed.services, ["orders", "orders-*"]);
         assert_eq!(parsed.token, "a=b");
         assert!("no-equals".parse::<ScopedToken>().is_err());
@@ -709,6 +720,7 @@ mod tests {
             (vec![], "t"),
             (vec!["orders"], ""),
             (vec!["orders"], "all"),
+            (vec!["orders"], "two words"),
         ] {
             let mut bad = c.clone();
             bad.registration.tokens.push(ScopedToken {

@@ -767,3 +767,67 @@ async fn millisecond_fields_are_bounded() {
         );
     }
 }
+
+/// The statuses `registry.proto` promises are the ones the API answers:
+/// PERMISSION_DENIED is a known token out of scope, a missing or unknown
+/// token is UNAUTHENTICATED (the proto once said PERMISSION_DENIED for it).
+#[tokio::test]
+async fn registry_proto_names_the_statuses_the_api_answers() {
+    let proto = include_str!("../../../proto/proto/forwarding/v1/registry.proto");
+    let service = &proto[..proto.find("\nenum Visibility").unwrap()];
+    let sentence_with = |word: &str| {
+        service
+            .replace("//", " ")
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .split(". ")
+            .find(|s| s.contains(word))
+            .map(str::to_owned)
+            .unwrap_or_default()
+    };
+    assert!(
+        sentence_with("UNAUTHENTICATED:").contains("no token, or one the gateway does not know")
+    );
+    assert!(sentence_with("PERMISSION_DENIED:").contains("a known token"));
+    assert!(sentence_with("RESOURCE_EXHAUSTED").contains("4 MiB"));
+    let produced = [
+        ApiError::Unauthenticated,
+        ApiError::Forbidden {
+            service: "x".into(),
+        },
+        ApiError::Json(String::new()),
+        ApiError::TooLarge { limit: 1 },
+    ]
+    .map(|e| tonic::Status::from(e).code());
+    assert_eq!(
+        produced,
+        [
+            tonic::Code::Unauthenticated,
+            tonic::Code::PermissionDenied,
+            tonic::Code::InvalidArgument,
+            tonic::Code::ResourceExhausted
+        ]
+    );
+    // An address outside the allowed networks is a field error.
+    let api = RegistrationApi::new(
+        Arc::new(MemoryRegistry::new()),
+        RegistrationPolicy {
+            allowed_networks: vec!["10.0.0.0/8".parse().unwrap()],
+            ..policy()
+        },
+        None,
+    );
+    let req = tonic::Request::new(pb::RegisterRequest {
+        registration: Some(pb::Registration {
+            service: "orders".into(),
+            address: "127.0.0.1:1".into(),
+            ..Default::default()
+        }),
+    });
+    assert_eq!(
+        code(RegistryService::register(&api, req).await),
+        Err(tonic::Code::InvalidArgument)
+    );
+    assert!(sentence_with("outside the ranges").contains("INVALID_ARGUMENT"));
+}
