@@ -448,3 +448,101 @@ async fn readme_config_tables_match_the_flags() {
         }
     }
 }
+
+/// Oversize input against the real listener: a JSON 413 over HTTP, and
+/// RESOURCE_EXHAUSTED (not tonic's OUT_OF_RANGE) over gRPC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_registrations_are_refused_in_the_api_s_own_words() {
+    let gw = GatewayProcess::start(&[], &[]).await;
+    let mut body = br#"{"service":"big","address":"127.0.0.1:1"}"#.to_vec();
+    body.resize(10 * 1024 * 1024, b' ');
+    let resp = gw
+        .http
+        .put(format!("{}/v1/registrations", gw.registration_url()))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("an answer, not a reset");
+    assert_eq!(resp.status(), 413);
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "body_too_large", "{v}");
+
+    let mut client = RegistryServiceClient::connect(gw.registration_url())
+        .await
+        .unwrap();
+    let mut req = grpc_register("big", 1, None);
+    let reg = req.get_mut().registration.as_mut().unwrap();
+    reg.tags = vec!["x".repeat(1024); 5 * 1024];
+    let err = client.register(req).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+
+    let list = client.list(pb::ListRequest::default()).await.unwrap();
+    assert!(list.into_inner().instances.is_empty());
+}
+
+/// With replica sync, a refused call publishes nothing: the topic carries
+/// events for the allowed registrations only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scoped_tokens_with_kafka_publish_nothing_when_refused() {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::Message;
+    let (consul, kafka) = (
+        ConsulProcess::start(None).await,
+        support::KafkaProcess::start().await,
+    );
+    let topic = "reg-scopes";
+    let gw = start(
+        "kaf-",
+        &[
+            "--consul",
+            &consul.url(),
+            "--allow-network",
+            "127.0.0.0/8",
+            "--kafka-brokers",
+            &kafka.bootstrap,
+            "--kafka-topic",
+            topic,
+        ],
+    )
+    .await;
+    let registered = exercise_scopes(&gw, "kaf-").await;
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &kafka.bootstrap)
+        .set("group.id", "registration-api-test")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut keys = std::collections::BTreeSet::new();
+    // Until every allowed registration's event is seen, then a little
+    // longer for anything published after it.
+    let mut want: Vec<String> = registered.iter().map(|s| format!("{s}/{s}-1")).collect();
+    want.sort();
+    let mut settle = None;
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            if settle.is_some_and(|t: tokio::time::Instant| {
+                t.elapsed() > std::time::Duration::from_secs(1)
+            }) {
+                break;
+            }
+            let next =
+                tokio::time::timeout(std::time::Duration::from_millis(200), consumer.recv()).await;
+            if let Ok(Ok(m)) = next
+                && let Some(k) = m.key()
+            {
+                keys.insert(String::from_utf8_lossy(k).into_owned());
+            }
+            if settle.is_none() && want.iter().all(|w| keys.contains(w)) {
+                settle = Some(tokio::time::Instant::now());
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("events for {want:?} in time; saw {keys:?}"));
+    let ours: Vec<&String> = keys.iter().filter(|k| k.starts_with("kaf-")).collect();
+    assert_eq!(ours, want.iter().collect::<Vec<_>>(), "published: {keys:?}");
+}
