@@ -131,6 +131,7 @@ struct Credential {
 }
 
 /// What an authenticated caller may touch, and who it is (for the log).
+/// Valid only with the [`RegistrationApi`] that issued it.
 #[derive(Debug, Clone)]
 pub struct Caller {
     /// Index into the credentials; `None` = no token is configured.
@@ -245,18 +246,20 @@ impl RegistrationApi {
                 peer,
             });
         }
-        let given = authorization.and_then(bearer).unwrap_or_default();
-        let found = self
-            .credentials
-            .iter()
-            .enumerate()
-            .fold(None, |found, (i, c)| {
-                if same_secret(given, &c.secret) {
-                    Some(i)
-                } else {
-                    found
-                }
-            });
+        // No bearer token at all never matches, not even a secret left
+        // empty by a configuration that skipped validation.
+        let found = authorization.and_then(bearer).and_then(|given| {
+            self.credentials
+                .iter()
+                .enumerate()
+                .fold(None, |found, (i, c)| {
+                    if same_secret(given, &c.secret) {
+                        Some(i)
+                    } else {
+                        found
+                    }
+                })
+        });
         match found {
             Some(i) => Ok(Caller {
                 credential: Some(i),

@@ -514,6 +514,13 @@ async fn token_is_required_when_configured() {
     }
     let rej = api.rejections();
     assert_eq!(rej.unauthenticated.load(Ordering::Relaxed), 8);
+    // An empty secret (a configuration that skipped validation) is never
+    // matched by a missing or empty token.
+    let r = router(self::api(Some("")));
+    for auth in [None, Some("Bearer "), Some("Bearer")] {
+        let (s, _) = call(&r, "PUT", "/v1/registrations", body, auth).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{auth:?}");
+    }
     assert_eq!(rej.forbidden.load(Ordering::Relaxed), 0);
 }
 
