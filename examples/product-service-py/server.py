@@ -845,7 +845,7 @@ class Registrar:
                 try:
                     out = self.register()
                 except GatewayError as e:
-                    if first and e.status in (400, 401):
+                    if first and e.status in (400, 401, 403):
                         log.error("registration refused, giving up: %s", e)
                         on_fatal(e)
                         return

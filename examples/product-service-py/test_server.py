@@ -799,15 +799,16 @@ def test_waits_for_a_gateway_that_is_not_up_yet():
             gw.close()
 
 
-def test_refused_registration_exits_nonzero():
+@pytest.mark.parametrize("status,code", [(401, "unauthenticated"), (403, "forbidden")])
+def test_refused_registration_exits_nonzero(status, code):
     class Refusing(BaseHTTPRequestHandler):
         def log_message(self, *a):
             pass
 
         def do_PUT(self):
-            data = json.dumps({"error": {"code": "unauthenticated", "message": "missing or invalid registration token",
+            data = json.dumps({"error": {"code": code, "message": "refused by the gateway",
                                          "field": None}}).encode()
-            self.send_response(401)
+            self.send_response(status)
             self.send_header("content-type", "application/json")
             self.send_header("content-length", str(len(data)))
             self.end_headers()
@@ -818,7 +819,7 @@ def test_refused_registration_exits_nonzero():
     proc = Proc("--listen", "127.0.0.1:0", "--gateway", f"http://127.0.0.1:{httpd.server_address[1]}/")
     try:
         assert proc.p.wait(20) == 2
-        assert "unauthenticated" in proc.stderr()
+        assert code in proc.stderr()
         assert not proc.lines
     finally:
         proc.close()

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use gateway_core::config::GatewayConfig;
+use gateway_core::config::{GatewayConfig, ScopedToken};
 use gateway_core::gateway::{Gateway, Listeners};
 use gateway_core::registry::Registry;
 use gateway_core::registry::consul::ConsulRegistry;
@@ -43,9 +43,20 @@ struct Args {
     /// Admin listener (/healthz, /readyz, /admin/services).
     #[arg(long, env = "GATEWAY_ADMIN_ADDR")]
     admin: Option<SocketAddr>,
-    /// Registration token (`authorization: Bearer <token>`).
+    /// Registration token (`authorization: Bearer <token>`) for every service.
     #[arg(long, env = "GATEWAY_REGISTRATION_TOKEN", hide_env_values = true)]
     registration_token: Option<String>,
+    /// Registration token limited to some services, `SERVICES=TOKEN`
+    /// (`orders,orders-*=s3cret`; repeatable; `;`-separated in the
+    /// environment). Replaces `registration.tokens` of the file.
+    #[arg(
+        long = "registration-scoped-token",
+        value_name = "SERVICES=TOKEN",
+        env = "GATEWAY_REGISTRATION_TOKENS",
+        value_delimiter = ';',
+        hide_env_values = true
+    )]
+    registration_tokens: Vec<ScopedToken>,
     /// Use Consul at this agent URL (e.g. http://127.0.0.1:8500) instead of
     /// the embedded registry.
     #[arg(long, env = "GATEWAY_CONSUL_ADDR")]
@@ -103,6 +114,9 @@ fn load(args: &Args) -> anyhow::Result<GatewayConfig> {
     }
     if let Some(v) = &args.registration_token {
         c.registration.token = Some(v.clone());
+    }
+    if !args.registration_tokens.is_empty() {
+        c.registration.tokens = args.registration_tokens.clone();
     }
     if let Some(v) = &args.consul {
         c.consul.get_or_insert_with(Default::default).address = v.clone();
@@ -203,7 +217,8 @@ async fn main() -> anyhow::Result<()> {
     }
     let config = load(&args)?;
     if args.print_config {
-        print!("{}", toml::to_string_pretty(&config)?);
+        // Secrets read "<redacted>": the output ends up in tickets and logs.
+        print!("{}", toml::to_string_pretty(&config.redacted())?);
         return Ok(());
     }
     check_open_file_limit(&config);

@@ -137,6 +137,7 @@ async fn services(
         "routes": snap.routes.len(),
         "total_services": total,
         "services": services,
+        "registration": registration_counters(&s.api),
     });
     if end < total {
         out["next_offset"] = json!(end);
@@ -146,6 +147,16 @@ async fn services(
         out["instances"] = list_to_json(&s.api.list(service))["instances"].take();
     }
     axum::Json(out).into_response()
+}
+
+/// Rejected registration calls since start (a client with a wrong or
+/// out-of-scope token shows up here as well as in the log).
+fn registration_counters(api: &RegistrationApi) -> serde_json::Value {
+    let r = api.rejections();
+    json!({"rejected": {
+        "unauthenticated": r.unauthenticated.load(Ordering::Relaxed),
+        "forbidden": r.forbidden.load(Ordering::Relaxed),
+    }})
 }
 
 /// The admin router; unknown paths go to `fallback` (the admin proxy stack).

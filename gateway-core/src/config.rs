@@ -14,8 +14,10 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GatewayConfig {
-    /// Name of this gateway node; unique among replicas. Default: the host
-    /// name plus the public port.
+    /// Name of this gateway node; unique among replicas. Default: the
+    /// `gateway` binary uses `<host name>-<process id>`; a
+    /// [`Gateway`](crate::gateway::Gateway) built without one is named
+    /// `gateway-<8 random hex digits>`.
     pub node_id: Option<String>,
     /// Listener addresses.
     pub listen: ListenConfig,
@@ -279,8 +281,15 @@ impl Default for HealthConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct RegistrationConfig {
     /// Shared secret a registration must present (`authorization: Bearer
-    /// <token>`); `None` = no token required (single-machine default).
+    /// <token>`); it may register, renew and deregister instances of every
+    /// service. `None` (and no `tokens`) = no token required (single-machine
+    /// default).
     pub token: Option<String>,
+    /// Tokens limited to some services, so that holding one does not let a
+    /// caller register an instance under another service's name and take its
+    /// traffic. Once `token` or any of these is set, every registration,
+    /// renewal and deregistration needs a token that covers its service.
+    pub tokens: Vec<ScopedToken>,
     /// Networks a registered instance address must lie in, so nobody can
     /// point the gateway at arbitrary hosts. Unset = any address with the
     /// embedded registry (one machine), and the private ranges
@@ -289,7 +298,127 @@ pub struct RegistrationConfig {
     pub allowed_networks: Option<Vec<IpNet>>,
 }
 
+/// A registration token limited to some services
+/// (`[[registration.tokens]]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScopedToken {
+    /// The secret, sent as `authorization: Bearer <token>`.
+    pub token: String,
+    /// Services the token may register, renew and deregister: an exact
+    /// service name (`orders`), a name prefix ending in `*` (`orders-*`), or
+    /// `*` for every service.
+    pub services: Vec<String>,
+}
+
+impl ScopedToken {
+    /// Whether the token covers `service`.
+    pub fn covers(&self, service: &str) -> bool {
+        self.services.iter().any(|p| match p.strip_suffix('*') {
+            Some(prefix) => service.starts_with(prefix),
+            None => p == service,
+        })
+    }
+
+    /// Why a service pattern is malformed, if it is.
+    fn bad_pattern(p: &str) -> Option<&'static str> {
+        let name = p.strip_suffix('*').unwrap_or(p);
+        let chars_ok = name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if name.contains('*') {
+            Some("`*` is allowed only at the end")
+        } else if !chars_ok {
+            Some("service names are [a-z0-9-]")
+        } else if name.len() > 63 {
+            Some("service names are at most 63 characters")
+        } else if name.is_empty() && !p.ends_with('*') {
+            Some("empty service name")
+        } else if name.bytes().next().is_some_and(|b| !b.is_ascii_lowercase()) {
+            Some("service names start with a letter")
+        } else {
+            None
+        }
+    }
+}
+
+/// `SERVICES=TOKEN`, services separated by commas: `orders,orders-*=s3cret`
+/// (the form of `--registration-scoped-token` and
+/// `GATEWAY_REGISTRATION_TOKENS`). The token is everything after the first
+/// `=`, so it may contain `=` itself.
+impl std::str::FromStr for ScopedToken {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (services, token) = s
+            .split_once('=')
+            .ok_or("expected SERVICES=TOKEN (e.g. orders,orders-*=s3cret)")?;
+        Ok(Self {
+            // Header values arrive trimmed: a token with outer spaces could
+            // never match.
+            token: token.trim().to_owned(),
+            services: services
+                .split(',')
+                .map(|p| p.trim().to_owned())
+                .filter(|p| !p.is_empty())
+                .collect(),
+        })
+    }
+}
+
 impl RegistrationConfig {
+    /// Whether any registration token is configured (then every write
+    /// needs one).
+    pub fn requires_token(&self) -> bool {
+        self.token.is_some() || !self.tokens.is_empty()
+    }
+
+    fn validate_tokens(&self) -> Result<(), ConfigError> {
+        let err = |reason: String| {
+            Err(ConfigError {
+                setting: "registration.tokens",
+                reason,
+            })
+        };
+        let mut seen: Vec<&str> = self.token.iter().map(String::as_str).collect();
+        for (i, t) in self.tokens.iter().enumerate() {
+            if t.token.is_empty() {
+                return err(format!("entry {i}: the token must not be empty"));
+            }
+            if t.token
+                .bytes()
+                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+            {
+                // A bearer token is one token68: it cannot hold spaces.
+                return err(format!(
+                    "entry {i}: the token must not contain spaces or control characters"
+                ));
+            }
+            if seen.contains(&t.token.as_str()) {
+                // One secret with two scopes: which one applies is ambiguous.
+                return err(format!(
+                    "entry {i}: the same token appears twice (or equals registration.token)"
+                ));
+            }
+            seen.push(&t.token);
+            if t.services.is_empty() {
+                return err(format!(
+                    "entry {i}: `services` must name at least one service"
+                ));
+            }
+            if let Some((p, why)) = t
+                .services
+                .iter()
+                .find_map(|p| ScopedToken::bad_pattern(p).map(|w| (p, w)))
+            {
+                return err(format!(
+                    "entry {i}: {p:?} is not a service name or a prefix ending in `*` ({why})"
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The networks in force for a registry kind (see `allowed_networks`).
     pub fn effective_networks(&self, consul: bool) -> Vec<IpNet> {
         match (&self.allowed_networks, consul) {
@@ -504,6 +633,7 @@ impl GatewayConfig {
         if matches!(&self.registration.token, Some(t) if t.is_empty()) {
             return err("registration.token", "must not be empty (omit it instead)");
         }
+        self.registration.validate_tokens()?;
         if let Some(c) = &self.consul {
             if !(c.address.starts_with("http://") || c.address.starts_with("https://")) {
                 return err("consul.address", "must be an http:// or https:// URL");
@@ -581,9 +711,99 @@ impl GatewayConfig {
     }
 }
 
+/// What `--print-config` shows in place of a secret.
+pub const REDACTED: &str = "<redacted>";
+
+impl GatewayConfig {
+    /// A copy safe to print or log: registration tokens, the Consul ACL
+    /// token and Kafka properties that carry credentials read
+    /// [`REDACTED`].
+    pub fn redacted(&self) -> Self {
+        let mut c = self.clone();
+        let hide = |s: &mut String| *s = REDACTED.to_owned();
+        c.registration.token.as_mut().map(hide);
+        c.registration
+            .tokens
+            .iter_mut()
+            .for_each(|t| hide(&mut t.token));
+        if let Some(consul) = &mut c.consul {
+            consul.token.as_mut().map(hide);
+        }
+        if let Some(k) = &mut c.kafka {
+            for (key, v) in k.properties.iter_mut() {
+                if ["password", "secret", "token"]
+                    .iter()
+                    .any(|w| key.to_ascii_lowercase().contains(w))
+                {
+                    hide(v);
+                }
+            }
+        }
+        c
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scoped_tokens_parse_and_are_checked_by_name() {
+        let c: GatewayConfig = toml::from_str(
+            "[registration]\ntoken = \"all\"\n[[registration.tokens]]\ntoken = \"o\"\nservices = [\"orders\", \"orders-*\"]\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let t = &c.registration.tokens[0];
+        assert!(t.covers("orders") && t.covers("orders-eu"));
+        assert!(!t.covers("ordersx") && !t.covers("payments"));
+        let star: ScopedToken = "*=x".parse().unwrap();
+        assert!(star.covers("anything"));
+        let parsed: ScopedToken = "orders, orders-*=a=b ".parse().unwrap();
+        assert_eq!(parsed.services, ["orders", "orders-*"]);
+        assert_eq!(parsed.token, "a=b");
+        assert!("no-equals".parse::<ScopedToken>().is_err());
+
+        for (services, token) in [
+            (vec!["Orders"], "t"),
+            (vec!["or*ders"], "t"),
+            (vec!["-x*"], "t"),
+            (vec![], "t"),
+            (vec!["orders"], ""),
+            (vec!["orders"], "all"),
+            (vec!["orders"], "two words"),
+        ] {
+            let mut bad = c.clone();
+            bad.registration.tokens.push(ScopedToken {
+                token: token.into(),
+                services: services.iter().map(|s| s.to_string()).collect(),
+            });
+            let e = bad.validate().unwrap_err();
+            assert_eq!(e.setting, "registration.tokens", "{services:?} {token:?}");
+            assert!(e.to_string().contains("entry 1"), "{e}");
+        }
+    }
+
+    #[test]
+    fn redacted_hides_every_secret() {
+        let mut c = GatewayConfig::default();
+        c.registration.token = Some("shared-secret".into());
+        c.registration
+            .tokens
+            .push("orders=scoped-secret".parse().unwrap());
+        c.consul = Some(ConsulConfig {
+            token: Some("consul-secret".into()),
+            ..Default::default()
+        });
+        let mut k = KafkaConfig::default();
+        k.properties
+            .insert("sasl.password".into(), "kafka-secret".into());
+        c.kafka = Some(k);
+        let text = toml::to_string(&c.redacted()).unwrap();
+        assert!(!text.contains("secret\""), "{text}");
+        assert_eq!(text.matches(REDACTED).count(), 4, "{text}");
+        assert!(text.contains("orders"), "scopes stay visible: {text}");
+    }
 
     #[test]
     fn defaults_are_valid() {

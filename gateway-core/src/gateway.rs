@@ -117,6 +117,7 @@ impl Gateway {
             RegistrationPolicy::from_config(&config),
             config.registration.token.clone(),
         )
+        .scoped_tokens(config.registration.tokens.clone())
         .routing_with(balancer.clone());
         let shared = Arc::new(Shared {
             node_id,

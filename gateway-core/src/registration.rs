@@ -4,23 +4,35 @@
 //! validation, authorisation and errors are the same on both.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use proto::v1 as pb;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tracing::info;
+use tracing::{info, warn};
 
+use crate::config::ScopedToken;
+use crate::forward::PeerAddr;
 use crate::registry::{
     Health, InvalidField, Registration, RegistrationPolicy, Registry, RegistryError,
 };
+
+/// Largest HTTP/JSON request body the registration API reads (413
+/// `body_too_large` above it). A registration is a few KiB at most.
+pub const MAX_HTTP_BODY_BYTES: usize = 2 * 1024 * 1024;
+
+/// Largest gRPC request message the registration API decodes
+/// (`RESOURCE_EXHAUSTED` above it; tonic's own default, made explicit).
+pub const MAX_GRPC_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
 /// Why a registration call failed.
 #[derive(Debug, thiserror::Error)]
@@ -28,12 +40,24 @@ pub enum ApiError {
     /// A field is missing or invalid.
     #[error(transparent)]
     Invalid(#[from] InvalidField),
-    /// The body is not valid JSON for a registration.
+    /// The body is not JSON.
     #[error("invalid JSON: {0}")]
     Json(String),
-    /// Missing or wrong registration token.
+    /// The body is larger than the API reads.
+    #[error("request body larger than {limit} bytes")]
+    TooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// Missing or unknown registration token.
     #[error("missing or invalid registration token")]
     Unauthenticated,
+    /// A known token whose scope does not cover the service.
+    #[error("the registration token does not cover service {service:?}")]
+    Forbidden {
+        /// The service the call was about.
+        service: String,
+    },
     /// The registry refused or is unavailable.
     #[error(transparent)]
     Registry(#[from] RegistryError),
@@ -44,7 +68,9 @@ impl ApiError {
         match self {
             ApiError::Invalid(_) => "invalid_field",
             ApiError::Json(_) => "invalid_json",
+            ApiError::TooLarge { .. } => "body_too_large",
             ApiError::Unauthenticated => "unauthenticated",
+            ApiError::Forbidden { .. } => "forbidden",
             ApiError::Registry(RegistryError::NotFound { .. }) => "not_found",
             ApiError::Registry(RegistryError::Unavailable(_)) => "registry_unavailable",
             ApiError::Registry(RegistryError::Rejected(_)) => "invalid_field",
@@ -57,7 +83,9 @@ impl From<ApiError> for tonic::Status {
         let msg = e.to_string();
         match e {
             ApiError::Invalid(_) | ApiError::Json(_) => tonic::Status::invalid_argument(msg),
+            ApiError::TooLarge { .. } => tonic::Status::resource_exhausted(msg),
             ApiError::Unauthenticated => tonic::Status::unauthenticated(msg),
+            ApiError::Forbidden { .. } => tonic::Status::permission_denied(msg),
             ApiError::Registry(RegistryError::NotFound { .. }) => tonic::Status::not_found(msg),
             ApiError::Registry(RegistryError::Unavailable(_)) => tonic::Status::unavailable(msg),
             ApiError::Registry(RegistryError::Rejected(_)) => tonic::Status::invalid_argument(msg),
@@ -69,7 +97,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = match &self {
             ApiError::Invalid(_) | ApiError::Json(_) => StatusCode::BAD_REQUEST,
+            ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unauthenticated => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::Registry(RegistryError::NotFound { .. }) => StatusCode::NOT_FOUND,
             ApiError::Registry(RegistryError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Registry(RegistryError::Rejected(_)) => StatusCode::BAD_REQUEST,
@@ -80,8 +110,43 @@ impl IntoResponse for ApiError {
         };
         let body =
             json!({"error": {"code": self.code(), "message": self.to_string(), "field": field}});
-        (status, axum::Json(body)).into_response()
+        let mut resp = (status, axum::Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            // RFC 9110 11.6.1: a 401 names the scheme it wants.
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer realm=\"registration\""),
+            );
+        }
+        resp
     }
+}
+
+/// A configured token and what it may touch.
+#[derive(Clone)]
+struct Credential {
+    secret: Box<[u8]>,
+    /// `None` = every service (`registration.token`).
+    scope: Option<ScopedToken>,
+}
+
+/// What an authenticated caller may touch, and who it is (for the log).
+/// Valid only with the [`RegistrationApi`] that issued it.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// Index into the credentials; `None` = no token is configured.
+    credential: Option<usize>,
+    /// The TCP peer, when known.
+    peer: Option<SocketAddr>,
+}
+
+/// Rejected registration calls, by cause (shown on the admin listener).
+#[derive(Debug, Default)]
+pub struct Rejections {
+    /// Missing or unknown token (401 / UNAUTHENTICATED).
+    pub unauthenticated: AtomicU64,
+    /// A valid token outside its scope (403 / PERMISSION_DENIED).
+    pub forbidden: AtomicU64,
 }
 
 /// Validation + authorisation + registry calls shared by gRPC and HTTP.
@@ -89,24 +154,67 @@ impl IntoResponse for ApiError {
 pub struct RegistrationApi {
     registry: Arc<dyn Registry>,
     policy: Arc<RegistrationPolicy>,
-    token: Option<Arc<str>>,
+    credentials: Arc<[Credential]>,
+    rejections: Arc<Rejections>,
     /// The balancer routing this registry's catalogue, when there is one.
     balancer: Option<Arc<crate::balance::Balancer>>,
 }
 
+/// Parses `authorization: Bearer <token>`: the scheme is case-insensitive
+/// (RFC 9110 11.1), one or more spaces separate it from the token.
+fn bearer(authorization: &[u8]) -> Option<&[u8]> {
+    let space = authorization.iter().position(|&b| b == b' ')?;
+    let (scheme, rest) = authorization.split_at(space);
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        return None;
+    }
+    let token = rest.trim_ascii();
+    (!token.is_empty()).then_some(token)
+}
+
+/// Compares without an early exit, so the time taken does not tell how many
+/// leading bytes of a guess were right.
+fn same_secret(given: &[u8], expected: &[u8]) -> bool {
+    given.len() == expected.len()
+        && given
+            .iter()
+            .zip(expected)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
 impl RegistrationApi {
-    /// A new API over a registry.
+    /// A new API over a registry; `token` (if any) may touch every service.
     pub fn new(
         registry: Arc<dyn Registry>,
         policy: RegistrationPolicy,
         token: Option<String>,
     ) -> Self {
+        let credentials: Vec<Credential> = token
+            .map(|t| Credential {
+                secret: t.into_bytes().into(),
+                scope: None,
+            })
+            .into_iter()
+            .collect();
         Self {
             registry,
             policy: Arc::new(policy),
-            token: token.map(Into::into),
+            credentials: credentials.into(),
+            rejections: Arc::default(),
             balancer: None,
         }
+    }
+
+    /// Adds tokens limited to some services (`registration.tokens`).
+    pub fn scoped_tokens(mut self, tokens: impl IntoIterator<Item = ScopedToken>) -> Self {
+        let mut all = self.credentials.to_vec();
+        all.extend(tokens.into_iter().map(|t| Credential {
+            secret: t.token.as_bytes().into(),
+            scope: Some(t),
+        }));
+        self.credentials = all.into();
+        self
     }
 
     /// Acknowledges a registration only once `balancer` routes it (its
@@ -117,32 +225,92 @@ impl RegistrationApi {
         self
     }
 
-    /// Checks `authorization: Bearer <token>` when a token is configured.
-    /// Compared in constant time so the token cannot be guessed byte by byte.
-    pub fn authorize(&self, authorization: Option<&[u8]>) -> Result<(), ApiError> {
-        let Some(token) = &self.token else {
-            return Ok(());
-        };
-        let given = authorization
-            .and_then(|v| v.strip_prefix(b"Bearer "))
-            .unwrap_or_default();
-        let expected = token.as_bytes();
-        let same = given.len() == expected.len()
-            && given
+    /// Rejected calls so far.
+    pub fn rejections(&self) -> &Rejections {
+        &self.rejections
+    }
+
+    /// Checks `authorization: Bearer <token>` when any token is configured:
+    /// the token must be one of them (401 otherwise). `service` is only for
+    /// the log line of a rejection, when the caller named one already.
+    /// Every configured token is compared, in constant time each.
+    pub fn authenticate(
+        &self,
+        authorization: Option<&[u8]>,
+        peer: Option<SocketAddr>,
+        service: Option<&str>,
+    ) -> Result<Caller, ApiError> {
+        if self.credentials.is_empty() {
+            return Ok(Caller {
+                credential: None,
+                peer,
+            });
+        }
+        // No bearer token at all never matches, not even a secret left
+        // empty by a configuration that skipped validation.
+        let found = authorization.and_then(bearer).and_then(|given| {
+            self.credentials
                 .iter()
-                .zip(expected)
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0;
-        if same {
-            Ok(())
-        } else {
-            Err(ApiError::Unauthenticated)
+                .enumerate()
+                .fold(None, |found, (i, c)| {
+                    if same_secret(given, &c.secret) {
+                        Some(i)
+                    } else {
+                        found
+                    }
+                })
+        });
+        match found {
+            Some(i) => Ok(Caller {
+                credential: Some(i),
+                peer,
+            }),
+            None => {
+                self.rejections
+                    .unauthenticated
+                    .fetch_add(1, Ordering::Relaxed);
+                warn!(
+                    service = service.unwrap_or("-"),
+                    peer = %peer.map_or("-".to_owned(), |p| p.to_string()),
+                    presented = authorization.is_some(),
+                    "Registration call rejected: missing or unknown token."
+                );
+                Err(ApiError::Unauthenticated)
+            }
         }
     }
 
-    /// Validates and stores a registration.
-    pub async fn register(&self, reg: pb::Registration) -> Result<pb::RegisterResponse, ApiError> {
+    /// 403 unless `caller`'s token covers `service`; runs before any write.
+    fn authorize(&self, caller: &Caller, service: &str, op: &str) -> Result<(), ApiError> {
+        let scope = caller
+            .credential
+            .and_then(|i| self.credentials.get(i))
+            .and_then(|c| c.scope.as_ref());
+        match scope {
+            Some(s) if !s.covers(service) => {
+                self.rejections.forbidden.fetch_add(1, Ordering::Relaxed);
+                warn!(
+                    service,
+                    op,
+                    peer = %caller.peer.map_or("-".to_owned(), |p| p.to_string()),
+                    "Registration call rejected: the token does not cover this service."
+                );
+                Err(ApiError::Forbidden {
+                    service: service.to_owned(),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Validates, authorises and stores a registration.
+    pub async fn register(
+        &self,
+        caller: &Caller,
+        reg: pb::Registration,
+    ) -> Result<pb::RegisterResponse, ApiError> {
         let reg = Registration::from_proto(reg, &self.policy)?;
+        self.authorize(caller, &reg.service, "register")?;
         let (service, address) = (reg.service.clone(), reg.address.clone());
         let out = self.registry.register(reg).await?;
         if let Some(b) = &self.balancer {
@@ -163,13 +331,16 @@ impl RegistrationApi {
         })
     }
 
-    /// Removes an instance (idempotent).
+    /// Removes an instance (idempotent). The registry keys instances by
+    /// (service, instance id), so the service named is the instance's own.
     pub async fn deregister(
         &self,
+        caller: &Caller,
         service: &str,
         instance_id: &str,
     ) -> Result<pb::DeregisterResponse, ApiError> {
         key_fields(service, instance_id)?;
+        self.authorize(caller, service, "deregister")?;
         let existed = self.registry.deregister(service, instance_id).await?;
         if existed {
             info!(service, instance = instance_id, "Instance deregistered.");
@@ -180,10 +351,12 @@ impl RegistrationApi {
     /// Extends a lease.
     pub async fn renew(
         &self,
+        caller: &Caller,
         service: &str,
         instance_id: &str,
     ) -> Result<pb::RenewResponse, ApiError> {
         key_fields(service, instance_id)?;
+        self.authorize(caller, service, "renew")?;
         let lease = self.registry.renew(service, instance_id).await?;
         Ok(pb::RenewResponse {
             lease_ms: lease.as_millis() as u64,
@@ -232,13 +405,26 @@ fn key_fields(service: &str, instance_id: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+fn peer_of<T>(req: &tonic::Request<T>) -> Option<SocketAddr> {
+    req.extensions().get::<PeerAddr>().map(|p| p.0)
+}
+
 #[tonic::async_trait]
 impl pb::registry_service_server::RegistryService for RegistrationApi {
     async fn register(
         &self,
         req: tonic::Request<pb::RegisterRequest>,
     ) -> Result<tonic::Response<pb::RegisterResponse>, tonic::Status> {
-        self.authorize(req.metadata().get("authorization").map(|v| v.as_bytes()))?;
+        let service = req
+            .get_ref()
+            .registration
+            .as_ref()
+            .map(|r| r.service.as_str());
+        let caller = self.authenticate(
+            req.metadata().get("authorization").map(|v| v.as_bytes()),
+            peer_of(&req),
+            service,
+        )?;
         let reg = req.into_inner().registration.ok_or_else(|| {
             ApiError::Invalid(InvalidField {
                 field: "registration".into(),
@@ -246,7 +432,7 @@ impl pb::registry_service_server::RegistryService for RegistrationApi {
             })
         })?;
         Ok(tonic::Response::new(
-            RegistrationApi::register(self, reg).await?,
+            RegistrationApi::register(self, &caller, reg).await?,
         ))
     }
 
@@ -254,10 +440,14 @@ impl pb::registry_service_server::RegistryService for RegistrationApi {
         &self,
         req: tonic::Request<pb::DeregisterRequest>,
     ) -> Result<tonic::Response<pb::DeregisterResponse>, tonic::Status> {
-        self.authorize(req.metadata().get("authorization").map(|v| v.as_bytes()))?;
+        let caller = self.authenticate(
+            req.metadata().get("authorization").map(|v| v.as_bytes()),
+            peer_of(&req),
+            Some(&req.get_ref().service),
+        )?;
         let r = req.into_inner();
         Ok(tonic::Response::new(
-            RegistrationApi::deregister(self, &r.service, &r.instance_id).await?,
+            RegistrationApi::deregister(self, &caller, &r.service, &r.instance_id).await?,
         ))
     }
 
@@ -265,10 +455,14 @@ impl pb::registry_service_server::RegistryService for RegistrationApi {
         &self,
         req: tonic::Request<pb::RenewRequest>,
     ) -> Result<tonic::Response<pb::RenewResponse>, tonic::Status> {
-        self.authorize(req.metadata().get("authorization").map(|v| v.as_bytes()))?;
+        let caller = self.authenticate(
+            req.metadata().get("authorization").map(|v| v.as_bytes()),
+            peer_of(&req),
+            Some(&req.get_ref().service),
+        )?;
         let r = req.into_inner();
         Ok(tonic::Response::new(
-            RegistrationApi::renew(self, &r.service, &r.instance_id).await?,
+            RegistrationApi::renew(self, &caller, &r.service, &r.instance_id).await?,
         ))
     }
 
@@ -296,6 +490,7 @@ pub struct RegistrationJson {
     /// host:port.
     pub address: String,
     /// Routes.
+    #[serde(deserialize_with = "objects")]
     pub routes: Vec<RouteJson>,
     /// "public", "internal" or "admin".
     pub visibility: Option<String>,
@@ -306,6 +501,7 @@ pub struct RegistrationJson {
     /// Weight (0 = 100).
     pub weight: u32,
     /// Health check.
+    #[serde(deserialize_with = "optional_object")]
     pub health: Option<HealthJson>,
     /// Lease in ms (0 = default).
     pub lease_ms: u64,
@@ -345,6 +541,92 @@ pub struct HealthJson {
     pub timeout_ms: u64,
     /// Deregister after critical for this long, ms.
     pub deregister_critical_after_ms: u64,
+}
+
+/// Deserialises `T` from a JSON object only. serde's derived structs also
+/// take an array of their fields in order, which would let
+/// `["svc","svc-1","127.0.0.1:9000"]` pass for a registration.
+struct Object<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct OnlyMaps<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for OnlyMaps<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        d.deserialize_map(OnlyMaps(std::marker::PhantomData))
+            .map(Object)
+    }
+}
+
+fn objects<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Vec::<Object<T>>::deserialize(d).map(|v| v.into_iter().map(|o| o.0).collect())
+}
+
+fn optional_object<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<Object<T>>::deserialize(d).map(|o| o.map(|o| o.0))
+}
+
+/// serde's words for JSON types, in the words of the OpenAPI document.
+const PLAIN_WORDS: &[(&str, &str)] = &[
+    ("expected u32", "expected an integer from 0 to 4294967295"),
+    (
+        "expected u64",
+        "expected an integer from 0 to 18446744073709551615",
+    ),
+    ("expected a sequence", "expected an array"),
+    ("expected a map", "expected an object"),
+    ("invalid type: sequence", "invalid type: array"),
+    ("invalid type: map", "invalid type: object"),
+    ("floating point `", "number `"),
+];
+
+/// Parses a JSON registration. Malformed JSON is `invalid_json`; a value of
+/// the wrong shape (a non-object, a wrong type, a number out of range, an
+/// unknown or duplicate field) is `invalid_field` naming the field, e.g.
+/// `registration.routes[0].prefix`.
+pub fn parse_registration(body: &[u8]) -> Result<RegistrationJson, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let e = match serde_path_to_error::deserialize::<_, Object<RegistrationJson>>(&mut de) {
+        Ok(r) => {
+            // Trailing characters after the object.
+            de.end().map_err(|e| ApiError::Json(e.to_string()))?;
+            return Ok(r.0);
+        }
+        Err(e) => e,
+    };
+    let inner = e.inner();
+    if inner.classify() != serde_json::error::Category::Data {
+        return Err(ApiError::Json(inner.to_string()));
+    }
+    // serde_json ends with the position; the field path says more.
+    let full = inner.to_string();
+    let position = format!(" at line {} column {}", inner.line(), inner.column());
+    let mut reason = full.strip_suffix(&position).unwrap_or(&full).to_owned();
+    for (serde, plain) in PLAIN_WORDS {
+        reason = reason.replace(serde, plain);
+    }
+    let path = e.path().to_string();
+    let field = if path == "." {
+        "registration".to_owned()
+    } else {
+        format!("registration.{path}")
+    };
+    Err(ApiError::Invalid(InvalidField { field, reason }))
 }
 
 impl RegistrationJson {
@@ -456,15 +738,46 @@ pub fn list_to_json(l: &pb::ListResponse) -> serde_json::Value {
     })
 }
 
+fn authorization(headers: &HeaderMap) -> Option<&[u8]> {
+    headers.get(header::AUTHORIZATION).map(|v| v.as_bytes())
+}
+
+/// Reads a body up to [`MAX_HTTP_BODY_BYTES`]; a declared length over it is
+/// refused before anything is read.
+async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+    let too_large = ApiError::TooLarge {
+        limit: MAX_HTTP_BODY_BYTES,
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_HTTP_BODY_BYTES as u64) {
+        return Err(too_large);
+    }
+    axum::body::to_bytes(body, MAX_HTTP_BODY_BYTES)
+        .await
+        .map_err(|e| {
+            let e = e.into_inner();
+            if e.is::<http_body_util::LengthLimitError>() {
+                too_large
+            } else {
+                ApiError::Json(format!("reading the body failed: {e}"))
+            }
+        })
+}
+
 async fn http_register(
     State(api): State<RegistrationApi>,
+    peer: Option<axum::Extension<PeerAddr>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, ApiError> {
-    api.authorize(headers.get("authorization").map(|v| v.as_bytes()))?;
-    let json: RegistrationJson =
-        serde_json::from_slice(&body).map_err(|e| ApiError::Json(e.to_string()))?;
-    let out = api.register(json.into_proto()?).await?;
+    // The token is checked before the body is read; its scope once the
+    // body names the service.
+    let caller = api.authenticate(authorization(&headers), peer.map(|p| p.0.0), None)?;
+    let body = read_body(&headers, body).await?;
+    let json = parse_registration(&body)?;
+    let out = api.register(&caller, json.into_proto()?).await?;
     let status = if out.created {
         StatusCode::CREATED
     } else {
@@ -479,22 +792,43 @@ async fn http_register(
 
 async fn http_deregister(
     State(api): State<RegistrationApi>,
+    peer: Option<axum::Extension<PeerAddr>>,
     headers: HeaderMap,
     Path((service, id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    api.authorize(headers.get("authorization").map(|v| v.as_bytes()))?;
-    let out = api.deregister(&service, &id).await?;
+    let caller = api.authenticate(authorization(&headers), peer.map(|p| p.0.0), Some(&service))?;
+    let out = api.deregister(&caller, &service, &id).await?;
     Ok(axum::Json(json!({"existed": out.existed})).into_response())
 }
 
 async fn http_renew(
     State(api): State<RegistrationApi>,
+    peer: Option<axum::Extension<PeerAddr>>,
     headers: HeaderMap,
     Path((service, id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    api.authorize(headers.get("authorization").map(|v| v.as_bytes()))?;
-    let out = api.renew(&service, &id).await?;
+    let caller = api.authenticate(authorization(&headers), peer.map(|p| p.0.0), Some(&service))?;
+    let out = api.renew(&caller, &service, &id).await?;
     Ok(axum::Json(json!({"lease_ms": out.lease_ms})).into_response())
+}
+
+/// gRPC's status for a message over the size limit is RESOURCE_EXHAUSTED
+/// (the status-code guide); tonic's decoder answers OUT_OF_RANGE. None of
+/// this API's own answers is OUT_OF_RANGE, so any is the decoder's.
+fn size_limit_status<B>(mut resp: http::Response<B>) -> http::Response<B> {
+    const OUT_OF_RANGE: &str = "11";
+    const RESOURCE_EXHAUSTED: &str = "8";
+    if resp
+        .headers()
+        .get("grpc-status")
+        .is_some_and(|s| s == OUT_OF_RANGE)
+    {
+        resp.headers_mut().insert(
+            "grpc-status",
+            header::HeaderValue::from_static(RESOURCE_EXHAUSTED),
+        );
+    }
+    resp
 }
 
 #[derive(Deserialize)]
@@ -511,13 +845,17 @@ async fn http_list(State(api): State<RegistrationApi>, Query(q): Query<ListQuery
 /// (gRPC requests are recognised by their `/forwarding.v1.RegistryService/`
 /// paths).
 pub fn router(api: RegistrationApi) -> Router {
-    let grpc = pb::registry_service_server::RegistryServiceServer::new(api.clone());
+    let grpc = pb::registry_service_server::RegistryServiceServer::new(api.clone())
+        .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES);
+    let grpc = tower::ServiceBuilder::new()
+        .map_response(size_limit_status)
+        .service(grpc);
     Router::new()
         .route_service("/forwarding.v1.RegistryService/{*method}", grpc)
         .route("/v1/registrations", put(http_register).post(http_register).get(http_list))
         .route("/v1/registrations/{service}/{instance_id}", axum::routing::delete(http_deregister))
         .route("/v1/registrations/{service}/{instance_id}/renew", post(http_renew))
-        .route("/openapi.yaml", get(|| async { ([("content-type", "application/yaml")], OPENAPI) }))
+        .route("/openapi.yaml", get(|| async { ([(header::CONTENT_TYPE, "application/yaml")], OPENAPI) }))
         .with_state(api)
         .fallback(|| async {
             (

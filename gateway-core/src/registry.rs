@@ -180,6 +180,17 @@ fn ms(v: u64) -> Option<Duration> {
     (v > 0).then(|| Duration::from_millis(v))
 }
 
+/// Largest millisecond value a registration may carry (a year): deadlines
+/// are computed by adding these to the clock, which overflows near `u64::MAX`.
+pub const MAX_MS: u64 = 365 * 24 * 3600 * 1000;
+
+fn bounded_ms(field: impl Into<String>, v: u64) -> Result<Option<Duration>, InvalidField> {
+    if v > MAX_MS {
+        return Err(invalid(field, format!("must be at most {MAX_MS} (a year)")));
+    }
+    Ok(ms(v))
+}
+
 /// Checks an address is `host:port` and, when networks are restricted, an IP
 /// inside one of them.
 pub fn validate_address(address: &str, allowed: &[IpNet]) -> Result<(), InvalidField> {
@@ -256,8 +267,21 @@ impl Registration {
             if !r.path_prefix.starts_with('/') {
                 return Err(invalid(format!("{f}.path_prefix"), "must start with '/'"));
             }
-            if r.path_prefix.len() > 1024 || crate::routing::normalise(&r.path_prefix).is_err() {
-                return Err(invalid(format!("{f}.path_prefix"), "is not a valid path"));
+            let segments = match crate::routing::normalise(&r.path_prefix) {
+                Ok(s) if r.path_prefix.len() <= 1024 => s,
+                _ => return Err(invalid(format!("{f}.path_prefix"), "is not a valid path")),
+            };
+            // Routing matches the normalised form; a prefix spelled
+            // otherwise would be listed as one path and route another
+            // ("/a/../b" routes "/b", "/x/.." everything).
+            let canonical = format!("/{}", segments.join("/"));
+            if canonical != r.path_prefix {
+                return Err(invalid(
+                    format!("{f}.path_prefix"),
+                    format!(
+                        "must be written in normalised form ({canonical:?}): no empty, '.' or '..' segments, no percent-encoding, no trailing '/'"
+                    ),
+                ));
             }
             for (j, h) in r.hosts.iter().enumerate() {
                 if h.is_empty()
@@ -270,11 +294,11 @@ impl Registration {
                 }
             }
             routes.push(RouteSpec {
+                timeout: bounded_ms(format!("{f}.timeout_ms"), r.timeout_ms)?,
+                max_duration: bounded_ms(format!("{f}.max_duration_ms"), r.max_duration_ms)?,
                 path_prefix: r.path_prefix,
                 hosts: r.hosts,
-                timeout: ms(r.timeout_ms),
                 stream: r.stream,
-                max_duration: ms(r.max_duration_ms),
             });
         }
         if routes.is_empty() {
@@ -332,17 +356,22 @@ impl Registration {
                 ));
             }
         };
-        let interval = ms(h.interval_ms).unwrap_or(policy.check_interval);
+        let interval = bounded_ms("registration.health.interval_ms", h.interval_ms)?
+            .unwrap_or(policy.check_interval);
         if interval < Duration::from_millis(10) {
             return Err(invalid(
                 "registration.health.interval_ms",
                 "must be at least 10",
             ));
         }
-        let timeout = ms(h.timeout_ms)
+        let timeout = bounded_ms("registration.health.timeout_ms", h.timeout_ms)?
             .unwrap_or(policy.check_timeout)
             .min(interval);
-        let lease = ms(p.lease_ms).unwrap_or(policy.lease);
+        let deregister_critical_after = bounded_ms(
+            "registration.health.deregister_critical_after_ms",
+            h.deregister_critical_after_ms,
+        )?;
+        let lease = bounded_ms("registration.lease_ms", p.lease_ms)?.unwrap_or(policy.lease);
         if lease < Duration::from_millis(100) {
             return Err(invalid("registration.lease_ms", "must be at least 100"));
         }
@@ -359,7 +388,7 @@ impl Registration {
                 kind,
                 interval,
                 timeout,
-                deregister_critical_after: ms(h.deregister_critical_after_ms),
+                deregister_critical_after,
             },
             lease,
             streaming: p.streaming,

@@ -86,7 +86,8 @@ impl Registrar {
                 }
                 Err(s)
                     if s.code() == tonic::Code::InvalidArgument
-                        || s.code() == tonic::Code::Unauthenticated =>
+                        || s.code() == tonic::Code::Unauthenticated
+                        || s.code() == tonic::Code::PermissionDenied =>
                 {
                     // Retrying cannot fix a rejected registration; say so
                     // loudly, and retry slowly in case the operator fixes
