@@ -28,6 +28,12 @@
 //! deliberately small (one worker by default) so the backend does not compete
 //! with the proxy under test for the machine's cores.
 //!
+//! Faults for the reliability scenarios (scripts/reliability.sh): `--fail
+//! unavailable|internal` makes every `Send` answer that gRPC status, and
+//! `--delay-ms N` delays every `Send` answer by N ms. `GET /__stats` on the
+//! HTTP listener answers `{"send_calls":N}`, the number of `Send` calls
+//! received (what "upstream attempts" counts).
+//!
 //! Prints one line on stdout once both listeners are bound:
 //! `READY grpc=<addr> http=<addr>`.
 
@@ -35,6 +41,7 @@ use std::convert::Infallible;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -80,7 +87,22 @@ struct Args {
     /// Tokio worker threads.
     #[arg(long, default_value_t = 1)]
     worker_threads: usize,
+    /// Answer every `Send` with this gRPC status instead of the fixed answer.
+    #[arg(long, value_enum)]
+    fail: Option<Fail>,
+    /// Delay every `Send` answer by this many milliseconds.
+    #[arg(long, default_value_t = 0)]
+    delay_ms: u64,
 }
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Fail {
+    Unavailable,
+    Internal,
+}
+
+/// `Send` calls received, reported by `GET /__stats`.
+static SEND_CALLS: AtomicU64 = AtomicU64::new(0);
 
 const CONTENT_TYPE: &str = "text/plain";
 
@@ -103,6 +125,8 @@ fn hdr(name: &str, value: impl Into<Bytes>) -> pb::Header {
 struct Backend {
     resp: pb::ForwardingResp,
     pattern: Pattern,
+    fail: Option<Fail>,
+    delay: Duration,
 }
 
 #[tonic::async_trait]
@@ -111,6 +135,15 @@ impl ForwardingService for Backend {
         &self,
         req: tonic::Request<pb::ForwardingReq>,
     ) -> Result<tonic::Response<pb::ForwardingResp>, tonic::Status> {
+        SEND_CALLS.fetch_add(1, Ordering::Relaxed);
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
+        match self.fail {
+            Some(Fail::Unavailable) => return Err(Status::unavailable("bench-backend --fail")),
+            Some(Fail::Internal) => return Err(Status::internal("bench-backend --fail")),
+            None => {}
+        }
         let req = req.get_ref();
         if Endpoint::of(&req.path) == Endpoint::Upload {
             // A small upload with a Content-Length: the unary fast path.
@@ -362,6 +395,14 @@ async fn http_answer(
     if upgrade.is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket")) {
         return http_ws_accept(&mut req);
     }
+    if req.uri().path() == "/__stats" {
+        let stats = format!(
+            "{{\"send_calls\":{}}}\n",
+            SEND_CALLS.load(Ordering::Relaxed)
+        );
+        let ct = [("content-type", "application/json")];
+        return http_response(200, &ct, Either::Left(Full::new(Bytes::from(stats))));
+    }
     let query = req.uri().query().unwrap_or("").to_string();
     match Endpoint::of(req.uri().path()) {
         Endpoint::Upload => {
@@ -503,6 +544,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let pattern = Pattern::new();
     let backend = Arc::new(Backend {
         pattern: pattern.clone(),
+        fail: args.fail,
+        delay: Duration::from_millis(args.delay_ms),
         resp: pb::ForwardingResp {
             status: 200,
             headers: vec![pb::Header {

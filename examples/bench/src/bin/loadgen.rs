@@ -22,7 +22,12 @@
 //! `max_us` for the measured window (latencies of successful requests), plus
 //! `total_ok`/`total_errors` over the whole run including warm-up (what a
 //! caller dividing a process's CPU time over the whole run needs) and
-//! `cpu_ms`, the load generator's own CPU time. A non-2xx
+//! `cpu_ms`, the load generator's own CPU time; `codes`, the measured
+//! requests by outcome (the HTTP status, or `ForwardingResp.status` with 0
+//! read as 200; `transport` for a connection or protocol error, `timeout`,
+//! `body` for a body of the wrong size), and `err_p50_us`/`err_p99_us`, the
+//! latency of the measured failures (how fast a shedding server refuses).
+//! A non-2xx
 //! answer (HTTP status, or `ForwardingResp.status`), a transport error and a
 //! request exceeding `--timeout` are errors.
 
@@ -167,16 +172,23 @@ impl GrpcClient {
         })
     }
 
-    async fn call(&self, expect_body: Option<usize>) -> bool {
+    async fn call(&self, expect_body: Option<usize>) -> u16 {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.clients.len();
         let mut c = self.clients[i].clone();
         match c.send(self.req.clone()).await {
             Ok(resp) => {
                 let r = resp.get_ref();
-                let status_ok = r.status == 0 || (200..300).contains(&r.status);
-                status_ok && expect_body.is_none_or(|n| r.body.len() == n)
+                let status = if r.status == 0 {
+                    200
+                } else {
+                    r.status.min(999) as u16
+                };
+                if is_success(status) && expect_body.is_some_and(|n| r.body.len() != n) {
+                    return BODY_MISMATCH;
+                }
+                status
             }
-            Err(_) => false,
+            Err(_) => TRANSPORT,
         }
     }
 }
@@ -232,9 +244,9 @@ impl HttpPool {
         Ok(sender)
     }
 
-    async fn call(&self, expect_body: Option<usize>) -> bool {
+    async fn call(&self, expect_body: Option<usize>) -> u16 {
         let Ok(_permit) = self.permits.acquire().await else {
-            return false;
+            return TRANSPORT;
         };
         let pooled = {
             let mut idle = self.idle.lock().unwrap();
@@ -251,11 +263,11 @@ impl HttpPool {
             Some(s) => s,
             None => match self.connect().await {
                 Ok(s) => s,
-                Err(_) => return false,
+                Err(_) => return TRANSPORT,
             },
         };
         if sender.ready().await.is_err() {
-            return false;
+            return TRANSPORT;
         }
         let req = Request::builder()
             .method(Method::GET)
@@ -265,13 +277,20 @@ impl HttpPool {
             .expect("static request");
         let ok = match sender.send_request(req).await {
             Ok(resp) => {
-                let success = resp.status().is_success();
+                let status = resp.status().as_u16();
                 match resp.into_body().collect().await {
-                    Ok(b) => success && expect_body.is_none_or(|n| b.to_bytes().len() == n),
-                    Err(_) => false,
+                    Ok(b) => {
+                        let len = b.to_bytes().len();
+                        if is_success(status) && expect_body.is_some_and(|n| len != n) {
+                            BODY_MISMATCH
+                        } else {
+                            status
+                        }
+                    }
+                    Err(_) => TRANSPORT,
                 }
             }
-            Err(_) => false,
+            Err(_) => TRANSPORT,
         };
         if !sender.is_closed() {
             self.idle.lock().unwrap().push(sender);
@@ -287,8 +306,33 @@ enum Client {
     Http(HttpPool),
 }
 
+/// Outcomes that are not an HTTP status.
+const TRANSPORT: u16 = 0;
+const TIMEOUT: u16 = 1;
+const BODY_MISMATCH: u16 = 2;
+
+fn is_success(code: u16) -> bool {
+    (200..300).contains(&code)
+}
+
+fn code_name(code: u16) -> String {
+    match code {
+        TRANSPORT => "transport".into(),
+        TIMEOUT => "timeout".into(),
+        BODY_MISMATCH => "body".into(),
+        c => c.to_string(),
+    }
+}
+
+/// One request under `timeout`: its outcome code.
+async fn timed_call(client: &Client, timeout: Duration, expect: Option<usize>) -> u16 {
+    tokio::time::timeout(timeout, client.call(expect))
+        .await
+        .unwrap_or(TIMEOUT)
+}
+
 impl Client {
-    async fn call(&self, expect_body: Option<usize>) -> bool {
+    async fn call(&self, expect_body: Option<usize>) -> u16 {
         match self {
             Client::Grpc(c) => c.call(expect_body).await,
             Client::Http(c) => c.call(expect_body).await,
@@ -301,6 +345,10 @@ impl Client {
 struct Stats {
     /// Latency of successful measured requests, in microseconds.
     hist: Histogram<u64>,
+    /// Latency of failed measured requests, in microseconds.
+    err_hist: Histogram<u64>,
+    /// Measured requests by outcome code.
+    codes: std::collections::BTreeMap<u16, u64>,
     ok: u64,
     errors: u64,
     warm_ok: u64,
@@ -312,6 +360,8 @@ impl Stats {
     fn new() -> Self {
         Self {
             hist: Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds"),
+            err_hist: Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds"),
+            codes: Default::default(),
             ok: 0,
             errors: 0,
             warm_ok: 0,
@@ -320,7 +370,11 @@ impl Stats {
         }
     }
 
-    fn record(&mut self, measured: bool, ok: bool, latency: Duration, done: Instant) {
+    fn record(&mut self, measured: bool, code: u16, latency: Duration, done: Instant) {
+        let ok = is_success(code);
+        if measured {
+            *self.codes.entry(code).or_default() += 1;
+        }
         match (measured, ok) {
             (true, true) => {
                 self.ok += 1;
@@ -328,7 +382,11 @@ impl Stats {
                     .saturating_record((latency.as_micros() as u64).max(1));
                 self.last_done = self.last_done.max(Some(done));
             }
-            (true, false) => self.errors += 1,
+            (true, false) => {
+                self.errors += 1;
+                self.err_hist
+                    .saturating_record((latency.as_micros() as u64).max(1));
+            }
             (false, true) => self.warm_ok += 1,
             (false, false) => self.warm_errors += 1,
         }
@@ -336,6 +394,12 @@ impl Stats {
 
     fn merge(&mut self, o: &Stats) {
         self.hist.add(&o.hist).expect("same histogram bounds");
+        self.err_hist
+            .add(&o.err_hist)
+            .expect("same histogram bounds");
+        for (c, n) in &o.codes {
+            *self.codes.entry(*c).or_default() += n;
+        }
         self.ok += o.ok;
         self.errors += o.errors;
         self.warm_ok += o.warm_ok;
@@ -364,12 +428,10 @@ async fn saturation(client: Arc<Client>, args: &Args, w: &Window) -> (Stats, u64
                 if t >= end {
                     break;
                 }
-                let ok = tokio::time::timeout(timeout, client.call(expect))
-                    .await
-                    .unwrap_or(false);
+                let code = timed_call(&client, timeout, expect).await;
                 let done = Instant::now();
-                st.record(t >= from, ok, done - t, done);
-                if !ok {
+                st.record(t >= from, code, done - t, done);
+                if !is_success(code) {
                     // Do not spin on a refusing target.
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
@@ -415,13 +477,11 @@ async fn fixed_rate(client: Arc<Client>, args: &Args, w: &Window) -> (Stats, u64
                     let (client, stats, inflight) =
                         (client.clone(), stats.clone(), inflight.clone());
                     handle.spawn(async move {
-                        let ok = tokio::time::timeout(timeout, client.call(expect))
-                            .await
-                            .unwrap_or(false);
+                        let code = timed_call(&client, timeout, expect).await;
                         let done = Instant::now();
                         stats.lock().unwrap().record(
                             measured,
-                            ok,
+                            code,
                             done.saturating_duration_since(due),
                             done,
                         );
@@ -443,7 +503,11 @@ async fn fixed_rate(client: Arc<Client>, args: &Args, w: &Window) -> (Stats, u64
     }
     let mut st = std::mem::replace(&mut *stats.lock().unwrap(), Stats::new());
     // Scheduled but never finished: errors.
-    st.errors += inflight.load(Ordering::SeqCst);
+    let unfinished = inflight.load(Ordering::SeqCst);
+    st.errors += unfinished;
+    if unfinished > 0 {
+        *st.codes.entry(TIMEOUT).or_default() += unfinished;
+    }
     (st, sent)
 }
 
@@ -497,6 +561,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
             h.value_at_quantile(p)
         }
     };
+    let eh = &st.err_hist;
+    let eq = |p: f64| {
+        if eh.is_empty() {
+            0
+        } else {
+            eh.value_at_quantile(p)
+        }
+    };
     let out = serde_json::json!({
         "target": match args.target { Target::Grpc => "grpc", Target::Http => "http" },
         "mode": if args.rate > 0.0 { "rate" } else { "saturation" },
@@ -516,6 +588,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "total_ok": st.ok + st.warm_ok,
         "total_errors": st.errors + st.warm_errors,
         "cpu_ms": own_cpu_ms(),
+        "codes": st.codes.iter().map(|(c, n)| (code_name(*c), serde_json::json!(n))).collect::<serde_json::Map<_, _>>(),
+        "err_p50_us": eq(0.50),
+        "err_p99_us": eq(0.99),
     });
     println!("{out}");
     Ok(())
