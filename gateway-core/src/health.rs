@@ -1,14 +1,16 @@
 //! Active health checks of one instance: the standard `grpc.health.v1`
-//! protocol by default, or an HTTP GET.
+//! protocol by default, or an HTTP GET; over TLS when the instance is
+//! dialled over TLS (see [`crate::tls::backend_endpoint`]).
 
 use std::time::Duration;
 
 use http_body_util::Empty;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use crate::registry::{CheckKind, Registration};
+use crate::tls::{self, UpstreamTls};
 
 /// Checks one instance again and again; keeps its connection between checks.
 pub struct Checker {
@@ -16,29 +18,40 @@ pub struct Checker {
     address: String,
     timeout: Duration,
     channel: Option<Channel>,
+    /// TLS for HTTP checks: the client config and the name to verify.
+    http_tls: Option<(std::sync::Arc<rustls::ClientConfig>, String)>,
 }
 
 impl Checker {
     /// A checker for a registration (`None` for TTL checks: nothing to probe).
-    pub fn new(reg: &Registration) -> Option<Self> {
+    /// `upstream` is the gateway's `[upstream_tls]`, for instances dialled
+    /// over TLS.
+    pub fn new(reg: &Registration, upstream: Option<&UpstreamTls>) -> Option<Self> {
         if reg.health.kind == CheckKind::Ttl {
             return None;
         }
+        let server_name = reg.tls_server_name.as_deref();
         let channel = match reg.health.kind {
-            CheckKind::Grpc { .. } => Endpoint::from_shared(format!("http://{}", reg.address))
-                .ok()
-                .map(|e| {
-                    e.connect_timeout(reg.health.timeout)
-                        .tcp_nodelay(true)
-                        .connect_lazy()
-                }),
+            CheckKind::Grpc { .. } => {
+                tls::backend_endpoint(&reg.address, reg.tls, server_name, upstream)
+                    .ok()
+                    .map(|e| {
+                        e.connect_timeout(reg.health.timeout)
+                            .tcp_nodelay(true)
+                            .connect_lazy()
+                    })
+            }
             _ => None,
         };
+        let http_tls = upstream
+            .filter(|u| u.applies(reg.tls))
+            .map(|u| (u.rustls_config(), u.server_name(server_name, &reg.address)));
         Some(Self {
             kind: reg.health.kind.clone(),
             address: reg.address.clone(),
             timeout: reg.health.timeout,
             channel,
+            http_tls,
         })
     }
 
@@ -65,21 +78,32 @@ impl Checker {
                     other => Err(format!("grpc health: {}", other.as_str_name())),
                 }
             }
-            CheckKind::Http { path } => http_get(&self.address, path).await,
+            CheckKind::Http { path } => http_get(&self.address, path, self.http_tls.as_ref()).await,
             CheckKind::Ttl => Ok("ttl".into()),
         }
     }
 }
 
-async fn http_get(address: &str, path: &str) -> Result<String, String> {
+async fn http_get(
+    address: &str,
+    path: &str,
+    tls: Option<&(std::sync::Arc<rustls::ClientConfig>, String)>,
+) -> Result<String, String> {
     let stream = tokio::net::TcpStream::connect(address)
         .await
         .map_err(|e| format!("http check connect: {e}"))?;
-    let (mut send, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| format!("http check: {e}"))?;
-    tokio::spawn(conn);
+    let mut send = match tls {
+        None => handshake(stream).await?,
+        Some((config, name)) => {
+            let name = rustls_pki_types::ServerName::try_from(name.clone())
+                .map_err(|e| format!("http check: server name {name:?}: {e}"))?;
+            let stream = tokio_rustls::TlsConnector::from(config.clone())
+                .connect(name, stream)
+                .await
+                .map_err(|e| format!("http check TLS: {e}"))?;
+            handshake(stream).await?
+        }
+    };
     let req = http::Request::get(path)
         .header(http::header::HOST, address)
         .header(http::header::USER_AGENT, "forwarding-gateway-health")
@@ -94,4 +118,17 @@ async fn http_get(address: &str, path: &str) -> Result<String, String> {
     } else {
         Err(format!("http {}", resp.status().as_u16()))
     }
+}
+
+async fn handshake<IO>(
+    io: IO,
+) -> Result<hyper::client::conn::http1::SendRequest<Empty<bytes::Bytes>>, String>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
+        .await
+        .map_err(|e| format!("http check: {e}"))?;
+    tokio::spawn(conn);
+    Ok(send)
 }

@@ -2,8 +2,9 @@
 //! then draining in-flight requests within a grace period.
 //!
 //! One function for every listener (public, internal, registration, admin):
-//! HTTP/1.1 and h2c on the same port, header limits and a header read
-//! timeout against slow clients, the peer address put into each request.
+//! HTTP/1.1 and h2c on the same port (or, with TLS, HTTP/1.1 and h2 by
+//! ALPN), header limits and a header read timeout against slow clients, the
+//! peer address put into each request.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -15,11 +16,13 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tower::{Service, ServiceExt};
 use tracing::{debug, info, warn};
 
 use crate::forward::PeerAddr;
+use crate::tls::{ConnectionTls, TlsAcceptor};
 
 /// Connection-level limits.
 #[derive(Debug, Clone)]
@@ -33,6 +36,9 @@ pub struct ServerOptions {
     pub max_headers: usize,
     /// Longest wait for in-flight requests after shutdown.
     pub grace: Duration,
+    /// TLS on this listener (handshake with a timeout, then the same
+    /// serving code); `None` = plain HTTP.
+    pub tls: Option<TlsAcceptor>,
 }
 
 /// Serves `svc` on `listener` until `shutdown` resolves; then stops
@@ -82,19 +88,25 @@ pub async fn serve<S>(
             },
         };
         let _ = stream.set_nodelay(true);
+        let builder = builder.clone();
         let svc = svc.clone();
-        let hyper_svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-            req.extensions_mut().insert(PeerAddr(peer));
-            svc.clone().oneshot(req)
-        });
-        // With upgrades: WebSocket handshakes hand the connection to a relay.
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), hyper_svc);
-        let conn = graceful.watch(conn.into_owned());
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                debug!(%peer, error = %e, "Connection ended with an error.");
+        let watcher = graceful.watcher();
+        match &opts.tls {
+            None => {
+                serve_connection(&builder, stream, peer, false, svc, watcher);
             }
-        });
+            Some(tls) => {
+                // The handshake runs on the connection's own task: a slow
+                // client must not hold up the accept loop.
+                let tls = tls.clone();
+                tokio::spawn(async move {
+                    match tls.accept(stream).await {
+                        Ok(stream) => serve_connection(&builder, stream, peer, true, svc, watcher),
+                        Err(e) => debug!(%peer, error = %e, "TLS handshake failed."),
+                    }
+                });
+            }
+        }
     }
     drop(listener);
     info!(listener = ?local, "Stopped accepting; draining connections.");
@@ -104,4 +116,39 @@ pub async fn serve<S>(
     {
         warn!(listener = ?local, grace = ?opts.grace, "Grace period over; closing remaining connections.");
     }
+}
+
+/// Serves one connection (plain TCP or TLS) on its own task, watched by the
+/// graceful shutdown.
+fn serve_connection<IO, S>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: IO,
+    peer: std::net::SocketAddr,
+    tls: bool,
+    svc: S,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let hyper_svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        req.extensions_mut().insert(PeerAddr(peer));
+        if tls {
+            req.extensions_mut().insert(ConnectionTls);
+        }
+        svc.clone().oneshot(req)
+    });
+    // With upgrades: WebSocket handshakes hand the connection to a relay.
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), hyper_svc);
+    let conn = watcher.watch(conn.into_owned());
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            debug!(%peer, error = %e, "Connection ended with an error.");
+        }
+    });
 }

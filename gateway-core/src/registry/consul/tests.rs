@@ -36,6 +36,8 @@ fn reg() -> Registration {
         },
         lease: Duration::from_secs(30),
         streaming: true,
+        tls: false,
+        tls_server_name: None,
     }
 }
 
