@@ -530,3 +530,65 @@ async fn misconfiguration_is_named() {
         .unwrap_or(Value::Null);
     assert_eq!(svc["routable_instances"], 1, "{v}");
 }
+
+/// WebSocket over HTTP/2 over TLS (RFC 8441 extended CONNECT after ALPN
+/// h2), relayed to an SDK WebSocket handler.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_over_h2_over_tls() {
+    use futures_util::{SinkExt, StreamExt};
+    use service_sdk::routing::get as route_get;
+    use service_sdk::ws::{WebSocket, WebSocketUpgrade};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let pki = Pki::new("ws");
+    let config = tls_listener_config(&pki);
+    let gw = GatewayProcess::start(&["--config", config.to_str().unwrap()], &[]).await;
+    let app = Router::new().route(
+        "/wss/echo",
+        route_get(|ws: WebSocketUpgrade| async move {
+            ws.on_upgrade(|mut socket: WebSocket| async move {
+                while let Some(Ok(m)) = socket.recv().await {
+                    if socket.send(m).await.is_err() {
+                        return;
+                    }
+                }
+            })
+        }),
+    );
+    let reg = format!("https://{}", gw.registration);
+    let _b = BackendHandle::start("wss", app, Some(&reg), |b| {
+        b.gateway_tls(sdk_gateway_tls(&pki.ca_pem))
+    })
+    .await;
+    gw.wait_routable("wss", 1).await;
+
+    let tls = tls_connect(gw.public, &pki.ca_pem, &[b"h2"]).await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut req = http::Request::connect("https://localhost/wss/echo")
+        .header("sec-websocket-version", "13")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    req.extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    send.ready().await.unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let io = hyper::upgrade::on(resp).await.unwrap();
+    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        TokioIo::new(io),
+        tokio_tungstenite::tungstenite::protocol::Role::Client,
+        None,
+    )
+    .await;
+    ws.send(Message::text("over h2 over tls")).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::text("over h2 over tls")
+    );
+    ws.close(None).await.unwrap();
+}
