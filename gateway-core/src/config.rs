@@ -675,6 +675,22 @@ mod tests {
     }
 
     #[test]
+    fn tls_settings_are_checked_by_name() {
+        let c: GatewayConfig =
+            toml::from_str("[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n").unwrap();
+        c.validate().unwrap();
+        let t = c.tls.as_ref().unwrap();
+        assert!(t.public && t.internal && t.registration && !t.admin);
+        let c: GatewayConfig = toml::from_str("[tls]\ncert = \"c.pem\"\n").unwrap();
+        assert_eq!(c.validate().unwrap_err().setting, "tls.key");
+        let c: GatewayConfig =
+            toml::from_str("[upstream_tls]\nca = \"ca.pem\"\ncert = \"c.pem\"\n").unwrap();
+        assert_eq!(c.validate().unwrap_err().setting, "upstream_tls.key");
+        let c: GatewayConfig = toml::from_str("[upstream_tls]\nall = true\n").unwrap();
+        assert_eq!(c.validate().unwrap_err().setting, "upstream_tls.ca");
+    }
+
+    #[test]
     fn conflicts_name_the_setting() {
         let mut c = GatewayConfig::default();
         c.listen.admin = c.listen.public;
