@@ -592,3 +592,40 @@ async fn websocket_over_h2_over_tls() {
     );
     ws.close(None).await.unwrap();
 }
+
+/// A client that connects and never starts the handshake is closed after
+/// `tls.handshake_timeout`; other clients are served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_handshake_is_closed() {
+    use tokio::io::AsyncReadExt;
+    let pki = Pki::new("stall");
+    let (cert, key) = pki.leaf(ExtendedKeyUsagePurpose::ServerAuth);
+    let c = pki.write("server.pem", &cert);
+    let k = pki.write("server-key.pem", &key);
+    let config = write_config(
+        &pki,
+        &format!(
+            "[tls]\ncert = {:?}\nkey = {:?}\nhandshake_timeout = \"300ms\"\n",
+            c.display().to_string(),
+            k.display().to_string()
+        ),
+    );
+    let gw = GatewayProcess::start(&["--config", config.to_str().unwrap()], &[]).await;
+    let mut stalled = tokio::net::TcpStream::connect(gw.public).await.unwrap();
+    let started = std::time::Instant::now();
+    // Served while the first one stalls: the accept loop does not wait.
+    let tls = tls_connect(gw.public, &pki.ca_pem, &[b"h2"]).await;
+    let (status, _, _) = get(tls, "/nothing-here").await;
+    assert_eq!(status, 404);
+    let mut buf = Vec::new();
+    let n = tokio::time::timeout(support::DEADLINE, stalled.read_to_end(&mut buf))
+        .await
+        .expect("the gateway closed the stalled connection")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "nothing is sent before a handshake");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(250),
+        "closed after the timeout, not at once: {:?}",
+        started.elapsed()
+    );
+}

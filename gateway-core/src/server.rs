@@ -88,20 +88,22 @@ pub async fn serve<S>(
             },
         };
         let _ = stream.set_nodelay(true);
-        let builder = builder.clone();
         let svc = svc.clone();
         let watcher = graceful.watcher();
         match &opts.tls {
             None => {
-                serve_connection(&builder, stream, peer, false, svc, watcher);
+                tokio::spawn(connection(&builder, stream, peer, false, svc, watcher));
             }
             Some(tls) => {
                 // The handshake runs on the connection's own task: a slow
-                // client must not hold up the accept loop.
+                // client must not hold up the accept loop. (Its watcher
+                // holds the graceful shutdown for at most the handshake
+                // timeout.)
                 let tls = tls.clone();
+                let builder = builder.clone();
                 tokio::spawn(async move {
                     match tls.accept(stream).await {
-                        Ok(stream) => serve_connection(&builder, stream, peer, true, svc, watcher),
+                        Ok(stream) => connection(&builder, stream, peer, true, svc, watcher).await,
                         Err(e) => debug!(%peer, error = %e, "TLS handshake failed."),
                     }
                 });
@@ -118,16 +120,17 @@ pub async fn serve<S>(
     }
 }
 
-/// Serves one connection (plain TCP or TLS) on its own task, watched by the
-/// graceful shutdown.
-fn serve_connection<IO, S>(
+/// Serving one connection (plain TCP or TLS), watched by the graceful
+/// shutdown; the caller runs it on the connection's task.
+fn connection<IO, S>(
     builder: &auto::Builder<TokioExecutor>,
     io: IO,
     peer: std::net::SocketAddr,
     tls: bool,
     svc: S,
     watcher: hyper_util::server::graceful::Watcher,
-) where
+) -> impl Future<Output = ()> + Send + 'static
+where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
         + Clone
@@ -146,9 +149,9 @@ fn serve_connection<IO, S>(
     // With upgrades: WebSocket handshakes hand the connection to a relay.
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), hyper_svc);
     let conn = watcher.watch(conn.into_owned());
-    tokio::spawn(async move {
+    async move {
         if let Err(e) = conn.await {
             debug!(%peer, error = %e, "Connection ended with an error.");
         }
-    });
+    }
 }
