@@ -193,6 +193,26 @@ async fn shutdown_signal() {
     }
 }
 
+/// SIGHUP reads the TLS certificate and key again at once (they are also
+/// polled every `tls.reload_interval`).
+#[cfg(unix)]
+fn reload_on_sighup(cert: Arc<gateway_core::tls::ReloadingCert>) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup()).context("listening for SIGHUP")?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            match cert.reload() {
+                Ok(true) => tracing::info!("SIGHUP: TLS certificate reloaded."),
+                Ok(false) => tracing::info!("SIGHUP: TLS certificate files unchanged."),
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGHUP: TLS certificate not reloaded; the previous one is still served.")
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -232,6 +252,10 @@ async fn main() -> anyhow::Result<()> {
         registry = SyncedRegistry::start(registry, sync).context("starting replica sync")?;
     }
     let gateway = Gateway::new(config.clone(), registry)?;
+    #[cfg(unix)]
+    if let Some(cert) = gateway.tls_certificate() {
+        reload_on_sighup(cert)?;
+    }
     let listeners = Listeners::bind(&config).await?;
     let a = listeners.addrs()?;
     // One machine-readable line on stdout: tests and scripts read the ports.

@@ -432,7 +432,8 @@ async fn backends_over_tls_and_mtls() {
         .identity(identity)
         .client_ca_root(Certificate::from_pem(&pki.ca_pem));
     let reg = gw.registration_url();
-    let _tls = BackendHandle::start("tlsback", echo_router(), Some(&reg), |b| b.tls(tls)).await;
+    let tls_backend =
+        BackendHandle::start("tlsback", echo_router(), Some(&reg), |b| b.tls(tls)).await;
     let mtls_backend = BackendHandle::start("mtlsback", echo_router(), Some(&reg), |b| {
         b.tls(mtls)
             .registration(|r| r.tls_server_name = "localhost".into())
@@ -462,6 +463,17 @@ async fn backends_over_tls_and_mtls() {
         }
     })
     .await;
+
+    // The backend's certificate is verified: a name it does not carry fails.
+    let body = json!({"service": "wrongname", "instance_id": "w-1", "address": tls_backend.addr.to_string(), "tls": true, "tls_server_name": "wrong.example", "health": {"kind": "ttl"}, "lease_ms": 600000});
+    support::register_json(&gw, &body).await;
+    gw.wait_routable("wrongname", 1).await;
+    let resp = gw.http.get(gw.url("/wrongname/x")).send().await.unwrap();
+    assert!(
+        resp.status().is_server_error(),
+        "a certificate for another name was accepted: {}",
+        resp.status()
+    );
 
     // The same mTLS backend registered with the gateway that has no client
     // certificate: its calls cannot get through.
@@ -628,4 +640,43 @@ async fn a_stalled_handshake_is_closed() {
         "closed after the timeout, not at once: {:?}",
         started.elapsed()
     );
+}
+
+/// SIGHUP reloads the certificate at once, long before the next poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_certificate() {
+    let pki = Pki::new("hup");
+    let (cert, key) = pki.leaf(ExtendedKeyUsagePurpose::ServerAuth);
+    let c = pki.write("server.pem", &cert);
+    let k = pki.write("server-key.pem", &key);
+    let config = write_config(
+        &pki,
+        &format!(
+            "[tls]\ncert = {:?}\nkey = {:?}\nreload_interval = \"1h\"\n",
+            c.display().to_string(),
+            k.display().to_string()
+        ),
+    );
+    let gw = GatewayProcess::start(&["--config", config.to_str().unwrap()], &[]).await;
+    let tls = tls_connect(gw.public, &pki.ca_pem, &[b"h2"]).await;
+    assert_eq!(peer_leaf(&tls), der_of(&cert));
+    let (cert, key) = pki.leaf(ExtendedKeyUsagePurpose::ServerAuth);
+    pki.write("server-key.pem", &key);
+    pki.write("server.pem", &cert);
+    let pid = gw.child.id().unwrap().to_string();
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let new_leaf = der_of(&cert);
+    eventually("SIGHUP reloaded the certificate", || {
+        let (gw, ca, new_leaf) = (&gw, &pki.ca_pem, &new_leaf);
+        async move {
+            let tls = tls_connect(gw.public, ca, &[b"h2"]).await;
+            (peer_leaf(&tls) == *new_leaf).then_some(())
+        }
+    })
+    .await;
+    assert!(gw.child.id().is_some(), "still the same process");
 }

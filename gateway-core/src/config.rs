@@ -389,7 +389,8 @@ pub struct TlsConfig {
     /// Time a client gets to complete the TLS handshake.
     #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
-    /// How often the certificate and key files are checked for changes.
+    /// How often the certificate and key files are checked for changes (the
+    /// `gateway` binary also checks at once on SIGHUP).
     #[serde(with = "humantime_serde")]
     pub reload_interval: Duration,
 }

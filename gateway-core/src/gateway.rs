@@ -19,7 +19,7 @@ use crate::registration::{self, RegistrationApi};
 use crate::registry::memory::MemoryRegistry;
 use crate::registry::{RegistrationPolicy, Registry};
 use crate::server::{ServerOptions, serve};
-use crate::tls::{ServerTls, TlsAcceptor, TlsError, UpstreamTls};
+use crate::tls::{ReloadingCert, ServerTls, TlsAcceptor, TlsError, UpstreamTls};
 
 /// Pre-bound listeners (bind first, then serve: tests bind port 0 and read
 /// the addresses back).
@@ -181,6 +181,13 @@ impl Gateway {
     /// This node's id.
     pub fn node_id(&self) -> &str {
         &self.shared.node_id
+    }
+
+    /// The listeners' certificate, when `[tls]` is configured: call
+    /// [`ReloadingCert::reload`] to read the files now (the binary does on
+    /// SIGHUP) instead of at the next `tls.reload_interval`.
+    pub fn tls_certificate(&self) -> Option<Arc<ReloadingCert>> {
+        self.tls.as_ref().map(|t| t.cert.clone())
     }
 
     /// Readiness handle (the admin `/readyz` reports it).
