@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 use gateway_core::config::{GatewayConfig, ScopedToken};
-use gateway_core::gateway::{Gateway, Listeners};
+use gateway_core::gateway::{Gateway, Listeners, load_upstream_tls};
 use gateway_core::registry::Registry;
 use gateway_core::registry::consul::ConsulRegistry;
 use gateway_core::registry::memory::MemoryRegistry;
@@ -77,6 +77,22 @@ struct Args {
         value_delimiter = ','
     )]
     allowed_networks: Vec<String>,
+    /// TLS certificate chain (PEM) for the listeners; turns on `[tls]`.
+    #[arg(long, env = "GATEWAY_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) of `--tls-cert`.
+    #[arg(long, env = "GATEWAY_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// CA bundle (PEM) that verifies backends dialled over TLS; turns on
+    /// `[upstream_tls]`.
+    #[arg(long, env = "GATEWAY_UPSTREAM_TLS_CA")]
+    upstream_tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) presented to backends (mTLS).
+    #[arg(long, env = "GATEWAY_UPSTREAM_TLS_CERT", requires = "upstream_tls_key")]
+    upstream_tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of `--upstream-tls-cert`.
+    #[arg(long, env = "GATEWAY_UPSTREAM_TLS_KEY", requires = "upstream_tls_cert")]
+    upstream_tls_key: Option<PathBuf>,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "GATEWAY_LOG_JSON")]
     log_json: bool,
@@ -129,6 +145,19 @@ fn load(args: &Args) -> anyhow::Result<GatewayConfig> {
     }
     if let Some(t) = &args.kafka_topic {
         c.kafka.get_or_insert_with(Default::default).topic = t.clone();
+    }
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        let t = c.tls.get_or_insert_with(Default::default);
+        t.cert = cert.clone();
+        t.key = key.clone();
+    }
+    if let Some(ca) = &args.upstream_tls_ca {
+        c.upstream_tls.get_or_insert_with(Default::default).ca = ca.clone();
+    }
+    if let (Some(cert), Some(key)) = (&args.upstream_tls_cert, &args.upstream_tls_key) {
+        let u = c.upstream_tls.get_or_insert_with(Default::default);
+        u.cert = Some(cert.clone());
+        u.key = Some(key.clone());
     }
     if !args.allowed_networks.is_empty() {
         let nets = args
@@ -202,6 +231,26 @@ async fn shutdown_signal() {
     }
 }
 
+/// SIGHUP reads the TLS certificate and key again at once (they are also
+/// polled every `tls.reload_interval`).
+#[cfg(unix)]
+fn reload_on_sighup(cert: Arc<gateway_core::tls::ReloadingCert>) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup()).context("listening for SIGHUP")?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            match cert.reload() {
+                Ok(true) => tracing::info!("SIGHUP: TLS certificate reloaded."),
+                Ok(false) => tracing::info!("SIGHUP: TLS certificate files unchanged."),
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGHUP: TLS certificate not reloaded; the previous one is still served.")
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -230,7 +279,9 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .context("starting the Consul registry")?,
         ),
-        None => Arc::new(MemoryRegistry::new()),
+        None => Arc::new(MemoryRegistry::with_upstream_tls(load_upstream_tls(
+            &config,
+        )?)),
     };
     let mut kafka = None;
     if let Some(k) = &config.kafka {
@@ -241,6 +292,10 @@ async fn main() -> anyhow::Result<()> {
         registry = SyncedRegistry::start(registry, sync).context("starting replica sync")?;
     }
     let gateway = Gateway::new(config.clone(), registry)?;
+    #[cfg(unix)]
+    if let Some(cert) = gateway.tls_certificate() {
+        reload_on_sighup(cert)?;
+    }
     let listeners = Listeners::bind(&config).await?;
     let a = listeners.addrs()?;
     // One machine-readable line on stdout: tests and scripts read the ports.

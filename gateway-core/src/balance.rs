@@ -18,8 +18,9 @@ use tonic::transport::{Channel, Endpoint as TonicEndpoint};
 use tracing::{info, warn};
 
 use crate::config::{BalanceStrategy, BalancerConfig, TimeoutConfig};
-use crate::registry::{Catalog, Health, Registry, Visibility};
+use crate::registry::{Catalog, Health, Registration, Registry, Visibility};
 use crate::routing::{Route, RouteTable};
+use crate::tls::{self, UpstreamTls, UpstreamTlsError};
 
 /// One instance the gateway can send to.
 #[derive(Debug)]
@@ -40,6 +41,9 @@ pub struct Endpoint {
     client: OnceLock<ForwardingServiceClient<Channel>>,
     /// Validated at construction, so building the channel later cannot fail.
     target: TonicEndpoint,
+    /// What the registration said about TLS (`tls`, `tls_server_name`):
+    /// a change needs a new channel.
+    tls: (bool, Option<String>),
     in_flight: AtomicU32,
     /// Milliseconds since the balancer's epoch until which the endpoint is
     /// skipped after refusing a connection; 0 = not ejected.
@@ -88,6 +92,7 @@ impl Endpoint {
             streaming: true,
             client: OnceLock::new(),
             target: TonicEndpoint::from_static("http://127.0.0.1:9"),
+            tls: (false, None),
             in_flight: AtomicU32::new(0),
             ejected_until_ms: AtomicU64::new(0),
             requests: AtomicU64::new(0),
@@ -143,17 +148,30 @@ pub struct Balancer {
     applied: tokio::sync::watch::Sender<u64>,
     config: BalancerConfig,
     timeouts: TimeoutConfig,
+    /// TLS towards instances (`[upstream_tls]`).
+    upstream_tls: Option<UpstreamTls>,
     epoch: Instant,
 }
 
 impl Balancer {
     /// A balancer with an empty snapshot.
     pub fn new(config: BalancerConfig, timeouts: TimeoutConfig) -> Arc<Self> {
+        Self::with_upstream_tls(config, timeouts, None)
+    }
+
+    /// A balancer that dials instances over TLS as `upstream_tls` and their
+    /// registrations say.
+    pub fn with_upstream_tls(
+        config: BalancerConfig,
+        timeouts: TimeoutConfig,
+        upstream_tls: Option<UpstreamTls>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             applied: tokio::sync::watch::channel(0).0,
             config,
             timeouts,
+            upstream_tls,
             epoch: Instant::now(),
         })
     }
@@ -229,25 +247,22 @@ impl Balancer {
                     r.instance_id.as_str(),
                     r.address.as_str(),
                 ))
-                .filter(|e| e.weight == r.weight && e.streaming == r.streaming)
+                .filter(|e| {
+                    e.weight == r.weight
+                        && e.streaming == r.streaming
+                        && e.tls.0 == r.tls
+                        && e.tls.1 == r.tls_server_name
+                })
                 .map(|e| (*e).clone());
             let ep = match reused {
                 Some(e) => e,
-                None => {
-                    match self.endpoint(
-                        service.clone(),
-                        &r.instance_id,
-                        &r.address,
-                        r.weight,
-                        r.streaming,
-                    ) {
-                        Some(e) => e,
-                        None => {
-                            warn!(service = %r.service, address = %r.address, "Instance address cannot be dialled; skipped.");
-                            continue;
-                        }
+                None => match self.endpoint(service.clone(), r) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        warn!(service = %r.service, address = %r.address, error = %e, "Instance address cannot be dialled; skipped.");
+                        continue;
                     }
-                }
+                },
             };
             entry.endpoints.push(ep);
         }
@@ -293,25 +308,27 @@ impl Balancer {
     fn endpoint(
         &self,
         service: Arc<str>,
-        instance_id: &str,
-        address: &str,
-        weight: u32,
-        streaming: bool,
-    ) -> Option<Arc<Endpoint>> {
-        let target = TonicEndpoint::from_shared(format!("http://{address}"))
-            .ok()?
-            .connect_timeout(self.timeouts.connect)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_while_idle(true);
-        Some(Arc::new(Endpoint {
+        r: &Registration,
+    ) -> Result<Arc<Endpoint>, UpstreamTlsError> {
+        let target = tls::backend_endpoint(
+            &r.address,
+            r.tls,
+            r.tls_server_name.as_deref(),
+            self.upstream_tls.as_ref(),
+        )?
+        .connect_timeout(self.timeouts.connect)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_while_idle(true);
+        Ok(Arc::new(Endpoint {
             service,
-            instance_id: instance_id.into(),
-            address: address.into(),
-            weight: weight.max(1),
-            streaming,
+            instance_id: r.instance_id.as_str().into(),
+            address: r.address.as_str().into(),
+            weight: r.weight.max(1),
+            streaming: r.streaming,
             client: OnceLock::new(),
             target,
+            tls: (r.tls, r.tls_server_name.clone()),
             in_flight: AtomicU32::new(0),
             ejected_until_ms: AtomicU64::new(0),
             requests: AtomicU64::new(0),

@@ -5,6 +5,7 @@
 //! in-memory registry with its own health checks.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -43,6 +44,12 @@ pub struct GatewayConfig {
     /// of truth). Absent = a single gateway, or replicas that learn of
     /// changes from Consul alone.
     pub kafka: Option<KafkaConfig>,
+    /// TLS on the listeners; absent = plain HTTP (and h2c) everywhere.
+    pub tls: Option<TlsConfig>,
+    /// TLS towards backends: the CA bundle that verifies them and the
+    /// client certificate the gateway presents (mTLS). Instances are dialled
+    /// over TLS when their registration says `tls` or when `all` is set.
+    pub upstream_tls: Option<UpstreamTlsConfig>,
 }
 
 impl Default for GatewayConfig {
@@ -68,6 +75,8 @@ impl Default for GatewayConfig {
             ],
             consul: None,
             kafka: None,
+            tls: None,
+            upstream_tls: None,
         }
     }
 }
@@ -517,6 +526,70 @@ impl Default for KafkaConfig {
     }
 }
 
+/// TLS on the listeners (rustls; ALPN `h2` and `http/1.1`). The
+/// certificate and key files are read again every `reload_interval`; a
+/// changed pair is served to new connections without a restart, and a pair
+/// that does not load keeps the previous one (with an error in the log).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file with the certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// Serve TLS on the public listener.
+    pub public: bool,
+    /// Serve TLS on the internal listener.
+    pub internal: bool,
+    /// Serve TLS on the registration listener (gRPC and HTTP/JSON).
+    pub registration: bool,
+    /// Serve TLS on the admin listener (off by default: local probes and
+    /// scrapers usually speak plain HTTP).
+    pub admin: bool,
+    /// Time a client gets to complete the TLS handshake.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// How often the certificate and key files are checked for changes (the
+    /// `gateway` binary also checks at once on SIGHUP).
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Duration,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            cert: PathBuf::new(),
+            key: PathBuf::new(),
+            public: true,
+            internal: true,
+            registration: true,
+            admin: false,
+            handshake_timeout: Duration::from_secs(10),
+            reload_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// TLS towards backend instances (the `ForwardingService` calls and gRPC
+/// health checks).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamTlsConfig {
+    /// PEM bundle of the CAs that sign backend certificates (required: the
+    /// gateway trusts no system roots for backends).
+    pub ca: PathBuf,
+    /// PEM client certificate chain presented to backends (mTLS); needs `key`.
+    pub cert: Option<PathBuf>,
+    /// PEM private key of `cert`.
+    pub key: Option<PathBuf>,
+    /// Name checked against backend certificates when a registration gives
+    /// no `tls_server_name`; unset = the host of the instance address (an
+    /// IP address is checked against the certificate's IP SANs).
+    pub server_name: Option<String>,
+    /// Dial every instance over TLS, whatever its registration says.
+    pub all: bool,
+}
+
 /// librdkafka properties the gateway sets itself and will not let a
 /// configuration override.
 pub const KAFKA_RESERVED_PROPERTIES: &[&str] = &[
@@ -687,6 +760,34 @@ impl GatewayConfig {
                 });
             }
         }
+        if let Some(t) = &self.tls {
+            if t.cert.as_os_str().is_empty() {
+                return err("tls.cert", "must name the certificate PEM file");
+            }
+            if t.key.as_os_str().is_empty() {
+                return err("tls.key", "must name the private key PEM file");
+            }
+            if t.handshake_timeout.is_zero() {
+                return err("tls.handshake_timeout", "must be greater than 0");
+            }
+            if t.reload_interval < Duration::from_millis(10) {
+                return err("tls.reload_interval", "must be at least 10ms");
+            }
+        }
+        if let Some(u) = &self.upstream_tls {
+            if u.ca.as_os_str().is_empty() {
+                return err("upstream_tls.ca", "must name the CA bundle PEM file");
+            }
+            match (&u.cert, &u.key) {
+                (Some(_), None) => {
+                    return err("upstream_tls.key", "is needed with upstream_tls.cert");
+                }
+                (None, Some(_)) => {
+                    return err("upstream_tls.cert", "is needed with upstream_tls.key");
+                }
+                _ => {}
+            }
+        }
         let l = &self.listen;
         let mut addrs = vec![
             ("listen.public", l.public),
@@ -843,6 +944,22 @@ mod tests {
         k.brokers = "127.0.0.1:9092".into();
         k.topic = "bad topic".into();
         assert_eq!(c.validate().unwrap_err().setting, "kafka.topic");
+    }
+
+    #[test]
+    fn tls_settings_are_checked_by_name() {
+        let c: GatewayConfig =
+            toml::from_str("[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n").unwrap();
+        c.validate().unwrap();
+        let t = c.tls.as_ref().unwrap();
+        assert!(t.public && t.internal && t.registration && !t.admin);
+        let c: GatewayConfig = toml::from_str("[tls]\ncert = \"c.pem\"\n").unwrap();
+        assert_eq!(c.validate().unwrap_err().setting, "tls.key");
+        let c: GatewayConfig =
+            toml::from_str("[upstream_tls]\nca = \"ca.pem\"\ncert = \"c.pem\"\n").unwrap();
+        assert_eq!(c.validate().unwrap_err().setting, "upstream_tls.key");
+        let c: GatewayConfig = toml::from_str("[upstream_tls]\nall = true\n").unwrap();
+        assert_eq!(c.validate().unwrap_err().setting, "upstream_tls.ca");
     }
 
     #[test]

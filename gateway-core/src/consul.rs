@@ -118,6 +118,9 @@ pub struct AgentCheck {
     /// Whether the gRPC check uses TLS.
     #[serde(rename = "GRPCUseTLS", skip_serializing_if = "Option::is_none")]
     pub grpc_use_tls: Option<bool>,
+    /// Name the agent checks the instance's certificate against (TLS checks).
+    #[serde(rename = "TLSServerName", skip_serializing_if = "Option::is_none")]
+    pub tls_server_name: Option<String>,
     /// URL for an HTTP check.
     #[serde(rename = "HTTP", skip_serializing_if = "Option::is_none")]
     pub http: Option<String>,

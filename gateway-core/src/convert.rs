@@ -151,9 +151,16 @@ pub fn request_to_wire(
             .flatten()
             .map(HeaderValue::as_bytes)
     };
+    // The connection says https when it is TLS: a client's h2 `:scheme`
+    // is only believed on a plain connection.
+    let conn_tls = parts
+        .extensions
+        .get::<crate::tls::ConnectionTls>()
+        .map(|_| "https");
     let scheme = trusted(&X_FORWARDED_PROTO)
         .and_then(|p| std::str::from_utf8(p).ok())
         .filter(|p| *p == "http" || *p == "https")
+        .or(conn_tls)
         .or(parts.uri.scheme_str())
         .unwrap_or("http")
         .to_owned();

@@ -12,13 +12,14 @@ use tracing::{info, warn};
 
 use crate::admin::{self, Readiness};
 use crate::balance::Balancer;
-use crate::config::{ConfigError, GatewayConfig};
+use crate::config::{ConfigError, GatewayConfig, TlsConfig};
 use crate::forward::{Listener, Shared};
 use crate::proxy::{HttpService, proxy_stack};
 use crate::registration::{self, RegistrationApi};
 use crate::registry::memory::MemoryRegistry;
 use crate::registry::{RegistrationPolicy, Registry};
 use crate::server::{ServerOptions, serve};
+use crate::tls::{ReloadingCert, ServerTls, TlsAcceptor, TlsError, UpstreamTls};
 
 /// Pre-bound listeners (bind first, then serve: tests bind port 0 and read
 /// the addresses back).
@@ -81,12 +82,29 @@ impl Listeners {
     }
 }
 
+/// Loads `[upstream_tls]` (the embedded registry's health checks need it
+/// as well as the balancer).
+pub fn load_upstream_tls(config: &GatewayConfig) -> Result<Option<UpstreamTls>, ConfigError> {
+    config
+        .upstream_tls
+        .as_ref()
+        .map(UpstreamTls::load)
+        .transpose()
+        .map_err(|e| ConfigError {
+            setting: "upstream_tls",
+            reason: e.to_string(),
+        })
+}
+
 /// A gateway ready to serve.
 pub struct Gateway {
     config: GatewayConfig,
     shared: Arc<Shared>,
     readiness: Readiness,
     api: RegistrationApi,
+    /// Listener TLS (`[tls]`), loaded at construction so a bad file stops
+    /// start-up with its name.
+    tls: Option<ServerTls>,
     _follow: tokio::task::JoinHandle<()>,
 }
 
@@ -94,12 +112,30 @@ impl Gateway {
     /// A gateway over the embedded in-memory registry (the single-machine
     /// default).
     pub fn with_memory_registry(config: GatewayConfig) -> Result<Self, ConfigError> {
-        Self::new(config, Arc::new(MemoryRegistry::new()))
+        let upstream = load_upstream_tls(&config)?;
+        Self::new(
+            config,
+            Arc::new(MemoryRegistry::with_upstream_tls(upstream)),
+        )
     }
 
-    /// A gateway over any registry. Validates the configuration.
+    /// A gateway over any registry. Validates the configuration and loads
+    /// the TLS files it names.
     pub fn new(config: GatewayConfig, registry: Arc<dyn Registry>) -> Result<Self, ConfigError> {
         config.validate()?;
+        let tls_err = |setting| {
+            move |e: TlsError| ConfigError {
+                setting,
+                reason: e.to_string(),
+            }
+        };
+        let tls = config
+            .tls
+            .as_ref()
+            .map(ServerTls::load)
+            .transpose()
+            .map_err(tls_err("tls"))?;
+        let upstream_tls = load_upstream_tls(&config)?;
         let node_id: Arc<str> = config
             .node_id
             .clone()
@@ -110,7 +146,11 @@ impl Gateway {
                 )
             })
             .into();
-        let balancer = Balancer::new(config.balancer.clone(), config.timeouts.clone());
+        let balancer = Balancer::with_upstream_tls(
+            config.balancer.clone(),
+            config.timeouts.clone(),
+            upstream_tls,
+        );
         let follow = balancer.follow(registry.as_ref());
         let api = RegistrationApi::new(
             registry.clone(),
@@ -134,6 +174,7 @@ impl Gateway {
             shared,
             readiness: Readiness::default(),
             api,
+            tls,
             _follow: follow,
         })
     }
@@ -141,6 +182,13 @@ impl Gateway {
     /// This node's id.
     pub fn node_id(&self) -> &str {
         &self.shared.node_id
+    }
+
+    /// The listeners' certificate, when `[tls]` is configured: call
+    /// [`ReloadingCert::reload`] to read the files now (the binary does on
+    /// SIGHUP) instead of at the next `tls.reload_interval`.
+    pub fn tls_certificate(&self) -> Option<Arc<ReloadingCert>> {
+        self.tls.as_ref().map(|t| t.cert.clone())
     }
 
     /// Readiness handle (the admin `/readyz` reports it).
@@ -173,22 +221,45 @@ impl Gateway {
             http2_keep_alive_timeout: self.config.timeouts.http2_keep_alive_timeout,
             max_connections: self.config.limits.max_connections,
             max_connections_per_ip: self.config.limits.max_connections_per_ip,
+            tls: None,
         };
         let stop = CancellationToken::new();
+        // Which listeners speak TLS: [tls] public/internal/registration/admin.
+        let tls_on = |on: fn(&TlsConfig) -> bool| {
+            let cfg = self.config.tls.as_ref()?;
+            on(cfg)
+                .then(|| self.tls.as_ref().map(|t| t.acceptor.clone()))
+                .flatten()
+        };
+        if let (Some(t), Some(cfg)) = (&self.tls, &self.config.tls) {
+            tokio::spawn(t.cert.clone().watch(cfg.reload_interval, stop.clone()));
+        }
         let mut tasks = tokio::task::JoinSet::new();
-        let mut spawn = |listener: TcpListener, svc: HttpService| {
+        let mut spawn = |listener: TcpListener, svc: HttpService, tls: Option<TlsAcceptor>| {
             let stop = stop.clone();
-            let opts = opts.clone();
+            let opts = ServerOptions {
+                tls,
+                ..opts.clone()
+            };
             tasks.spawn(async move { serve(listener, svc, opts, stop.cancelled_owned()).await });
         };
         let sh = &self.shared;
-        spawn(listeners.public, proxy_stack(sh.clone(), Listener::Public));
+        spawn(
+            listeners.public,
+            proxy_stack(sh.clone(), Listener::Public),
+            tls_on(|t| t.public),
+        );
         if let Some(l) = listeners.internal {
-            spawn(l, proxy_stack(sh.clone(), Listener::Internal));
+            spawn(
+                l,
+                proxy_stack(sh.clone(), Listener::Internal),
+                tls_on(|t| t.internal),
+            );
         }
         spawn(
             listeners.registration,
             HttpService::new(registration::router(self.api.clone())),
+            tls_on(|t| t.registration),
         );
         let admin = admin::router(
             sh.clone(),
@@ -196,7 +267,11 @@ impl Gateway {
             self.api.clone(),
             proxy_stack(sh.clone(), Listener::Admin),
         );
-        spawn(listeners.admin, HttpService::new(admin));
+        spawn(
+            listeners.admin,
+            HttpService::new(admin),
+            tls_on(|t| t.admin),
+        );
         // Ready only once the registry has a complete view: a replica must
         // not take traffic with a half-read routing table.
         let synced = async {

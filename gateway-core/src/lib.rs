@@ -37,6 +37,7 @@ pub mod routing;
 pub mod server;
 pub mod stream;
 pub mod sync;
+pub mod tls;
 pub mod websocket;
 
 pub use proto;

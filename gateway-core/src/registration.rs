@@ -507,6 +507,10 @@ pub struct RegistrationJson {
     pub lease_ms: u64,
     /// The instance implements `ForwardingService.Stream`.
     pub streaming: bool,
+    /// The instance serves TLS (dialled with the gateway's `[upstream_tls]`).
+    pub tls: bool,
+    /// Name its certificate is checked against ("" = default).
+    pub tls_server_name: String,
 }
 
 /// JSON form of a route.
@@ -686,6 +690,8 @@ impl RegistrationJson {
             health,
             lease_ms: self.lease_ms,
             streaming: self.streaming,
+            tls: self.tls,
+            tls_server_name: self.tls_server_name,
         })
     }
 }
@@ -715,6 +721,8 @@ pub fn registration_to_json(r: &pb::Registration) -> serde_json::Value {
         "health": {"kind": kind, "grpc_service": h.grpc_service, "http_path": h.http_path, "interval_ms": h.interval_ms, "timeout_ms": h.timeout_ms, "deregister_critical_after_ms": h.deregister_critical_after_ms},
         "lease_ms": r.lease_ms,
         "streaming": r.streaming,
+        "tls": r.tls,
+        "tls_server_name": r.tls_server_name,
     })
 }
 

@@ -117,6 +117,13 @@ pub struct Registration {
     /// The instance implements `ForwardingService.Stream`.
     #[serde(default)]
     pub streaming: bool,
+    /// The instance serves TLS: dialled with `[upstream_tls]`.
+    #[serde(default)]
+    pub tls: bool,
+    /// Name the instance's certificate is checked against; `None` = the
+    /// gateway's `upstream_tls.server_name` or the address's host.
+    #[serde(default)]
+    pub tls_server_name: Option<String>,
 }
 
 /// A registration field that is missing or invalid. The field is named with
@@ -367,6 +374,16 @@ impl Registration {
         let timeout = bounded_ms("registration.health.timeout_ms", h.timeout_ms)?
             .unwrap_or(policy.check_timeout)
             .min(interval);
+        let tls_server_name = match p.tls_server_name.as_str() {
+            "" => None,
+            n if rustls_pki_types::ServerName::try_from(n).is_ok() => Some(p.tls_server_name),
+            _ => {
+                return Err(invalid(
+                    "registration.tls_server_name",
+                    "must be a DNS name or an IP address",
+                ));
+            }
+        };
         let deregister_critical_after = bounded_ms(
             "registration.health.deregister_critical_after_ms",
             h.deregister_critical_after_ms,
@@ -392,6 +409,8 @@ impl Registration {
             },
             lease,
             streaming: p.streaming,
+            tls: p.tls,
+            tls_server_name,
         })
     }
 
@@ -442,6 +461,8 @@ impl Registration {
             }),
             lease_ms: d(self.lease),
             streaming: self.streaming,
+            tls: self.tls,
+            tls_server_name: self.tls_server_name.clone().unwrap_or_default(),
         }
     }
 }

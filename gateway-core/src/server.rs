@@ -2,8 +2,9 @@
 //! then draining in-flight requests within a grace period.
 //!
 //! One function for every listener (public, internal, registration, admin):
-//! HTTP/1.1 and h2c on the same port, and every accepted connection bounded
-//! from accept onwards:
+//! HTTP/1.1 and h2c on the same port (or, with TLS, HTTP/1.1 and h2 by
+//! ALPN, the handshake bounded by its own timeout on the connection's task),
+//! and every accepted connection bounded from accept onwards:
 //!
 //! - at most `max_connections` open (and `max_connections_per_ip` per client
 //!   address); one over is answered with a canned 503 and closed at once;
@@ -16,8 +17,8 @@
 //! - HTTP/1.1 framing hyper resolves silently is refused with a JSON 400
 //!   (see [`crate::conn`]).
 //!
-//! [`Server::connection`] takes any `AsyncRead + AsyncWrite` stream, so a TLS
-//! acceptor wraps the accepted TCP stream first and hands the result over.
+//! [`Server::connection`] takes any `AsyncRead + AsyncWrite` stream: on a TLS
+//! listener the acceptor wraps the accepted TCP stream first.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -46,6 +47,7 @@ use tracing::{debug, info, warn};
 use crate::conn::{ConnState, InFlight, Watched};
 use crate::error::{ErrorKind, ForwardError};
 use crate::forward::PeerAddr;
+use crate::tls::{ConnectionTls, TlsAcceptor};
 
 /// Connection-level limits.
 #[derive(Debug, Clone)]
@@ -72,6 +74,9 @@ pub struct ServerOptions {
     pub max_connections: usize,
     /// Open connections per client address; 0 = unlimited.
     pub max_connections_per_ip: usize,
+    /// TLS on this listener (handshake with a timeout, then the same
+    /// serving code); `None` = plain HTTP.
+    pub tls: Option<TlsAcceptor>,
 }
 
 /// A client that was asked to close (idle, draining) and has not within
@@ -120,10 +125,28 @@ pub async fn serve<S>(
         };
         let _ = stream.set_nodelay(true);
         let s = server.clone();
-        server.tasks.spawn(async move {
-            s.connection(stream, peer).await;
-            drop(permit);
-        });
+        match server.opts.tls.clone() {
+            None => {
+                server.tasks.spawn(async move {
+                    s.connection(stream, peer, false).await;
+                    drop(permit);
+                });
+            }
+            Some(tls) => {
+                // The handshake runs on the connection's own task, within
+                // its own timeout: a slow client must not hold up accepting.
+                server.tasks.spawn(async move {
+                    tokio::select! {
+                        r = tls.accept(stream) => match r {
+                            Ok(stream) => s.connection(stream, peer, true).await,
+                            Err(e) => debug!(%peer, error = %e, "TLS handshake failed."),
+                        },
+                        _ = s.killed.cancelled() => {}
+                    }
+                    drop(permit);
+                });
+            }
+        }
     }
     drop(listener);
     info!(listener = ?local, open = server.tasks.len(), "Stopped accepting; draining connections.");
@@ -221,7 +244,10 @@ impl Server {
     /// full, which is fine), then close.
     fn refuse(&self, stream: TcpStream, peer: SocketAddr) {
         let n = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
-        let _ = stream.try_write(&self.refusal);
+        // A TLS client could not read a plain-text answer: it is just closed.
+        if self.opts.tls.is_none() {
+            let _ = stream.try_write(&self.refusal);
+        }
         // Logged at 1, 2, 4, 8...: a flood is visible without flooding the log.
         if n.is_power_of_two() {
             warn!(%peer, refused_total = n, open = self.open.load(Ordering::Relaxed), "Connection refused: over the connection limit.");
@@ -234,8 +260,9 @@ impl Server {
     }
 
     /// Serves one accepted connection until it ends, times out or the
-    /// server stops. `io` is the accepted stream, or a TLS stream around it.
-    pub async fn connection<I>(&self, io: I, peer: SocketAddr)
+    /// server stops. `io` is the accepted stream, or a TLS stream around it
+    /// (`tls`: requests are marked [`ConnectionTls`]).
+    pub async fn connection<I>(&self, io: I, peer: SocketAddr, tls: bool)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -245,6 +272,9 @@ impl Server {
         let st = state.clone();
         let hyper_svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
             req.extensions_mut().insert(PeerAddr(peer));
+            if tls {
+                req.extensions_mut().insert(ConnectionTls);
+            }
             let (refused, guard) = st.begin_request();
             let svc = svc.clone();
             let st2 = st.clone();

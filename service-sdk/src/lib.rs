@@ -341,6 +341,8 @@ pub struct BackendBuilder {
     /// Prefixes given with [`BackendBuilder::route`].
     sdk_routes: Vec<String>,
     prefer_unary: bool,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+    gateway_tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 /// A backend service: `ForwardingService` + health + registration.
@@ -365,6 +367,8 @@ impl Backend {
             drain: Duration::from_millis(500),
             sdk_routes: Vec::new(),
             prefer_unary: false,
+            tls: None,
+            gateway_tls: None,
         }
     }
 }
@@ -462,6 +466,24 @@ impl BackendBuilder {
         self
     }
 
+    /// Serves TLS (the certificate and, for mTLS, the client CA the gateway's
+    /// certificate must chain to) and registers with `tls = true`, so a
+    /// gateway with `[upstream_tls]` dials it over https. The server name
+    /// the gateway checks can be set with
+    /// [`registration`](Self::registration) (`tls_server_name`).
+    pub fn tls(mut self, config: tonic::transport::ServerTlsConfig) -> Self {
+        self.tls = Some(config);
+        self.registration.tls = true;
+        self
+    }
+
+    /// TLS towards the gateway's registration listener (use an `https://`
+    /// [`gateway`](Self::gateway) URL with it).
+    pub fn gateway_tls(mut self, config: tonic::transport::ClientTlsConfig) -> Self {
+        self.gateway_tls = Some(config);
+        self
+    }
+
     /// How long to keep serving after deregistering on shutdown, so every
     /// gateway has stopped routing here before the port closes.
     pub fn drain(mut self, d: Duration) -> Self {
@@ -494,6 +516,8 @@ impl BackendBuilder {
             gateway: self.gateway,
             token: self.token,
             drain: self.drain,
+            tls: self.tls,
+            gateway_tls: self.gateway_tls,
         })
     }
 }
@@ -506,6 +530,8 @@ pub struct BoundBackend<H> {
     gateway: Option<String>,
     token: Option<String>,
     drain: Duration,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+    gateway_tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl<H: Handler> BoundBackend<H> {
@@ -531,7 +557,11 @@ impl<H: Handler> BoundBackend<H> {
             .await;
 
         let stop_server = tokio_util::sync::CancellationToken::new();
-        let server = tonic::transport::Server::builder()
+        let mut server = tonic::transport::Server::builder();
+        if let Some(tls) = self.tls.clone() {
+            server = server.tls_config(tls)?;
+        }
+        let server = server
             .tcp_nodelay(true)
             .add_service(health_service)
             .add_service(
@@ -552,6 +582,10 @@ impl<H: Handler> BoundBackend<H> {
             Some(url) => {
                 let handler = self.handler.clone();
                 let r = Registrar::new(url, self.registration.clone(), self.token.clone())
+                    .and_then(|r| match self.gateway_tls.clone() {
+                        Some(tls) => r.with_tls(url, tls),
+                        None => Ok(r),
+                    })
                     .map_err(|e| Error::Config(format!("gateway url: {e}")))?;
                 Some((
                     r.clone(),

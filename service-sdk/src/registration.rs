@@ -38,6 +38,22 @@ impl Registrar {
         })
     }
 
+    /// The same registrar talking to `gateway_url` over TLS (an `https://`
+    /// URL, e.g. `https://gateway.internal:8090`).
+    pub fn with_tls(
+        mut self,
+        gateway_url: &str,
+        tls: tonic::transport::ClientTlsConfig,
+    ) -> Result<Self, tonic::transport::Error> {
+        let channel = Endpoint::from_shared(gateway_url.to_owned())?
+            .tls_config(tls)?
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(Duration::from_secs(5))
+            .connect_lazy();
+        self.client = RegistryServiceClient::new(channel);
+        Ok(self)
+    }
+
     fn request<T>(&self, msg: T) -> tonic::Request<T> {
         let mut req = tonic::Request::new(msg);
         if let Some(t) = &self.token

@@ -26,6 +26,8 @@ fn inst(id: &str, port: u16, health: Health, weight: u32) -> InstanceView {
             },
             lease: Duration::from_secs(30),
             streaming: false,
+            tls: false,
+            tls_server_name: None,
         }),
         health,
         detail: "".into(),

@@ -107,6 +107,36 @@ fn forwarded_headers_from_untrusted_peers_are_replaced() {
 }
 
 #[test]
+fn a_tls_connection_forwards_https() {
+    let proto = |w: &ForwardingReq| {
+        let h = w
+            .headers
+            .iter()
+            .find(|h| h.name == "x-forwarded-proto")
+            .unwrap();
+        (
+            w.scheme.clone(),
+            String::from_utf8_lossy(&h.value).into_owned(),
+        )
+    };
+    let req = || {
+        Request::builder()
+            .uri("/svc")
+            .header("host", "example.com")
+            .header("x-forwarded-proto", "http")
+    };
+    let mut p = parts(req().body(()).unwrap());
+    let w = request_to_wire(&p, Bytes::new(), None, &meta(false)).unwrap();
+    assert_eq!(proto(&w), ("http".into(), "http".into()));
+    p.extensions.insert(crate::tls::ConnectionTls);
+    let w = request_to_wire(&p, Bytes::new(), None, &meta(false)).unwrap();
+    assert_eq!(proto(&w), ("https".into(), "https".into()));
+    // A trusted proxy in front still says what its client used.
+    let w = request_to_wire(&p, Bytes::new(), None, &meta(true)).unwrap();
+    assert_eq!(proto(&w), ("http".into(), "http".into()));
+}
+
+#[test]
 fn duplicate_host_is_malformed() {
     let p = parts(
         Request::builder()

@@ -77,6 +77,8 @@ const META_WEIGHT: &str = "gw-weight";
 const META_ROUTE: &str = "gw-route-";
 const META_CHECK: &str = "gw-check";
 const META_STREAMING: &str = "gw-streaming";
+/// The instance serves TLS; the value is its `tls_server_name` (may be empty).
+const META_TLS: &str = "gw-tls";
 /// The check timings in force (`MetaTiming`), so every replica lists them.
 const META_TIMING: &str = "gw-timing";
 /// A fresh value on every write: tells this gateway when Consul's view
@@ -196,6 +198,12 @@ pub fn to_agent_registration(
     if reg.streaming {
         meta.insert(META_STREAMING.into(), "1".into());
     }
+    if reg.tls {
+        meta.insert(
+            META_TLS.into(),
+            reg.tls_server_name.clone().unwrap_or_default(),
+        );
+    }
     for (i, r) in reg.routes.iter().enumerate() {
         let v = serde_json::to_string(&MetaRoute {
             p: r.path_prefix.clone(),
@@ -261,12 +269,16 @@ pub fn to_agent_registration(
             } else {
                 format!("{}/{service}", reg.address)
             });
-            check.grpc_use_tls = Some(false);
+            // Consul's agent verifies with its own CA configuration.
+            check.grpc_use_tls = Some(reg.tls);
+            check.tls_server_name = reg.tls_server_name.clone().filter(|_| reg.tls);
             check.interval = Some(go_duration(reg.health.interval));
             check.timeout = Some(go_duration(reg.health.timeout));
         }
         CheckKind::Http { path } => {
-            check.http = Some(format!("http://{}{path}", reg.address));
+            let scheme = if reg.tls { "https" } else { "http" };
+            check.http = Some(format!("{scheme}://{}{path}", reg.address));
+            check.tls_server_name = reg.tls_server_name.clone().filter(|_| reg.tls);
             check.interval = Some(go_duration(reg.health.interval));
             check.timeout = Some(go_duration(reg.health.timeout));
         }
@@ -356,6 +368,11 @@ pub fn entry_to_view(e: &ServiceEntry) -> InstanceView {
         .filter(|w| (1..=1000).contains(w))
         .unwrap_or(100);
     let streaming = meta.get(META_STREAMING).is_some_and(|v| v == "1");
+    let tls = meta.get(META_TLS);
+    let tls_server_name = tls
+        .filter(|n| !n.is_empty() && rustls_pki_types::ServerName::try_from(n.as_str()).is_ok())
+        .cloned();
+    let tls = tls.is_some();
     let kind = match meta.get(META_CHECK).map(String::as_str) {
         Some("ttl") => CheckKind::Ttl,
         Some("http") => CheckKind::Http { path: "/".into() },
@@ -446,6 +463,8 @@ pub fn entry_to_view(e: &ServiceEntry) -> InstanceView {
             },
             lease,
             streaming,
+            tls,
+            tls_server_name,
         }),
         health,
         detail: detail.into(),

@@ -18,6 +18,7 @@ use super::{
     RegistryError, RegistryStatus,
 };
 use crate::health::Checker;
+use crate::tls::UpstreamTls;
 
 type Key = (String, String);
 
@@ -40,6 +41,8 @@ struct Inner {
     state: Mutex<State>,
     tx: watch::Sender<Arc<Catalog>>,
     cancel: CancellationToken,
+    /// For health checks of instances dialled over TLS.
+    upstream_tls: Option<UpstreamTls>,
 }
 
 /// In-memory registry with its own health checks. Cheap to clone; background
@@ -54,12 +57,19 @@ impl MemoryRegistry {
     /// A new empty registry. Must be called inside a Tokio runtime: it
     /// spawns the lease sweeper.
     pub fn new() -> Self {
+        Self::with_upstream_tls(None)
+    }
+
+    /// A new empty registry whose health checks reach instances over TLS
+    /// as `upstream_tls` (the gateway's `[upstream_tls]`) says.
+    pub fn with_upstream_tls(upstream_tls: Option<UpstreamTls>) -> Self {
         let (tx, _) = watch::channel(Arc::new(Catalog::default()));
         let cancel = CancellationToken::new();
         let inner = Arc::new(Inner {
             state: Mutex::new(State::default()),
             tx,
             cancel: cancel.clone(),
+            upstream_tls,
         });
         let weak = Arc::downgrade(&inner);
         tokio::spawn(async move {
@@ -160,7 +170,7 @@ impl Inner {
 }
 
 fn spawn_checker(inner: &Arc<Inner>, key: Key, reg: Arc<Registration>) -> Option<AbortHandle> {
-    let mut checker = Checker::new(&reg)?;
+    let mut checker = Checker::new(&reg, inner.upstream_tls.as_ref())?;
     let weak = Arc::downgrade(inner);
     let cancel = inner.cancel.clone();
     let task = tokio::spawn(async move {
@@ -325,6 +335,8 @@ mod tests {
             },
             lease,
             streaming: false,
+            tls: false,
+            tls_server_name: None,
         }
     }
 

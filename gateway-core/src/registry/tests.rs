@@ -241,3 +241,35 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn tls_fields_are_validated_and_round_trip() {
+    let p = policy();
+    let wire = pb::Registration {
+        tls: true,
+        tls_server_name: "orders.internal".into(),
+        ..reg()
+    };
+    let r = Registration::from_proto(wire.clone(), &p).unwrap();
+    assert!(r.tls);
+    assert_eq!(r.tls_server_name.as_deref(), Some("orders.internal"));
+    let back = r.to_proto();
+    assert!(back.tls);
+    assert_eq!(back.tls_server_name, "orders.internal");
+    // An IP address is a valid name (checked against IP SANs).
+    let ip = pb::Registration {
+        tls_server_name: "10.0.0.5".into(),
+        ..wire.clone()
+    };
+    assert!(Registration::from_proto(ip, &p).is_ok());
+    assert_eq!(
+        field(
+            pb::Registration {
+                tls_server_name: "not a name!".into(),
+                ..wire
+            },
+            &p
+        ),
+        "registration.tls_server_name"
+    );
+}

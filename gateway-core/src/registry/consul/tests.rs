@@ -36,6 +36,8 @@ fn reg() -> Registration {
         },
         lease: Duration::from_secs(30),
         streaming: true,
+        tls: false,
+        tls_server_name: None,
     }
 }
 
@@ -211,4 +213,52 @@ fn every_write_changes_the_check() {
     let a = to_agent_write(&reg(), &config, "w1").unwrap();
     let b = to_agent_write(&reg(), &config, "w2").unwrap();
     assert_ne!(a.check.notes, b.check.notes);
+}
+
+#[test]
+fn tls_travels_in_metadata_and_turns_on_tls_checks() {
+    let config = ConsulConfig::default();
+    let plain = to_agent_registration(&reg(), &config).unwrap();
+    assert!(!plain.meta.contains_key(META_TLS));
+    assert_eq!(plain.check.grpc_use_tls, Some(false));
+    assert_eq!(plain.check.tls_server_name, None);
+    let back = entry_to_view(&entry(&plain, &["passing"])).registration;
+    assert!(!back.tls);
+
+    let r = Registration {
+        tls: true,
+        tls_server_name: Some("orders.internal".into()),
+        ..reg()
+    };
+    let agent = to_agent_registration(&r, &config).unwrap();
+    assert_eq!(agent.meta[META_TLS], "orders.internal");
+    assert_eq!(agent.check.grpc_use_tls, Some(true));
+    assert_eq!(
+        agent.check.tls_server_name.as_deref(),
+        Some("orders.internal")
+    );
+    let back = entry_to_view(&entry(&agent, &["passing"])).registration;
+    assert!(back.tls);
+    assert_eq!(back.tls_server_name.as_deref(), Some("orders.internal"));
+
+    // TLS without a name; an HTTP check becomes an https URL.
+    let r = Registration {
+        tls: true,
+        health: HealthCheck {
+            kind: CheckKind::Http {
+                path: "/health".into(),
+            },
+            ..reg().health
+        },
+        ..reg()
+    };
+    let agent = to_agent_registration(&r, &config).unwrap();
+    assert_eq!(agent.meta[META_TLS], "");
+    assert_eq!(
+        agent.check.http.as_deref(),
+        Some("https://10.0.0.5:7000/health")
+    );
+    let back = entry_to_view(&entry(&agent, &["passing"])).registration;
+    assert!(back.tls);
+    assert_eq!(back.tls_server_name, None);
 }
