@@ -110,7 +110,11 @@ impl Gateway {
                 )
             })
             .into();
-        let balancer = Balancer::new(config.balancer.clone(), config.timeouts.clone());
+        let balancer = Balancer::new(
+            config.balancer.clone(),
+            config.retry.clone(),
+            config.timeouts.clone(),
+        );
         let follow = balancer.follow(registry.as_ref());
         let api = RegistrationApi::new(
             registry.clone(),
