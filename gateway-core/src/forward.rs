@@ -739,6 +739,15 @@ where
     }
 }
 
+/// Takes the wait for a `Stream` head into the instance's latency estimate:
+/// counted from when the request body was complete (an upload's transfer
+/// time is the client's, not the instance's), or from the attempt if the
+/// head came first.
+fn observe_head(shared: &Shared, ep: &Endpoint, ex: &Exchange, attempt: Instant) {
+    let from = ex.body_done_at().map_or(attempt, |done| done.max(attempt));
+    shared.balancer.observe(ep, from.elapsed());
+}
+
 /// What a failed `Stream` attempt means: retry elsewhere (never sent), or
 /// the error for the client.
 fn stream_failure(
@@ -814,6 +823,7 @@ where
         let head = request_to_wire(parts, Bytes::new(), None, &meta)?;
         let frames = RequestFrames::new(head, slot.clone(), limit, ex.clone());
         let in_flight = ep.start();
+        let attempt = Instant::now();
         match open_stream(&ep, frames, &ex).await {
             Err(e) => {
                 shared.balancer.record(&ep, false);
@@ -829,6 +839,7 @@ where
                     }
                 };
                 shared.balancer.record(&ep, true);
+                observe_head(shared, &ep, &ex, attempt);
                 let drain = stream::is_event_stream(&headers)
                     .then(|| shared.draining.clone().cancelled_owned());
                 let body =
@@ -908,6 +919,7 @@ async fn dispatch_websocket(
             rx,
         );
         let in_flight = ep.start();
+        let attempt = Instant::now();
         match open_stream(&ep, frames, &ex).await {
             Err(e) => {
                 shared.balancer.record(&ep, false);
@@ -915,6 +927,7 @@ async fn dispatch_websocket(
             }
             Ok(Ok((s, head))) if head.status == 101 => {
                 shared.balancer.record(&ep, true);
+                observe_head(shared, &ep, &ex, attempt);
                 let invalid = |m: String| ForwardError::new(ErrorKind::UpstreamInvalidResponse, m);
                 let headers = crate::convert::response_headers(&head.headers)
                     .map_err(|e| invalid(format!("response {e}")))?;
@@ -942,6 +955,7 @@ async fn dispatch_websocket(
                 let (status, headers, first) = stream::response_head(head, respond_to)
                     .inspect_err(|_| shared.balancer.record(&ep, false))?;
                 shared.balancer.record(&ep, true);
+                observe_head(shared, &ep, &ex, attempt);
                 let body =
                     StreamBody::new(first, s, ex, respond_to, None, service.clone(), in_flight);
                 return Ok(stream::build_response(status, headers, body));

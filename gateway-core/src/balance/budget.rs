@@ -2,10 +2,11 @@
 //!
 //! Retries may add at most `budget_percent` of the service's requests over
 //! the last `budget_window`, plus `min_per_second` retries per second so a
-//! quiet service can still retry. Over any span of `t` seconds the attempts
-//! sent are thus at most `requests x (1 + percent/100) + min_per_second x t`
-//! (+1: a new service may retry once at once): a failing service cannot
-//! multiply its load, whatever the clients do.
+//! quiet service can still retry. Over a span of `t` seconds (up to a
+//! window) the attempts sent are thus at most `requests + ceil(requests x
+//! percent/100) + min_per_second x t`: a failing service cannot multiply
+//! its load, whatever the clients do. (Rounding up lets the very first
+//! request of a new service fall back once.)
 //!
 //! Why not tower's `TpsBudget`: its floor is a reserve of `min_per_sec x
 //! ttl` retries available at any moment (100 at once with the defaults), a
@@ -46,7 +47,7 @@ struct State {
 }
 
 impl RetryBudget {
-    /// An empty budget (the floor holds one retry).
+    /// An empty budget.
     pub fn new(config: &RetryConfig) -> Self {
         let now = Instant::now();
         let min_per_second = config.min_per_second as f64;
@@ -59,7 +60,7 @@ impl RetryBudget {
                 retries: [0; SLOTS],
                 current: 0,
                 current_start: now,
-                floor: min_per_second.min(1.0),
+                floor: 0.0,
                 floor_at: now,
             }),
             retries: AtomicU64::new(0),
@@ -89,7 +90,7 @@ impl RetryBudget {
         s.advance(now, self.slot);
         let requests: u64 = s.requests.iter().sum();
         let retries: u64 = s.retries.iter().sum();
-        let granted = if (retries + 1) * 100 <= requests * self.percent {
+        let granted = if retries * 100 < requests * self.percent {
             let c = s.current;
             s.retries[c] += 1;
             true
@@ -169,15 +170,15 @@ mod tests {
         for _ in 0..500 {
             b.deposit();
         }
-        // 100 from the percentage, 1 from the floor a new budget holds.
-        assert_eq!(drain(&b), 101);
+        // 100 from the percentage; the floor starts empty.
+        assert_eq!(drain(&b), 100);
         assert_eq!(b.exhausted(), 1);
         // The floor accrues 10 per second, at most one second's worth.
         tokio::time::advance(Duration::from_millis(500)).await;
         assert_eq!(drain(&b), 5);
         tokio::time::advance(Duration::from_secs(5)).await;
         assert_eq!(drain(&b), 10, "no burst after a quiet spell");
-        assert_eq!(b.retries(), 116);
+        assert_eq!(b.retries(), 115);
     }
 
     #[tokio::test(start_paused = true)]
@@ -195,12 +196,19 @@ mod tests {
         tokio::time::advance(Duration::from_secs(5)).await;
         assert_eq!(drain(&b), 10);
         // Retries taken stay counted against the window's requests.
-        for _ in 0..4 {
-            b.deposit();
-        }
-        assert!(!b.withdraw(), "54 requests earn 10 retries, all taken");
+        assert!(!b.withdraw(), "50 requests earn 10 retries, all taken");
         b.deposit();
-        assert!(b.withdraw(), "the 55th earns the 11th");
+        assert!(b.withdraw(), "51 earn 11 (rounded up)");
+        assert!(!b.withdraw());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_request_of_a_new_service_may_fall_back_once() {
+        let b = budget(20, 10);
+        b.deposit();
+        assert!(b.withdraw());
+        assert!(!b.withdraw());
+        assert_eq!((b.retries(), b.exhausted()), (1, 1));
     }
 
     #[tokio::test(start_paused = true)]
@@ -217,7 +225,7 @@ mod tests {
             tokio::time::advance(Duration::from_millis(1)).await;
         }
         assert!(
-            retries <= requests / 5 + 10 * 20 + 1,
+            retries <= requests.div_ceil(5) + 10 * 20,
             "{retries} retries for {requests} requests"
         );
         assert!(retries >= requests / 5, "the budget is usable: {retries}");
