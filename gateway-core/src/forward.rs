@@ -603,6 +603,9 @@ where
     // The failure that sends the request on to the next candidate, and
     // whether it left the request unprocessed.
     let mut last: Option<(ForwardError, bool)> = None;
+    // The last failure of an attempt that reached an instance: what the
+    // client is told if later candidates only refuse.
+    let mut answered: Option<ForwardError> = None;
     for ep in candidates {
         if let Some((err, unsent)) = last.take() {
             let allowed = if unsent {
@@ -615,7 +618,11 @@ where
                 break;
             }
             if !balancer.withdraw_retry(service) {
-                return Err(if unsent { budget_spent(service) } else { err });
+                return Err(match (unsent, answered) {
+                    (true, None) => budget_spent(service),
+                    (true, Some(a)) => a,
+                    (false, _) => err,
+                });
             }
             if unsent {
                 unsent_retries += 1;
@@ -676,16 +683,17 @@ where
                         if failure != Failure::Unavailable || !idempotent {
                             return Err(err);
                         }
+                        answered = Some(err.clone());
                         last = Some((err, false));
                     }
                 }
             }
         }
     }
-    match last {
-        Some((err, false)) => Err(err),
-        Some((err, true)) => Err(all_refused(shared, service, Some(err))),
-        None => Err(all_refused(shared, service, None)),
+    match (last, answered) {
+        (Some((err, false)), _) => Err(err),
+        (_, Some(answered)) => Err(answered),
+        (last, None) => Err(all_refused(shared, service, last.map(|(e, _)| e))),
     }
 }
 
