@@ -261,7 +261,7 @@ pub enum BalanceStrategy {
 /// processed (connection refused, HTTP/2 `REFUSED_STREAM`), or an
 /// idempotent request (GET, HEAD, OPTIONS, PUT, DELETE, TRACE; RFC 9110
 /// 9.2.2) whose body the gateway still holds (unary `Send`, buffered) that
-/// failed with gRPC `UNAVAILABLE`. Never a streamed body, never because a
+/// failed with gRPC `UNAVAILABLE` or was cut by the instance's `GOAWAY`. Never a streamed body, never because a
 /// client header asks. Every retry is drawn from the service's budget.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

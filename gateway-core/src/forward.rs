@@ -221,12 +221,13 @@ enum Failure {
     Unreachable,
     /// HTTP/2 `REFUSED_STREAM`: the instance refused the request before any
     /// processing (RFC 9113 8.7), so another one may be tried. Not held
-    /// against the instance (it sheds load or is going away). A `GOAWAY` is
-    /// not in this class: h2 reports the same error for streams the server
-    /// had accepted before it closed the connection.
+    /// against the instance (it sheds load or is going away).
     Refused,
-    /// gRPC `UNAVAILABLE` from a call that reached the instance: it may have
-    /// run, so only an idempotent request may be tried again.
+    /// gRPC `UNAVAILABLE` from a call that reached the instance, or a stream
+    /// cut by the instance's `GOAWAY` (which gRPC treats as `UNAVAILABLE`):
+    /// it may have run - h2 reports the same `GOAWAY` error for streams the
+    /// server had accepted before closing - so only an idempotent request
+    /// may be tried again.
     Unavailable,
     /// Any other failure of a call that reached the instance.
     Failed,
@@ -237,7 +238,7 @@ fn failure_of(status: &tonic::Status) -> Failure {
         Failure::Unreachable
     } else if is_refused_stream(status) {
         Failure::Refused
-    } else if status.code() == tonic::Code::Unavailable {
+    } else if status.code() == tonic::Code::Unavailable || is_go_away(status) {
         Failure::Unavailable
     } else {
         Failure::Failed
@@ -257,6 +258,15 @@ fn is_refused_stream(status: &tonic::Status) -> bool {
             e.downcast_ref::<h2::Error>()
                 .is_some_and(|h| h.reason() == Some(h2::Reason::REFUSED_STREAM))
         })
+}
+
+/// Whether the instance's `GOAWAY` ended the stream (tonic maps its
+/// `NO_ERROR` reason to `INTERNAL`).
+fn is_go_away(status: &tonic::Status) -> bool {
+    sources(status).any(|e| {
+        e.downcast_ref::<h2::Error>()
+            .is_some_and(|h| h.is_go_away() && h.is_remote())
+    })
 }
 
 /// Whether the failure happened while connecting, so the request was never
@@ -1051,9 +1061,11 @@ mod tests {
             failure_of(&tonic::Status::internal("boom")),
             Failure::Failed
         );
-        // A GOAWAY may end streams the server had accepted: not "refused".
-        let goaway = tonic::Status::from_error(Box::new(h2::Error::from(h2::Reason::NO_ERROR)));
-        assert_eq!(failure_of(&goaway), Failure::Failed);
+        // A stream reset without a gRPC status is the instance's failure,
+        // not a refusal. (A remote GOAWAY, classed `Unavailable`, has no
+        // public constructor in h2 to test with.)
+        let reset = tonic::Status::from_error(Box::new(h2::Error::from(h2::Reason::NO_ERROR)));
+        assert_eq!(failure_of(&reset), Failure::Failed);
     }
 
     #[test]
