@@ -98,8 +98,10 @@ async fn a_slow_instance_gets_a_small_share() {
     .await;
     gw.wait_routable("lat", 3).await;
 
+    // Its share is the probes sent before it first answered (a handful
+    // while its first request is in flight), then next to nothing.
     const WORKERS: usize = 10;
-    const PER_WORKER: usize = 30;
+    const PER_WORKER: usize = 60;
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..WORKERS {
@@ -150,8 +152,9 @@ async fn a_slow_instance_gets_a_small_share() {
         })
         .unwrap()
         .clone();
+    // 500 ms at its last answer, decaying with a 10 s time constant since.
     assert!(
-        slow_ep["latency_ms"].as_f64().unwrap() >= 400.0,
+        slow_ep["latency_ms"].as_f64().unwrap() >= 100.0,
         "the admin view shows the slow estimate: {slow_ep}"
     );
 }
@@ -340,4 +343,48 @@ async fn a_retry_storm_stays_within_the_budget() {
     );
     assert!(attempts > requests, "retries happened at all");
     assert!(svc["retry_budget_exhausted"].as_u64().unwrap() > 0, "{svc}");
+}
+
+/// RELIABILITY 15, erroring variant: one of three instances fails every
+/// call under concurrent load; clients see at most a few of its failures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_erroring_instance_of_three_costs_few_failures() {
+    let gw = GatewayProcess::start(&[], &[]).await;
+    let reg = gw.registration_url();
+    let _a = BackendHandle::start("err3", tagged("a", Duration::ZERO), Some(&reg), |b| b).await;
+    let _b = BackendHandle::start("err3", tagged("b", Duration::ZERO), Some(&reg), |b| b).await;
+    let (addr, calls) = scripted(|_| Err(tonic::Status::internal("broken on purpose"))).await;
+    register_ttl(&gw, "err3", "err3-broken", &addr).await;
+    gw.wait_routable("err3", 3).await;
+    const WORKERS: usize = 10;
+    const PER_WORKER: usize = 30;
+    let mut tasks = Vec::new();
+    for _ in 0..WORKERS {
+        let (http, url) = (gw.http.clone(), gw.url("/err3/x"));
+        tasks.push(tokio::spawn(async move {
+            let mut failed = 0;
+            for _ in 0..PER_WORKER {
+                let status = http.get(&url).send().await.unwrap().status();
+                if status != 200 {
+                    assert_eq!(status, 502);
+                    failed += 1;
+                }
+            }
+            failed
+        }));
+    }
+    let mut failed = 0;
+    for t in tasks {
+        failed += t.await.unwrap();
+    }
+    let total = WORKERS * PER_WORKER;
+    println!(
+        "{{\"figure\":\"erroring_instance_of_three\",\"requests\":{total},\"failed\":{failed},\"calls_to_broken\":{}}}",
+        calls.load(Ordering::SeqCst)
+    );
+    // Five in a row eject it; with ten clients a few more may be in flight.
+    assert!(failed <= 20, "{failed} of {total} failed");
+    let view = admin_view(&gw).await;
+    let svc = service(&view, "err3");
+    assert_eq!(svc["panic"], false, "one of three is within the cap: {svc}");
 }
