@@ -388,3 +388,50 @@ async fn one_erroring_instance_of_three_costs_few_failures() {
     let svc = service(&view, "err3");
     assert_eq!(svc["panic"], false, "one of three is within the cap: {svc}");
 }
+
+/// RELIABILITY 8 at a fixed arrival rate (open model: a request every 2 ms
+/// whatever the answers, 2 s), so the per-second floor of the budget counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sustained_retry_storm_at_a_fixed_rate_stays_within_the_budget() {
+    let gw = GatewayProcess::start(&[], &[]).await;
+    let started = Instant::now();
+    let calls = Arc::new(AtomicU64::new(0));
+    for i in 0..3 {
+        let counter = calls.clone();
+        let (addr, _) = scripted(move |_| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            Err(tonic::Status::unavailable("overloaded"))
+        })
+        .await;
+        register_ttl(&gw, "storm2", &format!("storm2-{i}"), &addr).await;
+    }
+    gw.wait_routable("storm2", 3).await;
+    const REQUESTS: usize = 1000;
+    let mut tick = tokio::time::interval(Duration::from_millis(2));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut tasks = Vec::with_capacity(REQUESTS);
+    for _ in 0..REQUESTS {
+        tick.tick().await;
+        let (http, url) = (gw.http.clone(), gw.url("/storm2/x"));
+        tasks.push(tokio::spawn(async move {
+            http.get(&url).send().await.unwrap().status().as_u16()
+        }));
+    }
+    for t in tasks {
+        let status = t.await.unwrap();
+        assert!(status == 502 || status == 503, "{status}");
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let attempts = calls.load(Ordering::SeqCst) as f64;
+    let requests = REQUESTS as f64;
+    let view = admin_view(&gw).await;
+    let svc = service(&view, "storm2");
+    println!(
+        "{{\"figure\":\"retry_storm_fixed_rate\",\"rate\":500,\"requests\":{requests},\"attempts\":{attempts},\"seconds\":{secs:.2},\"retries\":{},\"budget_exhausted\":{}}}",
+        svc["retries"], svc["retry_budget_exhausted"]
+    );
+    assert!(
+        attempts <= 1.2 * requests + 10.0 * secs,
+        "{attempts} attempts for {requests} requests in {secs:.2} s"
+    );
+}
