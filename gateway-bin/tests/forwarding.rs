@@ -449,7 +449,18 @@ impl proto::v1::forwarding_service_server::ForwardingService for Broken {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_failing_every_call_is_ejected() {
-    let gw = GatewayProcess::start(&[], &[]).await;
+    // Least-loaded balancing, where a fast-failing instance attracts
+    // traffic: the ejection must stop it. (The default `peak_ewma` may not
+    // send it five requests in a row at all; balancing.rs checks that it
+    // costs clients no more.)
+    let gw = GatewayProcess::start(
+        &[
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/least_loaded.toml"),
+        ],
+        &[],
+    )
+    .await;
     let _good =
         BackendHandle::start("flaky", echo_router(), Some(&gw.registration_url()), |b| b).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
 
-use crate::balance::Balancer;
+use crate::balance::Ejection;
 use crate::forward::Shared;
 use crate::proxy::HttpService;
 use crate::registration::{RegistrationApi, list_to_json};
@@ -108,23 +108,34 @@ async fn services(
                 .endpoints
                 .iter()
                 .map(|e| {
-                    let (requests, failures) = Balancer::counters(e);
+                    let st = s.shared.balancer.stats(e);
                     json!({
                         "instance_id": &*e.instance_id,
                         "address": &*e.address,
                         "weight": e.weight,
                         "streaming": e.streaming,
                         "in_flight": e.in_flight(),
-                        "requests": requests,
-                        "connect_failures": failures,
-                        "ejected": s.shared.balancer.is_ejected(e),
+                        "requests": st.requests,
+                        "connect_failures": st.connect_failures,
+                        "failures": st.failures,
+                        "ejected": st.ejection.is_some(),
+                        "ejection": st.ejection.map(|j| match j {
+                            Ejection::Unreachable => "unreachable",
+                            Ejection::Failing => "failing",
+                        }),
+                        "ejected_for_ms": st.ejected_for_ms,
+                        "latency_ms": st.latency_ms.map(|ms| (ms * 1000.0).round() / 1000.0),
                     })
                 })
                 .collect();
+            let health = s.shared.balancer.health(eps);
             json!({
                 "name": &***name,
                 "registered_instances": eps.registered,
                 "routable_instances": endpoints.len(),
+                "panic": health.panic,
+                "retries": eps.budget.retries(),
+                "retry_budget_exhausted": eps.budget.exhausted(),
                 "endpoints": endpoints,
             })
         })

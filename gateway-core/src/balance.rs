@@ -1,26 +1,75 @@
-//! Selection: which instance takes a request.
+//! Selection: which instance takes a request, and passive health.
 //!
 //! Discovery and selection are separate. A background task turns every
 //! registry [`Catalog`] into an immutable [`Snapshot`] (routes + endpoints)
 //! and swaps it in with `ArcSwap`; the request path only loads the snapshot.
-//! Endpoints (an HTTP/2 channel and counters per instance) are kept across
-//! snapshots, so connections are reused and in-flight counts stay true.
+//! Endpoints (an HTTP/2 channel and counters per instance) and each
+//! service's [`RetryBudget`] are kept across snapshots, so connections are
+//! reused and in-flight counts, latency estimates and ejections stay true.
+//!
+//! **Selection** (`peak_ewma`, the default) is Finagle's and Linkerd's: two
+//! random instances, the one with the lower cost wins, cost = peak-EWMA
+//! latency x (in-flight + 1) / weight. The estimate jumps to a slower answer
+//! at once and decays toward faster ones (and, while idle, toward zero, so
+//! an instance that was slow is probed again) with the time constant
+//! `balancer.latency_decay`. An instance without an answer yet costs
+//! nothing while it has no request in flight and `balancer.default_latency`
+//! per request while it has (Finagle's penalty): a new instance is probed at
+//! once but not flooded before it has shown its speed. A failed call counts
+//! like any other answer (its latency); fast failures are what
+//! consecutive-failure ejection is for.
+//!
+//! **Ejection** has two causes, treated apart:
+//! - *unreachable*: the instance refused a connection (or could not be
+//!   reached). It is skipped for `ejection_time`, then dialled again; no
+//!   backoff, since a refused dial costs a client nothing (the request falls
+//!   back or is answered 503, as it would be anyway).
+//! - *failing*: `consecutive_failures` calls in a row failed (non-OK gRPC
+//!   status, timeout, invalid answer). Skipped for `ejection_time` x the
+//!   number of such ejections in a row, at most `max_ejection_time`; a
+//!   successful call readmits the instance and resets the count.
+//!
+//! **Panic mode** (Envoy's): when more than `max_ejection_percent` of a
+//! service's instances are ejected, or none is left, ejections for failed
+//! calls are ignored and every instance that accepts connections takes
+//! traffic again: when most of a service looks broken the fault is as
+//! likely ours, and a single instance answering errors must still be
+//! served. Unreachable instances stay skipped even then (sending to them
+//! cannot succeed); when every instance is unreachable the answer is 503 at
+//! once and the registry is asked to re-read the service.
+
+mod budget;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use proto::v1::forwarding_service_client::ForwardingServiceClient;
 use rand::Rng;
+use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint as TonicEndpoint};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
-use crate::config::{BalanceStrategy, BalancerConfig, TimeoutConfig};
+pub use budget::RetryBudget;
+
+use crate::config::{BalanceStrategy, BalancerConfig, RetryConfig, TimeoutConfig};
 use crate::registry::{Catalog, Health, Registration, Registry, Visibility};
 use crate::routing::{Route, RouteTable};
 use crate::tls::{self, UpstreamTls, UpstreamTlsError};
+
+/// Why an instance is skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ejection {
+    /// It refused a connection: no request can reach it.
+    Unreachable,
+    /// Its calls failed `consecutive_failures` times in a row.
+    Failing,
+}
+
+const EJECTED_UNREACHABLE: u8 = 1;
+const EJECTED_FAILING: u8 = 2;
 
 /// One instance the gateway can send to.
 #[derive(Debug)]
@@ -46,15 +95,57 @@ pub struct Endpoint {
     tls: (bool, Option<String>),
     in_flight: AtomicU32,
     /// Milliseconds since the balancer's epoch until which the endpoint is
-    /// skipped after refusing a connection; 0 = not ejected.
+    /// skipped; 0 = not ejected.
     ejected_until_ms: AtomicU64,
+    /// Why it is (or was last) ejected: `EJECTED_*`.
+    ejected_for: AtomicU8,
+    /// Ejections for failed calls since the last successful call: the
+    /// multiplier of the next one.
+    ejections: AtomicU32,
+    /// Attempts sent (retries included).
     requests: AtomicU64,
+    /// Connections refused.
+    connect_failures: AtomicU64,
+    /// Calls that reached the instance and failed.
     failures: AtomicU64,
     /// Failed calls in a row (reset by any success).
     streak: AtomicU32,
+    /// Peak-EWMA latency estimate in nanoseconds (`f64` bits), as of
+    /// `latency_at_ns`; meaningless until `has_latency`. Atomics rather
+    /// than a lock: concurrent answers may lose one sample, which an
+    /// estimate can afford.
+    latency_ns: AtomicU64,
+    has_latency: AtomicBool,
+    /// Nanoseconds since the balancer's epoch of the last update.
+    latency_at_ns: AtomicU64,
 }
 
 impl Endpoint {
+    /// An endpoint of weight 100 without `streaming` or latency data.
+    fn new(service: Arc<str>, instance_id: &str, address: &str, target: TonicEndpoint) -> Self {
+        Endpoint {
+            service,
+            instance_id: instance_id.into(),
+            address: address.into(),
+            weight: 100,
+            streaming: false,
+            client: OnceLock::new(),
+            target,
+            tls: (false, None),
+            in_flight: AtomicU32::new(0),
+            ejected_until_ms: AtomicU64::new(0),
+            ejected_for: AtomicU8::new(0),
+            ejections: AtomicU32::new(0),
+            requests: AtomicU64::new(0),
+            connect_failures: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            streak: AtomicU32::new(0),
+            latency_ns: AtomicU64::new(0),
+            has_latency: AtomicBool::new(false),
+            latency_at_ns: AtomicU64::new(0),
+        }
+    }
+
     /// A gRPC client for this instance (cheap clone of a shared channel,
     /// created on first use; must be called inside a Tokio runtime).
     pub fn client(&self) -> ForwardingServiceClient<Channel> {
@@ -78,6 +169,47 @@ impl Endpoint {
         self.requests.fetch_add(1, Ordering::Relaxed);
         InFlight(self.clone())
     }
+
+    /// The ejection in force at `now_ms`, if any.
+    fn ejection(&self, now_ms: u64) -> Option<Ejection> {
+        if self.ejected_until_ms.load(Ordering::Relaxed) <= now_ms {
+            return None;
+        }
+        match self.ejected_for.load(Ordering::Relaxed) {
+            EJECTED_UNREACHABLE => Some(Ejection::Unreachable),
+            _ => Some(Ejection::Failing),
+        }
+    }
+
+    /// The latency estimate at `now_ns`: decayed toward zero since the last
+    /// answer, so an idle (once slow) instance is eventually tried again.
+    /// `None` before the first answer.
+    fn latency_estimate(&self, now_ns: u64, decay_ns: f64) -> Option<f64> {
+        if !self.has_latency.load(Ordering::Relaxed) {
+            return None;
+        }
+        let est = f64::from_bits(self.latency_ns.load(Ordering::Relaxed));
+        let at = self.latency_at_ns.load(Ordering::Relaxed);
+        let idle = now_ns.saturating_sub(at) as f64;
+        Some(est * (-idle / decay_ns).exp())
+    }
+
+    /// Takes one answer's latency into the peak EWMA: a slower answer than
+    /// the estimate replaces it; a faster one pulls it down, weighted by how
+    /// long ago the last answer was (tower's `PeakEwma`).
+    fn observe_latency(&self, rtt_ns: f64, now_ns: u64, decay_ns: f64) {
+        let est = f64::from_bits(self.latency_ns.load(Ordering::Relaxed));
+        let at = self.latency_at_ns.load(Ordering::Relaxed);
+        let next = if rtt_ns > est {
+            rtt_ns
+        } else {
+            let w = (-(now_ns.saturating_sub(at) as f64) / decay_ns).exp();
+            est * w + rtt_ns * (1.0 - w)
+        };
+        self.latency_ns.store(next.to_bits(), Ordering::Relaxed);
+        self.latency_at_ns.store(now_ns, Ordering::Relaxed);
+        self.has_latency.store(true, Ordering::Relaxed);
+    }
 }
 
 #[cfg(test)]
@@ -85,19 +217,13 @@ impl Endpoint {
     /// An endpoint nobody dials, for tests of what surrounds a call.
     pub(crate) fn for_tests() -> Arc<Self> {
         Arc::new(Endpoint {
-            service: "svc".into(),
-            instance_id: "svc-1".into(),
-            address: "127.0.0.1:9".into(),
-            weight: 100,
             streaming: true,
-            client: OnceLock::new(),
-            target: TonicEndpoint::from_static("http://127.0.0.1:9"),
-            tls: (false, None),
-            in_flight: AtomicU32::new(0),
-            ejected_until_ms: AtomicU64::new(0),
-            requests: AtomicU64::new(0),
-            failures: AtomicU64::new(0),
-            streak: AtomicU32::new(0),
+            ..Endpoint::new(
+                "svc".into(),
+                "svc-1",
+                "127.0.0.1:9",
+                TonicEndpoint::from_static("http://127.0.0.1:9"),
+            )
         })
     }
 }
@@ -112,12 +238,14 @@ impl Drop for InFlight {
 }
 
 /// The instances of one service that may receive traffic.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ServiceEndpoints {
     /// Routable endpoints (health not failing).
     pub endpoints: Vec<Arc<Endpoint>>,
     /// Registered instances including failing ones (for messages).
     pub registered: usize,
+    /// The service's retry budget (kept across snapshots).
+    pub budget: Arc<RetryBudget>,
     rr: AtomicUsize,
 }
 
@@ -137,8 +265,19 @@ pub struct Snapshot {
 pub enum NoEndpoint {
     /// Nothing registered or everything failing health checks.
     NoneHealthy,
-    /// Every routable instance refused connections recently.
+    /// Every routable instance refused a connection recently.
     AllEjected,
+}
+
+/// The ejection state of a service as selection sees it (admin view).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServiceHealth {
+    /// Instances skipped because they refused a connection.
+    pub unreachable: usize,
+    /// Instances ejected for failed calls.
+    pub failing: usize,
+    /// Ejections for failed calls are ignored (too many ejected).
+    pub panic: bool,
 }
 
 /// Picks instances and tracks passive health.
@@ -147,6 +286,7 @@ pub struct Balancer {
     /// Catalogue version of the snapshot in force, for waiters.
     applied: tokio::sync::watch::Sender<u64>,
     config: BalancerConfig,
+    retry: RetryConfig,
     timeouts: TimeoutConfig,
     /// TLS towards instances (`[upstream_tls]`).
     upstream_tls: Option<UpstreamTls>,
@@ -155,14 +295,15 @@ pub struct Balancer {
 
 impl Balancer {
     /// A balancer with an empty snapshot.
-    pub fn new(config: BalancerConfig, timeouts: TimeoutConfig) -> Arc<Self> {
-        Self::with_upstream_tls(config, timeouts, None)
+    pub fn new(config: BalancerConfig, retry: RetryConfig, timeouts: TimeoutConfig) -> Arc<Self> {
+        Self::with_upstream_tls(config, retry, timeouts, None)
     }
 
     /// A balancer that dials instances over TLS as `upstream_tls` and their
     /// registrations say.
     pub fn with_upstream_tls(
         config: BalancerConfig,
+        retry: RetryConfig,
         timeouts: TimeoutConfig,
         upstream_tls: Option<UpstreamTls>,
     ) -> Arc<Self> {
@@ -170,6 +311,7 @@ impl Balancer {
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             applied: tokio::sync::watch::channel(0).0,
             config,
+            retry,
             timeouts,
             upstream_tls,
             epoch: Instant::now(),
@@ -183,6 +325,14 @@ impl Balancer {
 
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    fn decay_ns(&self) -> f64 {
+        self.config.latency_decay.as_nanos().max(1) as f64
     }
 
     /// Follows the registry: rebuilds the snapshot on every catalogue change
@@ -224,7 +374,20 @@ impl Balancer {
                 .get_key_value(r.service.as_str())
                 .map(|(k, _)| k.clone())
                 .unwrap_or_else(|| r.service.as_str().into());
-            let entry = services.entry(service.clone()).or_default();
+            let entry = services
+                .entry(service.clone())
+                .or_insert_with(|| ServiceEndpoints {
+                    endpoints: Vec::new(),
+                    registered: 0,
+                    // A service keeps its budget across snapshots: a
+                    // catalogue change must not refill a spent one.
+                    budget: old
+                        .services
+                        .get(r.service.as_str())
+                        .map(|s| s.budget.clone())
+                        .unwrap_or_else(|| Arc::new(RetryBudget::new(&self.retry))),
+                    rr: AtomicUsize::new(0),
+                });
             entry.registered += 1;
             // The most restrictive visibility any instance asks for wins: a
             // half-deployed "make it internal" must not stay public.
@@ -248,7 +411,7 @@ impl Balancer {
                     r.address.as_str(),
                 ))
                 .filter(|e| {
-                    e.weight == r.weight
+                    e.weight == r.weight.max(1)
                         && e.streaming == r.streaming
                         && e.tls.0 == r.tls
                         && e.tls.1 == r.tls_server_name
@@ -321,93 +484,139 @@ impl Balancer {
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_while_idle(true);
         Ok(Arc::new(Endpoint {
-            service,
-            instance_id: r.instance_id.as_str().into(),
-            address: r.address.as_str().into(),
             weight: r.weight.max(1),
             streaming: r.streaming,
-            client: OnceLock::new(),
-            target,
             tls: (r.tls, r.tls_server_name.clone()),
-            in_flight: AtomicU32::new(0),
-            ejected_until_ms: AtomicU64::new(0),
-            requests: AtomicU64::new(0),
-            failures: AtomicU64::new(0),
-            streak: AtomicU32::new(0),
+            ..Endpoint::new(service, r.instance_id.as_str(), r.address.as_str(), target)
         }))
     }
 
+    /// The ejection state of a service at this moment.
+    pub fn health(&self, service: &ServiceEndpoints) -> ServiceHealth {
+        let now = self.now_ms();
+        let (mut unreachable, mut failing) = (0, 0);
+        for e in &service.endpoints {
+            match e.ejection(now) {
+                Some(Ejection::Unreachable) => unreachable += 1,
+                Some(Ejection::Failing) => failing += 1,
+                None => {}
+            }
+        }
+        let n = service.endpoints.len();
+        let ejected = unreachable + failing;
+        let panic = n > 0
+            && ejected > 0
+            && (ejected == n || ejected * 100 > self.config.max_ejection_percent as usize * n);
+        ServiceHealth {
+            unreachable,
+            failing,
+            panic,
+        }
+    }
+
+    /// How many instances one request may be offered: the pick plus the
+    /// fall-backs retries may use.
+    fn candidates_wanted(&self) -> usize {
+        1 + self
+            .config
+            .connect_retries
+            .max(self.retry.max_attempts.saturating_sub(1))
+    }
+
     /// Candidates for one request, best first: the pick, then the others a
-    /// never-sent request may fall back to.
+    /// retry may fall back to. Counts the request in the service's retry
+    /// budget.
     pub fn select(&self, service: &ServiceEndpoints) -> Result<Vec<Arc<Endpoint>>, NoEndpoint> {
         let all = &service.endpoints;
         if all.is_empty() {
             return Err(NoEndpoint::NoneHealthy);
         }
-        let now = self.now_ms();
-        let is_live = |e: &Endpoint| e.ejected_until_ms.load(Ordering::Relaxed) <= now;
-        let live_count = all.iter().filter(|e| is_live(e)).count();
-        if live_count == 0 {
+        let health = self.health(service);
+        if health.unreachable == all.len() {
             return Err(NoEndpoint::AllEjected);
         }
-        // Cap ejection: when too many look bad, the fault is more likely on
-        // our side of the network; spread over everyone (Envoy's panic mode).
-        let ejected_pct = (all.len() - live_count) * 100 / all.len();
-        let panic = ejected_pct > self.config.max_ejection_percent as usize;
-        // The common case (nobody ejected, or panic mode) picks straight from
-        // the snapshot's slice: no allocation on the request path.
+        service.budget.deposit();
+        let now = self.now_ms();
+        // In panic mode only the unreachable stay out (see module docs).
+        let usable = |e: &Endpoint| match e.ejection(now) {
+            None => true,
+            Some(Ejection::Failing) => health.panic,
+            Some(Ejection::Unreachable) => false,
+        };
+        // The common case (nobody ejected) picks straight from the
+        // snapshot's slice: no allocation on the request path.
         let filtered: Vec<Arc<Endpoint>>;
-        let pool: &[Arc<Endpoint>] = if panic || live_count == all.len() {
+        let pool: &[Arc<Endpoint>] = if health.unreachable + health.failing == 0 {
             all
         } else {
-            filtered = all.iter().filter(|e| is_live(e)).cloned().collect();
+            filtered = all.iter().filter(|e| usable(e)).cloned().collect();
             &filtered
         };
         let n = pool.len();
-        let want = (1 + self.config.connect_retries).min(n);
+        let want = self.candidates_wanted().min(n);
         let first = match self.config.strategy {
             BalanceStrategy::RoundRobin => service.rr.fetch_add(1, Ordering::Relaxed) % n,
-            BalanceStrategy::PowerOfTwo if n == 1 => 0,
+            _ if n == 1 => 0,
             BalanceStrategy::PowerOfTwo => {
-                let mut rng = rand::rng();
-                let a = rng.random_range(0..n);
-                let mut b = rng.random_range(0..n - 1);
-                if b >= a {
-                    b += 1;
-                }
                 // Lower load per unit of weight wins: (in_flight+1)/weight,
                 // compared without division.
                 let load = |e: &Endpoint| (e.in_flight() as u64 + 1) * 1000 / e.weight as u64;
-                if load(&pool[b]) < load(&pool[a]) {
-                    b
-                } else {
-                    a
-                }
+                p2c(n, |a, b| load(&pool[b]) < load(&pool[a]))
+            }
+            BalanceStrategy::PeakEwma => {
+                let (now_ns, decay) = (self.now_ns(), self.decay_ns());
+                let penalty = self.config.default_latency.as_nanos() as f64;
+                let cost = |e: &Endpoint| {
+                    let in_flight = e.in_flight() as f64;
+                    let latency = match e.latency_estimate(now_ns, decay) {
+                        Some(l) => l,
+                        None if in_flight == 0.0 => 0.0,
+                        None => penalty,
+                    };
+                    latency * (in_flight + 1.0) / e.weight as f64
+                };
+                p2c(n, |a, b| cost(&pool[b]) < cost(&pool[a]))
             }
         };
         Ok((0..want).map(|i| pool[(first + i) % n].clone()).collect())
     }
 
-    /// The endpoint refused a connection: skip it for the ejection time.
+    /// The endpoint refused a connection: skip it for `ejection_time`.
     pub fn eject(&self, ep: &Endpoint) {
-        ep.failures.fetch_add(1, Ordering::Relaxed);
-        self.eject_for(ep, "a refused connection");
+        ep.connect_failures.fetch_add(1, Ordering::Relaxed);
+        ep.streak.store(0, Ordering::Relaxed);
+        self.eject_for(ep, Ejection::Unreachable, self.config.ejection_time);
     }
 
-    fn eject_for(&self, ep: &Endpoint, why: &str) {
-        let until = self.now_ms() + self.config.ejection_time.as_millis() as u64;
-        if ep.ejected_until_ms.swap(until, Ordering::Relaxed) <= self.now_ms() {
-            warn!(service = %ep.service, instance = %ep.instance_id, address = %ep.address, reason = why, "Instance ejected.");
+    fn eject_for(&self, ep: &Endpoint, why: Ejection, time: Duration) {
+        let now = self.now_ms();
+        let code = match why {
+            Ejection::Unreachable => EJECTED_UNREACHABLE,
+            Ejection::Failing => EJECTED_FAILING,
+        };
+        ep.ejected_for.store(code, Ordering::Relaxed);
+        let until = now + time.as_millis() as u64;
+        if ep.ejected_until_ms.swap(until, Ordering::Relaxed) <= now {
+            warn!(service = %ep.service, instance = %ep.instance_id, address = %ep.address, reason = ?why, for_ms = time.as_millis() as u64, "Instance ejected.");
         }
     }
 
-    /// Records the outcome of a call that reached the endpoint: a success
-    /// resets the failure streak; `consecutive_failures` failures in a row
-    /// eject it (subject to the same ejection cap as refused connections).
+    /// Records the outcome of a call that reached the endpoint. A success
+    /// resets the failure streak and the ejection backoff, and readmits an
+    /// ejected endpoint (it answered, in panic mode or after its time);
+    /// `consecutive_failures` failures in a row eject it for
+    /// `ejection_time` x (failed-call ejections in a row), at most
+    /// `max_ejection_time`.
     pub fn record(&self, ep: &Endpoint, ok: bool) {
         if ok {
             if ep.streak.load(Ordering::Relaxed) != 0 {
                 ep.streak.store(0, Ordering::Relaxed);
+            }
+            if ep.ejections.load(Ordering::Relaxed) != 0 {
+                ep.ejections.store(0, Ordering::Relaxed);
+            }
+            if ep.ejected_until_ms.load(Ordering::Relaxed) != 0 {
+                ep.ejected_until_ms.store(0, Ordering::Relaxed);
             }
             return;
         }
@@ -415,22 +624,106 @@ impl Balancer {
         let threshold = self.config.consecutive_failures;
         if threshold > 0 && ep.streak.fetch_add(1, Ordering::Relaxed) + 1 >= threshold {
             ep.streak.store(0, Ordering::Relaxed);
-            self.eject_for(ep, "consecutive failed calls");
+            let n = ep
+                .ejections
+                .fetch_add(1, Ordering::Relaxed)
+                .saturating_add(1);
+            let time = self
+                .config
+                .ejection_time
+                .saturating_mul(n)
+                .min(self.config.max_ejection_time);
+            self.eject_for(ep, Ejection::Failing, time);
         }
+    }
+
+    /// How many other instances a request never processed may be tried on.
+    pub fn connect_retries(&self) -> usize {
+        self.config.connect_retries
+    }
+
+    /// Most attempts that reach an instance for one idempotent request.
+    pub fn max_attempts(&self) -> usize {
+        self.retry.max_attempts
+    }
+
+    /// Takes one retry from `service`'s budget; false when it is spent (or
+    /// the service is gone).
+    pub fn withdraw_retry(&self, service: &str) -> bool {
+        let granted = self
+            .snapshot
+            .load()
+            .services
+            .get(service)
+            .is_some_and(|s| s.budget.withdraw());
+        if !granted {
+            debug!(service = %service, "Retry budget spent; not retrying.");
+        }
+        granted
+    }
+
+    /// Takes the latency of an answer (successful or not) into the
+    /// endpoint's estimate.
+    pub fn observe(&self, ep: &Endpoint, latency: Duration) {
+        ep.observe_latency(latency.as_nanos() as f64, self.now_ns(), self.decay_ns());
     }
 
     /// Whether an endpoint is currently ejected.
     pub fn is_ejected(&self, ep: &Endpoint) -> bool {
-        ep.ejected_until_ms.load(Ordering::Relaxed) > self.now_ms()
+        ep.ejection(self.now_ms()).is_some()
     }
 
-    /// Counters of an endpoint for the admin view: (requests, failures).
-    pub fn counters(ep: &Endpoint) -> (u64, u64) {
-        (
-            ep.requests.load(Ordering::Relaxed),
-            ep.failures.load(Ordering::Relaxed),
-        )
+    /// The admin view of one endpoint.
+    pub fn stats(&self, ep: &Endpoint) -> EndpointStats {
+        let now = self.now_ms();
+        let ejection = ep.ejection(now);
+        EndpointStats {
+            requests: ep.requests.load(Ordering::Relaxed),
+            connect_failures: ep.connect_failures.load(Ordering::Relaxed),
+            failures: ep.failures.load(Ordering::Relaxed),
+            ejection,
+            ejected_for_ms: ejection
+                .map(|_| {
+                    ep.ejected_until_ms
+                        .load(Ordering::Relaxed)
+                        .saturating_sub(now)
+                })
+                .unwrap_or(0),
+            latency_ms: ep
+                .latency_estimate(self.now_ns(), self.decay_ns())
+                .map(|ns| ns / 1e6),
+        }
     }
+}
+
+/// Counters and state of one endpoint, for the admin view.
+#[derive(Debug, Clone, Copy)]
+pub struct EndpointStats {
+    /// Attempts sent, retries included.
+    pub requests: u64,
+    /// Connections refused.
+    pub connect_failures: u64,
+    /// Calls that reached the instance and failed.
+    pub failures: u64,
+    /// The ejection in force.
+    pub ejection: Option<Ejection>,
+    /// Milliseconds left of it.
+    pub ejected_for_ms: u64,
+    /// The peak-EWMA latency estimate now, in milliseconds (none before
+    /// the first answer).
+    pub latency_ms: Option<f64>,
+}
+
+/// Power of two random choices among `n >= 2`: `better(a, b)` says whether
+/// `b` beats `a`.
+fn p2c(n: usize, better: impl Fn(usize, usize) -> bool) -> usize {
+    let mut rng = rand::rng();
+    let a = rng.random_range(0..n);
+    let mut b = rng.random_range(0..n - 1);
+    if b >= a {
+        b += 1;
+    }
+    if better(a, b) { b } else { a }
 }
 
 #[cfg(test)]

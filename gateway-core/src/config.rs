@@ -28,6 +28,8 @@ pub struct GatewayConfig {
     pub timeouts: TimeoutConfig,
     /// Instance balancing and passive health.
     pub balancer: BalancerConfig,
+    /// Retries and their budget.
+    pub retry: RetryConfig,
     /// Health checks and leases of the embedded registry.
     pub health: HealthConfig,
     /// Who may register what.
@@ -60,6 +62,7 @@ impl Default for GatewayConfig {
             limits: LimitsConfig::default(),
             timeouts: TimeoutConfig::default(),
             balancer: BalancerConfig::default(),
+            retry: RetryConfig::default(),
             health: HealthConfig::default(),
             registration: RegistrationConfig::default(),
             drain: DrainConfig::default(),
@@ -214,37 +217,68 @@ impl Default for TimeoutConfig {
     }
 }
 
-/// Instance selection and passive health.
+/// Instance selection and passive health (outlier detection).
+///
+/// Two kinds of evidence eject an instance, and they are treated apart: a
+/// refused connection (the instance takes no request at all; dialling it
+/// again costs a client nothing, since a refused request falls back or is
+/// answered 503 anyway) and failed calls (the instance took requests and
+/// failed them; readmitting it costs real failures, so that ejection backs
+/// off). See the README's "Balancing, ejection and retries".
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BalancerConfig {
     /// How an instance is picked.
     pub strategy: BalanceStrategy,
-    /// How long an instance that refused a connection is skipped.
+    /// How long an instance is skipped after it refused a connection, and
+    /// the base of the ejection for failed calls (multiplied by the number
+    /// of ejections in a row, as Envoy's `base_ejection_time`).
     #[serde(with = "humantime_serde")]
     pub ejection_time: Duration,
+    /// Longest ejection for failed calls, however often the instance was
+    /// ejected in a row.
+    #[serde(with = "humantime_serde")]
+    pub max_ejection_time: Duration,
     /// Largest share of a service's instances that may be ejected at once, in
-    /// percent; beyond it every instance is tried again (Envoy's panic mode).
+    /// percent. Beyond it (or when no instance is left) the balancer panics,
+    /// as Envoy does: every instance that accepts connections is tried again,
+    /// including those ejected for failed calls. Instances whose last
+    /// connection was refused stay skipped; when every instance refused, the
+    /// answer is 503 at once.
     pub max_ejection_percent: u8,
-    /// How many other instances a request never sent upstream (connection
-    /// refused) may be retried on.
+    /// How many other instances a request never processed (connection
+    /// refused, HTTP/2 `REFUSED_STREAM`) may be retried on, under the retry
+    /// budget.
     pub connect_retries: usize,
-    /// Consecutive failed calls (gRPC errors, timeouts, invalid answers;
-    /// not the HTTP statuses a service chooses) after which an instance is
-    /// ejected like one that refuses connections; 0 = never. Keeps a
-    /// fast-failing instance from drawing traffic through least-loaded
-    /// balancing.
+    /// Consecutive failed calls (non-OK gRPC statuses, timeouts, invalid
+    /// answers; not the HTTP statuses a service chooses, which come back
+    /// with gRPC OK) after which an instance is ejected; 0 = never. Keeps a
+    /// fast-failing instance from drawing traffic through latency-aware
+    /// balancing (Envoy's `consecutive_5xx`).
     pub consecutive_failures: u32,
+    /// Time constant of the peak-EWMA latency estimate (`peak_ewma`): a
+    /// slower answer counts at once, faster ones pull the estimate down over
+    /// about this long, and an idle instance's estimate decays as fast.
+    #[serde(with = "humantime_serde")]
+    pub latency_decay: Duration,
+    /// Latency assumed per request in flight to an instance that has not
+    /// answered yet (`peak_ewma`): it gets one request at once, but is not
+    /// flooded before it has shown its speed.
+    #[serde(with = "humantime_serde")]
+    pub default_latency: Duration,
 }
 
 impl Default for BalancerConfig {
     fn default() -> Self {
         Self {
-            strategy: BalanceStrategy::PowerOfTwo,
+            strategy: BalanceStrategy::PeakEwma,
             ejection_time: Duration::from_secs(5),
+            max_ejection_time: Duration::from_secs(60),
             max_ejection_percent: 50,
             connect_retries: 2,
             consecutive_failures: 5,
+            latency_decay: Duration::from_secs(10),
+            default_latency: Duration::from_millis(30),
         }
     }
 }
@@ -253,10 +287,51 @@ impl Default for BalancerConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BalanceStrategy {
+    /// Power of two random choices on cost = peak-EWMA latency x
+    /// (in-flight plus one) / weight (Finagle's and Linkerd's balancer): a
+    /// slow instance gets little traffic.
+    PeakEwma,
     /// Power of two random choices on in-flight requests (weighted).
     PowerOfTwo,
     /// Plain round robin.
     RoundRobin,
+}
+
+/// Retries after a failed attempt, and the budget that bounds them.
+///
+/// Only what is safe is retried, on another instance: a request never
+/// processed (connection refused, HTTP/2 `REFUSED_STREAM`), or an
+/// idempotent request (GET, HEAD, OPTIONS, PUT, DELETE, TRACE; RFC 9110
+/// 9.2.2) whose body the gateway still holds (unary `Send`, buffered) that
+/// failed with gRPC `UNAVAILABLE` or was cut by the instance's `GOAWAY`. Never a streamed body, never because a
+/// client header asks. Every retry is drawn from the service's budget.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Retries allowed per service, in percent of its requests over
+    /// `budget_window` (Linkerd: 20).
+    pub budget_percent: u32,
+    /// Retries per second allowed per service on top of the percentage, so
+    /// a quiet service can still retry. A rate, not a burst: the allowance
+    /// accrues at this rate and holds at most one second's worth.
+    pub min_per_second: u32,
+    /// Window over which requests earn retries.
+    #[serde(with = "humantime_serde")]
+    pub budget_window: Duration,
+    /// Most attempts for one idempotent request failed with `UNAVAILABLE`,
+    /// the first included; 1 = no such retries.
+    pub max_attempts: usize,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            budget_percent: 20,
+            min_per_second: 10,
+            budget_window: Duration::from_secs(10),
+            max_attempts: 2,
+        }
+    }
 }
 
 /// Health checks and leases of the embedded registry.
@@ -703,6 +778,29 @@ impl GatewayConfig {
         if self.balancer.max_ejection_percent > 100 {
             return err("balancer.max_ejection_percent", "must be 0-100");
         }
+        if self.balancer.max_ejection_time < self.balancer.ejection_time {
+            return err(
+                "balancer.max_ejection_time",
+                "must be at least balancer.ejection_time",
+            );
+        }
+        if self.balancer.latency_decay.is_zero() {
+            return err("balancer.latency_decay", "must be greater than 0");
+        }
+        if self.retry.budget_percent > 100 {
+            return err("retry.budget_percent", "must be 0-100");
+        }
+        if self.retry.budget_window < Duration::from_secs(1)
+            || self.retry.budget_window > Duration::from_secs(60)
+        {
+            return err("retry.budget_window", "must be between 1s and 60s");
+        }
+        if self.retry.max_attempts == 0 {
+            return err(
+                "retry.max_attempts",
+                "must be at least 1 (the first attempt)",
+            );
+        }
         if matches!(&self.registration.token, Some(t) if t.is_empty()) {
             return err("registration.token", "must not be empty (omit it instead)");
         }
@@ -971,5 +1069,17 @@ mod tests {
         let mut c = GatewayConfig::default();
         c.health.timeout = c.health.interval;
         assert_eq!(c.validate().unwrap_err().setting, "health.timeout");
+        let mut c = GatewayConfig::default();
+        c.balancer.max_ejection_time = Duration::from_secs(1);
+        assert_eq!(
+            c.validate().unwrap_err().setting,
+            "balancer.max_ejection_time"
+        );
+        let mut c = GatewayConfig::default();
+        c.retry.max_attempts = 0;
+        assert_eq!(c.validate().unwrap_err().setting, "retry.max_attempts");
+        let mut c = GatewayConfig::default();
+        c.retry.budget_window = Duration::from_secs(120);
+        assert_eq!(c.validate().unwrap_err().setting, "retry.budget_window");
     }
 }

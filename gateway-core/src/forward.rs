@@ -177,14 +177,25 @@ where
     Ok((collected.to_bytes(), trailers))
 }
 
-/// Classifies a failed `Send`: connection refused (never sent) vs a call
-/// that reached the instance.
+/// Classifies a failed `Send`: never processed (connection refused, stream
+/// refused) vs a call that reached the instance.
 fn classify(status: &tonic::Status, service: &str) -> ForwardError {
-    if is_connect_error(status) {
-        return ForwardError::new(
-            ErrorKind::UpstreamConnect,
-            format!("could not connect to an instance of service {service}"),
-        );
+    match failure_of(status) {
+        Failure::Unreachable => {
+            return ForwardError::new(
+                ErrorKind::UpstreamConnect,
+                format!("could not connect to an instance of service {service}"),
+            );
+        }
+        Failure::Refused => {
+            return ForwardError::new(
+                ErrorKind::UpstreamConnect,
+                format!(
+                    "an instance of service {service} refused the request before processing it"
+                ),
+            );
+        }
+        Failure::Unavailable | Failure::Failed => {}
     }
     match status.code() {
         tonic::Code::DeadlineExceeded => ForwardError::new(
@@ -201,15 +212,76 @@ fn classify(status: &tonic::Status, service: &str) -> ForwardError {
     }
 }
 
+/// What a failed attempt says about the request and the instance; decides
+/// ejection and retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// No connection: the request was never sent. The instance is ejected
+    /// as unreachable; another one may be tried.
+    Unreachable,
+    /// HTTP/2 `REFUSED_STREAM`: the instance refused the request before any
+    /// processing (RFC 9113 8.7), so another one may be tried. Not held
+    /// against the instance (it sheds load or is going away).
+    Refused,
+    /// gRPC `UNAVAILABLE` from a call that reached the instance, or a stream
+    /// cut by the instance's `GOAWAY` (which gRPC treats as `UNAVAILABLE`):
+    /// it may have run - h2 reports the same `GOAWAY` error for streams the
+    /// server had accepted before closing - so only an idempotent request
+    /// may be tried again.
+    Unavailable,
+    /// Any other failure of a call that reached the instance.
+    Failed,
+}
+
+fn failure_of(status: &tonic::Status) -> Failure {
+    if is_connect_error(status) {
+        Failure::Unreachable
+    } else if is_refused_stream(status) {
+        Failure::Refused
+    } else if status.code() == tonic::Code::Unavailable || is_go_away(status) {
+        Failure::Unavailable
+    } else {
+        Failure::Failed
+    }
+}
+
+/// The source chain of a status, the status excluded.
+fn sources(status: &tonic::Status) -> impl Iterator<Item = &(dyn std::error::Error + 'static)> {
+    std::iter::successors(std::error::Error::source(status), |e| e.source())
+}
+
+/// Whether the instance reset the stream with `REFUSED_STREAM` (tonic maps
+/// it to `UNAVAILABLE`, keeping the h2 error in the source chain).
+fn is_refused_stream(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::Unavailable
+        && sources(status).any(|e| {
+            e.downcast_ref::<h2::Error>()
+                .is_some_and(|h| h.reason() == Some(h2::Reason::REFUSED_STREAM))
+        })
+}
+
+/// Whether the instance's `GOAWAY` ended the stream (tonic maps its
+/// `NO_ERROR` reason to `INTERNAL`).
+fn is_go_away(status: &tonic::Status) -> bool {
+    sources(status).any(|e| {
+        e.downcast_ref::<h2::Error>()
+            .is_some_and(|h| h.is_go_away() && h.is_remote())
+    })
+}
+
 /// Whether the failure happened while connecting, so the request was never
-/// sent: an `io::Error` of a refused/unreachable connection in the source
-/// chain, or tonic's connect-phase error.
+/// sent: tonic's `ConnectError` (what its connector wraps every connect-phase
+/// failure in, connect timeout included), an `io::Error` of a
+/// refused/unreachable connection in the source chain, or tonic's
+/// connect-phase error text.
 pub fn is_connect_error(status: &tonic::Status) -> bool {
     if status.code() != tonic::Code::Unavailable {
         return false;
     }
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
-    while let Some(e) = source {
+    sources(status).any(|e| {
+        if e.downcast_ref::<tonic::ConnectError>().is_some() {
+            return true;
+        }
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
             use std::io::ErrorKind::*;
             if matches!(
@@ -224,15 +296,26 @@ pub fn is_connect_error(status: &tonic::Status) -> bool {
             }
         }
         let text = e.to_string();
-        if text.contains("tcp connect error")
+        text.contains("tcp connect error")
             || text.contains("connection refused")
             || text.contains("dns error")
-        {
-            return true;
-        }
-        source = e.source();
-    }
-    false
+    })
+}
+
+/// Methods a client may repeat with the same effect (RFC 9110 9.2.2): a
+/// request with one of these, whose body the gateway holds whole, may be
+/// sent again after `UNAVAILABLE`.
+fn is_idempotent(method: &http::Method) -> bool {
+    use http::Method;
+    [
+        Method::GET,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::PUT,
+        Method::DELETE,
+        Method::TRACE,
+    ]
+    .contains(method)
 }
 
 /// Where a request goes: the matched route's service and its rules.
@@ -552,8 +635,21 @@ fn all_refused(shared: &Shared, service: &str, last_err: Option<ForwardError>) -
     )
 }
 
-/// Step 5a: read the whole body within the limit, then one `Send`; fall back
-/// to the next instance only if the connection was refused.
+/// A request not processed anywhere could go to another instance, but the
+/// service's retry budget is spent: 503, so the client may try later.
+fn budget_spent(service: &str) -> ForwardError {
+    ForwardError::new(
+        ErrorKind::NoHealthyInstance,
+        format!("no instance of service {service} took the request and its retry budget is spent"),
+    )
+}
+
+/// Step 5a: read the whole body within the limit, then one `Send`. Another
+/// instance is tried, under the service's retry budget, when the request
+/// was never processed (connection or stream refused; up to
+/// `balancer.connect_retries` times), or when it is idempotent and failed
+/// with `UNAVAILABLE` (up to `retry.max_attempts` attempts in all): the body
+/// is held whole, so it can be sent again as it was.
 async fn dispatch_unary<B>(
     shared: &Shared,
     parts: http::request::Parts,
@@ -582,12 +678,40 @@ where
     })??;
     let respond_to = ResponseTarget::of(&parts);
     let meta = request_meta(shared, &parts, target, budget);
-
-    let mut last_err = None;
+    let balancer = &shared.balancer;
+    let idempotent = is_idempotent(&parts.method);
+    let (mut unsent_retries, mut sent) = (0, 0);
+    // The failure that sends the request on to the next candidate, and
+    // whether it left the request unprocessed.
+    let mut last: Option<(ForwardError, bool)> = None;
+    // The last failure of an attempt that reached an instance: what the
+    // client is told if later candidates only refuse.
+    let mut answered: Option<ForwardError> = None;
     for ep in candidates {
+        if let Some((err, unsent)) = last.take() {
+            let allowed = if unsent {
+                unsent_retries < balancer.connect_retries()
+            } else {
+                sent < balancer.max_attempts()
+            };
+            if !allowed {
+                last = Some((err, unsent));
+                break;
+            }
+            if !balancer.withdraw_retry(service) {
+                return Err(match (unsent, answered) {
+                    (true, None) => budget_spent(service),
+                    (true, Some(a)) => a,
+                    (false, _) => err,
+                });
+            }
+            if unsent {
+                unsent_retries += 1;
+            }
+        }
         // Built per attempt rather than cloned up front: the message moves
-        // into the call, and a fall-back (connection refused) is rare. The
-        // body is `Bytes`, so rebuilding never copies it.
+        // into the call, and a retry is rare. The body is `Bytes`, so
+        // rebuilding never copies it.
         let mut msg = request_to_wire(&parts, body.clone(), trailers.as_ref(), &meta)?;
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
@@ -599,37 +723,59 @@ where
         let mut call = tonic::Request::new(msg);
         call.set_timeout(remaining);
         let _in_flight = ep.start();
+        let attempt = Instant::now();
         let result = tokio::time::timeout_at(deadline, ep.client().send(call)).await;
         match result {
             Err(_) => {
-                shared.balancer.record(&ep, false);
+                balancer.observe(&ep, attempt.elapsed());
+                balancer.record(&ep, false);
                 return Err(timeout_error(service, budget));
             }
             Ok(Ok(resp)) => {
+                balancer.observe(&ep, attempt.elapsed());
                 let converted = response_from_wire(resp.into_inner(), respond_to);
-                shared.balancer.record(&ep, converted.is_ok());
+                balancer.record(&ep, converted.is_ok());
                 return converted;
             }
             // tonic enforces the grpc-timeout it sends and reports it as
             // CANCELLED; either way the route's budget is spent.
             Ok(Err(_)) if Instant::now() >= deadline => {
-                shared.balancer.record(&ep, false);
+                balancer.observe(&ep, attempt.elapsed());
+                balancer.record(&ep, false);
                 return Err(timeout_error(service, budget));
             }
             Ok(Err(status)) => {
                 let err = classify(&status, service);
-                if err.kind.retry() != crate::error::Retry::Safe {
-                    shared.balancer.record(&ep, false);
-                    warn!(service = %service, instance = %ep.instance_id, code = ?status.code(), message = status.message(), "Forwarded call failed.");
-                    return Err(err);
+                match failure_of(&status) {
+                    Failure::Unreachable => {
+                        debug!(service = %service, instance = %ep.instance_id, "Connection refused; trying the next instance.");
+                        balancer.eject(&ep);
+                        last = Some((err, true));
+                    }
+                    Failure::Refused => {
+                        debug!(service = %service, instance = %ep.instance_id, "Stream refused before processing; trying the next instance.");
+                        last = Some((err, true));
+                    }
+                    failure => {
+                        sent += 1;
+                        balancer.observe(&ep, attempt.elapsed());
+                        balancer.record(&ep, false);
+                        warn!(service = %service, instance = %ep.instance_id, code = ?status.code(), message = status.message(), "Forwarded call failed.");
+                        if failure != Failure::Unavailable || !idempotent {
+                            return Err(err);
+                        }
+                        answered = Some(err.clone());
+                        last = Some((err, false));
+                    }
                 }
-                debug!(service = %service, instance = %ep.instance_id, "Connection refused; trying the next instance.");
-                shared.balancer.eject(&ep);
-                last_err = Some(err);
             }
         }
     }
-    Err(all_refused(shared, service, last_err))
+    match (last, answered) {
+        (Some((err, false)), _) => Err(err),
+        (_, Some(answered)) => Err(answered),
+        (last, None) => Err(all_refused(shared, service, last.map(|(e, _)| e))),
+    }
 }
 
 /// The clocks of a `Stream` exchange on `target`: the unary timeout for the
@@ -682,6 +828,15 @@ where
     }
 }
 
+/// Takes the wait for a `Stream` head into the instance's latency estimate:
+/// counted from when the request body was complete (an upload's transfer
+/// time is the client's, not the instance's), or from the attempt if the
+/// head came first.
+fn observe_head(shared: &Shared, ep: &Endpoint, ex: &Exchange, attempt: Instant) {
+    let from = ex.body_done_at().map_or(attempt, |done| done.max(attempt));
+    shared.balancer.observe(ep, from.elapsed());
+}
+
 /// What a failed `Stream` attempt means: retry elsewhere (never sent), or
 /// the error for the client.
 fn stream_failure(
@@ -704,8 +859,12 @@ fn stream_failure(
         );
     }
     if err.kind.retry() == crate::error::Retry::Safe && retryable {
-        debug!(service = %service, instance = %ep.instance_id, "Connection refused; trying the next instance.");
-        shared.balancer.eject(ep);
+        // Refused connections eject; a refused stream is not held against
+        // the instance (see `Failure::Refused`).
+        if failure_of(status) == Failure::Unreachable {
+            debug!(service = %service, instance = %ep.instance_id, "Connection refused; trying the next instance.");
+            shared.balancer.eject(ep);
+        }
         return Ok(err);
     }
     shared.balancer.record(ep, false);
@@ -741,6 +900,10 @@ where
     let respond_to = ResponseTarget::of(parts);
     let mut last_err = None;
     for ep in candidates {
+        // Each fall-back to another instance is a retry, from the budget.
+        if last_err.is_some() && !shared.balancer.withdraw_retry(service) {
+            return Err(budget_spent(service));
+        }
         let remaining = ex
             .limits
             .max_deadline
@@ -749,6 +912,7 @@ where
         let head = request_to_wire(parts, Bytes::new(), None, &meta)?;
         let frames = RequestFrames::new(head, slot.clone(), limit, ex.clone());
         let in_flight = ep.start();
+        let attempt = Instant::now();
         match open_stream(&ep, frames, &ex).await {
             Err(e) => {
                 shared.balancer.record(&ep, false);
@@ -764,6 +928,7 @@ where
                     }
                 };
                 shared.balancer.record(&ep, true);
+                observe_head(shared, &ep, &ex, attempt);
                 let drain = stream::is_event_stream(&headers)
                     .then(|| shared.draining.clone().cancelled_owned());
                 let body =
@@ -819,6 +984,10 @@ async fn dispatch_websocket(
     let respond_to = ResponseTarget::of(&parts);
     let mut last_err = None;
     for ep in candidates {
+        // Each fall-back to another instance is a retry, from the budget.
+        if last_err.is_some() && !shared.balancer.withdraw_retry(service) {
+            return Err(budget_spent(service));
+        }
         let remaining = ex
             .limits
             .max_deadline
@@ -839,6 +1008,7 @@ async fn dispatch_websocket(
             rx,
         );
         let in_flight = ep.start();
+        let attempt = Instant::now();
         match open_stream(&ep, frames, &ex).await {
             Err(e) => {
                 shared.balancer.record(&ep, false);
@@ -846,6 +1016,7 @@ async fn dispatch_websocket(
             }
             Ok(Ok((s, head))) if head.status == 101 => {
                 shared.balancer.record(&ep, true);
+                observe_head(shared, &ep, &ex, attempt);
                 let invalid = |m: String| ForwardError::new(ErrorKind::UpstreamInvalidResponse, m);
                 let headers = crate::convert::response_headers(&head.headers)
                     .map_err(|e| invalid(format!("response {e}")))?;
@@ -873,6 +1044,7 @@ async fn dispatch_websocket(
                 let (status, headers, first) = stream::response_head(head, respond_to)
                     .inspect_err(|_| shared.balancer.record(&ep, false))?;
                 shared.balancer.record(&ep, true);
+                observe_head(shared, &ep, &ex, attempt);
                 let body =
                     StreamBody::new(first, s, ex, respond_to, None, service.clone(), in_flight);
                 return Ok(stream::build_response(status, headers, body));
@@ -930,6 +1102,51 @@ mod tests {
         );
         let body = http_body_util::Full::new(Bytes::from(vec![0u8; 10]));
         assert_eq!(read_body(body, 10, None).await.unwrap().0.len(), 10);
+    }
+
+    #[test]
+    fn failures_are_classified_by_type() {
+        use std::io;
+        let refused_stream =
+            tonic::Status::from_error(Box::new(h2::Error::from(h2::Reason::REFUSED_STREAM)));
+        assert_eq!(refused_stream.code(), tonic::Code::Unavailable);
+        assert_eq!(failure_of(&refused_stream), Failure::Refused);
+        assert_eq!(
+            classify(&refused_stream, "s").kind,
+            ErrorKind::UpstreamConnect
+        );
+        let connect = tonic::Status::from_error(Box::new(tonic::ConnectError(Box::new(
+            io::Error::other("handshake failed"),
+        ))));
+        assert_eq!(failure_of(&connect), Failure::Unreachable);
+        // As tonic's connector reports a refused connection.
+        let refused = tonic::Status::from_error(Box::new(tonic::ConnectError(Box::new(
+            io::Error::from(io::ErrorKind::ConnectionRefused),
+        ))));
+        assert_eq!(failure_of(&refused), Failure::Unreachable);
+        // What a backend answers is its answer, whatever the code.
+        let unavailable = tonic::Status::unavailable("overloaded");
+        assert_eq!(failure_of(&unavailable), Failure::Unavailable);
+        assert_eq!(classify(&unavailable, "s").kind, ErrorKind::UpstreamFailed);
+        assert_eq!(
+            failure_of(&tonic::Status::internal("boom")),
+            Failure::Failed
+        );
+        // A stream reset without a gRPC status is the instance's failure,
+        // not a refusal. (A remote GOAWAY, classed `Unavailable`, has no
+        // public constructor in h2 to test with.)
+        let reset = tonic::Status::from_error(Box::new(h2::Error::from(h2::Reason::NO_ERROR)));
+        assert_eq!(failure_of(&reset), Failure::Failed);
+    }
+
+    #[test]
+    fn only_rfc_9110_idempotent_methods_are_retried() {
+        for m in ["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"] {
+            assert!(is_idempotent(&m.parse().unwrap()), "{m}");
+        }
+        for m in ["POST", "PATCH", "CONNECT", "PURGE"] {
+            assert!(!is_idempotent(&m.parse().unwrap()), "{m}");
+        }
     }
 
     #[test]

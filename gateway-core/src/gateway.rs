@@ -148,6 +148,7 @@ impl Gateway {
             .into();
         let balancer = Balancer::with_upstream_tls(
             config.balancer.clone(),
+            config.retry.clone(),
             config.timeouts.clone(),
             upstream_tls,
         );

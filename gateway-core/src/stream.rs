@@ -86,6 +86,14 @@ impl Exchange {
             .fetch_max(self.now_ms(), Ordering::Relaxed);
     }
 
+    /// When the request body was complete, if it is.
+    pub(crate) fn body_done_at(&self) -> Option<Instant> {
+        match self.body_done_ms.load(Ordering::Relaxed) {
+            u64::MAX => None,
+            ms => Some(self.started + Duration::from_millis(ms)),
+        }
+    }
+
     /// Marks the request as complete (no body to stream).
     pub(crate) fn request_complete(&self) {
         self.body_done();

@@ -1,4 +1,5 @@
 use super::*;
+use crate::config::RetryConfig;
 use crate::registry::{CheckKind, HealthCheck, InstanceView, Registration, RouteSpec};
 
 fn inst(id: &str, port: u16, health: Health, weight: u32) -> InstanceView {
@@ -40,7 +41,7 @@ fn balancer(strategy: BalanceStrategy) -> Arc<Balancer> {
         strategy,
         ..Default::default()
     };
-    Balancer::new(config, TimeoutConfig::default())
+    Balancer::new(config, RetryConfig::default(), TimeoutConfig::default())
 }
 
 fn catalog(instances: Vec<InstanceView>) -> Catalog {
@@ -139,6 +140,25 @@ async fn weights_shift_power_of_two() {
     assert_eq!(&*b.select(svc).unwrap()[0].instance_id, "a");
 }
 
+/// The endpoint of `svc` with this instance id.
+fn by(svc: &ServiceEndpoints, id: &str) -> Arc<Endpoint> {
+    svc.endpoints
+        .iter()
+        .find(|e| &*e.instance_id == id)
+        .unwrap()
+        .clone()
+}
+
+fn fail(b: &Balancer, ep: &Endpoint, times: u32) {
+    for _ in 0..times {
+        b.record(ep, false);
+    }
+}
+
+// This test used to assert that beyond the cap even instances that refused
+// connections are picked again. Panic mode now ignores only ejections for
+// failed calls: a refused connection is unambiguous, and sending to it only
+// spends the retry budget the live instances need (see balance.rs).
 #[tokio::test]
 async fn ejection_is_capped_and_all_ejected_is_reported() {
     let b = balancer(BalanceStrategy::RoundRobin);
@@ -150,26 +170,178 @@ async fn ejection_is_capped_and_all_ejected_is_reported() {
     ]));
     let snap = b.snapshot();
     let svc = &snap.services["svc"];
-    let by = |id: &str| {
-        svc.endpoints
-            .iter()
-            .find(|e| &*e.instance_id == id)
-            .unwrap()
-            .clone()
-    };
-    b.eject(&by("a"));
+    fail(&b, &by(svc, "a"), 5);
     for _ in 0..8 {
         assert_ne!(&*b.select(svc).unwrap()[0].instance_id, "a");
     }
-    b.eject(&by("b"));
-    b.eject(&by("c"));
+    fail(&b, &by(svc, "b"), 5);
+    assert!(!b.health(svc).panic, "50% ejected is within the cap");
+    fail(&b, &by(svc, "c"), 5);
     // 75% ejected > 50% cap: everyone is tried again.
+    assert!(b.health(svc).panic);
     let picks: std::collections::HashSet<String> = (0..8)
         .map(|_| b.select(svc).unwrap()[0].instance_id.to_string())
         .collect();
     assert_eq!(picks.len(), 4);
-    b.eject(&by("d"));
+    // Instances that refused connections stay out, even in panic mode.
+    b.eject(&by(svc, "a"));
+    let picks: std::collections::HashSet<String> = (0..8)
+        .map(|_| b.select(svc).unwrap()[0].instance_id.to_string())
+        .collect();
+    assert_eq!(picks.len(), 3);
+    assert!(!picks.contains("a"));
+    for id in ["b", "c", "d"] {
+        b.eject(&by(svc, id));
+    }
     assert_eq!(b.select(svc).unwrap_err(), NoEndpoint::AllEjected);
+}
+
+#[tokio::test]
+async fn a_single_instance_failing_calls_is_still_served() {
+    let b = balancer(BalanceStrategy::PeakEwma);
+    b.apply(&catalog(vec![inst("only", 1, Health::Passing, 100)]));
+    let snap = b.snapshot();
+    let svc = &snap.services["svc"];
+    let only = by(svc, "only");
+    fail(&b, &only, 5);
+    assert!(b.is_ejected(&only), "ejected, as the admin view shows");
+    let h = b.health(svc);
+    assert!(h.panic && h.failing == 1, "{h:?}");
+    assert_eq!(&*b.select(svc).unwrap()[0].instance_id, "only");
+    // An answer readmits it.
+    b.record(&only, true);
+    assert!(!b.is_ejected(&only));
+    assert!(!b.health(svc).panic);
+}
+
+#[tokio::test(start_paused = true)]
+async fn ejection_for_failed_calls_backs_off_and_a_success_resets_it() {
+    let b = balancer(BalanceStrategy::PeakEwma);
+    b.apply(&catalog(vec![
+        inst("a", 1, Health::Passing, 100),
+        inst("b", 2, Health::Passing, 100),
+    ]));
+    let snap = b.snapshot();
+    let a = by(&snap.services["svc"], "a");
+    let ejected_for = |b: &Balancer| b.stats(&a).ejected_for_ms;
+    fail(&b, &a, 5);
+    assert_eq!(ejected_for(&b), 5_000, "base ejection time");
+    tokio::time::advance(Duration::from_secs(5)).await;
+    assert!(!b.is_ejected(&a), "readmitted after its time");
+    fail(&b, &a, 5);
+    assert_eq!(ejected_for(&b), 10_000, "second ejection in a row: x2");
+    tokio::time::advance(Duration::from_secs(10)).await;
+    fail(&b, &a, 5);
+    assert_eq!(ejected_for(&b), 15_000, "x3");
+    for _ in 0..20 {
+        tokio::time::advance(Duration::from_secs(60)).await;
+        fail(&b, &a, 5);
+    }
+    assert_eq!(ejected_for(&b), 60_000, "at most max_ejection_time");
+    tokio::time::advance(Duration::from_secs(60)).await;
+    b.record(&a, true);
+    fail(&b, &a, 5);
+    assert_eq!(ejected_for(&b), 5_000, "a success resets the backoff");
+    let st = b.stats(&a);
+    assert_eq!((st.failures, st.connect_failures), (120, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn refused_connections_eject_for_the_base_time_and_count_apart() {
+    let b = balancer(BalanceStrategy::PeakEwma);
+    b.apply(&catalog(vec![
+        inst("a", 1, Health::Passing, 100),
+        inst("b", 2, Health::Passing, 100),
+    ]));
+    let snap = b.snapshot();
+    let a = by(&snap.services["svc"], "a");
+    for _ in 0..3 {
+        b.eject(&a);
+        let st = b.stats(&a);
+        assert_eq!(st.ejection, Some(Ejection::Unreachable));
+        assert_eq!(
+            st.ejected_for_ms, 5_000,
+            "no backoff: a re-dial costs nothing"
+        );
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(!b.is_ejected(&a));
+    }
+    let st = b.stats(&a);
+    assert_eq!((st.connect_failures, st.failures), (3, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn peak_ewma_sends_nothing_to_a_slow_instance() {
+    let b = balancer(BalanceStrategy::PeakEwma);
+    b.apply(&catalog(vec![
+        inst("a", 1, Health::Passing, 100),
+        inst("b", 2, Health::Passing, 100),
+        inst("slow", 3, Health::Passing, 100),
+    ]));
+    let snap = b.snapshot();
+    let svc = &snap.services["svc"];
+    b.observe(&by(svc, "a"), Duration::from_millis(2));
+    b.observe(&by(svc, "b"), Duration::from_millis(2));
+    b.observe(&by(svc, "slow"), Duration::from_millis(502));
+    let mut slow = 0;
+    let mut guards = Vec::new();
+    for _ in 0..1000 {
+        let pick = b.select(svc).unwrap()[0].clone();
+        slow += usize::from(&*pick.instance_id == "slow");
+        // Load builds up on the fast ones: cost grows with in-flight.
+        guards.push(pick.start());
+        guards.truncate(8);
+    }
+    assert_eq!(slow, 0, "502 ms vs 30 ms x 9 at most");
+}
+
+#[tokio::test(start_paused = true)]
+async fn peak_ewma_jumps_up_decays_down_and_penalises_new_instances() {
+    let b = balancer(BalanceStrategy::PeakEwma);
+    b.apply(&catalog(vec![
+        inst("a", 1, Health::Passing, 100),
+        inst("new", 2, Health::Passing, 100),
+    ]));
+    let snap = b.snapshot();
+    let svc = &snap.services["svc"];
+    let (a, new) = (by(svc, "a"), by(svc, "new"));
+    let ms = |e: &Endpoint| b.stats(e).latency_ms.unwrap();
+    assert_eq!(b.stats(&new).latency_ms, None, "no data yet");
+    b.observe(&a, Duration::from_millis(40));
+    // Without data and idle, a new instance is probed at once...
+    assert_eq!(&*b.select(svc).unwrap()[0].instance_id, "new");
+    // ...but with a request in flight it costs the default latency twice:
+    // it does not take every request before it has answered one.
+    {
+        let _g = new.start();
+        for _ in 0..20 {
+            assert_eq!(&*b.select(svc).unwrap()[0].instance_id, "a");
+        }
+    }
+    b.observe(&a, Duration::from_millis(500));
+    assert!(
+        (ms(&a) - 500.0).abs() < 1e-6,
+        "a slower answer counts at once"
+    );
+    tokio::time::advance(Duration::from_secs(10)).await;
+    // One time constant later, idle: 500 x e^-1.
+    let e1 = (-1f64).exp();
+    assert!((ms(&a) - 500.0 * e1).abs() < 0.01, "{}", ms(&a));
+    b.observe(&a, Duration::from_millis(10));
+    // A faster answer after 10 s weighs 1 - e^-1.
+    assert!((ms(&a) - (500.0 * e1 + 10.0 * (1.0 - e1))).abs() < 0.01);
+}
+
+#[tokio::test]
+async fn budgets_survive_snapshot_rebuilds() {
+    let b = balancer(BalanceStrategy::PeakEwma);
+    b.apply(&catalog(vec![inst("a", 1, Health::Passing, 100)]));
+    let before = b.snapshot().services["svc"].budget.clone();
+    b.apply(&catalog(vec![
+        inst("a", 1, Health::Passing, 100),
+        inst("b", 2, Health::Passing, 100),
+    ]));
+    assert!(Arc::ptr_eq(&before, &b.snapshot().services["svc"].budget));
 }
 
 #[tokio::test]
