@@ -4,7 +4,8 @@
 //! the last `budget_window`, plus `min_per_second` retries per second so a
 //! quiet service can still retry. Over a span of `t` seconds (up to a
 //! window) the attempts sent are thus at most `requests + ceil(requests x
-//! percent/100) + min_per_second x t`: a failing service cannot multiply
+//! percent/100) + min_per_second x t + 1` (the floor holds at most one
+//! retry in reserve): a failing service cannot multiply
 //! its load, whatever the clients do. (Rounding up lets the very first
 //! request of a new service fall back once.)
 //!
@@ -41,7 +42,8 @@ struct State {
     retries: [u64; SLOTS],
     current: usize,
     current_start: Instant,
-    /// Retries the per-second floor still allows (at most one second's).
+    /// Retries the per-second floor still allows (at most one: a rate, not
+    /// a reserve that a burst could spend at once).
     floor: f64,
     floor_at: Instant,
 }
@@ -97,7 +99,7 @@ impl RetryBudget {
         } else {
             let refill =
                 now.saturating_duration_since(s.floor_at).as_secs_f64() * self.min_per_second;
-            s.floor = (s.floor + refill).min(self.min_per_second);
+            s.floor = (s.floor + refill).min(self.min_per_second.min(1.0));
             s.floor_at = now;
             if s.floor >= 1.0 {
                 s.floor -= 1.0;
@@ -173,12 +175,19 @@ mod tests {
         // 100 from the percentage; the floor starts empty.
         assert_eq!(drain(&b), 100);
         assert_eq!(b.exhausted(), 1);
-        // The floor accrues 10 per second, at most one second's worth.
+        // The floor accrues 10 per second but holds at most one retry: over
+        // t seconds it adds at most 10 x t + 1, never a burst.
         tokio::time::advance(Duration::from_millis(500)).await;
-        assert_eq!(drain(&b), 5);
+        assert_eq!(drain(&b), 1);
         tokio::time::advance(Duration::from_secs(5)).await;
-        assert_eq!(drain(&b), 10, "no burst after a quiet spell");
-        assert_eq!(b.retries(), 115);
+        assert_eq!(drain(&b), 1, "no burst after a quiet spell");
+        let mut spread = 0;
+        for _ in 0..10 {
+            tokio::time::advance(Duration::from_millis(100)).await;
+            spread += drain(&b);
+        }
+        assert_eq!(spread, 10, "ten per second when spread out");
+        assert_eq!(b.retries(), 112);
     }
 
     #[tokio::test(start_paused = true)]
