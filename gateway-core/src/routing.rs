@@ -54,6 +54,19 @@ pub fn normalise(path: &str) -> Result<Segments<'_>, ForwardError> {
     Ok(out)
 }
 
+/// The spelling of normalised segments as a path.
+pub fn canonical<S: AsRef<str>>(segments: &[S]) -> String {
+    let mut out = String::new();
+    for s in segments {
+        out.push('/');
+        out.push_str(s.as_ref());
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    out
+}
+
 /// One routable prefix of one service.
 #[derive(Debug, Clone)]
 pub struct Route {
@@ -62,9 +75,9 @@ pub struct Route {
     /// The prefix as registered (normalised form, e.g. "/orders").
     pub prefix: Arc<str>,
     /// Normalised segments of the prefix.
-    segments: Vec<String>,
+    pub(crate) segments: Vec<String>,
     /// Lower-cased hosts, empty = any.
-    hosts: Vec<String>,
+    pub(crate) hosts: Vec<String>,
     /// Per-route timeout.
     pub timeout: Option<Duration>,
     /// Who may reach the service.
@@ -88,10 +101,9 @@ impl Route {
             .into_iter()
             .map(Cow::into_owned)
             .collect();
-        let canonical = format!("/{}", segments.join("/"));
         Ok(Self {
             service,
-            prefix: canonical.into(),
+            prefix: canonical(&segments).into(),
             segments,
             hosts: hosts
                 .iter()
@@ -104,14 +116,14 @@ impl Route {
         })
     }
 
-    fn matches(&self, host: &str, segs: &[Cow<'_, str>]) -> bool {
+    pub(crate) fn matches(&self, host: &str, segs: &[Cow<'_, str>]) -> bool {
         (self.hosts.is_empty() || self.hosts.iter().any(|h| h.eq_ignore_ascii_case(host)))
             && segs.len() >= self.segments.len()
             && self.segments.iter().zip(segs).all(|(a, b)| a == b)
     }
 
     /// Sort key: host-specific first, then longer prefixes, then service name.
-    fn rank(&self) -> (bool, std::cmp::Reverse<usize>, Arc<str>) {
+    pub(crate) fn rank(&self) -> (bool, std::cmp::Reverse<usize>, Arc<str>) {
         (
             self.hosts.is_empty(),
             std::cmp::Reverse(self.segments.len()),

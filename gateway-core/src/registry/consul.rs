@@ -947,7 +947,7 @@ const SWEEP_MIN: Duration = Duration::from_secs(5);
 /// A fingerprint per service of its checks in `/v1/health/state/any`
 /// (status, ids and `ModifyIndex`, node checks of its nodes included): a
 /// service whose fingerprint moved has changed.
-fn fingerprints(checks: &[StateCheck]) -> HashMap<String, u64> {
+pub(crate) fn fingerprints(checks: &[StateCheck]) -> HashMap<String, u64> {
     use std::hash::{Hash, Hasher};
     let mut node_checks: HashMap<&str, Vec<&StateCheck>> = HashMap::new();
     let mut by_service: HashMap<&str, Vec<&StateCheck>> = HashMap::new();
