@@ -54,12 +54,21 @@ pub fn normalise(path: &str) -> Result<Segments<'_>, ForwardError> {
     Ok(out)
 }
 
-/// The spelling of normalised segments as a path.
+/// What a segment's canonical spelling encodes: `/` (a decoded `%2F` stays
+/// inside its segment) and `%` (a decoded `%25` must not decode again).
+const SEGMENT_ENCODE: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'/').add(b'%');
+
+/// The spelling of normalised segments as a path: normalising it gives the
+/// same segments back (idempotence), so a route's reported prefix names
+/// exactly what it matches ("/a%2Fb" stays that, not "/a/b").
 pub fn canonical<S: AsRef<str>>(segments: &[S]) -> String {
     let mut out = String::new();
     for s in segments {
         out.push('/');
-        out.push_str(s.as_ref());
+        out.extend(percent_encoding::utf8_percent_encode(
+            s.as_ref(),
+            SEGMENT_ENCODE,
+        ));
     }
     if out.is_empty() {
         out.push('/');
@@ -309,6 +318,17 @@ mod tests {
         let (t, c) = RouteTable::new([route("b", "/x", &[]), route("a", "/x", &[])]);
         assert_eq!(find(&t, "h", "/x").as_deref(), Some("a"));
         assert_eq!(c.len(), 1);
+    }
+
+    #[test]
+    fn a_route_prefix_is_spelled_so_that_it_normalises_to_itself() {
+        assert_eq!(&*route("a", "/x/%2e%2e/a%2Fb/", &[]).prefix, "/a%2Fb");
+        assert_eq!(&*route("a", "/%2541", &[]).prefix, "/%2541");
+        assert_eq!(&*route("a", "//./", &[]).prefix, "/");
+        // Found by the routing fuzz target: "%%44" decodes to "%D", which
+        // spelled as is would decode again.
+        let segs = normalise("/%%44AS%DS/%%4A").unwrap();
+        assert_eq!(normalise(&canonical(&segs)).unwrap(), segs);
     }
 
     #[test]
