@@ -280,7 +280,7 @@ fn now_ms() -> u64 {
 /// Whether a `ServiceUnreachable` event stamped `timestamp_ms` is too old
 /// to act on at `now_ms`: the replica that sent it has re-read Consul since.
 pub(crate) fn unreachable_is_stale(timestamp_ms: u64, now_ms: u64) -> bool {
-    timestamp_ms + 10_000 < now_ms
+    timestamp_ms.saturating_add(10_000) < now_ms
 }
 
 /// The compaction key of a change.
