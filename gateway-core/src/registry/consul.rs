@@ -321,7 +321,17 @@ pub fn entry_to_view(e: &ServiceEntry) -> InstanceView {
     };
     let mut routes = Vec::new();
     let mut keys: Vec<&String> = meta.keys().filter(|k| k.starts_with(META_ROUTE)).collect();
-    keys.sort();
+    // In the order registered: by index, as `gw-route-10` sorts before
+    // `gw-route-2` as text (a key another tool wrote without one, last).
+    keys.sort_by_key(|k| {
+        (
+            k[META_ROUTE.len()..]
+                .parse::<usize>()
+                .ok()
+                .unwrap_or(usize::MAX),
+            *k,
+        )
+    });
     for k in keys {
         match serde_json::from_str::<MetaRoute>(&meta[k]) {
             Ok(r) if r.p.starts_with('/') => routes.push(RouteSpec {

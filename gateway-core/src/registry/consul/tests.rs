@@ -86,6 +86,26 @@ fn registration_round_trips_through_consul_metadata() {
     assert_eq!(back.metadata, r.metadata);
 }
 
+/// `gw-route-10` sorts before `gw-route-2` as text: found by the
+/// registration fuzz target, which reads every accepted registration back
+/// through Consul metadata.
+#[test]
+fn more_than_ten_routes_read_back_in_their_order() {
+    let mut r = reg();
+    r.routes = (0..12)
+        .map(|i| RouteSpec {
+            path_prefix: format!("/r{i}"),
+            hosts: vec![],
+            timeout: None,
+            stream: false,
+            max_duration: None,
+        })
+        .collect();
+    let agent = to_agent_registration(&r, &ConsulConfig::default()).unwrap();
+    let back = entry_to_view(&entry(&agent, &[])).registration;
+    assert_eq!(back.routes, r.routes);
+}
+
 #[test]
 fn only_all_passing_is_routable() {
     let agent = to_agent_registration(&reg(), &ConsulConfig::default()).unwrap();
