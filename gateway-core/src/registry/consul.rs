@@ -979,9 +979,19 @@ pub(crate) fn fingerprints(checks: &[StateCheck]) -> HashMap<String, u64> {
                     cs.extend(nc.iter().copied());
                 }
             }
-            cs.sort_by(|a, b| {
-                (&a.node, &a.service_id, &a.check_id).cmp(&(&b.node, &b.service_id, &b.check_id))
-            });
+            // By every hashed field, so that the fingerprint depends on the
+            // checks listed and never on their order (even if an answer
+            // listed one check twice).
+            fn key(c: &StateCheck) -> (&str, &str, &str, &str, u64) {
+                (
+                    &c.node,
+                    &c.service_id,
+                    &c.check_id,
+                    &c.status,
+                    c.modify_index,
+                )
+            }
+            cs.sort_by(|a, b| key(a).cmp(&key(b)));
             let mut h = std::collections::hash_map::DefaultHasher::new();
             for c in cs {
                 (

@@ -225,6 +225,21 @@ fn fingerprints_tell_which_services_changed() {
     assert_ne!(f["b"], fp["b"]);
 }
 
+/// Found by the consul_answer fuzz target: with one check listed twice the
+/// fingerprint followed the listing order (Consul itself never lists a
+/// check twice; a proxy or a bad snapshot might).
+#[test]
+fn fingerprints_ignore_the_listing_order() {
+    let mut checks = vec![
+        state("n1", "c", "s:1", "passing", 10),
+        state("n1", "c", "s:1", "critical", 10),
+        state("n1", "serfHealth", "", "passing", 3),
+    ];
+    let first = fingerprints(&checks);
+    checks.reverse();
+    assert_eq!(fingerprints(&checks), first);
+}
+
 #[test]
 fn every_write_changes_the_check() {
     let config = ConsulConfig::default();
