@@ -262,7 +262,7 @@ pub fn response_headers(list: &[Header]) -> Result<HeaderMap, proto::convert::In
         .flat_map(|v| v.split(','))
         .map(str::trim)
         .collect();
-    let mut map = HeaderMap::with_capacity(list.len());
+    let mut map = proto::convert::map_for(list);
     for h in list {
         let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| {
             proto::convert::InvalidHeader {
@@ -279,8 +279,15 @@ pub fn response_headers(list: &[Header]) -> Result<HeaderMap, proto::convert::In
                 reason: "invalid header value (control characters are not allowed)",
             }
         })?;
-        map.append(name, value);
+        proto::convert::try_append(&mut map, name, value, h)?;
     }
+    // Room for the `Trailer` field the gateway may add: `insert` panics
+    // on a map at its limit.
+    map.try_reserve(1)
+        .map_err(|_| proto::convert::InvalidHeader {
+            name: String::new(),
+            reason: "too many header fields (HTTP allows 32768)",
+        })?;
     Ok(map)
 }
 

@@ -27,6 +27,9 @@ pub mod consul;
 pub mod convert;
 pub mod error;
 pub mod forward;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gateway;
 pub mod health;
 pub mod proxy;

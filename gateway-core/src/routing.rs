@@ -54,6 +54,28 @@ pub fn normalise(path: &str) -> Result<Segments<'_>, ForwardError> {
     Ok(out)
 }
 
+/// What a segment's canonical spelling encodes: `/` (a decoded `%2F` stays
+/// inside its segment) and `%` (a decoded `%25` must not decode again).
+const SEGMENT_ENCODE: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'/').add(b'%');
+
+/// The spelling of normalised segments as a path: normalising it gives the
+/// same segments back (idempotence), so a route's reported prefix names
+/// exactly what it matches ("/a%2Fb" stays that, not "/a/b").
+pub fn canonical<S: AsRef<str>>(segments: &[S]) -> String {
+    let mut out = String::new();
+    for s in segments {
+        out.push('/');
+        out.extend(percent_encoding::utf8_percent_encode(
+            s.as_ref(),
+            SEGMENT_ENCODE,
+        ));
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    out
+}
+
 /// One routable prefix of one service.
 #[derive(Debug, Clone)]
 pub struct Route {
@@ -62,9 +84,9 @@ pub struct Route {
     /// The prefix as registered (normalised form, e.g. "/orders").
     pub prefix: Arc<str>,
     /// Normalised segments of the prefix.
-    segments: Vec<String>,
+    pub(crate) segments: Vec<String>,
     /// Lower-cased hosts, empty = any.
-    hosts: Vec<String>,
+    pub(crate) hosts: Vec<String>,
     /// Per-route timeout.
     pub timeout: Option<Duration>,
     /// Who may reach the service.
@@ -88,10 +110,9 @@ impl Route {
             .into_iter()
             .map(Cow::into_owned)
             .collect();
-        let canonical = format!("/{}", segments.join("/"));
         Ok(Self {
             service,
-            prefix: canonical.into(),
+            prefix: canonical(&segments).into(),
             segments,
             hosts: hosts
                 .iter()
@@ -104,14 +125,14 @@ impl Route {
         })
     }
 
-    fn matches(&self, host: &str, segs: &[Cow<'_, str>]) -> bool {
+    pub(crate) fn matches(&self, host: &str, segs: &[Cow<'_, str>]) -> bool {
         (self.hosts.is_empty() || self.hosts.iter().any(|h| h.eq_ignore_ascii_case(host)))
             && segs.len() >= self.segments.len()
             && self.segments.iter().zip(segs).all(|(a, b)| a == b)
     }
 
     /// Sort key: host-specific first, then longer prefixes, then service name.
-    fn rank(&self) -> (bool, std::cmp::Reverse<usize>, Arc<str>) {
+    pub(crate) fn rank(&self) -> (bool, std::cmp::Reverse<usize>, Arc<str>) {
         (
             self.hosts.is_empty(),
             std::cmp::Reverse(self.segments.len()),
@@ -297,6 +318,17 @@ mod tests {
         let (t, c) = RouteTable::new([route("b", "/x", &[]), route("a", "/x", &[])]);
         assert_eq!(find(&t, "h", "/x").as_deref(), Some("a"));
         assert_eq!(c.len(), 1);
+    }
+
+    #[test]
+    fn a_route_prefix_is_spelled_so_that_it_normalises_to_itself() {
+        assert_eq!(&*route("a", "/x/%2e%2e/a%2Fb/", &[]).prefix, "/a%2Fb");
+        assert_eq!(&*route("a", "/%2541", &[]).prefix, "/%2541");
+        assert_eq!(&*route("a", "//./", &[]).prefix, "/");
+        // Found by the routing fuzz target: "%%44" decodes to "%D", which
+        // spelled as is would decode again.
+        let segs = normalise("/%%44AS%DS/%%4A").unwrap();
+        assert_eq!(normalise(&canonical(&segs)).unwrap(), segs);
     }
 
     #[test]

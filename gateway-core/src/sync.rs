@@ -277,6 +277,12 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Whether a `ServiceUnreachable` event stamped `timestamp_ms` is too old
+/// to act on at `now_ms`: the replica that sent it has re-read Consul since.
+pub(crate) fn unreachable_is_stale(timestamp_ms: u64, now_ms: u64) -> bool {
+    timestamp_ms.saturating_add(10_000) < now_ms
+}
+
 /// The compaction key of a change.
 pub fn event_key(change: &Change) -> String {
     match change {
@@ -656,7 +662,7 @@ impl SyncedRegistry {
                 }
             }
             pb::sync_event::Change::ServiceUnreachable(k) => {
-                if catching_up || ev.timestamp_ms + 10_000 < now_ms() {
+                if catching_up || unreachable_is_stale(ev.timestamp_ms, now_ms()) {
                     return;
                 }
                 // Re-check with Consul; never a deletion.

@@ -38,9 +38,10 @@ pub fn headers_to_wire(map: &HeaderMap) -> Vec<Header> {
 }
 
 /// Builds a header map from the wire list, refusing names or values HTTP
-/// does not allow (CR, LF or NUL in a value, a malformed name).
+/// does not allow (CR, LF or NUL in a value, a malformed name) and more
+/// fields than a `HeaderMap` holds.
 pub fn headers_from_wire(list: &[Header]) -> Result<HeaderMap, InvalidHeader> {
-    let mut map = HeaderMap::with_capacity(list.len());
+    let mut map = map_for(list);
     for h in list {
         let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| InvalidHeader {
             name: h.name.clone(),
@@ -50,9 +51,31 @@ pub fn headers_from_wire(list: &[Header]) -> Result<HeaderMap, InvalidHeader> {
             name: h.name.clone(),
             reason: "invalid header value (control characters are not allowed)",
         })?;
-        map.append(name, value);
+        try_append(&mut map, name, value, h)?;
     }
     Ok(map)
+}
+
+/// An empty map sized for `list`. `HeaderMap::with_capacity` panics past
+/// its limit of 32,768 fields, and a peer's message can list more: such a
+/// list then fails in [`try_append`] instead.
+pub fn map_for(list: &[Header]) -> HeaderMap {
+    HeaderMap::try_with_capacity(list.len()).unwrap_or_default()
+}
+
+/// `HeaderMap::append`, which panics past 32,768 fields, as an error.
+pub fn try_append(
+    map: &mut HeaderMap,
+    name: HeaderName,
+    value: HeaderValue,
+    h: &Header,
+) -> Result<(), InvalidHeader> {
+    map.try_append(name, value)
+        .map(drop)
+        .map_err(|_| InvalidHeader {
+            name: h.name.clone(),
+            reason: "too many header fields (HTTP allows 32768)",
+        })
 }
 
 /// Maps an `http::Version` to the wire enum.

@@ -443,3 +443,79 @@ fn te_trailers_and_http2_accept_trailers() {
         .body(())
         .unwrap()));
 }
+
+/// `HeaderMap` holds at most 32,768 fields and panics beyond; the gateway
+/// reads backend answers of any size, so a backend sending more is an
+/// invalid answer (502), not a crashed request task.
+#[test]
+fn more_header_fields_than_http_holds_are_an_upstream_error() {
+    // Distinct names: values of one name are not counted against the limit.
+    let many = |n: usize| -> Vec<Header> {
+        (0..n)
+            .map(|i| Header {
+                name: format!("x-many-{i}"),
+                value: Bytes::from_static(b"1"),
+            })
+            .collect()
+    };
+    for (headers, trailers) in [(many(40_000), vec![]), (vec![], many(40_000))] {
+        let resp = ForwardingResp {
+            status: 200,
+            headers,
+            trailers,
+            ..Default::default()
+        };
+        let target = ResponseTarget {
+            head_request: false,
+            trailers: true,
+        };
+        let Err(err) = response_from_wire(resp, target) else {
+            panic!("40,000 header fields passed on");
+        };
+        assert_eq!(err.kind, ErrorKind::UpstreamInvalidResponse);
+    }
+    // Many values of one name fit.
+    let resp = ForwardingResp {
+        status: 200,
+        headers: (0..40_000)
+            .map(|_| Header {
+                name: "set-cookie".into(),
+                value: Bytes::from_static(b"a=1"),
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let Ok(r) = response_from_wire(resp, ResponseTarget::default()) else {
+        panic!("40,000 values of one header refused");
+    };
+    assert_eq!(r.headers().get_all("set-cookie").iter().count(), 40_000);
+}
+
+/// A map filled to the limit by the backend still takes the `Trailer`
+/// announcement the gateway adds (or is refused before): never a panic.
+#[test]
+fn a_full_header_map_still_announces_trailers() {
+    for n in (24_570..24_580).chain(32_760..32_770) {
+        let resp = ForwardingResp {
+            status: 200,
+            headers: (0..n)
+                .map(|i| Header {
+                    name: format!("x-{i}"),
+                    value: Bytes::from_static(b"1"),
+                })
+                .collect(),
+            trailers: vec![Header {
+                name: "x-t".into(),
+                value: Bytes::from_static(b"1"),
+            }],
+            ..Default::default()
+        };
+        let target = ResponseTarget {
+            head_request: false,
+            trailers: true,
+        };
+        if let Ok(r) = response_from_wire(resp, target) {
+            assert!(r.headers().contains_key(header::TRAILER), "{n} fields");
+        }
+    }
+}

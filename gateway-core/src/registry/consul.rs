@@ -333,7 +333,17 @@ pub fn entry_to_view(e: &ServiceEntry) -> InstanceView {
     };
     let mut routes = Vec::new();
     let mut keys: Vec<&String> = meta.keys().filter(|k| k.starts_with(META_ROUTE)).collect();
-    keys.sort();
+    // In the order registered: by index, as `gw-route-10` sorts before
+    // `gw-route-2` as text (a key another tool wrote without one, last).
+    keys.sort_by_key(|k| {
+        (
+            k[META_ROUTE.len()..]
+                .parse::<usize>()
+                .ok()
+                .unwrap_or(usize::MAX),
+            *k,
+        )
+    });
     for k in keys {
         match serde_json::from_str::<MetaRoute>(&meta[k]) {
             Ok(r) if r.p.starts_with('/') => routes.push(RouteSpec {
@@ -966,7 +976,7 @@ const SWEEP_MIN: Duration = Duration::from_secs(5);
 /// A fingerprint per service of its checks in `/v1/health/state/any`
 /// (status, ids and `ModifyIndex`, node checks of its nodes included): a
 /// service whose fingerprint moved has changed.
-fn fingerprints(checks: &[StateCheck]) -> HashMap<String, u64> {
+pub(crate) fn fingerprints(checks: &[StateCheck]) -> HashMap<String, u64> {
     use std::hash::{Hash, Hasher};
     let mut node_checks: HashMap<&str, Vec<&StateCheck>> = HashMap::new();
     let mut by_service: HashMap<&str, Vec<&StateCheck>> = HashMap::new();
@@ -988,9 +998,19 @@ fn fingerprints(checks: &[StateCheck]) -> HashMap<String, u64> {
                     cs.extend(nc.iter().copied());
                 }
             }
-            cs.sort_by(|a, b| {
-                (&a.node, &a.service_id, &a.check_id).cmp(&(&b.node, &b.service_id, &b.check_id))
-            });
+            // By every hashed field, so that the fingerprint depends on the
+            // checks listed and never on their order (even if an answer
+            // listed one check twice).
+            fn key(c: &StateCheck) -> (&str, &str, &str, &str, u64) {
+                (
+                    &c.node,
+                    &c.service_id,
+                    &c.check_id,
+                    &c.status,
+                    c.modify_index,
+                )
+            }
+            cs.sort_by(|a, b| key(a).cmp(&key(b)));
             let mut h = std::collections::hash_map::DefaultHasher::new();
             for c in cs {
                 (

@@ -167,3 +167,15 @@ fn only_an_uninterrupted_stream_of_errors_pauses_and_briefly() {
         assert_eq!(p.error(t0 + Duration::from_millis(ms), false), None);
     }
 }
+
+/// The freshness test of a `ServiceUnreachable` event is arithmetic on a
+/// timestamp any producer on the topic chooses: a far-future one must not
+/// overflow (a panic in the consumer task would stop all event handling).
+#[test]
+fn unreachable_events_from_the_far_future_do_not_overflow() {
+    use super::unreachable_is_stale;
+    assert!(!unreachable_is_stale(u64::MAX, 1_700_000_000_000));
+    assert!(!unreachable_is_stale(u64::MAX - 5, u64::MAX));
+    assert!(unreachable_is_stale(0, 10_001));
+    assert!(!unreachable_is_stale(0, 10_000));
+}

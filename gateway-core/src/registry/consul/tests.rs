@@ -88,6 +88,26 @@ fn registration_round_trips_through_consul_metadata() {
     assert_eq!(back.metadata, r.metadata);
 }
 
+/// `gw-route-10` sorts before `gw-route-2` as text: found by the
+/// registration fuzz target, which reads every accepted registration back
+/// through Consul metadata.
+#[test]
+fn more_than_ten_routes_read_back_in_their_order() {
+    let mut r = reg();
+    r.routes = (0..12)
+        .map(|i| RouteSpec {
+            path_prefix: format!("/r{i}"),
+            hosts: vec![],
+            timeout: None,
+            stream: false,
+            max_duration: None,
+        })
+        .collect();
+    let agent = to_agent_registration(&r, &ConsulConfig::default()).unwrap();
+    let back = entry_to_view(&entry(&agent, &[])).registration;
+    assert_eq!(back.routes, r.routes);
+}
+
 #[test]
 fn only_all_passing_is_routable() {
     let agent = to_agent_registration(&reg(), &ConsulConfig::default()).unwrap();
@@ -205,6 +225,21 @@ fn fingerprints_tell_which_services_changed() {
     let f = fingerprints(&s);
     assert_eq!(f["a"], fp["a"]);
     assert_ne!(f["b"], fp["b"]);
+}
+
+/// Found by the consul_answer fuzz target: with one check listed twice the
+/// fingerprint followed the listing order (Consul itself never lists a
+/// check twice; a proxy or a bad snapshot might).
+#[test]
+fn fingerprints_ignore_the_listing_order() {
+    let mut checks = vec![
+        state("n1", "c", "s:1", "passing", 10),
+        state("n1", "c", "s:1", "critical", 10),
+        state("n1", "serfHealth", "", "passing", 3),
+    ];
+    let first = fingerprints(&checks);
+    checks.reverse();
+    assert_eq!(fingerprints(&checks), first);
 }
 
 #[test]

@@ -1,0 +1,3 @@
+#![no_main]
+// See gateway_core::fuzzing::registration for what is fed in and what must hold.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| gateway_core::fuzzing::registration(data));
