@@ -611,7 +611,8 @@ pub fn consul_answer(data: &[u8]) {
                 assert!(i.detail.chars().count() <= 300);
             }
             let config = crate::config::GatewayConfig::default();
-            let balancer = crate::balance::Balancer::new(config.balancer, config.retry, config.timeouts);
+            let balancer =
+                crate::balance::Balancer::new(config.balancer, config.retry, config.timeouts);
             balancer.apply(&Catalog {
                 instances,
                 version: 1,
