@@ -3,10 +3,11 @@
 # need (idempotent), then formatting, lints, unit/property/integration tests
 # (real Consul and Kafka among them), the Python example's tests, the README
 # walkthrough, a benchmark smoke, the end-to-end scenarios on the replicated
-# topology and a quick run of the discovery figures.
+# topology, a quick run of the discovery figures and of the reliability
+# scenarios (scripts/reliability.sh: faults injected under load).
 #
 #   scripts/test.sh            everything (CI runs this through .ci/run)
-#   scripts/test.sh --fast     skip the release build, demo, benchmark, e2e and figures
+#   scripts/test.sh --fast     skip the release build, demo, benchmark, e2e, figures and reliability
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
@@ -63,5 +64,8 @@ if [ "$FAST" = 0 ]; then
 
   step "discovery and replication figures, quick"
   scripts/figures.sh --quick
+
+  step "reliability scenarios 4, 6, 8, 13, 14, 15, quick (RELIABILITY.md)"
+  scripts/reliability.sh --quick --no-build
 fi
 step "all tests passed"

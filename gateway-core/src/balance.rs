@@ -673,6 +673,14 @@ impl Balancer {
         ep.ejection(self.now_ms()).is_some()
     }
 
+    /// Whether a failed call of `ep` (already recorded) should be logged at
+    /// WARN: the 1st, 2nd, 4th, 8th... of the instance, so a failing
+    /// instance is visible without a log line per request (`/admin/services`
+    /// counts them all).
+    pub fn log_failure(&self, ep: &Endpoint) -> bool {
+        ep.failures.load(Ordering::Relaxed).is_power_of_two()
+    }
+
     /// The admin view of one endpoint.
     pub fn stats(&self, ep: &Endpoint) -> EndpointStats {
         let now = self.now_ms();

@@ -760,7 +760,11 @@ where
                         sent += 1;
                         balancer.observe(&ep, attempt.elapsed());
                         balancer.record(&ep, false);
-                        warn!(service = %service, instance = %ep.instance_id, code = ?status.code(), message = status.message(), "Forwarded call failed.");
+                        if balancer.log_failure(&ep) {
+                            warn!(service = %service, instance = %ep.instance_id, code = ?status.code(), message = status.message(), failures = balancer.stats(&ep).failures, "Forwarded call failed.");
+                        } else {
+                            debug!(service = %service, instance = %ep.instance_id, code = ?status.code(), message = status.message(), "Forwarded call failed.");
+                        }
                         if failure != Failure::Unavailable || !idempotent {
                             return Err(err);
                         }
@@ -868,7 +872,11 @@ fn stream_failure(
         return Ok(err);
     }
     shared.balancer.record(ep, false);
-    warn!(service = %service, instance = %ep.instance_id, code = ?status.code(), message = status.message(), "Forwarded stream failed before its head.");
+    if shared.balancer.log_failure(ep) {
+        warn!(service = %service, instance = %ep.instance_id, code = ?status.code(), message = status.message(), failures = shared.balancer.stats(ep).failures, "Forwarded stream failed before its head.");
+    } else {
+        debug!(service = %service, instance = %ep.instance_id, code = ?status.code(), message = status.message(), "Forwarded stream failed before its head.");
+    }
     Err(err)
 }
 
