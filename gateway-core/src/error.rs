@@ -24,8 +24,9 @@ pub enum Source {
 /// Whether the request may be sent to another instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Retry {
-    /// The request never reached an instance (connection refused): retrying
-    /// elsewhere cannot run it twice.
+    /// The request never reached an instance (connection refused, or an
+    /// HTTP/2 stream refused with `REFUSED_STREAM`): retrying elsewhere
+    /// cannot run it twice.
     Safe,
     /// The request may have been processed: do not retry.
     Unsafe,
@@ -45,7 +46,8 @@ pub enum ErrorKind {
     HeadersTooLarge,
     /// The route's service has no instance that can take the request.
     NoHealthyInstance,
-    /// Connecting to the instance failed; the request was not sent.
+    /// Connecting to the instance failed, or it refused the stream; the
+    /// request was not processed.
     UpstreamConnect,
     /// The instance failed the call (gRPC error, reset...).
     UpstreamFailed,
