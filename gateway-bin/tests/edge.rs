@@ -197,6 +197,61 @@ async fn connections_over_the_limits_get_503_and_are_closed() {
     assert_eq!(seen.load(Ordering::SeqCst), 1);
 }
 
+/// An HTTP/1.1 connection upgraded to WebSocket leaves hyper for the
+/// gateway's relay, and still holds its place under `max_connections`
+/// until the relay ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgraded_websocket_keeps_its_connection_slot() {
+    use futures_util::{SinkExt, StreamExt};
+    use service_sdk::routing::get as route_get;
+    use service_sdk::ws::{WebSocket, WebSocketUpgrade};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let gw = gateway_with(
+        "wsslot",
+        "[limits]\nmax_connections = 2\n[timeouts]\nfirst_byte = \"30s\"\n",
+    )
+    .await;
+    let echo = Router::new().route(
+        "/wsslot",
+        route_get(|ws: WebSocketUpgrade| async move {
+            ws.on_upgrade(|mut socket: WebSocket| async move {
+                while let Some(Ok(m)) = socket.recv().await {
+                    if socket.send(m).await.is_err() {
+                        return;
+                    }
+                }
+            })
+        }),
+    );
+    let _b = BackendHandle::start("wsslot", echo, Some(&gw.registration_url()), |b| b).await;
+    gw.wait_routable("wsslot", 1).await;
+    // The readiness polls of the harness give their slots back first.
+    let held = eventually_admitted(gw.public, [127, 0, 0, 1]).await;
+    drop(held);
+    let tcp = TcpStream::connect(gw.public).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{}/wsslot", gw.public), tcp)
+        .await
+        .unwrap();
+    ws.send(Message::text("hi")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("hi"));
+    // One slot left: the next connection is admitted, the one after refused.
+    let _second = eventually_admitted(gw.public, [127, 0, 0, 2]).await;
+    let mut third = connect_from([127, 0, 0, 3], gw.public).await;
+    let raw = read_until_closed(&mut third, Duration::from_secs(5)).await;
+    assert_eq!(
+        status_and_code(&raw).1.as_deref(),
+        Some("too_many_connections"),
+        "{}",
+        String::from_utf8_lossy(&raw)
+    );
+    // The WebSocket ends: its slot is free again.
+    ws.close(None).await.unwrap();
+    while let Some(Ok(_)) = ws.next().await {}
+    drop(ws);
+    let _again = eventually_admitted(gw.public, [127, 0, 0, 4]).await;
+}
+
 /// Connects from `src` until the gateway keeps the connection (a refused
 /// one is answered and closed at once): slots are given back
 /// asynchronously.

@@ -499,8 +499,8 @@ async fn backends_over_tls_and_mtls() {
 }
 
 /// A bad certificate file stops start-up, naming the file; a TLS
-/// registration on a gateway without `[upstream_tls]` is not routed (it
-/// cannot be dialled).
+/// registration on a gateway without `[upstream_tls]` is refused with a
+/// 400 naming the field (it could never be dialled).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn misconfiguration_is_named() {
     let pki = Pki::new("bad");
@@ -526,9 +526,17 @@ async fn misconfiguration_is_named() {
 
     let gw = GatewayProcess::start(&[], &[]).await;
     let body = json!({"service": "wanttls", "instance_id": "w-1", "address": "127.0.0.1:1", "tls": true, "health": {"kind": "ttl"}, "lease_ms": 600000});
-    support::register_json(&gw, &body).await;
-    // A plain sibling registered after it: once it is routable, the
-    // snapshot holds both, and only the plain one is routed.
+    let resp = gw
+        .http
+        .put(format!("{}/v1/registrations", gw.registration_url()))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let err: Value = resp.json().await.unwrap();
+    assert_eq!(err["error"]["field"], "registration.tls", "{err}");
+    // A plain sibling is registered and routed; the refused one is not there.
     let body = json!({"service": "wanttls", "instance_id": "w-2", "address": "127.0.0.1:2", "health": {"kind": "ttl"}, "lease_ms": 600000});
     support::register_json(&gw, &body).await;
     gw.wait_routable("wanttls", 1).await;

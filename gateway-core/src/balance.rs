@@ -71,6 +71,10 @@ pub enum Ejection {
 const EJECTED_UNREACHABLE: u8 = 1;
 const EJECTED_FAILING: u8 = 2;
 
+/// How often an instance ejected for refusing connections is probed with a
+/// TCP connection (see [`Balancer::eject`]).
+pub const PROBE_INTERVAL: Duration = Duration::from_millis(250);
+
 /// One instance the gateway can send to.
 #[derive(Debug)]
 pub struct Endpoint {
@@ -116,6 +120,8 @@ pub struct Endpoint {
     /// estimate can afford.
     latency_ns: AtomicU64,
     has_latency: AtomicBool,
+    /// A reconnection probe runs for this endpoint (see [`Balancer::eject`]).
+    probing: AtomicBool,
     /// Nanoseconds since the balancer's epoch of the last update.
     latency_at_ns: AtomicU64,
 }
@@ -142,6 +148,7 @@ impl Endpoint {
             streak: AtomicU32::new(0),
             latency_ns: AtomicU64::new(0),
             has_latency: AtomicBool::new(false),
+            probing: AtomicBool::new(false),
             latency_at_ns: AtomicU64::new(0),
         }
     }
@@ -582,10 +589,51 @@ impl Balancer {
     }
 
     /// The endpoint refused a connection: skip it for `ejection_time`.
-    pub fn eject(&self, ep: &Endpoint) {
+    ///
+    /// While it is ejected, a probe tries a TCP connection to it every
+    /// [`PROBE_INTERVAL`] and readmits it at the first that succeeds: an
+    /// instance that was restarted (or a network that healed) is routed
+    /// again within a fraction of a second, not after `ejection_time`,
+    /// without spending a client request on the test.
+    pub fn eject(&self, ep: &Arc<Endpoint>) {
         ep.connect_failures.fetch_add(1, Ordering::Relaxed);
         ep.streak.store(0, Ordering::Relaxed);
         self.eject_for(ep, Ejection::Unreachable, self.config.ejection_time);
+        if ep.probing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            ep.probing.store(false, Ordering::Release);
+            return;
+        };
+        let (weak, epoch, connect) = (Arc::downgrade(ep), self.epoch, self.timeouts.connect);
+        rt.spawn(async move {
+            loop {
+                tokio::time::sleep(PROBE_INTERVAL).await;
+                let Some(ep) = weak.upgrade() else { return };
+                let now = epoch.elapsed().as_millis() as u64;
+                if ep.ejection(now) != Some(Ejection::Unreachable) {
+                    ep.probing.store(false, Ordering::Release);
+                    return;
+                }
+                let address = ep.address.clone();
+                drop(ep);
+                let up = matches!(
+                    tokio::time::timeout(connect, tokio::net::TcpStream::connect(&*address)).await,
+                    Ok(Ok(_))
+                );
+                let Some(ep) = weak.upgrade() else { return };
+                if up {
+                    let now = epoch.elapsed().as_millis() as u64;
+                    if ep.ejection(now) == Some(Ejection::Unreachable) {
+                        ep.ejected_until_ms.store(0, Ordering::Relaxed);
+                        info!(service = %ep.service, instance = %ep.instance_id, address = %ep.address, "Instance accepts connections again; readmitted.");
+                    }
+                    ep.probing.store(false, Ordering::Release);
+                    return;
+                }
+            }
+        });
     }
 
     fn eject_for(&self, ep: &Endpoint, why: Ejection, time: Duration) {

@@ -845,7 +845,7 @@ fn observe_head(shared: &Shared, ep: &Endpoint, ex: &Exchange, attempt: Instant)
 /// the error for the client.
 fn stream_failure(
     shared: &Shared,
-    ep: &Endpoint,
+    ep: &Arc<Endpoint>,
     status: &tonic::Status,
     service: &str,
     retryable: bool,
@@ -1041,6 +1041,10 @@ async fn dispatch_websocket(
                         max_message: shared.limits.max_body_bytes,
                         service: service.clone(),
                         in_flight,
+                        slot: parts
+                            .extensions
+                            .get::<crate::server::ConnectionSlot>()
+                            .cloned(),
                     }
                     .run(),
                 );

@@ -484,6 +484,7 @@ pub fn registration(data: &[u8]) {
         check_timeout: Duration::from_secs(1),
         lease: Duration::from_secs(30),
         allowed_networks: Vec::new(),
+        upstream_tls: true,
     };
     let Ok(reg) = Registration::from_proto(wire, &policy) else {
         return;

@@ -155,6 +155,10 @@ pub struct RegistrationPolicy {
     pub lease: Duration,
     /// Allowed instance networks; empty = any.
     pub allowed_networks: Vec<IpNet>,
+    /// Whether this gateway can dial instances over TLS (`[upstream_tls]`
+    /// is configured): without it a `tls` registration is refused, since
+    /// it could never be routed.
+    pub upstream_tls: bool,
 }
 
 impl RegistrationPolicy {
@@ -165,6 +169,7 @@ impl RegistrationPolicy {
             check_timeout: c.health.timeout,
             lease: c.health.lease,
             allowed_networks: c.registration.effective_networks(c.consul.is_some()),
+            upstream_tls: c.upstream_tls.is_some(),
         }
     }
 }
@@ -374,6 +379,12 @@ impl Registration {
         let timeout = bounded_ms("registration.health.timeout_ms", h.timeout_ms)?
             .unwrap_or(policy.check_timeout)
             .min(interval);
+        if p.tls && !policy.upstream_tls {
+            return Err(invalid(
+                "registration.tls",
+                "this gateway has no [upstream_tls] (the CA that verifies instances), so it cannot dial an instance over TLS; configure upstream_tls or register without tls",
+            ));
+        }
         let tls_server_name = match p.tls_server_name.as_str() {
             "" => None,
             n if rustls_pki_types::ServerName::try_from(n).is_ok() => Some(p.tls_server_name),

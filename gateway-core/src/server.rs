@@ -125,11 +125,13 @@ pub async fn serve<S>(
         };
         let _ = stream.set_nodelay(true);
         let s = server.clone();
+        // Shared with a WebSocket relay the connection may be upgraded to:
+        // the slot is given back when both have ended.
+        let slot = ConnectionSlot(Arc::new(permit));
         match server.opts.tls.clone() {
             None => {
                 server.tasks.spawn(async move {
-                    s.connection(stream, peer, false).await;
-                    drop(permit);
+                    s.connection(stream, peer, false, slot).await;
                 });
             }
             Some(tls) => {
@@ -138,12 +140,11 @@ pub async fn serve<S>(
                 server.tasks.spawn(async move {
                     tokio::select! {
                         r = tls.accept(stream) => match r {
-                            Ok(stream) => s.connection(stream, peer, true).await,
+                            Ok(stream) => s.connection(stream, peer, true, slot).await,
                             Err(e) => debug!(%peer, error = %e, "TLS handshake failed."),
                         },
                         _ = s.killed.cancelled() => {}
                     }
-                    drop(permit);
                 });
             }
         }
@@ -261,8 +262,9 @@ impl Server {
 
     /// Serves one accepted connection until it ends, times out or the
     /// server stops. `io` is the accepted stream, or a TLS stream around it
-    /// (`tls`: requests are marked [`ConnectionTls`]).
-    pub async fn connection<I>(&self, io: I, peer: SocketAddr, tls: bool)
+    /// (`tls`: requests are marked [`ConnectionTls`]). Each request carries
+    /// the connection's [`ConnectionSlot`], which an upgrade keeps.
+    pub async fn connection<I>(&self, io: I, peer: SocketAddr, tls: bool, slot: ConnectionSlot)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -275,6 +277,7 @@ impl Server {
             if tls {
                 req.extensions_mut().insert(ConnectionTls);
             }
+            req.extensions_mut().insert(slot.clone());
             let (refused, guard) = st.begin_request();
             let svc = svc.clone();
             let st2 = st.clone();
@@ -376,6 +379,18 @@ enum Verdict {
     Close(&'static str),
     /// Drop the connection now.
     Drop(&'static str),
+}
+
+/// A connection's place under `max_connections`, shared by the serving
+/// task and, after an HTTP/1.1 upgrade, by the WebSocket relay that takes
+/// the connection over from hyper: the slot is free again once both ended.
+#[derive(Clone)]
+pub struct ConnectionSlot(#[allow(dead_code)] Arc<Permit>);
+
+impl std::fmt::Debug for ConnectionSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConnectionSlot")
+    }
 }
 
 /// A connection slot; given back when the connection ends.

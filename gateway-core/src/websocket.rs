@@ -168,6 +168,9 @@ pub(crate) struct Relay {
     pub max_message: usize,
     pub service: Arc<str>,
     pub in_flight: InFlight,
+    /// The upgraded connection's place under `limits.max_connections`,
+    /// held until the relay ends.
+    pub slot: Option<crate::server::ConnectionSlot>,
 }
 
 /// How the relay ended, for the close sent to the client.
@@ -195,6 +198,7 @@ impl Relay {
             max_message,
             service,
             in_flight: _in_flight,
+            slot: _slot,
         } = self;
         let upgraded = match on_upgrade.await {
             Ok(u) => u,

@@ -11,6 +11,7 @@ fn policy() -> RegistrationPolicy {
         check_timeout: std::time::Duration::from_secs(1),
         lease: std::time::Duration::from_secs(30),
         allowed_networks: vec![],
+        upstream_tls: true,
     }
 }
 
@@ -821,6 +822,7 @@ async fn registry_proto_names_the_statuses_the_api_answers() {
         Arc::new(MemoryRegistry::new()),
         RegistrationPolicy {
             allowed_networks: vec!["10.0.0.0/8".parse().unwrap()],
+            upstream_tls: true,
             ..policy()
         },
         None,

@@ -6,6 +6,7 @@ fn policy() -> RegistrationPolicy {
         check_timeout: Duration::from_secs(1),
         lease: Duration::from_secs(30),
         allowed_networks: vec![],
+        upstream_tls: true,
     }
 }
 
@@ -19,6 +20,18 @@ fn reg() -> pb::Registration {
 
 fn field(p: pb::Registration, pol: &RegistrationPolicy) -> String {
     Registration::from_proto(p, pol).unwrap_err().field
+}
+
+#[test]
+fn tls_without_upstream_tls_is_refused() {
+    let mut p = reg();
+    p.tls = true;
+    let no_tls = RegistrationPolicy {
+        upstream_tls: false,
+        ..policy()
+    };
+    assert_eq!(field(p.clone(), &no_tls), "registration.tls");
+    assert!(Registration::from_proto(p, &policy()).unwrap().tls);
 }
 
 #[test]
