@@ -500,7 +500,10 @@ impl Balancer {
 
     /// The ejection state of a service at this moment.
     pub fn health(&self, service: &ServiceEndpoints) -> ServiceHealth {
-        let now = self.now_ms();
+        self.health_at(service, self.now_ms())
+    }
+
+    fn health_at(&self, service: &ServiceEndpoints, now: u64) -> ServiceHealth {
         let (mut unreachable, mut failing) = (0, 0);
         for e in &service.endpoints {
             match e.ejection(now) {
@@ -538,12 +541,12 @@ impl Balancer {
         if all.is_empty() {
             return Err(NoEndpoint::NoneHealthy);
         }
-        let health = self.health(service);
+        let now = self.now_ms();
+        let health = self.health_at(service, now);
         if health.unreachable == all.len() {
             return Err(NoEndpoint::AllEjected);
         }
         service.budget.deposit();
-        let now = self.now_ms();
         // In panic mode only the unreachable stay out (see module docs).
         let usable = |e: &Endpoint| match e.ejection(now) {
             None => true,

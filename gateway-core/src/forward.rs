@@ -177,10 +177,10 @@ where
     Ok((collected.to_bytes(), trailers))
 }
 
-/// Classifies a failed `Send`: never processed (connection refused, stream
-/// refused) vs a call that reached the instance.
-fn classify(status: &tonic::Status, service: &str) -> ForwardError {
-    match failure_of(status) {
+/// Classifies a failed call whose [`Failure`] is known: never processed
+/// (connection refused, stream refused) vs a call that reached the instance.
+fn classify(status: &tonic::Status, failure: Failure, service: &str) -> ForwardError {
+    match failure {
         Failure::Unreachable => {
             return ForwardError::new(
                 ErrorKind::UpstreamConnect,
@@ -745,8 +745,9 @@ where
                 return Err(timeout_error(service, budget));
             }
             Ok(Err(status)) => {
-                let err = classify(&status, service);
-                match failure_of(&status) {
+                let failure = failure_of(&status);
+                let err = classify(&status, failure, service);
+                match failure {
                     Failure::Unreachable => {
                         debug!(service = %service, instance = %ep.instance_id, "Connection refused; trying the next instance.");
                         balancer.eject(&ep);
@@ -855,7 +856,8 @@ fn stream_failure(
         shared.balancer.record(ep, false);
         return Err(timeout_error(service, ex.limits.head_timeout));
     }
-    let mut err = classify(status, service);
+    let failure = failure_of(status);
+    let mut err = classify(status, failure, service);
     if status.message().starts_with("malformed stream") {
         err = ForwardError::new(
             ErrorKind::UpstreamInvalidResponse,
@@ -865,7 +867,7 @@ fn stream_failure(
     if err.kind.retry() == crate::error::Retry::Safe && retryable {
         // Refused connections eject; a refused stream is not held against
         // the instance (see `Failure::Refused`).
-        if failure_of(status) == Failure::Unreachable {
+        if failure == Failure::Unreachable {
             debug!(service = %service, instance = %ep.instance_id, "Connection refused; trying the next instance.");
             shared.balancer.eject(ep);
         }
@@ -1124,7 +1126,7 @@ mod tests {
         assert_eq!(refused_stream.code(), tonic::Code::Unavailable);
         assert_eq!(failure_of(&refused_stream), Failure::Refused);
         assert_eq!(
-            classify(&refused_stream, "s").kind,
+            classify(&refused_stream, failure_of(&refused_stream), "s").kind,
             ErrorKind::UpstreamConnect
         );
         let connect = tonic::Status::from_error(Box::new(tonic::ConnectError(Box::new(
@@ -1139,7 +1141,10 @@ mod tests {
         // What a backend answers is its answer, whatever the code.
         let unavailable = tonic::Status::unavailable("overloaded");
         assert_eq!(failure_of(&unavailable), Failure::Unavailable);
-        assert_eq!(classify(&unavailable, "s").kind, ErrorKind::UpstreamFailed);
+        assert_eq!(
+            classify(&unavailable, failure_of(&unavailable), "s").kind,
+            ErrorKind::UpstreamFailed
+        );
         assert_eq!(
             failure_of(&tonic::Status::internal("boom")),
             Failure::Failed

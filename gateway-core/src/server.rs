@@ -262,8 +262,9 @@ impl Server {
 
     /// Serves one accepted connection until it ends, times out or the
     /// server stops. `io` is the accepted stream, or a TLS stream around it
-    /// (`tls`: requests are marked [`ConnectionTls`]). Each request carries
-    /// the connection's [`ConnectionSlot`], which an upgrade keeps.
+    /// (`tls`: requests are marked [`ConnectionTls`]). An HTTP/1.1 upgrade
+    /// request carries the connection's [`ConnectionSlot`], which the relay
+    /// that takes the connection over keeps.
     pub async fn connection<I>(&self, io: I, peer: SocketAddr, tls: bool, slot: ConnectionSlot)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -277,12 +278,14 @@ impl Server {
             if tls {
                 req.extensions_mut().insert(ConnectionTls);
             }
-            req.extensions_mut().insert(slot.clone());
+            let upgrade = asks_upgrade(&req);
+            if upgrade == Upgrade::Protocol {
+                req.extensions_mut().insert(slot.clone());
+            }
             let (refused, guard) = st.begin_request();
             let svc = svc.clone();
             let st2 = st.clone();
             async move {
-                let upgrade = asks_upgrade(&req);
                 let resp = match refused {
                     Some(e) => e.into_response(None),
                     None => svc.oneshot(req).await?,

@@ -25,11 +25,24 @@ use crate::config::RetryConfig;
 const SLOTS: usize = 10;
 
 /// How many retries a service may still make; counts what it spent.
+///
+/// Every request of the service passes through [`RetryBudget::deposit`], so
+/// it is one relaxed atomic add: the requests are a running total, and the
+/// window keeps the total at the start of each slot, written under the lock
+/// only when a slot boundary has passed (once per slot, by whichever call
+/// notices first). Requests counted just after a boundary may be booked to
+/// the slot before it, so they leave the window a slot early: the budget is
+/// never more generous than its definition. Retries (rare) take the lock.
 #[derive(Debug)]
 pub struct RetryBudget {
     percent: u64,
     min_per_second: f64,
     slot: Duration,
+    epoch: Instant,
+    /// Requests since the budget was made.
+    requests: AtomicU64,
+    /// The slot number (`elapsed / slot`) the window was last moved to.
+    slot_no: AtomicU64,
     state: Mutex<State>,
     retries: AtomicU64,
     exhausted: AtomicU64,
@@ -37,11 +50,12 @@ pub struct RetryBudget {
 
 #[derive(Debug)]
 struct State {
-    /// Requests and retries drawn on the percentage, per slot.
-    requests: [u64; SLOTS],
+    /// The running request total at the start of each slot.
+    starts: [u64; SLOTS],
+    /// Retries drawn on the percentage, per slot.
     retries: [u64; SLOTS],
     current: usize,
-    current_start: Instant,
+    current_no: u64,
     /// Retries the per-second floor still allows (at most one: a rate, not
     /// a reserve that a burst could spend at once).
     floor: f64,
@@ -57,11 +71,14 @@ impl RetryBudget {
             percent: config.budget_percent as u64,
             min_per_second,
             slot: (config.budget_window / SLOTS as u32).max(Duration::from_millis(1)),
+            epoch: now,
+            requests: AtomicU64::new(0),
+            slot_no: AtomicU64::new(0),
             state: Mutex::new(State {
-                requests: [0; SLOTS],
+                starts: [0; SLOTS],
                 retries: [0; SLOTS],
                 current: 0,
-                current_start: now,
+                current_no: 0,
                 floor: 0.0,
                 floor_at: now,
             }),
@@ -76,12 +93,33 @@ impl RetryBudget {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn slot_no(&self, now: Instant) -> u64 {
+        (now.saturating_duration_since(self.epoch).as_nanos() / self.slot.as_nanos()) as u64
+    }
+
+    /// Moves the window to slot `no` under the lock `s`.
+    fn advance(&self, s: &mut State, no: u64) {
+        if no <= s.current_no {
+            return;
+        }
+        let total = self.requests.load(Ordering::Relaxed);
+        for _ in 0..(no - s.current_no).min(SLOTS as u64) {
+            s.current = (s.current + 1) % SLOTS;
+            s.starts[s.current] = total;
+            s.retries[s.current] = 0;
+        }
+        s.current_no = no;
+        self.slot_no.store(no, Ordering::Relaxed);
+    }
+
     /// Counts one request: it earns `budget_percent`/100 of a retry.
     pub fn deposit(&self) {
-        let mut s = self.state();
-        s.advance(Instant::now(), self.slot);
-        let c = s.current;
-        s.requests[c] += 1;
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let no = self.slot_no(Instant::now());
+        if no != self.slot_no.load(Ordering::Relaxed) {
+            let mut s = self.state();
+            self.advance(&mut s, no);
+        }
     }
 
     /// Takes one retry from the budget; false (and counted as exhausted)
@@ -89,8 +127,12 @@ impl RetryBudget {
     pub fn withdraw(&self) -> bool {
         let now = Instant::now();
         let mut s = self.state();
-        s.advance(now, self.slot);
-        let requests: u64 = s.requests.iter().sum();
+        self.advance(&mut s, self.slot_no(now));
+        // The oldest slot of the window is the one after the current.
+        let requests = self
+            .requests
+            .load(Ordering::Relaxed)
+            .saturating_sub(s.starts[(s.current + 1) % SLOTS]);
         let retries: u64 = s.retries.iter().sum();
         let granted = if retries * 100 < requests * self.percent {
             let c = s.current;
@@ -125,23 +167,6 @@ impl RetryBudget {
     /// Retries refused because the budget was spent.
     pub fn exhausted(&self) -> u64 {
         self.exhausted.load(Ordering::Relaxed)
-    }
-}
-
-impl State {
-    /// Moves the window to `now`, clearing the slots that fell out of it.
-    fn advance(&mut self, now: Instant, slot: Duration) {
-        let elapsed = now.saturating_duration_since(self.current_start);
-        if elapsed < slot {
-            return;
-        }
-        let steps = (elapsed.as_nanos() / slot.as_nanos()) as u64;
-        for _ in 0..steps.min(SLOTS as u64) {
-            self.current = (self.current + 1) % SLOTS;
-            self.requests[self.current] = 0;
-            self.retries[self.current] = 0;
-        }
-        self.current_start += slot.saturating_mul(steps.min(u32::MAX as u64) as u32);
     }
 }
 
