@@ -381,6 +381,17 @@ impl ForwardingService for Backend {
             body: body.into(),
             trailers: vec![],
         };
+        if r.path == "/s/unary-many-headers" {
+            // More fields than an http::HeaderMap can hold (32,768).
+            resp.headers
+                .extend((0..40_000).map(|i| h(&format!("x-h{i}"), "v")));
+        }
+        if let Some(n) = r.path.strip_prefix("/s/unary-same-name-") {
+            // n fields of one name (hyper encodes those in quadratic time).
+            let n: usize = n.parse().unwrap();
+            resp.headers
+                .extend((1..n).map(|i| h("x-h", &i.to_string())));
+        }
         if r.path == "/s/unary-trailers" {
             resp.trailers = vec![h("x-checksum", "abc"), h("x-count", "2")];
         }
@@ -1033,6 +1044,37 @@ async fn trailers_reach_http2_and_te_trailers_clients() {
         .await;
         assert!(!raw.contains(name), "{raw}");
     }
+}
+
+/// A backend answer with more header fields than the gateway forwards
+/// (1,000, as forwarding.proto says), or than HTTP can carry at all (an
+/// `http::HeaderMap` holds 32,768; that case used to panic the request
+/// task), is an invalid answer: a JSON 502, and the gateway goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_with_too_many_header_fields_is_a_502() {
+    let (gw, _backend) = setup(&[]).await;
+    for path in ["/s/unary-many-headers", "/s/unary-same-name-1001"] {
+        let raw = raw_exchange(
+            gw.public,
+            &format!("GET {path} HTTP/1.1\r\nhost: g\r\nconnection: close\r\n\r\n"),
+        )
+        .await;
+        let head = &raw[..raw.len().min(300)];
+        assert!(raw.starts_with("http/1.1 502"), "{path}: {head}");
+        assert!(raw.contains("upstream_invalid_response"), "{path}: {head}");
+    }
+    // 1,000 fields (the content-type and 999 more) are forwarded.
+    let raw = raw_exchange(
+        gw.public,
+        "GET /s/unary-same-name-1000 HTTP/1.1\r\nhost: g\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        raw.starts_with("http/1.1 200"),
+        "{}",
+        &raw[..raw.len().min(300)]
+    );
+    assert_eq!(raw.matches("\r\nx-h: ").count(), 999);
 }
 
 async fn raw_exchange(addr: SocketAddr, req: &str) -> String {

@@ -536,6 +536,29 @@ async fn misconfiguration_is_named() {
     assert_eq!(resp.status(), 400);
     let err: Value = resp.json().await.unwrap();
     assert_eq!(err["error"]["field"], "registration.tls", "{err}");
+    // Over gRPC: INVALID_ARGUMENT naming the field, as registry.proto says.
+    let mut client =
+        proto::v1::registry_service_client::RegistryServiceClient::connect(gw.registration_url())
+            .await
+            .unwrap();
+    let err = client
+        .register(proto::v1::RegisterRequest {
+            registration: Some(proto::v1::Registration {
+                service: "wanttls".into(),
+                instance_id: "w-3".into(),
+                address: "127.0.0.1:3".into(),
+                tls: true,
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message().contains("registration.tls"),
+        "{}",
+        err.message()
+    );
     // A plain sibling is registered and routed; the refused one is not there.
     let body = json!({"service": "wanttls", "instance_id": "w-2", "address": "127.0.0.1:2", "health": {"kind": "ttl"}, "lease_ms": 600000});
     support::register_json(&gw, &body).await;

@@ -250,11 +250,34 @@ impl ResponseTarget {
     }
 }
 
+/// Most header (or trailer) fields a backend's answer may carry; more make
+/// it an invalid answer (502). Envoy and HAProxy allow about 100. The bound
+/// also keeps hyper's encoder in check: it drains a `HeaderMap`, which is
+/// quadratic in the values of one name (40,000 `x-h` fields took 13 s).
+pub const MAX_RESPONSE_FIELDS: usize = 1000;
+
+fn too_many_fields(list: &[Header]) -> Result<(), proto::convert::InvalidHeader> {
+    if list.len() > MAX_RESPONSE_FIELDS {
+        return Err(proto::convert::InvalidHeader {
+            name: String::new(),
+            reason: "too many fields (the gateway forwards at most 1000)",
+        });
+    }
+    Ok(())
+}
+
+/// A backend's trailers as a map, within [`MAX_RESPONSE_FIELDS`].
+pub fn response_trailers(list: &[Header]) -> Result<HeaderMap, proto::convert::InvalidHeader> {
+    too_many_fields(list)?;
+    headers_from_wire(list)
+}
+
 /// Builds a response header map from the wire list in one pass, leaving out
 /// hop-by-hop fields and those named in `Connection`. Filtering while
 /// building (not removing afterwards) keeps the order the contract promises:
 /// `HeaderMap::remove` moves the last name into the hole.
 pub fn response_headers(list: &[Header]) -> Result<HeaderMap, proto::convert::InvalidHeader> {
+    too_many_fields(list)?;
     let named: Vec<&str> = list
         .iter()
         .filter(|h| h.name.eq_ignore_ascii_case("connection"))
@@ -336,7 +359,7 @@ pub fn response_from_wire(
         headers.remove(header::CONTENT_LENGTH);
     }
     let trailers =
-        headers_from_wire(&resp.trailers).map_err(|e| invalid(format!("response trailer {e}")))?;
+        response_trailers(&resp.trailers).map_err(|e| invalid(format!("response trailer {e}")))?;
 
     let body = if trailers.is_empty() || !target.trailers || target.head_request {
         Body::new(Full::new(resp.body))

@@ -24,7 +24,6 @@ use futures_util::Stream;
 use futures_util::task::AtomicWaker;
 use http::{HeaderMap, Response, StatusCode, header};
 use http_body::Frame;
-use proto::convert::headers_from_wire;
 use proto::v1::{
     BodyChunk, ForwardingReq, ForwardingResp, StreamEnd, StreamRequest, StreamResponse,
     stream_request, stream_response,
@@ -512,7 +511,7 @@ impl http_body::Body for StreamBody {
                     }
                 }
                 (Phase::Body, Some(stream_response::Frame::End(end))) => {
-                    match headers_from_wire(&end.trailers) {
+                    match crate::convert::response_trailers(&end.trailers) {
                         Ok(t) => this.trailers = Some(t),
                         Err(e) => {
                             let e = invalid(&format!("response trailer {e}"));

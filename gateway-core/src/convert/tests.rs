@@ -519,3 +519,19 @@ fn a_full_header_map_still_announces_trailers() {
         }
     }
 }
+
+#[test]
+fn a_backend_answer_carries_at_most_1000_fields() {
+    let fields = |n: usize| -> Vec<Header> {
+        (0..n)
+            .map(|i| Header {
+                name: "x-h".into(),
+                value: bytes::Bytes::from(i.to_string()),
+            })
+            .collect()
+    };
+    assert_eq!(response_headers(&fields(1000)).unwrap().len(), 1000);
+    assert!(response_headers(&fields(1001)).is_err());
+    assert_eq!(response_trailers(&fields(1000)).unwrap().len(), 1000);
+    assert!(response_trailers(&fields(1001)).is_err());
+}
