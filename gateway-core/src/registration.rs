@@ -750,8 +750,18 @@ fn authorization(headers: &HeaderMap) -> Option<&[u8]> {
     headers.get(header::AUTHORIZATION).map(|v| v.as_bytes())
 }
 
+/// A body refused for its declared length is still read and dropped, up to
+/// this much and for at most [`DRAIN_TIME`], before the 413 is sent: a
+/// client that sends its body without `Expect: 100-continue` is otherwise
+/// still writing when the connection closes with its bytes unread, and the
+/// kernel's reset reaches it before the answer (a lingering close).
+const DRAIN_BYTES: u64 = 16 * 1024 * 1024;
+/// See [`DRAIN_BYTES`].
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Reads a body up to [`MAX_HTTP_BODY_BYTES`]; a declared length over it is
-/// refused before anything is read.
+/// refused without keeping anything (drained first when at most
+/// [`DRAIN_BYTES`]).
 async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
     let too_large = ApiError::TooLarge {
         limit: MAX_HTTP_BODY_BYTES,
@@ -759,7 +769,14 @@ async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_HTTP_BODY_BYTES as u64) {
+    if let Some(n) = declared.filter(|&n| n > MAX_HTTP_BODY_BYTES as u64) {
+        if n <= DRAIN_BYTES {
+            let mut body = body;
+            let _ = tokio::time::timeout(DRAIN_TIME, async {
+                while let Some(Ok(_)) = http_body_util::BodyExt::frame(&mut body).await {}
+            })
+            .await;
+        }
         return Err(too_large);
     }
     axum::body::to_bytes(body, MAX_HTTP_BODY_BYTES)
