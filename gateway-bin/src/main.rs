@@ -7,11 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 use gateway_core::config::{GatewayConfig, ScopedToken};
-use gateway_core::gateway::{Gateway, Listeners, load_upstream_tls};
-use gateway_core::registry::Registry;
-use gateway_core::registry::consul::ConsulRegistry;
-use gateway_core::registry::memory::MemoryRegistry;
-use gateway_core::sync::{KafkaSync, SyncedRegistry};
+use gateway_core::gateway::{Gateway, Listeners};
 use std::sync::Arc;
 
 /// HTTP-to-gRPC forwarding gateway.
@@ -174,17 +170,6 @@ fn load(args: &Args) -> anyhow::Result<GatewayConfig> {
     Ok(c)
 }
 
-/// Default node id: host name plus process id, unique per process (set
-/// `--node-id` for a stable name; restarts are told apart by incarnation).
-fn default_node_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "gateway".into());
-    format!("{host}-{}", std::process::id())
-}
-
 /// The soft open-file limit (Linux `/proc/self/limits`), if known.
 fn open_file_limit() -> Option<u64> {
     let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
@@ -271,27 +256,7 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     check_open_file_limit(&config);
-    let mut config = config;
-    let node_id = config.node_id.get_or_insert_with(default_node_id).clone();
-    let mut registry: Arc<dyn Registry> = match &config.consul {
-        Some(consul) => Arc::new(
-            ConsulRegistry::connect(consul.clone())
-                .await
-                .context("starting the Consul registry")?,
-        ),
-        None => Arc::new(MemoryRegistry::with_upstream_tls(load_upstream_tls(
-            &config,
-        )?)),
-    };
-    let mut kafka = None;
-    if let Some(k) = &config.kafka {
-        let sync = KafkaSync::connect(k.clone(), &node_id)
-            .await
-            .context("starting replica sync")?;
-        kafka = Some(sync.clone());
-        registry = SyncedRegistry::start(registry, sync).context("starting replica sync")?;
-    }
-    let gateway = Gateway::new(config.clone(), registry)?;
+    let gateway = Gateway::builder(config.clone()).build().await?;
     #[cfg(unix)]
     if let Some(cert) = gateway.tls_certificate() {
         reload_on_sighup(cert)?;
@@ -299,20 +264,15 @@ async fn main() -> anyhow::Result<()> {
     let listeners = Listeners::bind(&config).await?;
     let a = listeners.addrs()?;
     // One machine-readable line on stdout: tests and scripts read the ports.
+    let show = |a: Option<SocketAddr>| a.map(|a| a.to_string()).unwrap_or_else(|| "off".into());
     println!(
         "gateway listening node_id={} public={} internal={} registration={} admin={}",
         gateway.node_id(),
-        a.public,
-        a.internal
-            .map(|i| i.to_string())
-            .unwrap_or_else(|| "off".into()),
-        a.registration,
-        a.admin
+        show(a.public),
+        show(a.internal),
+        show(a.registration),
+        show(a.admin),
     );
     gateway.serve(listeners, shutdown_signal()).await;
-    if let Some(k) = kafka {
-        // Hand queued registration events to Kafka before exiting.
-        k.flush(std::time::Duration::from_secs(5));
-    }
     Ok(())
 }

@@ -13,9 +13,9 @@ use axum::routing::get;
 use serde_json::json;
 
 use crate::balance::Ejection;
-use crate::forward::Shared;
 use crate::proxy::HttpService;
 use crate::registration::{RegistrationApi, list_to_json};
+use crate::shared::Shared;
 
 /// Readiness of the gateway: false while starting and once draining.
 #[derive(Debug, Clone, Default)]

@@ -11,69 +11,20 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http::{Request, Response, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use ipnet::IpNet;
 use tokio::time::Instant;
 use tower::Service;
 use tracing::{debug, warn};
 
-use crate::balance::{Balancer, Endpoint, NoEndpoint, Snapshot};
-use crate::config::{LimitsConfig, TimeoutConfig};
+use crate::balance::{Endpoint, NoEndpoint, Snapshot};
+use crate::config::LimitsConfig;
 use crate::convert::{RequestMeta, ResponseTarget, has_token, request_to_wire, response_from_wire};
 use crate::error::{ErrorKind, ForwardError};
-use crate::registry::{Registry, Visibility};
 use crate::request_id::RequestId;
-use crate::routing::normalise;
+use crate::routing::{Listener, normalise};
+use crate::server::PeerAddr;
+use crate::shared::Shared;
 use crate::stream::{self, BodySlot, Exchange, RequestFrames, StreamBody, StreamLimits};
 use proto::v1::{ForwardingResp, StreamRequest, StreamResponse, stream_request, stream_response};
-
-/// The TCP peer of the connection a request arrived on; set by the server.
-#[derive(Debug, Clone, Copy)]
-pub struct PeerAddr(pub SocketAddr);
-
-/// Which listener a request came in on; decides which services it may reach.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Listener {
-    /// Public traffic: `public` services only.
-    Public,
-    /// Service-to-service: `public` and `internal`.
-    Internal,
-    /// Operators: every visibility.
-    Admin,
-}
-
-impl Listener {
-    /// Whether a service of visibility `v` is reachable from here.
-    pub fn allows(self, v: Visibility) -> bool {
-        match self {
-            Listener::Public => v == Visibility::Public,
-            Listener::Internal => v != Visibility::Admin,
-            Listener::Admin => true,
-        }
-    }
-}
-
-/// What every request on every listener shares.
-pub struct Shared {
-    /// This node's id.
-    pub node_id: Arc<str>,
-    /// Instance selection.
-    pub balancer: Arc<Balancer>,
-    /// Source of truth, told when a service looks unreachable.
-    pub registry: Arc<dyn Registry>,
-    /// Size limits.
-    pub limits: LimitsConfig,
-    /// Timeouts.
-    pub timeouts: TimeoutConfig,
-    /// Peers whose forwarded headers are believed.
-    pub trusted_proxies: Vec<IpNet>,
-    /// Cancelled when the gateway starts draining: WebSockets are closed
-    /// with 1001 and server-sent event streams end, so their clients
-    /// reconnect to another replica; other streams get the drain grace.
-    pub draining: tokio_util::sync::CancellationToken,
-    /// WebSocket relays: upgraded connections leave hyper's graceful
-    /// shutdown, so the drain waits for these (their close 1001) itself.
-    pub relays: tokio_util::task::TaskTracker,
-}
 
 /// The forwarding service (see module docs).
 #[derive(Clone)]
@@ -1164,14 +1115,6 @@ mod tests {
         for m in ["POST", "PATCH", "CONNECT", "PURGE"] {
             assert!(!is_idempotent(&m.parse().unwrap()), "{m}");
         }
-    }
-
-    #[test]
-    fn listener_visibility() {
-        assert!(Listener::Public.allows(Visibility::Public));
-        assert!(!Listener::Public.allows(Visibility::Internal));
-        assert!(!Listener::Internal.allows(Visibility::Admin));
-        assert!(Listener::Admin.allows(Visibility::Admin));
     }
 
     #[test]

@@ -514,12 +514,12 @@ pub fn registration(data: &[u8]) {
     let Ok(agent) = consul_registry::to_agent_registration(&reg, &config) else {
         return;
     };
-    let entry = crate::consul::ServiceEntry {
-        node: crate::consul::Node {
+    let entry = crate::registry::consul::client::ServiceEntry {
+        node: crate::registry::consul::client::Node {
             node: "n1".into(),
             address: "10.0.0.1".into(),
         },
-        service: crate::consul::CatalogService {
+        service: crate::registry::consul::client::CatalogService {
             id: agent.id.clone(),
             service: agent.name.clone(),
             tags: Some(agent.tags.clone()),
@@ -550,35 +550,41 @@ pub fn registration(data: &[u8]) {
 /// events of the known schema from another node are applied.
 pub fn sync_event(data: &[u8]) {
     let own = "fuzz-node";
-    let mut dedup = crate::sync::Dedup::default();
+    let mut dedup = crate::registry::kafka::Dedup::default();
     let (verdict, ev) = dedup.judge(own, data);
     match &verdict {
-        crate::sync::Verdict::Apply => {
+        crate::registry::kafka::Verdict::Apply => {
             let ev = ev.as_ref().expect("an applied event is decoded");
-            assert_eq!(ev.schema_version, crate::sync::SCHEMA_VERSION);
+            assert_eq!(ev.schema_version, crate::registry::kafka::SCHEMA_VERSION);
             assert!(!ev.node_id.is_empty() && ev.node_id != own);
             assert!(!ev.incarnation.is_empty());
             assert!(ev.sequence > 0);
             let change = ev.change.as_ref().expect("an applied event has a change");
             if let pb::sync_event::Change::ServiceUnreachable(_) = change {
-                let _ = crate::sync::unreachable_is_stale(ev.timestamp_ms, u64::MAX);
-                let _ = crate::sync::unreachable_is_stale(ev.timestamp_ms, 0);
+                let _ = crate::registry::kafka::unreachable_is_stale(ev.timestamp_ms, u64::MAX);
+                let _ = crate::registry::kafka::unreachable_is_stale(ev.timestamp_ms, 0);
             }
         }
-        crate::sync::Verdict::Own => assert_eq!(ev.as_ref().map(|e| e.node_id.as_str()), Some(own)),
+        crate::registry::kafka::Verdict::Own => {
+            assert_eq!(ev.as_ref().map(|e| e.node_id.as_str()), Some(own))
+        }
         // Sequences start at 1: a 0 can only be a replay of nothing.
-        crate::sync::Verdict::Duplicate => {
+        crate::registry::kafka::Verdict::Duplicate => {
             assert_eq!(
                 ev.as_ref().map(|e| e.sequence),
                 Some(0),
                 "a first event is new"
             );
         }
-        crate::sync::Verdict::Invalid(_) => {}
+        crate::registry::kafka::Verdict::Invalid(_) => {}
     }
     let (again, _) = dedup.judge(own, data);
-    assert_ne!(again, crate::sync::Verdict::Apply, "an event applied twice");
-    if verdict != crate::sync::Verdict::Apply {
+    assert_ne!(
+        again,
+        crate::registry::kafka::Verdict::Apply,
+        "an event applied twice"
+    );
+    if verdict != crate::registry::kafka::Verdict::Apply {
         assert_eq!(again, verdict, "judging depends only on what was applied");
     }
 }
@@ -593,9 +599,9 @@ pub fn consul_answer(data: &[u8]) {
     };
     match mode % 3 {
         0 => {
-            let Ok(entries) =
-                serde_json::from_slice::<Option<Vec<crate::consul::ServiceEntry>>>(rest)
-            else {
+            let Ok(entries) = serde_json::from_slice::<
+                Option<Vec<crate::registry::consul::client::ServiceEntry>>,
+            >(rest) else {
                 return;
             };
             let instances: Vec<_> = entries
@@ -620,8 +626,9 @@ pub fn consul_answer(data: &[u8]) {
             });
         }
         1 => {
-            let Ok(checks) = serde_json::from_slice::<Option<Vec<crate::consul::StateCheck>>>(rest)
-            else {
+            let Ok(checks) = serde_json::from_slice::<
+                Option<Vec<crate::registry::consul::client::StateCheck>>,
+            >(rest) else {
                 return;
             };
             let mut checks = checks.unwrap_or_default();

@@ -5,6 +5,8 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+#[cfg(feature = "kafka")]
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -13,38 +15,42 @@ use tracing::{info, warn};
 use crate::admin::{self, Readiness};
 use crate::balance::Balancer;
 use crate::config::{ConfigError, GatewayConfig, TlsConfig};
-use crate::forward::{Listener, Shared};
 use crate::proxy::{HttpService, proxy_stack};
 use crate::registration::{self, RegistrationApi};
 use crate::registry::memory::MemoryRegistry;
 use crate::registry::{RegistrationPolicy, Registry};
+use crate::routing::Listener;
 use crate::server::{ServerOptions, serve};
+use crate::shared::Shared;
 use crate::tls::{ReloadingCert, ServerTls, TlsAcceptor, TlsError, UpstreamTls};
 
 /// Pre-bound listeners (bind first, then serve: tests bind port 0 and read
-/// the addresses back).
+/// the addresses back). Every one is optional: an embedder serves only
+/// those it wants (and may mount the others in its own server, see
+/// [`Gateway::proxy_service`]).
+#[derive(Default)]
 pub struct Listeners {
     /// Public HTTP.
-    pub public: TcpListener,
+    pub public: Option<TcpListener>,
     /// Internal HTTP, if enabled.
     pub internal: Option<TcpListener>,
     /// Registration API.
-    pub registration: TcpListener,
+    pub registration: Option<TcpListener>,
     /// Admin.
-    pub admin: TcpListener,
+    pub admin: Option<TcpListener>,
 }
 
 /// The addresses the listeners are bound to.
 #[derive(Debug, Clone, Copy)]
 pub struct BoundAddrs {
     /// Public HTTP.
-    pub public: SocketAddr,
+    pub public: Option<SocketAddr>,
     /// Internal HTTP.
     pub internal: Option<SocketAddr>,
     /// Registration API.
-    pub registration: SocketAddr,
+    pub registration: Option<SocketAddr>,
     /// Admin.
-    pub admin: SocketAddr,
+    pub admin: Option<SocketAddr>,
 }
 
 impl Listeners {
@@ -57,27 +63,24 @@ impl Listeners {
             })
         };
         Ok(Self {
-            public: bind(l.public, "public").await?,
+            public: Some(bind(l.public, "public").await?),
             internal: match l.internal {
                 Some(a) => Some(bind(a, "internal").await?),
                 None => None,
             },
-            registration: bind(l.registration, "registration").await?,
-            admin: bind(l.admin, "admin").await?,
+            registration: Some(bind(l.registration, "registration").await?),
+            admin: Some(bind(l.admin, "admin").await?),
         })
     }
 
     /// Bound addresses.
     pub fn addrs(&self) -> std::io::Result<BoundAddrs> {
+        let addr = |l: &Option<TcpListener>| l.as_ref().map(TcpListener::local_addr).transpose();
         Ok(BoundAddrs {
-            public: self.public.local_addr()?,
-            internal: self
-                .internal
-                .as_ref()
-                .map(TcpListener::local_addr)
-                .transpose()?,
-            registration: self.registration.local_addr()?,
-            admin: self.admin.local_addr()?,
+            public: addr(&self.public)?,
+            internal: addr(&self.internal)?,
+            registration: addr(&self.registration)?,
+            admin: addr(&self.admin)?,
         })
     }
 }
@@ -96,6 +99,110 @@ pub fn load_upstream_tls(config: &GatewayConfig) -> Result<Option<UpstreamTls>, 
         })
 }
 
+/// Why a gateway could not be assembled from its configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// A setting is invalid, or a file it names could not be loaded.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// `[consul]` is set but Consul could not be reached (or refused the token).
+    #[cfg(feature = "consul")]
+    #[error("starting the Consul registry: {0}")]
+    Consul(#[from] crate::registry::consul::ConsulStartError),
+    /// `[kafka]` is set but replica sync could not start.
+    #[cfg(feature = "kafka")]
+    #[error("starting replica sync: {0}")]
+    Kafka(#[from] crate::registry::kafka::SyncStartError),
+    /// The configuration asks for a part this build left out.
+    #[error("{setting} is set but gateway-core was built without its `{feature}` feature")]
+    FeatureOff {
+        /// The configuration section.
+        setting: &'static str,
+        /// The cargo feature that would enable it.
+        feature: &'static str,
+    },
+}
+
+/// Assembles a [`Gateway`] from its configuration: `[consul]` picks the
+/// Consul registry, otherwise the embedded in-memory one; `[kafka]` adds
+/// replica sync. An embedder may hand over its own registry instead.
+pub struct GatewayBuilder {
+    config: GatewayConfig,
+    registry: Option<Arc<dyn Registry>>,
+}
+
+impl GatewayBuilder {
+    /// Use this registry instead of the one the configuration names
+    /// (`[consul]`/`[kafka]` are then ignored).
+    pub fn registry(mut self, registry: Arc<dyn Registry>) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+
+    /// Connects what the configuration names (Consul, Kafka) and builds the
+    /// gateway. The node id defaults to `<host name>-<process id>`.
+    pub async fn build(self) -> Result<Gateway, BuildError> {
+        let mut config = self.config;
+        config.validate()?;
+        #[cfg_attr(not(feature = "kafka"), allow(unused_variables))]
+        let node_id = config.node_id.get_or_insert_with(default_node_id).clone();
+        if let Some(registry) = self.registry {
+            return Ok(Gateway::new(config, registry)?);
+        }
+        let registry: Arc<dyn Registry> = match &config.consul {
+            #[cfg(feature = "consul")]
+            Some(consul) => {
+                Arc::new(crate::registry::consul::ConsulRegistry::connect(consul.clone()).await?)
+            }
+            #[cfg(not(feature = "consul"))]
+            Some(_) => {
+                return Err(BuildError::FeatureOff {
+                    setting: "[consul]",
+                    feature: "consul",
+                });
+            }
+            None => Arc::new(MemoryRegistry::with_upstream_tls(load_upstream_tls(
+                &config,
+            )?)),
+        };
+        #[cfg_attr(not(feature = "kafka"), allow(unused_mut))]
+        let mut kafka = None;
+        #[cfg_attr(not(feature = "kafka"), allow(unused_mut))]
+        let mut registry = registry;
+        if let Some(k) = &config.kafka {
+            #[cfg(feature = "kafka")]
+            {
+                use crate::registry::kafka::{KafkaSync, SyncedRegistry};
+                let sync = KafkaSync::connect(k.clone(), &node_id).await?;
+                kafka = Some(sync.clone());
+                registry = SyncedRegistry::start(registry, sync)?;
+            }
+            #[cfg(not(feature = "kafka"))]
+            {
+                let _ = k;
+                return Err(BuildError::FeatureOff {
+                    setting: "[kafka]",
+                    feature: "kafka",
+                });
+            }
+        }
+        let mut gateway = Gateway::new(config, registry)?;
+        gateway.kafka = kafka;
+        Ok(gateway)
+    }
+}
+
+/// `<host name>-<process id>`: unique per process (set `node_id` for a
+/// stable name; restarts are told apart by incarnation).
+pub fn default_node_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "gateway".into());
+    format!("{host}-{}", std::process::id())
+}
+
 /// A gateway ready to serve.
 pub struct Gateway {
     config: GatewayConfig,
@@ -105,10 +212,23 @@ pub struct Gateway {
     /// Listener TLS (`[tls]`), loaded at construction so a bad file stops
     /// start-up with its name.
     tls: Option<ServerTls>,
+    /// Replica sync, flushed when serving ends.
+    #[cfg(feature = "kafka")]
+    kafka: Option<Arc<crate::registry::kafka::KafkaSync>>,
+    #[cfg(not(feature = "kafka"))]
+    kafka: Option<std::convert::Infallible>,
     _follow: tokio::task::JoinHandle<()>,
 }
 
 impl Gateway {
+    /// Assembles a gateway from `config` (see [`GatewayBuilder`]).
+    pub fn builder(config: GatewayConfig) -> GatewayBuilder {
+        GatewayBuilder {
+            config,
+            registry: None,
+        }
+    }
+
     /// A gateway over the embedded in-memory registry (the single-machine
     /// default).
     pub fn with_memory_registry(config: GatewayConfig) -> Result<Self, ConfigError> {
@@ -139,12 +259,7 @@ impl Gateway {
         let node_id: Arc<str> = config
             .node_id
             .clone()
-            .unwrap_or_else(|| {
-                format!(
-                    "gateway-{}",
-                    &uuid::Uuid::new_v4().simple().to_string()[..8]
-                )
-            })
+            .unwrap_or_else(default_node_id)
             .into();
         let balancer = Balancer::with_upstream_tls(
             config.balancer.clone(),
@@ -176,6 +291,7 @@ impl Gateway {
             readiness: Readiness::default(),
             api,
             tls,
+            kafka: None,
             _follow: follow,
         })
     }
@@ -201,6 +317,33 @@ impl Gateway {
     /// around [`crate::proxy::proxy_stack`]).
     pub fn shared(&self) -> Arc<Shared> {
         self.shared.clone()
+    }
+
+    /// The request path for `listener`'s visibility, to mount in another
+    /// server (an axum `Router::fallback_service`, say): `B` is that
+    /// server's request body.
+    pub fn proxy_service<B>(&self, listener: Listener) -> HttpService<B>
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<tower::BoxError>,
+    {
+        proxy_stack(self.shared.clone(), listener)
+    }
+
+    /// The registration API (gRPC and HTTP/JSON), as an axum router.
+    pub fn registration_router(&self) -> axum::Router {
+        registration::router(self.api.clone())
+    }
+
+    /// The admin endpoints (`/healthz`, `/readyz`, `/admin/services`, the
+    /// admin-visibility routes), as an axum router.
+    pub fn admin_router(&self) -> axum::Router {
+        admin::router(
+            self.shared.clone(),
+            self.readiness.clone(),
+            self.api.clone(),
+            proxy_stack(self.shared.clone(), Listener::Admin),
+        )
     }
 
     /// Serves every listener until `shutdown` resolves, then drains: readiness
@@ -245,11 +388,13 @@ impl Gateway {
             tasks.spawn(async move { serve(listener, svc, opts, stop.cancelled_owned()).await });
         };
         let sh = &self.shared;
-        spawn(
-            listeners.public,
-            proxy_stack(sh.clone(), Listener::Public),
-            tls_on(|t| t.public),
-        );
+        if let Some(l) = listeners.public {
+            spawn(
+                l,
+                proxy_stack(sh.clone(), Listener::Public),
+                tls_on(|t| t.public),
+            );
+        }
         if let Some(l) = listeners.internal {
             spawn(
                 l,
@@ -257,22 +402,20 @@ impl Gateway {
                 tls_on(|t| t.internal),
             );
         }
-        spawn(
-            listeners.registration,
-            HttpService::new(registration::router(self.api.clone())),
-            tls_on(|t| t.registration),
-        );
-        let admin = admin::router(
-            sh.clone(),
-            self.readiness.clone(),
-            self.api.clone(),
-            proxy_stack(sh.clone(), Listener::Admin),
-        );
-        spawn(
-            listeners.admin,
-            HttpService::new(admin),
-            tls_on(|t| t.admin),
-        );
+        if let Some(l) = listeners.registration {
+            spawn(
+                l,
+                HttpService::new(self.registration_router()),
+                tls_on(|t| t.registration),
+            );
+        }
+        if let Some(l) = listeners.admin {
+            spawn(
+                l,
+                HttpService::new(self.admin_router()),
+                tls_on(|t| t.admin),
+            );
+        }
         // Ready only once the registry has a complete view: a replica must
         // not take traffic with a half-read routing table.
         let synced = async {
@@ -314,6 +457,12 @@ impl Gateway {
                 open = self.shared.relays.len(),
                 "Grace period over; dropping WebSocket relays."
             );
+        }
+        #[cfg(feature = "kafka")]
+        if let Some(k) = self.kafka.clone() {
+            // Hand queued registration events to Kafka before exiting
+            // (librdkafka's flush blocks).
+            let _ = tokio::task::spawn_blocking(move || k.flush(Duration::from_secs(5))).await;
         }
         info!("Gateway stopped.");
     }

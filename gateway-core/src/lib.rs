@@ -6,12 +6,16 @@
 //! stack ([`proxy::proxy_stack`]); discovery ([`registry`]) and selection
 //! ([`balance`]) are separate; errors are classified once ([`error`]).
 //!
+//! Cargo features: `consul` (the Consul registry, over reqwest) and `kafka`
+//! (replica sync over Kafka, librdkafka), both on by default. An embedder
+//! that wants neither sets `default-features = false` and compiles neither.
+//!
 //! ```no_run
 //! use gateway_core::{config::GatewayConfig, gateway::{Gateway, Listeners}};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let config = GatewayConfig::default();
-//! let gateway = Gateway::with_memory_registry(config.clone())?;
+//! let gateway = Gateway::builder(config.clone()).build().await?;
 //! let listeners = Listeners::bind(&config).await?;
 //! gateway.serve(listeners, async { let _ = tokio::signal::ctrl_c().await; }).await;
 //! # Ok(()) }
@@ -22,12 +26,11 @@
 pub mod admin;
 pub mod balance;
 pub mod config;
-pub mod conn;
-pub mod consul;
+pub(crate) mod conn;
 pub mod convert;
 pub mod error;
-pub mod forward;
-#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) mod forward;
+#[cfg(all(any(test, feature = "fuzzing"), feature = "consul", feature = "kafka"))]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gateway;
@@ -38,8 +41,8 @@ pub mod registry;
 pub mod request_id;
 pub mod routing;
 pub mod server;
+pub mod shared;
 pub mod stream;
-pub mod sync;
 pub mod tls;
 pub mod websocket;
 

@@ -14,8 +14,10 @@ use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
 use crate::error::{ErrorKind, ForwardError};
-use crate::forward::{Forward, Listener, Shared};
+use crate::forward::Forward;
 use crate::request_id::{RequestId, RequestIdLayer};
+use crate::routing::Listener;
+use crate::shared::Shared;
 
 /// The HTTP service a listener serves: never fails, errors are responses.
 /// `B` is the request body: hyper's `Incoming` on the public listeners,

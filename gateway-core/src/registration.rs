@@ -21,10 +21,10 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use crate::config::ScopedToken;
-use crate::forward::PeerAddr;
 use crate::registry::{
     Health, InvalidField, Registration, RegistrationPolicy, Registry, RegistryError,
 };
+use crate::server::PeerAddr;
 
 /// Largest HTTP/JSON request body the registration API reads (413
 /// `body_too_large` above it). A registration is a few KiB at most.

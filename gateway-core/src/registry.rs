@@ -20,7 +20,10 @@ use proto::v1 as pb;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+#[cfg(feature = "consul")]
 pub mod consul;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod memory;
 
 /// Who may reach a service.

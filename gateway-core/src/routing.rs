@@ -232,6 +232,29 @@ impl RouteTable {
     }
 }
 
+/// Which listener a request came in on; decides which services it may reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// Public traffic: `public` services only.
+    Public,
+    /// Service-to-service: `public` and `internal`.
+    Internal,
+    /// Operators: every visibility.
+    Admin,
+}
+
+impl Listener {
+    /// Whether a service of visibility `v` is reachable from here.
+    pub fn allows(self, v: crate::registry::Visibility) -> bool {
+        use crate::registry::Visibility;
+        match self {
+            Listener::Public => v == Visibility::Public,
+            Listener::Internal => v != Visibility::Admin,
+            Listener::Admin => true,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -358,5 +381,13 @@ mod tests {
         fn normalise_never_panics(path in "\\PC{0,64}") {
             let _ = normalise(&path);
         }
+    }
+
+    #[test]
+    fn listener_visibility() {
+        assert!(Listener::Public.allows(crate::registry::Visibility::Public));
+        assert!(!Listener::Public.allows(crate::registry::Visibility::Internal));
+        assert!(!Listener::Internal.allows(crate::registry::Visibility::Admin));
+        assert!(Listener::Admin.allows(crate::registry::Visibility::Admin));
     }
 }

@@ -46,8 +46,12 @@ use tracing::{debug, info, warn};
 
 use crate::conn::{ConnState, InFlight, Watched};
 use crate::error::{ErrorKind, ForwardError};
-use crate::forward::PeerAddr;
 use crate::tls::{ConnectionTls, TlsAcceptor};
+
+/// The TCP peer of the connection a request arrived on; set by the server
+/// as a request extension.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub SocketAddr);
 
 /// Connection-level limits.
 #[derive(Debug, Clone)]

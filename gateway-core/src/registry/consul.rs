@@ -48,6 +48,8 @@
 //!   service is re-read at once; nothing is ever deregistered on one
 //!   gateway's view.
 
+pub(crate) mod client;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -66,7 +68,7 @@ use super::{
     RegistryError, RegistryStatus, RouteSpec, Visibility,
 };
 use crate::config::ConsulConfig;
-use crate::consul::{
+use crate::registry::consul::client::{
     AgentCheck, AgentServiceRegistration, ConsulClient, ConsulError, ServiceEntry, StateCheck,
     Weights, next_index,
 };

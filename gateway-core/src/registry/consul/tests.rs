@@ -1,5 +1,5 @@
 use super::*;
-use crate::consul::{CatalogService, Check, Node};
+use crate::registry::consul::client::{CatalogService, Check, Node};
 
 fn reg() -> Registration {
     Registration {

@@ -503,7 +503,7 @@ async fn ensure_topic(
 
 /// What to do with a remote event.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Apply it.
     Apply,
     /// Our own node's event.
@@ -516,7 +516,7 @@ pub enum Verdict {
 
 /// Tracks the highest sequence seen per (node, incarnation).
 #[derive(Debug, Default)]
-pub struct Dedup {
+pub(crate) struct Dedup {
     seen: HashMap<(String, String), u64>,
 }
 
