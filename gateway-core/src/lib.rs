@@ -44,6 +44,7 @@ pub mod server;
 pub mod shared;
 pub mod stream;
 pub mod tls;
+pub(crate) mod upstream;
 pub mod websocket;
 
 pub use proto;
