@@ -22,7 +22,7 @@ use crate::registry::{RegistrationPolicy, Registry};
 use crate::routing::Listener;
 use crate::server::{ServerOptions, serve};
 use crate::shared::Shared;
-use crate::tls::{ReloadingCert, ServerTls, TlsAcceptor, TlsError, UpstreamTls};
+use crate::tls::{ReloadingCert, ServerTls, TlsError, UpstreamTls};
 
 /// Pre-bound listeners (bind first, then serve: tests bind port 0 and read
 /// the addresses back). Every one is optional: an embedder serves only
@@ -327,7 +327,7 @@ impl Gateway {
         B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
         B::Error: Into<tower::BoxError>,
     {
-        proxy_stack(self.shared.clone(), listener)
+        HttpService::new(proxy_stack(self.shared.clone(), listener))
     }
 
     /// The registration API (gRPC and HTTP/JSON), as an axum router.
@@ -342,7 +342,7 @@ impl Gateway {
             self.shared.clone(),
             self.readiness.clone(),
             self.api.clone(),
-            proxy_stack(self.shared.clone(), Listener::Admin),
+            HttpService::new(proxy_stack(self.shared.clone(), Listener::Admin)),
         )
     }
 
@@ -379,42 +379,39 @@ impl Gateway {
             tokio::spawn(t.cert.clone().watch(cfg.reload_interval, stop.clone()));
         }
         let mut tasks = tokio::task::JoinSet::new();
-        let mut spawn = |listener: TcpListener, svc: HttpService, tls: Option<TlsAcceptor>| {
-            let stop = stop.clone();
-            let opts = ServerOptions {
-                tls,
-                ..opts.clone()
-            };
-            tasks.spawn(async move { serve(listener, svc, opts, stop.cancelled_owned()).await });
-        };
+        // Each listener's service keeps its concrete type: the server calls
+        // it without boxing.
+        macro_rules! spawn {
+            ($listener:expr, $svc:expr, $tls:expr) => {{
+                let (listener, svc, stop) = ($listener, $svc, stop.clone());
+                let opts = ServerOptions {
+                    tls: $tls,
+                    ..opts.clone()
+                };
+                tasks
+                    .spawn(async move { serve(listener, svc, opts, stop.cancelled_owned()).await });
+            }};
+        }
         let sh = &self.shared;
         if let Some(l) = listeners.public {
-            spawn(
+            spawn!(
                 l,
                 proxy_stack(sh.clone(), Listener::Public),
-                tls_on(|t| t.public),
+                tls_on(|t| t.public)
             );
         }
         if let Some(l) = listeners.internal {
-            spawn(
+            spawn!(
                 l,
                 proxy_stack(sh.clone(), Listener::Internal),
-                tls_on(|t| t.internal),
+                tls_on(|t| t.internal)
             );
         }
         if let Some(l) = listeners.registration {
-            spawn(
-                l,
-                HttpService::new(self.registration_router()),
-                tls_on(|t| t.registration),
-            );
+            spawn!(l, self.registration_router(), tls_on(|t| t.registration));
         }
         if let Some(l) = listeners.admin {
-            spawn(
-                l,
-                HttpService::new(self.admin_router()),
-                tls_on(|t| t.admin),
-            );
+            spawn!(l, self.admin_router(), tls_on(|t| t.admin));
         }
         // Ready only once the registry has a complete view: a replica must
         // not take traffic with a half-read routing table.

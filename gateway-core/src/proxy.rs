@@ -2,14 +2,15 @@
 //! to know every step a request takes.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::body::Body;
-use futures_util::future::BoxFuture;
 use http::{Request, Response};
 use tower::util::BoxCloneSyncService;
-use tower::{BoxError, Layer, Service, ServiceBuilder, ServiceExt};
+use tower::{BoxError, Layer, Service, ServiceBuilder};
 use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
@@ -26,13 +27,23 @@ pub type HttpService<B = hyper::body::Incoming> =
     BoxCloneSyncService<Request<B>, Response<Body>, Infallible>;
 
 /// HTTP -> ForwardingReq -> gRPC -> ForwardingResp -> HTTP, for one listener.
-pub fn proxy_stack<B>(shared: Arc<Shared>, listener: Listener) -> HttpService<B>
+///
+/// The stack's concrete type, so a server calls it without boxing; wrap it
+/// in [`HttpService::new`] where one nameable type is wanted.
+pub fn proxy_stack<B>(
+    shared: Arc<Shared>,
+    listener: Listener,
+) -> impl Service<Request<B>, Response = Response<Body>, Error = Infallible, Future: Send + 'static>
++ Clone
++ Send
++ Sync
++ 'static
 where
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
     let max_concurrent = shared.limits.max_concurrent_requests;
-    let svc = ServiceBuilder::new()
+    ServiceBuilder::new()
         // One response body type for every listener (the trace layer wraps it).
         .map_response(|r: Response<_>| r.map(Body::new))
         // A span per request with method and URI; responses and 5xx are
@@ -52,8 +63,7 @@ where
         .load_shed()
         .concurrency_limit(max_concurrent)
         // Route, body limits, balance, call, convert back (forward.rs).
-        .service(Forward::new(shared, listener));
-    BoxCloneSyncService::new(svc)
+        .service(Forward::new(shared, listener))
 }
 
 /// Layer for [`ErrorEdge`].
@@ -63,16 +73,25 @@ pub struct ErrorEdgeLayer;
 impl<S> Layer<S> for ErrorEdgeLayer {
     type Service = ErrorEdge<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        ErrorEdge { inner }
+        ErrorEdge {
+            inner,
+            not_ready: None,
+        }
     }
 }
 
 /// Turns every error of the stack below into a response, in one place:
 /// a [`ForwardError`] keeps its classification, tower's load-shedding becomes
 /// `overloaded`, anything else is a gateway failure.
+///
+/// Readiness is passed through: below it, load shedding is always ready (it
+/// refuses in `call`), so overload turns into a response, never into
+/// back-pressure on the connection; a readiness error becomes the next
+/// call's response. The future is concrete: no box, no clone of the stack.
 #[derive(Debug, Clone)]
 pub struct ErrorEdge<S> {
     inner: S,
+    not_ready: Option<ForwardError>,
 }
 
 fn classify(e: BoxError) -> ForwardError {
@@ -88,38 +107,84 @@ fn classify(e: BoxError) -> ForwardError {
 
 impl<S, B> Service<Request<B>> for ErrorEdge<S>
 where
-    S: Service<Request<B>, Response = Response<Body>> + Clone + Send + 'static,
+    S: Service<Request<B>, Response = Response<Body>>,
     S::Error: Into<BoxError>,
-    S::Future: Send + 'static,
-    B: Send + 'static,
 {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Response<Body>, Infallible>>;
+    type Future = ErrorEdgeFuture<S::Future>;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        // Readiness of the inner stack is awaited per call (`oneshot`), so
-        // an overloaded inner service turns into a response, not back-pressure
-        // on the connection.
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        if self.not_ready.is_none()
+            && let Err(e) = std::task::ready!(self.inner.poll_ready(cx))
+        {
+            self.not_ready = Some(classify(e.into()));
+        }
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
+        // Set by the request id layer above; an error response carries it.
         let id = req.extensions().get::<RequestId>().cloned();
-        let inner = self.inner.clone();
-        Box::pin(async move {
-            match inner.oneshot(req).await {
-                Ok(r) => Ok(r),
-                Err(e) => Ok(classify(e.into()).into_response(id.as_ref().map(RequestId::as_str))),
+        match self.not_ready.take() {
+            Some(err) => ErrorEdgeFuture::Refused {
+                err: Some((err, id)),
+            },
+            None => ErrorEdgeFuture::Called {
+                inner: self.inner.call(req),
+                id,
+            },
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Response future of [`ErrorEdge`] (fields: the inner future or the
+    /// readiness error, and the request's id for an error response).
+    #[allow(missing_docs)]
+    #[project = ErrorEdgeProj]
+    pub enum ErrorEdgeFuture<F> {
+        /// The stack below was called.
+        Called {
+            #[pin]
+            inner: F,
+            id: Option<RequestId>,
+        },
+        /// The stack below was not ready: its error is the answer.
+        Refused {
+            err: Option<(ForwardError, Option<RequestId>)>,
+        },
+    }
+}
+
+impl<F, E> Future for ErrorEdgeFuture<F>
+where
+    F: Future<Output = Result<Response<Body>, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            ErrorEdgeProj::Called { inner, id } => {
+                let resp = match std::task::ready!(inner.poll(cx)) {
+                    Ok(r) => r,
+                    Err(e) => classify(e.into()).into_response(id.as_ref().map(RequestId::as_str)),
+                };
+                Poll::Ready(Ok(resp))
             }
-        })
+            ErrorEdgeProj::Refused { err } => {
+                let (err, id) = err.take().expect("polled after completion");
+                Poll::Ready(Ok(err.into_response(id.as_ref().map(RequestId::as_str))))
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tower::service_fn;
+    use tower::{ServiceExt, service_fn};
 
     #[tokio::test]
     async fn errors_become_json_responses_with_the_request_id() {
@@ -159,5 +224,42 @@ mod tests {
         let resp = svc.clone().oneshot(Request::new(())).await.unwrap();
         assert_eq!(resp.status(), 503);
         first.abort();
+    }
+
+    /// A service that is never ready: its readiness error is the answer to
+    /// the next call, as JSON, and the service is asked again afterwards.
+    #[tokio::test]
+    async fn a_readiness_error_is_the_next_calls_response() {
+        #[derive(Clone)]
+        struct Broken;
+        impl Service<Request<()>> for Broken {
+            type Response = Response<Body>;
+            type Error = ForwardError;
+            type Future = std::future::Ready<Result<Response<Body>, ForwardError>>;
+            fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ForwardError>> {
+                Poll::Ready(Err(ForwardError::new(ErrorKind::NoHealthyInstance, "down")))
+            }
+            fn call(&mut self, _: Request<()>) -> Self::Future {
+                unreachable!("never called when not ready")
+            }
+        }
+        let svc = ServiceBuilder::new()
+            .layer(RequestIdLayer)
+            .layer(ErrorEdgeLayer)
+            .service(Broken);
+        let req = Request::builder()
+            .header("x-request-id", "r-2")
+            .body(())
+            .unwrap();
+        let resp = svc.clone().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), 503);
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"]["code"], "no_healthy_instance");
+        assert_eq!(v["error"]["request_id"], "r-2");
+        assert_eq!(svc.oneshot(Request::new(())).await.unwrap().status(), 503);
     }
 }

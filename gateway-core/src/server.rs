@@ -88,9 +88,6 @@ pub struct ServerOptions {
 /// GOAWAY's PING would otherwise hold the connection.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
-/// The service every listener serves.
-type Svc = tower::util::BoxCloneSyncService<Request<Incoming>, Response<Body>, Infallible>;
-
 /// Serves `svc` on `listener` until `shutdown` resolves; then stops
 /// accepting and waits up to `opts.grace` for open requests to finish.
 pub async fn serve<S>(
@@ -106,7 +103,7 @@ pub async fn serve<S>(
         + 'static,
     S::Future: Send + 'static,
 {
-    let server = Arc::new(Server::new(Svc::new(svc), opts));
+    let server = Arc::new(Server::new(svc, opts));
     let local = listener.local_addr().ok();
     tokio::pin!(shutdown);
     loop {
@@ -123,7 +120,7 @@ pub async fn serve<S>(
                 }
             },
         };
-        let Some(permit) = server.admit(peer.ip()) else {
+        let Some(permit) = Slots::admit(&server.slots, peer.ip()) else {
             server.refuse(stream, peer);
             continue;
         };
@@ -168,12 +165,11 @@ pub async fn serve<S>(
 }
 
 /// One listener's connection handling: limits, timers, the hyper builder.
-pub struct Server {
+pub struct Server<S> {
     builder: auto::Builder<TokioExecutor>,
-    svc: Svc,
+    svc: S,
     opts: ServerOptions,
-    open: AtomicUsize,
-    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    slots: Arc<Slots>,
     refused: AtomicU64,
     /// The raw 503 a connection over the limit gets.
     refusal: Bytes,
@@ -182,8 +178,16 @@ pub struct Server {
     tasks: TaskTracker,
 }
 
-impl Server {
-    fn new(svc: Svc, opts: ServerOptions) -> Self {
+impl<S> Server<S>
+where
+    S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    fn new(svc: S, opts: ServerOptions) -> Self {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -207,41 +211,23 @@ impl Server {
         )
         .into_http1_bytes()
         .into();
+        let slots = Arc::new(Slots {
+            open: AtomicUsize::new(0),
+            per_ip: Mutex::new(HashMap::new()),
+            max: opts.max_connections,
+            max_per_ip: opts.max_connections_per_ip,
+        });
         Self {
             builder,
             svc,
             opts,
-            open: AtomicUsize::new(0),
-            per_ip: Mutex::new(HashMap::new()),
+            slots,
             refused: AtomicU64::new(0),
             refusal,
             draining: CancellationToken::new(),
             killed: CancellationToken::new(),
             tasks: TaskTracker::new(),
         }
-    }
-
-    /// Takes a connection slot for `ip`, if one is free.
-    fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Permit> {
-        if self.open.fetch_add(1, Ordering::AcqRel) >= self.opts.max_connections {
-            self.open.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        let per_ip = self.opts.max_connections_per_ip;
-        if per_ip > 0 {
-            let mut map = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-            let n = map.entry(ip).or_insert(0);
-            if *n >= per_ip {
-                drop(map);
-                self.open.fetch_sub(1, Ordering::AcqRel);
-                return None;
-            }
-            *n += 1;
-        }
-        Some(Permit {
-            server: self.clone(),
-            ip,
-        })
     }
 
     /// Answers a connection over the limit without reading from it: one
@@ -255,7 +241,7 @@ impl Server {
         }
         // Logged at 1, 2, 4, 8...: a flood is visible without flooding the log.
         if n.is_power_of_two() {
-            warn!(%peer, refused_total = n, open = self.open.load(Ordering::Relaxed), "Connection refused: over the connection limit.");
+            warn!(%peer, refused_total = n, open = self.slots.open.load(Ordering::Relaxed), "Connection refused: over the connection limit.");
         }
     }
 
@@ -400,16 +386,50 @@ impl std::fmt::Debug for ConnectionSlot {
     }
 }
 
+/// The connections a listener has open, overall and per client address.
+struct Slots {
+    open: AtomicUsize,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    max: usize,
+    /// 0 = no per-address limit.
+    max_per_ip: usize,
+}
+
+impl Slots {
+    /// Takes a connection slot for `ip`, if one is free.
+    fn admit(this: &Arc<Self>, ip: IpAddr) -> Option<Permit> {
+        if this.open.fetch_add(1, Ordering::AcqRel) >= this.max {
+            this.open.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        let per_ip = this.max_per_ip;
+        if per_ip > 0 {
+            let mut map = this.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+            let n = map.entry(ip).or_insert(0);
+            if *n >= per_ip {
+                drop(map);
+                this.open.fetch_sub(1, Ordering::AcqRel);
+                return None;
+            }
+            *n += 1;
+        }
+        Some(Permit {
+            slots: this.clone(),
+            ip,
+        })
+    }
+}
+
 /// A connection slot; given back when the connection ends.
 struct Permit {
-    server: Arc<Server>,
+    slots: Arc<Slots>,
     ip: IpAddr,
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        let s = &self.server;
-        if s.opts.max_connections_per_ip > 0 {
+        let s = &self.slots;
+        if s.max_per_ip > 0 {
             let mut map = s.per_ip.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(n) = map.get_mut(&self.ip) {
                 *n -= 1;
