@@ -482,7 +482,7 @@ impl pb::registry_service_server::RegistryService for RegistrationApi {
 /// JSON form of a registration (see the OpenAPI document).
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct RegistrationJson {
+pub(crate) struct RegistrationJson {
     /// Service name.
     pub service: String,
     /// Instance id ("" = derived).
@@ -516,7 +516,7 @@ pub struct RegistrationJson {
 /// JSON form of a route.
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct RouteJson {
+pub(crate) struct RouteJson {
     /// Path prefix.
     pub path_prefix: String,
     /// Hosts.
@@ -532,7 +532,7 @@ pub struct RouteJson {
 /// JSON form of a health check.
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct HealthJson {
+pub(crate) struct HealthJson {
     /// "grpc" (default), "http" or "ttl".
     pub kind: Option<String>,
     /// gRPC health service name.
@@ -603,7 +603,7 @@ const PLAIN_WORDS: &[(&str, &str)] = &[
 /// the wrong shape (a non-object, a wrong type, a number out of range, an
 /// unknown or duplicate field) is `invalid_field` naming the field, e.g.
 /// `registration.routes[0].prefix`.
-pub fn parse_registration(body: &[u8]) -> Result<RegistrationJson, ApiError> {
+pub(crate) fn parse_registration(body: &[u8]) -> Result<RegistrationJson, ApiError> {
     let mut de = serde_json::Deserializer::from_slice(body);
     let e = match serde_path_to_error::deserialize::<_, Object<RegistrationJson>>(&mut de) {
         Ok(r) => {
@@ -697,7 +697,7 @@ impl RegistrationJson {
 }
 
 /// JSON view of a registration from its wire form.
-pub fn registration_to_json(r: &pb::Registration) -> serde_json::Value {
+pub(crate) fn registration_to_json(r: &pb::Registration) -> serde_json::Value {
     let vis = match pb::Visibility::try_from(r.visibility) {
         Ok(pb::Visibility::Internal) => "internal",
         Ok(pb::Visibility::Admin) => "admin",
@@ -735,7 +735,7 @@ fn health_name(h: i32) -> &'static str {
 }
 
 /// JSON list of instances.
-pub fn list_to_json(l: &pb::ListResponse) -> serde_json::Value {
+pub(crate) fn list_to_json(l: &pb::ListResponse) -> serde_json::Value {
     json!({
         "instances": l.instances.iter().map(|i| json!({
             "registration": i.registration.as_ref().map(registration_to_json),

@@ -141,7 +141,7 @@ impl Route {
     }
 }
 
-/// Strips a port from an authority: "h:1" -> "h", "[::1]:1" -> "[::1]".
+/// Strips a port from an authority: `h:1` -> `h`, `[::1]:1` -> `[::1]`.
 pub fn strip_port(authority: &str) -> &str {
     if authority.starts_with('[') {
         return authority.find(']').map_or(authority, |i| &authority[..=i]);

@@ -15,7 +15,7 @@
 //! - a connection with no request in flight for `idle` is closed (HTTP/2
 //!   with a GOAWAY);
 //! - HTTP/1.1 framing hyper resolves silently is refused with a JSON 400
-//!   (see [`crate::conn`]).
+//!   (see the `conn` module).
 //!
 //! [`Server::connection`] takes any `AsyncRead + AsyncWrite` stream: on a TLS
 //! listener the acceptor wraps the accepted TCP stream first.

@@ -4,11 +4,11 @@
 //! Memory is bounded by flow control, never by body size: the request frames
 //! are a [`Stream`] that hyper's HTTP/2 client polls only when the backend's
 //! window has room, and each poll reads one frame of the client's body; the
-//! response body ([`StreamBody`]) asks the backend for the next frame only
+//! response body (`StreamBody`) asks the backend for the next frame only
 //! when hyper asks for the next chunk, i.e. when the client took the last.
 //! Nothing is queued in between.
 //!
-//! Both halves share one [`Exchange`]: its activity clock (idle timeout), when
+//! Both halves share one `Exchange`: its activity clock (idle timeout), when
 //! the request body finished (the response head is due within the route's
 //! timeout after that), and the reason to abort if the client's body breaks.
 
