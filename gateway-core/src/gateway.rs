@@ -149,6 +149,15 @@ impl GatewayBuilder {
         if let Some(registry) = self.registry {
             return Ok(Gateway::new(config, registry)?);
         }
+        // Refused before anything is connected (`[kafka]` implies `[consul]`,
+        // so it is checked first to name the missing feature that matters).
+        #[cfg(not(feature = "kafka"))]
+        if config.kafka.is_some() {
+            return Err(BuildError::FeatureOff {
+                setting: "[kafka]",
+                feature: "kafka",
+            });
+        }
         let registry: Arc<dyn Registry> = match &config.consul {
             #[cfg(feature = "consul")]
             Some(consul) => {
@@ -165,27 +174,18 @@ impl GatewayBuilder {
                 &config,
             )?)),
         };
-        #[cfg_attr(not(feature = "kafka"), allow(unused_mut))]
-        let mut kafka = None;
-        #[cfg_attr(not(feature = "kafka"), allow(unused_mut))]
-        let mut registry = registry;
-        if let Some(k) = &config.kafka {
-            #[cfg(feature = "kafka")]
-            {
+        #[cfg(feature = "kafka")]
+        let (registry, kafka) = match &config.kafka {
+            Some(k) => {
                 use crate::registry::kafka::{KafkaSync, SyncedRegistry};
                 let sync = KafkaSync::connect(k.clone(), &node_id).await?;
-                kafka = Some(sync.clone());
-                registry = SyncedRegistry::start(registry, sync)?;
+                let synced: Arc<dyn Registry> = SyncedRegistry::start(registry, sync.clone())?;
+                (synced, Some(sync))
             }
-            #[cfg(not(feature = "kafka"))]
-            {
-                let _ = k;
-                return Err(BuildError::FeatureOff {
-                    setting: "[kafka]",
-                    feature: "kafka",
-                });
-            }
-        }
+            None => (registry, None),
+        };
+        #[cfg(not(feature = "kafka"))]
+        let kafka = None;
         let mut gateway = Gateway::new(config, registry)?;
         gateway.kafka = kafka;
         Ok(gateway)
@@ -462,5 +462,79 @@ impl Gateway {
             let _ = tokio::task::spawn_blocking(move || k.flush(Duration::from_secs(5))).await;
         }
         info!("Gateway stopped.");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_builder_names_the_node_and_takes_an_embedders_registry() {
+        let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::with_upstream_tls(None));
+        let gateway = Gateway::builder(GatewayConfig::default())
+            .registry(registry.clone())
+            .build()
+            .await
+            .unwrap();
+        assert_eq!(
+            gateway.node_id(),
+            default_node_id(),
+            "the README's default: <host name>-<process id>"
+        );
+        assert!(Arc::ptr_eq(&gateway.shared().registry, &registry));
+    }
+
+    #[tokio::test]
+    async fn the_builder_refuses_an_invalid_configuration_with_its_setting() {
+        let mut config = GatewayConfig::default();
+        config.limits.max_body_bytes = 0;
+        let err = Gateway::builder(config).build().await.err().unwrap();
+        assert!(matches!(err, BuildError::Config(_)), "{err}");
+    }
+
+    /// Without the features, a configuration naming Consul or Kafka is
+    /// refused with the feature to turn on (run by scripts/test.sh with
+    /// `--no-default-features`).
+    #[cfg(not(feature = "consul"))]
+    #[tokio::test]
+    async fn consul_without_the_feature_is_refused_by_name() {
+        let config = GatewayConfig {
+            consul: Some(Default::default()),
+            ..Default::default()
+        };
+        let err = Gateway::builder(config).build().await.err().unwrap();
+        assert!(
+            matches!(
+                err,
+                BuildError::FeatureOff {
+                    feature: "consul",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("`consul` feature"), "{err}");
+    }
+
+    #[cfg(not(feature = "kafka"))]
+    #[tokio::test]
+    async fn kafka_without_the_feature_is_refused_by_name() {
+        let config = GatewayConfig {
+            consul: Some(Default::default()),
+            kafka: Some(Default::default()),
+            ..Default::default()
+        };
+        let err = Gateway::builder(config).build().await.err().unwrap();
+        assert!(
+            matches!(
+                err,
+                BuildError::FeatureOff {
+                    feature: "kafka",
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 }
