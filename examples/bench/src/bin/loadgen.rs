@@ -435,9 +435,7 @@ async fn saturation(client: Arc<Client>, args: &Args, w: &Window) -> (Stats, u64
             let mut st = Stats::new();
             loop {
                 let t = Instant::now();
-                if t >= end
-                    || tickets.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= limit
-                {
+                if t >= end || tickets.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= limit {
                     break;
                 }
                 let code = timed_call(&client, timeout, expect).await;
@@ -563,7 +561,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .last_done
         .map(|d| d.saturating_duration_since(w.from))
         .unwrap_or(args.duration)
-        .max(args.duration)
+        // A --requests run ends when its requests are done, not at --duration.
+        .max(if args.requests.is_some() {
+            Duration::from_millis(1)
+        } else {
+            args.duration
+        })
         .as_secs_f64();
     let h = &st.hist;
     let q = |p: f64| {
