@@ -173,7 +173,7 @@ build_ggw() {
   if [ -x "$bin" ]; then GGW_BIN="$bin"; say "grpc-gateway peer: $bin (cached)"; return 0; fi
   mkdir -p "$dir"
   say "grpc-gateway peer: go build (modules from the Go module proxy; log $dir/build.log)"
-  if (cd "$GGW_DIR" && GOFLAGS="-buildvcs=false -mod=readonly" timeout 900 go build -trimpath -o "$bin.tmp" .) \
+  if (cd "$GGW_DIR" && GOFLAGS="-buildvcs=false -mod=readonly" timeout 600 go build -trimpath -o "$bin.tmp" .) \
        >"$dir/build.log" 2>&1 && mv "$bin.tmp" "$bin"; then
     find "$dir" -maxdepth 1 -name 'bench-grpc-gateway-*' ! -name "bench-grpc-gateway-$key" -delete
     GGW_BIN="$bin"
