@@ -1,11 +1,20 @@
 #!/usr/bin/env bash
 # Install the external programs the integration tests need into $REPO/.deps/.
 #
-#   scripts/install-deps.sh [haproxy|consul|kafka|compose|python|all]...
+#   scripts/install-deps.sh [haproxy|consul|kafka|compose|python|valgrind|protoc|all]...
 #
 # Idempotent: a component that is already installed is skipped quickly.
-# Nothing is installed system-wide except the Debian package `haproxy`
-# (apt-get) and the Python gRPC packages (pip, into the current python3).
+# Nothing is installed system-wide except the Debian packages `haproxy`,
+# `valgrind` and `protobuf-compiler` (apt-get) and the Python gRPC packages
+# (pip, into the current python3). `all` does not include valgrind and protoc
+# (scripts/bench.sh asks for valgrind; protoc only regenerates the committed
+# code of examples/bench/grpc-gateway).
+#
+# Packages from another Debian suite (Consul from bullseye, compose from
+# trixie) come from the Debian mirror this machine's apt already uses: the
+# first `deb` entry for the machine's own release in /etc/apt/sources.list,
+# /etc/apt/sources.list.d/*.list (one-line format) or *.sources (deb822).
+# No mirror host is named here; set DEBIAN_MIRROR to override.
 #
 #   .deps/bin/consul          Consul 1.8.7 (Debian bullseye package, extracted)
 #   .deps/bin/docker-compose  docker compose v2 (Debian trixie package, extracted)
@@ -15,6 +24,7 @@
 #
 # Environment overrides:
 #   DEPS_DIR       install root               (default: $REPO/.deps)
+#   DEBIAN_MIRROR  Debian archive URI for other suites (default: from apt's sources)
 #   KAFKA_VERSION  org.apache.kafka:kafka_2.13 version (default: 4.3.1)
 set -euo pipefail
 
@@ -23,13 +33,13 @@ DEPS="${DEPS_DIR:-$REPO/.deps}"
 KAFKA_VERSION="${KAFKA_VERSION:-4.3.1}"
 # log4j2 version used for the slf4j binding; Kafka 4.x already pulls log4j-core.
 LOG4J2_VERSION="${LOG4J2_VERSION:-}"
-DEBIAN_MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+DEBIAN_MIRROR="${DEBIAN_MIRROR:-}"
 
 say() { printf '[install-deps] %s\n' "$*"; }
 die() { printf '[install-deps] ERROR: %s\n' "$*" >&2; exit 1; }
 
 usage() {
-  echo "usage: $0 [haproxy|consul|kafka|compose|python|all]..." >&2
+  echo "usage: $0 [haproxy|consul|kafka|compose|python|valgrind|protoc|all]..." >&2
   exit 2
 }
 
@@ -44,6 +54,75 @@ cleanup() { local d; for d in "${TMPDIRS[@]+"${TMPDIRS[@]}"}"; do rm -rf "$d"; d
 trap cleanup EXIT
 
 # ---------------------------------------------------------------------------
+# The Debian archive URI of this machine's apt sources: the first `deb` entry
+# whose suite is the machine's own release (VERSION_CODENAME in
+# /etc/os-release, e.g. bookworm; not bookworm-security or -updates) with the
+# `main` component. That skips the security archive and third-party
+# repositories (their suites are not the release's codename).
+# ---------------------------------------------------------------------------
+apt_debian_mirror() {
+  local codename="" f
+  codename="$(. /etc/os-release 2>/dev/null && echo "${VERSION_CODENAME:-}")"
+  [ -n "$codename" ] || { echo "[install-deps] no VERSION_CODENAME in /etc/os-release" >&2; return 1; }
+  local -a files=()
+  [ -f /etc/apt/sources.list ] && files+=(/etc/apt/sources.list)
+  for f in /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do
+    [ -f "$f" ] && files+=("$f")
+  done
+  [ ${#files[@]} -gt 0 ] || { echo "[install-deps] no apt sources files" >&2; return 1; }
+  awk -v want="$codename" '
+    function emit(u) { sub(/\/+$/, "", u); print u; found = 1; exit }
+    # deb822 stanza: fields until a blank line.
+    function flush(   i, n, t, s, c, u, ok) {
+      if (!stanza) return
+      stanza = 0
+      if (enabled == "no") { reset(); return }
+      ok = 0; n = split(types, t, /[ \t]+/); for (i = 1; i <= n; i++) if (t[i] == "deb") ok = 1
+      if (!ok) { reset(); return }
+      ok = 0; n = split(suites, s, /[ \t]+/); for (i = 1; i <= n; i++) if (s[i] == want) ok = 1
+      if (!ok) { reset(); return }
+      ok = 0; n = split(comps, c, /[ \t]+/); for (i = 1; i <= n; i++) if (c[i] == "main") ok = 1
+      if (!ok) { reset(); return }
+      n = split(uris, u, /[ \t]+/); for (i = 1; i <= n; i++) if (u[i] != "") emit(u[i])
+      reset()
+    }
+    function reset() { types = suites = comps = uris = enabled = "" }
+    FNR == 1 { flush(); deb822 = (FILENAME ~ /\.sources$/) }
+    deb822 {
+      if ($0 ~ /^[ \t]*#/) next
+      if ($0 ~ /^[ \t]*$/) { flush(); next }
+      stanza = 1
+      line = $0; key = tolower(line); sub(/:.*/, "", key); val = line; sub(/^[^:]*:[ \t]*/, "", val)
+      if (key == "types") types = val
+      else if (key == "uris") uris = val
+      else if (key == "suites") suites = val
+      else if (key == "components") comps = val
+      else if (key == "enabled") enabled = tolower(val)
+      next
+    }
+    # One-line format: deb [options] URI SUITE COMPONENT...
+    {
+      sub(/#.*/, "")
+      if ($1 != "deb") next
+      i = 2
+      if ($i ~ /^\[/) { while (i <= NF && $i !~ /\]$/) i++; i++ }
+      uri = $i; suite = $(i + 1)
+      if (suite != want) next
+      for (j = i + 2; j <= NF; j++) if ($j == "main") emit(uri)
+    }
+    END { if (!found) flush() }
+  ' "${files[@]}"
+}
+
+debian_mirror() {
+  if [ -z "$DEBIAN_MIRROR" ]; then
+    DEBIAN_MIRROR="$(apt_debian_mirror || true)"
+    [ -n "$DEBIAN_MIRROR" ] || die "no Debian mirror found in the apt sources (/etc/apt/sources.list, /etc/apt/sources.list.d/); set DEBIAN_MIRROR"
+  fi
+  echo "$DEBIAN_MIRROR"
+}
+
+# ---------------------------------------------------------------------------
 # Fetch one .deb from another Debian suite without touching the system's apt
 # configuration: private sources list, state and cache directories.
 #   fetch_deb SUITE PACKAGE DESTDIR   -> extracts the package into DESTDIR
@@ -54,7 +133,9 @@ fetch_deb() {
   mkdir -p "$tmp/state/lists/partial" "$tmp/cache/archives/partial" "$tmp/dl"
   local keyring=/usr/share/keyrings/debian-archive-keyring.gpg
   [ -r "$keyring" ] || die "missing $keyring (apt-get install debian-archive-keyring)"
-  echo "deb [signed-by=$keyring] $DEBIAN_MIRROR $suite main" > "$tmp/sources.list"
+  local mirror; mirror="$(debian_mirror)"
+  say "$pkg: from $mirror $suite" >&2
+  echo "deb [signed-by=$keyring] $mirror $suite main" > "$tmp/sources.list"
   local -a opts=(
     -o "Dir::State=$tmp/state"
     -o "Dir::Cache=$tmp/cache"
@@ -85,6 +166,36 @@ fetch_deb() {
   mv "$tmp/x" "$dest"
   basename "$deb" > "$dest/.deb"
 }
+
+# apt_install COMMAND PACKAGE: install a package of the machine's own release
+# unless COMMAND is already on PATH.
+apt_install() {
+  local cmd="$1" pkg="$2" log="/tmp/install-deps-$2.log"
+  if command -v "$cmd" >/dev/null 2>&1; then
+    say "$pkg: present ($cmd)"
+    return 0
+  fi
+  [ "$(id -u)" = 0 ] || die "$pkg: not installed and not root; run: sudo apt-get install -y $pkg"
+  say "$pkg: apt-get install $pkg"
+  export DEBIAN_FRONTEND=noninteractive
+  if ! apt-get install -y -qq "$pkg" >"$log" 2>&1; then
+    say "$pkg: install failed, running apt-get update and retrying"
+    apt-get update -qq >>"$log" 2>&1 || true
+    apt-get install -y -qq "$pkg" >>"$log" 2>&1 \
+      || { tail -n 30 "$log" >&2; die "$pkg: apt-get install failed (log: $log)"; }
+  fi
+  command -v "$cmd" >/dev/null 2>&1 || die "$pkg: installed but '$cmd' is not on PATH"
+}
+
+# valgrind + callgrind_control (same package): scripts/bench.sh's
+# instruction counts.
+install_valgrind() {
+  apt_install valgrind valgrind
+  command -v callgrind_control >/dev/null 2>&1 || die "valgrind: callgrind_control missing"
+}
+
+# protoc: only to regenerate examples/bench/grpc-gateway's committed code.
+install_protoc() { apt_install protoc protobuf-compiler; }
 
 # link NAME TARGET  (TARGET relative to $DEPS)
 link_bin() { ln -sfn "../$2" "$DEPS/bin/$1"; }
@@ -323,7 +434,7 @@ want=()
 for arg in "$@"; do
   case "$arg" in
     all) want+=(haproxy consul compose kafka python) ;;
-    haproxy|consul|compose|kafka|python) want+=("$arg") ;;
+    haproxy|consul|compose|kafka|python|valgrind|protoc) want+=("$arg") ;;
     -h|--help) usage ;;
     *) echo "unknown component: $arg" >&2; usage ;;
   esac

@@ -15,7 +15,8 @@
 //!   OS thread sleeping with `nanosleep` (tokio's timer has 1 ms granularity,
 //!   which alone would add ~0.5 ms to every latency).
 //! * `--rate 0`: saturation. Closed loop, `--concurrency` workers each issuing
-//!   the next request as soon as the previous one answered.
+//!   the next request as soon as the previous one answered. With
+//!   `--requests N` exactly N requests are sent in all, then it stops.
 //!
 //! Requests that start during `--warmup` are not measured. Output: one JSON
 //! line with `sent`, `ok`, `errors`, `rps`, `p50_us`, `p90_us`, `p99_us`,
@@ -95,6 +96,12 @@ struct Args {
     /// Response body bytes expected (only checked when given).
     #[arg(long)]
     expect_body_bytes: Option<usize>,
+    /// Saturation only: send exactly this many requests in all (workers take
+    /// a ticket before each request), then stop; `--duration` still caps the
+    /// run. For counting a proxy's work over a known number of requests
+    /// (scripts/bench.sh's callgrind runs).
+    #[arg(long)]
+    requests: Option<u64>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -419,13 +426,16 @@ struct Window {
 async fn saturation(client: Arc<Client>, args: &Args, w: &Window) -> (Stats, u64) {
     let mut set = tokio::task::JoinSet::new();
     let (from, end, timeout, expect) = (w.from, w.end, args.timeout, args.expect_body_bytes);
+    let tickets = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let limit = args.requests.unwrap_or(u64::MAX);
     for _ in 0..args.concurrency.max(1) {
         let client = client.clone();
+        let tickets = tickets.clone();
         set.spawn(async move {
             let mut st = Stats::new();
             loop {
                 let t = Instant::now();
-                if t >= end {
+                if t >= end || tickets.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= limit {
                     break;
                 }
                 let code = timed_call(&client, timeout, expect).await;
@@ -551,7 +561,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .last_done
         .map(|d| d.saturating_duration_since(w.from))
         .unwrap_or(args.duration)
-        .max(args.duration)
+        // A --requests run ends when its requests are done, not at --duration.
+        .max(if args.requests.is_some() {
+            Duration::from_millis(1)
+        } else {
+            args.duration
+        })
         .as_secs_f64();
     let h = &st.hist;
     let q = |p: f64| {
