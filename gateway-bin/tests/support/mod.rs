@@ -14,7 +14,16 @@ use tokio::process::{Child, Command};
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
 /// Polls `f` until it returns `Some`, or panics after `DEADLINE`.
-pub async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    eventually_within(what, DEADLINE, f).await
+}
+
+/// Polls `f` until it returns `Some`, or panics after `deadline`.
+pub async fn eventually_within<T, F, Fut>(what: &str, deadline: Duration, mut f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -24,7 +33,7 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for: {what}");
+        assert!(start.elapsed() < deadline, "timed out waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
