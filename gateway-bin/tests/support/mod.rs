@@ -227,16 +227,29 @@ pub struct ConsulProcess {
     child: Option<Child>,
     ports: [u16; 5],
     extra_hcl: Option<String>,
+    /// The agent's output (stdout and stderr), read to tell a lost port
+    /// apart from any other start-up failure.
+    log: std::path::PathBuf,
     pub addr: SocketAddr,
 }
 
-fn free_port() -> u16 {
+/// A port number the kernel just handed out for 127.0.0.1 and that is free
+/// again - a candidate, not a reservation: another process may take it
+/// before the child binds it. Used only where a child cannot bind port 0 and
+/// report the port (Consul 1.8.7's five listeners, Kafka's controller): the
+/// caller starts the child on the candidates and, when the child says a port
+/// was taken ("address already in use"), starts it again on new ones.
+/// Everything else binds port 0 itself and reports what it got (the
+/// gateway prints its listeners) or is handed a listening socket (HAProxy).
+fn candidate_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port()
 }
+
+static CONSUL_SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 impl ConsulProcess {
     pub fn binary() -> std::path::PathBuf {
@@ -248,37 +261,41 @@ impl ConsulProcess {
         p
     }
 
-    /// Starts an agent on five free ports. `free_port` releases each port
-    /// before Consul binds it, so an agent started beside others can lose a
-    /// port to one of them and never elect itself; it is then started
-    /// again on other ports (the ports of a started agent never change, as
-    /// `restart` needs).
+    /// Starts an agent. Consul 1.8.7 cannot listen on port 0 and report the
+    /// port (its serf and server ports must be known to the agent itself),
+    /// so it is given five candidate ports (`candidate_port`); when it exits
+    /// because one was taken meanwhile ("address already in use" in its
+    /// output), it is started again on five new ones. Any other failure is
+    /// reported as is. A started agent keeps its ports (`restart` needs them).
     pub async fn start(extra_hcl: Option<&str>) -> Self {
-        for attempt in 1..=3 {
-            let ports = [
-                free_port(),
-                free_port(),
-                free_port(),
-                free_port(),
-                free_port(),
-            ];
+        let log = std::env::temp_dir().join(format!(
+            "gw-consul-{}-{}.log",
+            std::process::id(),
+            CONSUL_SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        ));
+        for attempt in 1..=5 {
+            let ports = [(); 5].map(|_| candidate_port());
             let mut c = Self {
                 child: None,
                 addr: SocketAddr::from(([127, 0, 0, 1], ports[0])),
                 ports,
                 extra_hcl: extra_hcl.map(String::from),
+                log: log.clone(),
             };
-            if c.try_spawn(Duration::from_secs(15)).await {
+            if c.try_spawn(DEADLINE).await {
                 return c;
             }
-            eprintln!(
-                "consul did not elect itself on ports {ports:?} (attempt {attempt}); trying other ports"
-            );
             if let Some(mut child) = c.child.take() {
                 let _ = child.kill().await;
             }
+            let out = std::fs::read_to_string(&log).unwrap_or_default();
+            assert!(
+                out.contains("address already in use"),
+                "consul did not start on ports {ports:?}:\n{out}"
+            );
+            eprintln!("consul lost one of the ports {ports:?} (attempt {attempt}); new ports");
         }
-        panic!("consul did not start in three attempts");
+        panic!("consul lost a port in five attempts");
     }
 
     async fn spawn(&mut self) {
@@ -325,9 +342,10 @@ impl ConsulProcess {
             "limits { http_max_conns_per_client = 4096 }",
         ])
         .env("CHECKPOINT_DISABLE", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
         .kill_on_drop(true);
+        let log = std::fs::File::create(&self.log).expect("consul log file");
+        cmd.stderr(log.try_clone().expect("consul log file"))
+            .stdout(log);
         if let Some(h) = &self.extra_hcl {
             cmd.args(["-hcl", h]);
         }
@@ -364,6 +382,12 @@ impl ConsulProcess {
     pub async fn restart(&mut self) {
         self.stop().await;
         self.spawn().await;
+    }
+}
+
+impl Drop for ConsulProcess {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.log);
     }
 }
 
@@ -433,8 +457,12 @@ fn kafka_script(cmd: &str, dir: &std::path::Path) -> String {
 
 impl KafkaProcess {
     pub async fn start() -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("gw-kafka-{}-{}", std::process::id(), free_port()));
+        static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "gw-kafka-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        ));
         let d = dir.clone();
         let bootstrap = tokio::task::spawn_blocking(move || kafka_script("start", &d))
             .await
@@ -523,7 +551,9 @@ pub async fn register_json(gw: &GatewayProcess, body: &serde_json::Value) {
     );
 }
 
-/// A loopback port nothing listens on (bound, then released).
+/// A loopback port nothing listens on now (bound, then released); the test
+/// itself listens on it later, to play an instance that comes back.
 pub fn closed_port() -> u16 {
-    free_port()
+    candidate_port()
 }
+
