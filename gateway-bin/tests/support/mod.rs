@@ -557,3 +557,225 @@ pub fn closed_port() -> u16 {
     candidate_port()
 }
 
+/// HAProxy (the Debian package, `scripts/install-deps.sh haproxy`) with the
+/// shipped `haproxy/haproxy.cfg`, its addresses replaced by the harness's:
+/// the replicas' listeners, and four listening sockets this process bound on
+/// 127.0.0.1:0 and hands to HAProxy as inherited file descriptors
+/// (`bind fd@N`). HAProxy never picks a port itself, so none is raced for:
+/// the sockets stay bound from the moment the kernel chose their ports.
+pub struct HaproxyProcess {
+    child: Child,
+    dir: std::path::PathBuf,
+    pub public: SocketAddr,
+    pub internal: SocketAddr,
+    pub registration: SocketAddr,
+    pub stats: SocketAddr,
+}
+
+/// The listeners of one replica, as HAProxy's servers point at them.
+#[derive(Clone, Copy, Debug)]
+pub struct ReplicaAddrs {
+    pub public: SocketAddr,
+    pub internal: SocketAddr,
+    pub registration: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl From<&GatewayProcess> for ReplicaAddrs {
+    fn from(g: &GatewayProcess) -> Self {
+        Self {
+            public: g.public,
+            internal: g.internal,
+            registration: g.registration,
+            admin: g.admin,
+        }
+    }
+}
+
+static HAPROXY_SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl HaproxyProcess {
+    /// The shipped configuration for these replicas (gw1, gw2, ... in
+    /// order), listening on inherited descriptors 3 (public), 4 (internal),
+    /// 5 (registration) and 6 (stats); no runtime API socket.
+    pub fn config(replicas: &[ReplicaAddrs]) -> String {
+        let shipped = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../haproxy/haproxy.cfg"
+        ))
+        .expect("haproxy/haproxy.cfg");
+        let mut out = String::new();
+        for line in shipped.lines() {
+            let t = line.trim_start();
+            let indent = &line[..line.len() - t.len()];
+            let replaced = if t.starts_with("stats socket ") {
+                None
+            } else if let Some(fd) = [
+                ("bind 127.0.0.1:8000", 3),
+                ("bind 127.0.0.1:8001", 4),
+                ("bind 127.0.0.1:8090", 5),
+                ("bind 127.0.0.1:8404", 6),
+            ]
+            .iter()
+            .find(|(b, _)| t.starts_with(b))
+            .map(|(_, fd)| fd)
+            {
+                Some(format!("bind fd@{fd}"))
+            } else if t.starts_with("server gw") {
+                // server gwN 127.0.0.1:8NXX check addr 127.0.0.1 port 8N04
+                let w: Vec<&str> = t.split_whitespace().collect();
+                let n: usize = w[1][2..].parse().expect("server gwN");
+                if n > replicas.len() {
+                    continue;
+                }
+                let r = &replicas[n - 1];
+                let target = match &w[2][w[2].len() - 2..] {
+                    "01" => r.public,
+                    "02" => r.internal,
+                    "03" => r.registration,
+                    other => panic!("unexpected server port ..{other} in {t}"),
+                };
+                Some(format!(
+                    "server {} {target} check addr {} port {}",
+                    w[1],
+                    r.admin.ip(),
+                    r.admin.port()
+                ))
+            } else {
+                Some(t.to_owned())
+            };
+            if let Some(r) = replaced {
+                out.push_str(indent);
+                out.push_str(&r);
+                out.push('\n');
+            }
+        }
+        for fd in 3..=6 {
+            assert!(
+                out.contains(&format!("bind fd@{fd}")),
+                "listener {fd} in the shipped config"
+            );
+        }
+        out
+    }
+
+    /// Starts HAProxy in front of `replicas` and waits until it sees every
+    /// one of them UP in every backend.
+    pub async fn start(replicas: &[ReplicaAddrs]) -> Self {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
+        let dir = std::env::temp_dir().join(format!(
+            "gw-haproxy-{}-{}",
+            std::process::id(),
+            HAPROXY_SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = dir.join("haproxy.cfg");
+        std::fs::write(&cfg, Self::config(replicas)).unwrap();
+        let listeners: Vec<std::net::TcpListener> = (0..4)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind for haproxy"))
+            .collect();
+        let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+        let fds: Vec<i32> = listeners.iter().map(|l| l.as_raw_fd()).collect();
+        let mut cmd = std::process::Command::new("haproxy");
+        cmd.args(["-db", "-f"]).arg(&cfg);
+        // In the child, between fork and exec, each socket is duplicated to
+        // 3, 4, 5 and 6 (dup2 clears close-on-exec on the copy). No source
+        // is one of those: the test process had its runtime's descriptors
+        // open before it bound these.
+        assert!(fds.iter().all(|&fd| fd > 6), "listener descriptors {fds:?}");
+        unsafe {
+            cmd.pre_exec(move || {
+                for (i, fd) in fds.iter().enumerate() {
+                    if libc::dup2(*fd, 3 + i as i32) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        // Its messages (servers going DOWN and UP) are shown only when the
+        // test fails (see Drop).
+        let log = std::fs::File::create(dir.join("haproxy.log")).unwrap();
+        cmd.stdout(Stdio::null()).stderr(log);
+        let mut cmd = Command::from(cmd);
+        cmd.kill_on_drop(true);
+        let child = cmd
+            .spawn()
+            .expect("spawn haproxy (scripts/install-deps.sh haproxy)");
+        // HAProxy holds its own copies now.
+        drop(listeners);
+        let h = Self {
+            child,
+            dir,
+            public: addrs[0],
+            internal: addrs[1],
+            registration: addrs[2],
+            stats: addrs[3],
+        };
+        let names: Vec<String> = (1..=replicas.len()).map(|n| format!("gw{n}")).collect();
+        for n in &names {
+            h.wait_up(n).await;
+        }
+        h
+    }
+
+    /// `(backend, server, status)` of every server, from the stats CSV.
+    pub async fn states(&self) -> Option<Vec<(String, String, String)>> {
+        let csv = reqwest::Client::new()
+            .get(format!("http://{}/stats;csv;norefresh", self.stats))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        Some(
+            csv.lines()
+                .filter(|l| !l.starts_with('#'))
+                .filter_map(|l| {
+                    let f: Vec<&str> = l.split(',').collect();
+                    (f.len() > 17 && f[1] != "FRONTEND" && f[1] != "BACKEND")
+                        .then(|| (f[0].to_owned(), f[1].to_owned(), f[17].to_owned()))
+                })
+                .collect(),
+        )
+    }
+
+    /// Waits until HAProxy sees `server` UP in every gateway backend.
+    pub async fn wait_up(&self, server: &str) {
+        eventually_within(
+            &format!("HAProxy sees {server} UP in every backend"),
+            Duration::from_secs(30),
+            || async {
+                let s = self.states().await?;
+                let up = s
+                    .iter()
+                    .filter(|(b, n, st)| b.starts_with("gateways_") && n == server && st == "UP")
+                    .count();
+                (up == 3).then_some(())
+            },
+        )
+        .await;
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.public, path)
+    }
+
+    pub fn registration_url(&self) -> String {
+        format!("http://{}", self.registration)
+    }
+}
+
+impl Drop for HaproxyProcess {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(self.dir.join("haproxy.log")).unwrap_or_default();
+            eprintln!("--- haproxy output ---\n{log}");
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
