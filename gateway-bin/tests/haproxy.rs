@@ -266,6 +266,10 @@ async fn status_of(http: &reqwest::Client, url: &str) -> u16 {
 struct Load {
     sent: Arc<AtomicU64>,
     failed: Arc<AtomicU64>,
+    /// Each failure: when it was sent (since the load started) and its
+    /// status (0: no answer).
+    failures: Arc<Mutex<Vec<(Duration, u16)>>>,
+    started: Instant,
     stop: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -282,19 +286,28 @@ impl Load {
             .pool_max_idle_per_host(32)
             .build()
             .unwrap();
+        let failures: Arc<Mutex<Vec<(Duration, u16)>>> = Arc::default();
+        let started = Instant::now();
         let task = {
-            let (sent, failed, stop) = (sent.clone(), failed.clone(), stop.clone());
+            let (sent, failed, stop, failures) =
+                (sent.clone(), failed.clone(), stop.clone(), failures.clone());
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / RATE));
                 let mut inflight = tokio::task::JoinSet::new();
                 while !stop.load(Ordering::SeqCst) {
                     tick.tick().await;
-                    let (http, url, failed) = (http.clone(), url.clone(), failed.clone());
+                    let (http, url, failed, failures) =
+                        (http.clone(), url.clone(), failed.clone(), failures.clone());
                     sent.fetch_add(1, Ordering::SeqCst);
                     inflight.spawn(async move {
-                        let ok = matches!(http.get(&url).send().await, Ok(r) if r.status() == 200);
-                        if !ok {
+                        let at = started.elapsed();
+                        let status = match http.get(&url).send().await {
+                            Ok(r) => r.status().as_u16(),
+                            Err(_) => 0,
+                        };
+                        if status != 200 {
                             failed.fetch_add(1, Ordering::SeqCst);
+                            failures.lock().unwrap().push((at, status));
                         }
                     });
                     while inflight.try_join_next().is_some() {}
@@ -305,6 +318,8 @@ impl Load {
         Self {
             sent,
             failed,
+            failures,
+            started,
             stop,
             task,
         }
@@ -323,13 +338,28 @@ impl Load {
         .await;
     }
 
-    /// Stops and waits for every answer: (sent, failed).
-    async fn finish(self) -> (u64, u64) {
+    /// How long after the load started `t` is.
+    fn offset(&self, t: Instant) -> Duration {
+        t - self.started
+    }
+
+    /// Stops and waits for every answer: (sent, failed, what failed when).
+    async fn finish(self) -> (u64, u64, String) {
         self.stop.store(true, Ordering::SeqCst);
         self.task.await.unwrap();
+        let f = self.failures.lock().unwrap().clone();
+        let mut by_status: std::collections::BTreeMap<u16, u64> = Default::default();
+        for (_, s) in &f {
+            *by_status.entry(*s).or_default() += 1;
+        }
+        let span = match (f.iter().map(|x| x.0).min(), f.iter().map(|x| x.0).max()) {
+            (Some(a), Some(b)) => format!(", sent from {a:?} to {b:?} into the load"),
+            _ => String::new(),
+        };
         (
             self.sent.load(Ordering::SeqCst),
             self.failed.load(Ordering::SeqCst),
+            format!("failures by status (0: no answer) {by_status:?}{span}"),
         )
     }
 }
@@ -776,13 +806,13 @@ async fn through_haproxy_a_killed_replica_a_rolling_restart_and_consul_restartin
     topo.gws[1].child.start_kill().unwrap();
     topo.gws[1].child.wait().await.unwrap();
     load.run_for("load after the kill", 2 * RATE).await;
-    let (sent, failed) = load.finish().await;
+    let (sent, failed, why) = load.finish().await;
     println!(
         "{{\"figure\":\"replica_kill_failed_requests\",\"rate\":{RATE},\"sent\":{sent},\"failed\":{failed}}}"
     );
     assert!(
         failed <= sent / 100,
-        "replica kill: {failed} of {sent} requests failed"
+        "replica kill: {failed} of {sent} requests failed; {why}"
     );
     topo.start_again(1).await;
     let gw2 = topo.gws[1].url("/e2e/x");
@@ -846,7 +876,7 @@ async fn through_haproxy_a_killed_replica_a_rolling_restart_and_consul_restartin
     ws_stop.store(true, Ordering::SeqCst);
     sse_task.await.unwrap();
     ws_task.await.unwrap();
-    let (sent, failed) = load.finish().await;
+    let (sent, failed, why) = load.finish().await;
     println!(
         "{{\"figure\":\"rolling_restart_failed_requests\",\"rate\":{RATE},\"sent\":{sent},\"failed\":{failed}}}"
     );
@@ -862,7 +892,7 @@ async fn through_haproxy_a_killed_replica_a_rolling_restart_and_consul_restartin
     );
     assert_eq!(
         failed, 0,
-        "rolling restart: {failed} of {sent} requests failed"
+        "rolling restart: {failed} of {sent} requests failed; {why}"
     );
     assert!(
         !s.ends.is_empty() && s.ends.iter().all(|e| e == "clean"),
@@ -921,6 +951,7 @@ async fn through_haproxy_a_killed_replica_a_rolling_restart_and_consul_restartin
     };
     load.run_for("load before the Consul outage", RATE / 2)
         .await;
+    let stopped = load.offset(Instant::now());
     topo.consul.stop().await;
     for gw in &topo.gws {
         eventually("replica reports Consul disconnected", || async {
@@ -933,6 +964,7 @@ async fn through_haproxy_a_killed_replica_a_rolling_restart_and_consul_restartin
         .await;
     topo.consul.restart().await;
     let restarted = Instant::now();
+    let restarted_at = load.offset(restarted);
     for gw in &topo.gws {
         eventually("replica reconnected", || async {
             (admin_view(gw).await["registry"]["connected"] == true).then_some(())
@@ -946,7 +978,7 @@ async fn through_haproxy_a_killed_replica_a_rolling_restart_and_consul_restartin
     tokio::time::sleep_until(restarted + Duration::from_secs(15 + 3)).await;
     probe_stop.store(true, Ordering::SeqCst);
     probe.await.unwrap();
-    let (sent, failed) = load.finish().await;
+    let (sent, failed, why) = load.finish().await;
     let probe_failures = probe_failures.lock().unwrap().clone();
     println!(
         "{{\"figure\":\"consul_restart_failed_requests\",\"rate\":{RATE},\"sent\":{sent},\"failed\":{failed},\"direct_probe_failures\":{}}}",
@@ -954,7 +986,9 @@ async fn through_haproxy_a_killed_replica_a_rolling_restart_and_consul_restartin
     );
     assert_eq!(
         failed, 0,
-        "Consul restart: {failed} of {sent} failed through HAProxy"
+        "Consul restart: {failed} of {sent} failed through HAProxy; {why}; Consul stopped \
+         {stopped:?} and was back {restarted_at:?} into the load; direct probes failed: \
+         {probe_failures:?}"
     );
     let mut by_kind: HashMap<&str, usize> = HashMap::new();
     for f in &probe_failures {
