@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Run a throw-away Consul dev agent (in-memory state) on 127.0.0.1, free ports.
+# Run a throw-away Consul dev agent (in-memory state) on 127.0.0.1, free ports
+# (picked again if one is taken before consul binds it).
 #
 #   scripts/consul-dev.sh start   <datadir>   start (no-op if already running); prints host:port
 #   scripts/consul-dev.sh stop    <datadir>   SIGTERM, wait, SIGKILL after a deadline
@@ -116,8 +117,11 @@ ENV
   local deadline=$((SECONDS + START_TIMEOUT)) leader=""
   while :; do
     if ! kill -0 "$p" 2>/dev/null; then
-      tail -n 30 "$LOG" >&2
       rm -f "$PIDF"
+      # A port picked by free_ports was taken before consul bound it: the
+      # caller picks new ones (a first start) or gives up (a restart).
+      if grep -q 'address already in use' "$LOG"; then return 3; fi
+      tail -n 30 "$LOG" >&2
       die "consul exited during startup (log: $LOG)"
     fi
     leader="$(curl -sf --max-time 2 "http://127.0.0.1:$http/v1/status/leader" 2>/dev/null || true)"
@@ -133,9 +137,30 @@ ENV
 }
 
 command -v curl >/dev/null 2>&1 || die "curl not found (apt-get install -y curl)"
+# Consul 1.8.7 cannot listen on port 0 and report the port, so its five
+# ports are picked by free_ports: free when picked, but another process may
+# take one before consul binds it. A first start then runs again on new
+# ports; a restart must keep its ports and fails.
+start_fresh() {
+  local attempt rc
+  for attempt in 1 2 3 4 5; do
+    rc=0; do_start || rc=$?
+    [ "$rc" = 3 ] || return "$rc"
+    echo "[consul-dev] a port was taken (attempt $attempt); new ports" >&2
+  done
+  die "consul lost a port in five attempts (log: $LOG)"
+}
+start_again() {
+  local rc=0
+  do_start reuse-ports || rc=$?
+  [ "$rc" = 3 ] || return "$rc"
+  tail -n 30 "$LOG" >&2
+  die "a port of consul was taken while it was down (log: $LOG)"
+}
+
 case "$cmd" in
-  start)   do_start ;;
+  start)   start_fresh ;;
   stop)    do_stop ;;
-  restart) do_stop; do_start reuse-ports ;;
+  restart) do_stop; start_again ;;
   *)       usage ;;
 esac

@@ -6,7 +6,8 @@
 #   scripts/kafka-dev.sh stop    <datadir>   SIGTERM, wait (deadline), then SIGKILL
 #   scripts/kafka-dev.sh restart <datadir>   stop + start: SAME ports, SAME data
 #
-# The first start in an empty <datadir> picks free ports, writes
+# The first start in an empty <datadir> picks free ports (and picks again
+# when the broker finds one taken by then), writes
 # server.properties + log4j2.properties and formats the storage; any later
 # start in the same <datadir> (and restart) reuses them, i.e. the same broker
 # with the same ports and topics comes back.
@@ -148,40 +149,30 @@ do_stop() {
   rm -f "$PIDF"
 }
 
-do_start() {
-  local p; p="$(running_pid)"
-  if [ -n "$p" ]; then
-    # shellcheck disable=SC1090
-    . "$ENVF"; echo "$KAFKA_BOOTSTRAP"; return 0
-  fi
-  command -v java >/dev/null 2>&1 || die "java not found"
-  ls "$LIBS"/kafka_2.13-*.jar >/dev/null 2>&1 || die "Kafka jars not found in $LIBS: run scripts/install-deps.sh kafka"
-
-  local port cport cluster_id
-  if [ -f "$PROPS" ] && [ -f "$ENVF" ] && [ -f "$DATA/data/meta.properties" ]; then
-    # existing broker: same ports, same data
-    # shellcheck disable=SC1090
-    . "$ENVF"
-    port="$KAFKA_PORT" cport="$KAFKA_CONTROLLER_PORT" cluster_id="$KAFKA_CLUSTER_ID"
-  else
-    read -r port cport <<<"$(free_ports 2)"
-    # A cluster id starting with '-' would be read as an option by the
-    # storage tool: draw until it does not.
-    cluster_id="$(python3 -c 'import base64, uuid
+# Fresh ports, a fresh cluster id, a new config and formatted storage.
+fresh_setup() {
+  read -r port cport <<<"$(free_ports 2)"
+  # A cluster id starting with '-' would be read as an option by the
+  # storage tool: draw until it does not.
+  cluster_id="$(python3 -c 'import base64, uuid
 while True:
     c = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
     if not c.startswith("-"):
         print(c)
         break')"
-    rm -rf "$DATA/data"
-    write_config "$port" "$cport"
-    local fmt_out
-    if ! fmt_out="$(java_cp "-Xmx256m" "$(storage_tool_class)" format -t "$cluster_id" -c "$PROPS" 2>&1)"; then
-      printf '%s\n' "$fmt_out" >&2
-      die "formatting the Kafka storage in $DATA/data failed"
-    fi
+  rm -rf "$DATA/data"
+  write_config "$port" "$cport"
+  local fmt_out
+  if ! fmt_out="$(java_cp "-Xmx256m" "$(storage_tool_class)" format -t "$cluster_id" -c "$PROPS" 2>&1)"; then
+    printf '%s\n' "$fmt_out" >&2
+    die "formatting the Kafka storage in $DATA/data failed"
   fi
+}
 
+# launch: starts the broker on $port/$cport and waits until it is ready.
+# Returns 0 when ready, 3 when it exited because a port was taken, dies on
+# anything else.
+launch() {
   port_open "$port" && die "port $port is already in use (another broker on this data dir?)"
   [ -f "$LOG" ] && mv -f "$LOG" "$LOG.prev"
   read -r -a heap <<<"${KAFKA_HEAP_OPTS:--Xms128m -Xmx512m}"
@@ -205,8 +196,9 @@ ENV
   local deadline=$((SECONDS + START_TIMEOUT))
   while :; do
     if ! kill -0 "$p" 2>/dev/null; then
-      tail -n 40 "$LOG" >&2
       rm -f "$PIDF"
+      if grep -q 'Address already in use' "$LOG"; then return 3; fi
+      tail -n 40 "$LOG" >&2
       die "kafka exited during startup (log: $LOG)"
     fi
     if grep -q 'Kafka Server started' "$LOG" && port_open "$port"; then break; fi
@@ -217,6 +209,40 @@ ENV
     fi
     sleep 0.2
   done
+}
+
+do_start() {
+  local p; p="$(running_pid)"
+  if [ -n "$p" ]; then
+    # shellcheck disable=SC1090
+    . "$ENVF"; echo "$KAFKA_BOOTSTRAP"; return 0
+  fi
+  command -v java >/dev/null 2>&1 || die "java not found"
+  ls "$LIBS"/kafka_2.13-*.jar >/dev/null 2>&1 || die "Kafka jars not found in $LIBS: run scripts/install-deps.sh kafka"
+
+  local port cport cluster_id rc=0
+  if [ -f "$PROPS" ] && [ -f "$ENVF" ] && [ -f "$DATA/data/meta.properties" ]; then
+    # existing broker: same ports, same data
+    # shellcheck disable=SC1090
+    . "$ENVF"
+    port="$KAFKA_PORT" cport="$KAFKA_CONTROLLER_PORT" cluster_id="$KAFKA_CLUSTER_ID"
+    launch || rc=$?
+    [ "$rc" = 0 ] || { tail -n 40 "$LOG" >&2; die "port $port or $cport was taken while kafka was down (log: $LOG)"; }
+  else
+    # The broker's ports are fixed in its config (the controller's is part
+    # of the quorum's definition, and a restart must come back on the same
+    # ones), so they are picked here: free when picked, but another process
+    # may take one before the broker binds it. Then the broker exits with
+    # "Address already in use" and is set up again on new ports.
+    local attempt
+    for attempt in 1 2 3 4 5; do
+      fresh_setup
+      rc=0; launch || rc=$?
+      [ "$rc" = 0 ] && break
+      echo "[kafka-dev] port $port or $cport was taken (attempt $attempt); new ports" >&2
+    done
+    [ "$rc" = 0 ] || die "kafka lost a port in five attempts (log: $LOG)"
+  fi
   echo "127.0.0.1:$port"
 }
 

@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::{ConsulProcess, GatewayProcess, eventually, get_json, start_python_backend};
+use support::{
+    ConsulProcess, GatewayProcess, eventually, eventually_within, get_json, start_python_backend,
+};
 
 const CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/consul.toml");
 
@@ -108,7 +110,7 @@ async fn consul_outage_keeps_routing_and_restart_resyncs() {
         start_python_backend("cat-b", &gw.registration_url(), "127.0.0.1:0").await;
     gw.wait_routable("cat-b", 1).await;
 
-    // Fixed-rate load: 50 requests/s for the whole outage.
+    // Fixed-rate load: 100 requests/s for the whole outage.
     let failures = Arc::new(AtomicU64::new(0));
     let sent = Arc::new(AtomicU64::new(0));
     let stop = tokio_util_stop();
@@ -121,7 +123,7 @@ async fn consul_outage_keeps_routing_and_restart_resyncs() {
             stop.clone(),
         );
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
             while !stop.load(Ordering::SeqCst) {
                 tick.tick().await;
                 let (http, url, failures) = (http.clone(), url.clone(), failures.clone());
@@ -139,6 +141,7 @@ async fn consul_outage_keeps_routing_and_restart_resyncs() {
     };
 
     consul.stop().await;
+    let sent_at_stop = sent.load(Ordering::SeqCst);
     let admin = format!("http://{}/admin/services", gw.admin);
     eventually("admin view reports Consul disconnected", || {
         let (http, admin) = (gw.http.clone(), admin.clone());
@@ -164,8 +167,19 @@ async fn consul_outage_keeps_routing_and_restart_resyncs() {
         "registry_unavailable"
     );
 
-    // The outage itself: 30 s of Consul being gone, under load.
-    tokio::time::sleep(Duration::from_secs(30)).await;
+    // The outage itself lasts until 1,000 requests have been sent on the
+    // last known state (about 10 s at 100/s): long enough for the watches
+    // to fail over and over and back off towards their cap. A count of
+    // requests, not a fixed time, is what the outage is measured in.
+    eventually_within(
+        "1,000 requests sent while Consul is down",
+        Duration::from_secs(60),
+        || {
+            let sent = sent.clone();
+            async move { (sent.load(Ordering::SeqCst) - sent_at_stop >= 1000).then_some(()) }
+        },
+    )
+    .await;
 
     // A restarted dev agent has lost everything; the gateway writes back
     // what it accepted.
@@ -188,7 +202,13 @@ async fn consul_outage_keeps_routing_and_restart_resyncs() {
         }
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Requests keep going after the resync: 50 more, all answered.
+    let sent_at_resync = sent.load(Ordering::SeqCst);
+    eventually("50 requests sent after the resync", || {
+        let sent = sent.clone();
+        async move { (sent.load(Ordering::SeqCst) - sent_at_resync >= 50).then_some(()) }
+    })
+    .await;
     stop.store(true, Ordering::SeqCst);
     load.await.unwrap();
     let (sent, failed) = (sent.load(Ordering::SeqCst), failures.load(Ordering::SeqCst));

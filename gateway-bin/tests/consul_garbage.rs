@@ -17,7 +17,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
-use support::{BackendHandle, GatewayProcess, eventually};
+use support::{BackendHandle, GatewayProcess, eventually_within};
 
 /// What the fake answers.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -174,10 +174,17 @@ async fn garbage_and_backwards_answers_keep_the_last_known_routes() {
         let reads = fake.reads.load(Ordering::SeqCst);
         fake.set(bad);
         // The gateway has read the bad answers (several times: it retries).
-        eventually(&format!("gateway read {bad:?} answers"), || {
-            let f = fake.clone();
-            async move { (f.reads.load(Ordering::SeqCst) >= reads + 3).then_some(()) }
-        })
+        // Its retries back off up to 5 s plus half that in jitter, and the
+        // failures of the modes before count towards it: three reads take
+        // up to 22.5 s, more than the default deadline.
+        eventually_within(
+            &format!("gateway read {bad:?} answers"),
+            Duration::from_secs(30),
+            || {
+                let f = fake.clone();
+                async move { (f.reads.load(Ordering::SeqCst) >= reads + 3).then_some(()) }
+            },
+        )
         .await;
         // ...and still routes on the last known state.
         for _ in 0..20 {

@@ -158,6 +158,19 @@ async fn kafka_outage_loses_nothing_and_replicas_converge() {
         (counter(&admin_view(&gw2).await, "applied") >= 1).then_some(())
     })
     .await;
+    // Nothing left behind: every replica is connected again and has
+    // delivered everything it published, with nothing in flight.
+    for gw in [&gw1, &gw2] {
+        eventually("every replica delivered its queued events", || async {
+            let v = admin_view(gw).await;
+            let sync = &v["registry"]["sync"];
+            (sync["connected"] == true
+                && counter(&v, "delivered") == counter(&v, "published")
+                && sync["in_flight"] == 0)
+                .then_some(())
+        })
+        .await;
+    }
     // Routed (not 404); the instance's address is closed, so 503 at once.
     assert_eq!(
         gw2.http

@@ -14,7 +14,16 @@ use tokio::process::{Child, Command};
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
 /// Polls `f` until it returns `Some`, or panics after `DEADLINE`.
-pub async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    eventually_within(what, DEADLINE, f).await
+}
+
+/// Polls `f` until it returns `Some`, or panics after `deadline`.
+pub async fn eventually_within<T, F, Fut>(what: &str, deadline: Duration, mut f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -24,7 +33,7 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for: {what}");
+        assert!(start.elapsed() < deadline, "timed out waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -218,16 +227,29 @@ pub struct ConsulProcess {
     child: Option<Child>,
     ports: [u16; 5],
     extra_hcl: Option<String>,
+    /// The agent's output (stdout and stderr), read to tell a lost port
+    /// apart from any other start-up failure.
+    log: std::path::PathBuf,
     pub addr: SocketAddr,
 }
 
-fn free_port() -> u16 {
+/// A port number the kernel just handed out for 127.0.0.1 and that is free
+/// again - a candidate, not a reservation: another process may take it
+/// before the child binds it. Used only where a child cannot bind port 0 and
+/// report the port (Consul 1.8.7's five listeners, Kafka's controller): the
+/// caller starts the child on the candidates and, when the child says a port
+/// was taken ("address already in use"), starts it again on new ones.
+/// Everything else binds port 0 itself and reports what it got (the
+/// gateway prints its listeners) or is handed a listening socket (HAProxy).
+fn candidate_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port()
 }
+
+static CONSUL_SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 impl ConsulProcess {
     pub fn binary() -> std::path::PathBuf {
@@ -239,37 +261,41 @@ impl ConsulProcess {
         p
     }
 
-    /// Starts an agent on five free ports. `free_port` releases each port
-    /// before Consul binds it, so an agent started beside others can lose a
-    /// port to one of them and never elect itself; it is then started
-    /// again on other ports (the ports of a started agent never change, as
-    /// `restart` needs).
+    /// Starts an agent. Consul 1.8.7 cannot listen on port 0 and report the
+    /// port (its serf and server ports must be known to the agent itself),
+    /// so it is given five candidate ports (`candidate_port`); when it exits
+    /// because one was taken meanwhile ("address already in use" in its
+    /// output), it is started again on five new ones. Any other failure is
+    /// reported as is. A started agent keeps its ports (`restart` needs them).
     pub async fn start(extra_hcl: Option<&str>) -> Self {
-        for attempt in 1..=3 {
-            let ports = [
-                free_port(),
-                free_port(),
-                free_port(),
-                free_port(),
-                free_port(),
-            ];
+        let log = std::env::temp_dir().join(format!(
+            "gw-consul-{}-{}.log",
+            std::process::id(),
+            CONSUL_SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        ));
+        for attempt in 1..=5 {
+            let ports = [(); 5].map(|_| candidate_port());
             let mut c = Self {
                 child: None,
                 addr: SocketAddr::from(([127, 0, 0, 1], ports[0])),
                 ports,
                 extra_hcl: extra_hcl.map(String::from),
+                log: log.clone(),
             };
-            if c.try_spawn(Duration::from_secs(15)).await {
+            if c.try_spawn(DEADLINE).await {
                 return c;
             }
-            eprintln!(
-                "consul did not elect itself on ports {ports:?} (attempt {attempt}); trying other ports"
-            );
             if let Some(mut child) = c.child.take() {
                 let _ = child.kill().await;
             }
+            let out = std::fs::read_to_string(&log).unwrap_or_default();
+            assert!(
+                out.contains("address already in use"),
+                "consul did not start on ports {ports:?}:\n{out}"
+            );
+            eprintln!("consul lost one of the ports {ports:?} (attempt {attempt}); new ports");
         }
-        panic!("consul did not start in three attempts");
+        panic!("consul lost a port in five attempts");
     }
 
     async fn spawn(&mut self) {
@@ -316,9 +342,10 @@ impl ConsulProcess {
             "limits { http_max_conns_per_client = 4096 }",
         ])
         .env("CHECKPOINT_DISABLE", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
         .kill_on_drop(true);
+        let log = std::fs::File::create(&self.log).expect("consul log file");
+        cmd.stderr(log.try_clone().expect("consul log file"))
+            .stdout(log);
         if let Some(h) = &self.extra_hcl {
             cmd.args(["-hcl", h]);
         }
@@ -355,6 +382,12 @@ impl ConsulProcess {
     pub async fn restart(&mut self) {
         self.stop().await;
         self.spawn().await;
+    }
+}
+
+impl Drop for ConsulProcess {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.log);
     }
 }
 
@@ -424,8 +457,12 @@ fn kafka_script(cmd: &str, dir: &std::path::Path) -> String {
 
 impl KafkaProcess {
     pub async fn start() -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("gw-kafka-{}-{}", std::process::id(), free_port()));
+        static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "gw-kafka-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        ));
         let d = dir.clone();
         let bootstrap = tokio::task::spawn_blocking(move || kafka_script("start", &d))
             .await
@@ -514,7 +551,231 @@ pub async fn register_json(gw: &GatewayProcess, body: &serde_json::Value) {
     );
 }
 
-/// A loopback port nothing listens on (bound, then released).
+/// A loopback port nothing listens on now (bound, then released); the test
+/// itself listens on it later, to play an instance that comes back.
 pub fn closed_port() -> u16 {
-    free_port()
+    candidate_port()
+}
+
+/// HAProxy (the Debian package, `scripts/install-deps.sh haproxy`) with the
+/// shipped `haproxy/haproxy.cfg`, its addresses replaced by the harness's:
+/// the replicas' listeners, and four listening sockets this process bound on
+/// 127.0.0.1:0 and hands to HAProxy as inherited file descriptors
+/// (`bind fd@N`). HAProxy never picks a port itself, so none is raced for:
+/// the sockets stay bound from the moment the kernel chose their ports.
+pub struct HaproxyProcess {
+    child: Child,
+    dir: std::path::PathBuf,
+    pub public: SocketAddr,
+    pub internal: SocketAddr,
+    pub registration: SocketAddr,
+    pub stats: SocketAddr,
+}
+
+/// The listeners of one replica, as HAProxy's servers point at them.
+#[derive(Clone, Copy, Debug)]
+pub struct ReplicaAddrs {
+    pub public: SocketAddr,
+    pub internal: SocketAddr,
+    pub registration: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl From<&GatewayProcess> for ReplicaAddrs {
+    fn from(g: &GatewayProcess) -> Self {
+        Self {
+            public: g.public,
+            internal: g.internal,
+            registration: g.registration,
+            admin: g.admin,
+        }
+    }
+}
+
+static HAPROXY_SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl HaproxyProcess {
+    /// The shipped configuration for these replicas (gw1, gw2, ... in
+    /// order), listening on inherited descriptors 3 (public), 4 (internal),
+    /// 5 (registration) and 6 (stats); no runtime API socket.
+    pub fn config(replicas: &[ReplicaAddrs]) -> String {
+        let shipped = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../haproxy/haproxy.cfg"
+        ))
+        .expect("haproxy/haproxy.cfg");
+        let mut out = String::new();
+        for line in shipped.lines() {
+            let t = line.trim_start();
+            let indent = &line[..line.len() - t.len()];
+            let replaced = if t.starts_with("stats socket ") {
+                None
+            } else if let Some(fd) = [
+                ("bind 127.0.0.1:8000", 3),
+                ("bind 127.0.0.1:8001", 4),
+                ("bind 127.0.0.1:8090", 5),
+                ("bind 127.0.0.1:8404", 6),
+            ]
+            .iter()
+            .find(|(b, _)| t.starts_with(b))
+            .map(|(_, fd)| fd)
+            {
+                Some(format!("bind fd@{fd}"))
+            } else if t.starts_with("server gw") {
+                // server gwN 127.0.0.1:8NXX check addr 127.0.0.1 port 8N04
+                let w: Vec<&str> = t.split_whitespace().collect();
+                let n: usize = w[1][2..].parse().expect("server gwN");
+                if n > replicas.len() {
+                    continue;
+                }
+                let r = &replicas[n - 1];
+                let target = match &w[2][w[2].len() - 2..] {
+                    "01" => r.public,
+                    "02" => r.internal,
+                    "03" => r.registration,
+                    other => panic!("unexpected server port ..{other} in {t}"),
+                };
+                Some(format!(
+                    "server {} {target} check addr {} port {}",
+                    w[1],
+                    r.admin.ip(),
+                    r.admin.port()
+                ))
+            } else {
+                Some(t.to_owned())
+            };
+            if let Some(r) = replaced {
+                out.push_str(indent);
+                out.push_str(&r);
+                out.push('\n');
+            }
+        }
+        for fd in 3..=6 {
+            assert!(
+                out.contains(&format!("bind fd@{fd}")),
+                "listener {fd} in the shipped config"
+            );
+        }
+        out
+    }
+
+    /// Starts HAProxy in front of `replicas` and waits until it sees every
+    /// one of them UP in every backend.
+    pub async fn start(replicas: &[ReplicaAddrs]) -> Self {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
+        let dir = std::env::temp_dir().join(format!(
+            "gw-haproxy-{}-{}",
+            std::process::id(),
+            HAPROXY_SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = dir.join("haproxy.cfg");
+        std::fs::write(&cfg, Self::config(replicas)).unwrap();
+        let listeners: Vec<std::net::TcpListener> = (0..4)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind for haproxy"))
+            .collect();
+        let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+        let fds: Vec<i32> = listeners.iter().map(|l| l.as_raw_fd()).collect();
+        let mut cmd = std::process::Command::new("haproxy");
+        cmd.args(["-db", "-f"]).arg(&cfg);
+        // In the child, between fork and exec, each socket is duplicated to
+        // 3, 4, 5 and 6 (dup2 clears close-on-exec on the copy). No source
+        // is one of those: the test process had its runtime's descriptors
+        // open before it bound these.
+        assert!(fds.iter().all(|&fd| fd > 6), "listener descriptors {fds:?}");
+        unsafe {
+            cmd.pre_exec(move || {
+                for (i, fd) in fds.iter().enumerate() {
+                    if libc::dup2(*fd, 3 + i as i32) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        // Its messages (servers going DOWN and UP) are shown only when the
+        // test fails (see Drop).
+        let log = std::fs::File::create(dir.join("haproxy.log")).unwrap();
+        cmd.stdout(Stdio::null()).stderr(log);
+        let mut cmd = Command::from(cmd);
+        cmd.kill_on_drop(true);
+        let child = cmd
+            .spawn()
+            .expect("spawn haproxy (scripts/install-deps.sh haproxy)");
+        // HAProxy holds its own copies now.
+        drop(listeners);
+        let h = Self {
+            child,
+            dir,
+            public: addrs[0],
+            internal: addrs[1],
+            registration: addrs[2],
+            stats: addrs[3],
+        };
+        let names: Vec<String> = (1..=replicas.len()).map(|n| format!("gw{n}")).collect();
+        for n in &names {
+            h.wait_up(n).await;
+        }
+        h
+    }
+
+    /// `(backend, server, status)` of every server, from the stats CSV.
+    pub async fn states(&self) -> Option<Vec<(String, String, String)>> {
+        let csv = reqwest::Client::new()
+            .get(format!("http://{}/stats;csv;norefresh", self.stats))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        Some(
+            csv.lines()
+                .filter(|l| !l.starts_with('#'))
+                .filter_map(|l| {
+                    let f: Vec<&str> = l.split(',').collect();
+                    (f.len() > 17 && f[1] != "FRONTEND" && f[1] != "BACKEND")
+                        .then(|| (f[0].to_owned(), f[1].to_owned(), f[17].to_owned()))
+                })
+                .collect(),
+        )
+    }
+
+    /// Waits until HAProxy sees `server` UP in every gateway backend.
+    pub async fn wait_up(&self, server: &str) {
+        eventually_within(
+            &format!("HAProxy sees {server} UP in every backend"),
+            Duration::from_secs(30),
+            || async {
+                let s = self.states().await?;
+                let up = s
+                    .iter()
+                    .filter(|(b, n, st)| b.starts_with("gateways_") && n == server && st == "UP")
+                    .count();
+                (up == 3).then_some(())
+            },
+        )
+        .await;
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.public, path)
+    }
+
+    pub fn registration_url(&self) -> String {
+        format!("http://{}", self.registration)
+    }
+}
+
+impl Drop for HaproxyProcess {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(self.dir.join("haproxy.log")).unwrap_or_default();
+            eprintln!("--- haproxy output ---\n{log}");
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
