@@ -752,8 +752,9 @@ impl Inner {
     /// restart the replicas that accepted a registration are gone, and the
     /// new processes only read it from Consul; without this, an agent that
     /// came back empty would lose it for good once the restart grace ends
-    /// (`scripts/e2e.sh --consul-restart`). Every replica writes the same
-    /// registrations back: registering is idempotent.
+    /// (the Consul-restarted-empty scenario of `gateway-bin/tests/haproxy.rs`).
+    /// Every replica writes the same registrations back: registering is
+    /// idempotent.
     async fn resync_owned(&self) {
         let owned: Vec<(String, (Registration, String))> = {
             let st = self.lock();
