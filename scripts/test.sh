@@ -26,6 +26,13 @@ cargo fmt --all -- --check
 step "clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "gateway-core without its consul and kafka features (what an embedder may build)"
+cargo clippy -p gateway-core --no-default-features --all-targets --locked -- -D warnings
+cargo test -p gateway-core --no-default-features --lib --locked
+
+step "gateway-core's API documentation builds without warnings"
+RUSTDOCFLAGS="-D warnings" cargo doc -p gateway-core --no-deps --locked
+
 step "build examples used by the tests"
 cargo build --locked -p order-service
 
