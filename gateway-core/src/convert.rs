@@ -19,6 +19,8 @@ use proto::v1::{ForwardingReq, ForwardingResp, Header, RequestContext};
 
 use crate::error::{ErrorKind, ForwardError};
 
+pub mod wire;
+
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
