@@ -36,7 +36,8 @@ use tonic::Status;
 use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
 use super::{
-    RequestMeta, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, authority, is_hop_by_hop,
+    RequestMeta, ResponseParts, WireField, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO,
+    authority, is_hop_by_hop,
 };
 use crate::error::ForwardError;
 
@@ -484,7 +485,7 @@ impl SendCodec {
 
 impl Codec for SendCodec {
     type Encode = Attempt;
-    type Decode = ForwardingResp;
+    type Decode = Answer;
     type Encoder = SendEncoder;
     type Decoder = RespDecoder;
 
@@ -519,20 +520,135 @@ impl Encoder for SendEncoder {
     }
 }
 
-/// Decodes a `ForwardingResp`.
+/// A backend's answer as decoded by [`decode_response`].
+pub type Answer = ResponseParts<RespField>;
+
+/// A header or trailer field of an answer: slices of the received buffer,
+/// no copy and no `String` per name.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RespField {
+    /// Valid UTF-8 (checked when decoded).
+    name: Bytes,
+    value: Bytes,
+}
+
+impl WireField for RespField {
+    fn name(&self) -> &str {
+        std::str::from_utf8(&self.name).unwrap_or_default()
+    }
+    fn value(&self) -> &Bytes {
+        &self.value
+    }
+}
+
+impl From<ForwardingResp> for Answer {
+    fn from(r: ForwardingResp) -> Self {
+        let fields = |l: Vec<proto::v1::Header>| {
+            l.into_iter()
+                .map(|h| RespField {
+                    name: Bytes::from(h.name),
+                    value: h.value,
+                })
+                .collect()
+        };
+        ResponseParts {
+            status: r.status,
+            headers: fields(r.headers),
+            body: r.body,
+            trailers: fields(r.trailers),
+        }
+    }
+}
+
+/// Decodes a `ForwardingResp` from `buf` without copying: the body, names
+/// and values are slices of `buf`. Anything the fast path does not expect
+/// (a wire type that does not match, a group, a name that is not UTF-8, a
+/// truncated message) is decoded again by prost, so that the answer, or the
+/// error (INTERNAL with prost's message, as tonic-prost), is exactly prost's.
+pub fn decode_response(buf: Bytes) -> Result<Answer, Status> {
+    use prost::Message as _;
+    match fast_decode(&buf) {
+        Some(a) => Ok(a),
+        None => ForwardingResp::decode(buf)
+            .map(Answer::from)
+            .map_err(|e| Status::internal(e.to_string())),
+    }
+}
+
+/// `ForwardingResp`'s fields, by prost's rules (last scalar wins, repeated
+/// fields append, unknown fields skipped); `None` where prost would fail
+/// or where the fast path does not follow it.
+fn fast_decode(buf: &Bytes) -> Option<Answer> {
+    let mut a = Answer::default();
+    let mut rest: &[u8] = buf;
+    while !rest.is_empty() {
+        let (tag, wt) = prost::encoding::decode_key(&mut rest).ok()?;
+        match (tag, wt) {
+            (1, WireType::Varint) => {
+                a.status = prost::encoding::decode_varint(&mut rest).ok()? as u32;
+            }
+            (2 | 3 | 4, WireType::LengthDelimited) => {
+                let v = delimited_slice(buf, &mut rest)?;
+                match tag {
+                    2 => a.headers.push(fast_field(v)?),
+                    3 => a.body = v,
+                    _ => a.trailers.push(fast_field(v)?),
+                }
+            }
+            (1..=4, _) => return None,
+            (_, WireType::StartGroup | WireType::EndGroup) => return None,
+            (tag, wt) => {
+                prost::encoding::skip_field(wt, tag, &mut rest, Default::default()).ok()?;
+            }
+        }
+    }
+    Some(a)
+}
+
+/// The next length-delimited value of `rest` (a suffix of `buf`), as a
+/// slice of `buf`.
+fn delimited_slice(buf: &Bytes, rest: &mut &[u8]) -> Option<Bytes> {
+    let len = usize::try_from(prost::encoding::decode_varint(rest).ok()?).ok()?;
+    if len > rest.len() {
+        return None;
+    }
+    let start = buf.len() - rest.len();
+    *rest = &rest[len..];
+    Some(buf.slice(start..start + len))
+}
+
+/// A `Header` message.
+fn fast_field(msg: Bytes) -> Option<RespField> {
+    let mut f = RespField::default();
+    let mut rest: &[u8] = &msg;
+    while !rest.is_empty() {
+        let (tag, wt) = prost::encoding::decode_key(&mut rest).ok()?;
+        match (tag, wt) {
+            (1, WireType::LengthDelimited) => f.name = delimited_slice(&msg, &mut rest)?,
+            (2, WireType::LengthDelimited) => f.value = delimited_slice(&msg, &mut rest)?,
+            (1 | 2, _) => return None,
+            (_, WireType::StartGroup | WireType::EndGroup) => return None,
+            (tag, wt) => {
+                prost::encoding::skip_field(wt, tag, &mut rest, Default::default()).ok()?;
+            }
+        }
+    }
+    std::str::from_utf8(&f.name).ok()?;
+    Some(f)
+}
+
+/// Decodes a `ForwardingResp` into an [`Answer`].
 #[derive(Debug)]
 pub struct RespDecoder;
 
 impl Decoder for RespDecoder {
-    type Item = ForwardingResp;
+    type Item = Answer;
     type Error = Status;
 
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<ForwardingResp>, Status> {
-        use prost::Message as _;
-        // As tonic-prost: a message that does not decode is INTERNAL.
-        ForwardingResp::decode(src)
-            .map(Some)
-            .map_err(|e| Status::internal(e.to_string()))
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Answer>, Status> {
+        use bytes::Buf as _;
+        // tonic's `DecodeBuf` splits this off its buffer: no copy.
+        decode_response(src.copy_to_bytes(src.remaining())).map(Some)
     }
 
     fn buffer_settings(&self) -> BufferSettings {
@@ -547,7 +663,7 @@ pub async fn send<T>(
     channel: T,
     attempt: Attempt,
     timeout: std::time::Duration,
-) -> Result<tonic::Response<ForwardingResp>, Status>
+) -> Result<tonic::Response<Answer>, Status>
 where
     T: tonic::client::GrpcService<tonic::body::Body>,
     T::ResponseBody: http_body::Body<Data = Bytes> + Send + 'static,

@@ -10,8 +10,8 @@
 //!   prost-encode into an 8 KiB buffer (what `tonic_prost::ProstCodec`
 //!   does), decode a `ForwardingResp` from an 8 KiB buffer,
 //!   `response_from_wire`. New: `EncodedRequest::encode`, one attempt
-//!   written into a buffer of its exact size, decode from a 1 KiB buffer,
-//!   `response_from_wire`.
+//!   written into a buffer of its exact size, `wire::decode_response` from
+//!   a 1 KiB buffer (names and values sliced from it), `response_from_wire`.
 //! * `grpc`: the whole client side of one `Send` over a real tonic
 //!   `Channel` (HTTP/2 on loopback) to an in-process backend: old through
 //!   the generated `ForwardingServiceClient::send`, new through
@@ -213,7 +213,11 @@ fn convert_mode(n: u64, which: Which) {
     let new = || {
         let enc = EncodedRequest::encode(&parts, Bytes::new(), None, &meta).expect("converts");
         std::hint::black_box(enc.to_bytes(29_999));
-        let resp = decode_like_tonic(&frame, wire::DECODE_BUFFER);
+        // tonic's decode buffer of DECODE_BUFFER bytes, the message split off.
+        let mut buf = BytesMut::with_capacity(wire::DECODE_BUFFER);
+        buf.put_slice(&frame);
+        let _header = buf.split_to(tonic::codec::HEADER_SIZE);
+        let resp = wire::decode_response(buf.freeze()).expect("decodes");
         std::hint::black_box(response_from_wire(resp, target).expect("valid"));
     };
     if which != Which::New {

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use http::{Request, request};
 use proptest::prelude::*;
 use prost::Message;
-use proto::v1::ForwardingReq;
+use proto::v1::{ForwardingReq, ForwardingResp};
 
 use super::*;
 use crate::convert::{RequestMeta, request_to_wire};
@@ -258,5 +258,151 @@ proptest! {
         let r = same(&p, &body, trailers.as_ref(), &m);
         // Most cases are accepted (an error compares only kind and message).
         prop_assume!(r != ForwardingReq::default());
+    }
+}
+
+/// The fast answer decoder against prost: the same answer, or the same error.
+fn same_answer(bytes: &[u8]) {
+    let prost = ForwardingResp::decode(bytes)
+        .map(Answer::from)
+        .map_err(|e| e.to_string());
+    let fast = decode_response(Bytes::copy_from_slice(bytes)).map_err(|s| {
+        assert_eq!(s.code(), tonic::Code::Internal);
+        s.message().to_owned()
+    });
+    assert_eq!(fast, prost);
+}
+
+fn encoded_answer(status: u32, fields: &[(String, Vec<u8>)], body: &[u8]) -> Vec<u8> {
+    let h: Vec<proto::v1::Header> = fields
+        .iter()
+        .map(|(n, v)| proto::v1::Header {
+            name: n.clone(),
+            value: Bytes::copy_from_slice(v),
+        })
+        .collect();
+    ForwardingResp {
+        status,
+        headers: h.clone(),
+        body: Bytes::copy_from_slice(body),
+        trailers: h.into_iter().rev().collect(),
+    }
+    .encode_to_vec()
+}
+
+#[test]
+fn answers_decode_as_prost_decodes_them() {
+    let fields = vec![
+        ("content-type".to_owned(), b"text/plain".to_vec()),
+        ("set-cookie".to_owned(), b"a=1".to_vec()),
+        ("set-cookie".to_owned(), b"b=2".to_vec()),
+        ("x-empty".to_owned(), vec![]),
+        (String::new(), b"no name".to_vec()),
+    ];
+    let msg = encoded_answer(200, &fields, b"hello");
+    same_answer(&msg);
+    same_answer(&[]);
+    let fast = decode_response(Bytes::from(msg.clone())).unwrap();
+    assert_eq!(fast.status, 200);
+    assert_eq!(fast.headers[1].name(), "set-cookie");
+    assert_eq!(&fast.body[..], b"hello");
+    // Later scalars win, repeated fields append, unknown fields are skipped,
+    // as prost does: the message twice, plus unknown fields of every kind.
+    let mut twice = msg.clone();
+    twice.extend_from_slice(&encoded_answer(404, &fields[..1], b"again"));
+    for unknown in [
+        &[0x28, 0x05][..],                     // 5: varint
+        &[0x31, 1, 2, 3, 4, 5, 6, 7, 8],       // 6: fixed64
+        &[0x3a, 0x02, b'h', b'i'],             // 7: bytes
+        &[0x45, 1, 2, 3, 4],                   // 8: fixed32
+        &[0x4b, 0x08, 0x01, 0x4c],             // 9: a group (prost skips it)
+        &[0x12, 0x04, 0x18, 0x01, 0x0a, 0x00], // a header with an unknown field
+    ] {
+        let mut m = twice.clone();
+        m.extend_from_slice(unknown);
+        same_answer(&m);
+    }
+    // Failures: truncated, wire types that do not match, a name that is not
+    // UTF-8, tag 0, an over-long varint.
+    for bad in [
+        &msg[..msg.len() - 1],
+        &[0x0a, 0x00][..],
+        &[0x10, 0x01],
+        &[0x12, 0x03, 0x0a, 0x01, 0xff],
+        &[0x12, 0x02, 0x08, 0x01],
+        &[0x00, 0x01],
+        &[
+            0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f,
+        ],
+        &[
+            0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
+        ],
+        &[0x1a, 0x05, b'a'],
+    ] {
+        same_answer(bad);
+    }
+}
+
+proptest! {
+    #[test]
+    fn any_answer_decodes_as_prost_decodes_it(
+        status in any::<u32>(),
+        fields in proptest::collection::vec(("[ -~]{0,12}", proptest::collection::vec(any::<u8>(), 0..20)), 0..8),
+        body in proptest::collection::vec(any::<u8>(), 0..100),
+        cut in any::<prop::sample::Index>(),
+        flip in proptest::option::of((any::<prop::sample::Index>(), any::<u8>())),
+        garbage in proptest::collection::vec(any::<u8>(), 0..40),
+    ) {
+        let msg = encoded_answer(status, &fields, &body);
+        same_answer(&msg);
+        same_answer(&msg[..cut.index(msg.len() + 1)]);
+        if let Some((at, byte)) = flip {
+            if !msg.is_empty() {
+                let mut m = msg.clone();
+                m[at.index(msg.len())] = byte;
+                same_answer(&m);
+            }
+        }
+        same_answer(&garbage);
+        let mut m = msg;
+        m.extend_from_slice(&garbage);
+        same_answer(&m);
+    }
+}
+
+/// The conversion to HTTP gives the same outcome from either decoding.
+#[test]
+fn either_decoding_converts_alike() {
+    let target = crate::convert::ResponseTarget {
+        head_request: false,
+        trailers: true,
+    };
+    for fields in [
+        vec![("content-type".to_owned(), b"text/plain".to_vec())],
+        vec![
+            ("connection".to_owned(), b"x-hop".to_vec()),
+            ("x-hop".to_owned(), b"\r\n".to_vec()),
+            ("content-length".to_owned(), b"99".to_vec()),
+            ("x-ok".to_owned(), b"1".to_vec()),
+        ],
+        vec![("x-bad".to_owned(), b"a\r\nb".to_vec())],
+        vec![("bad name".to_owned(), b"1".to_vec())],
+        vec![("x-h".to_owned(), b"1".to_vec()); crate::convert::MAX_RESPONSE_FIELDS + 1],
+    ] {
+        let msg = encoded_answer(201, &fields, b"body");
+        let a = crate::convert::response_from_wire(
+            decode_response(Bytes::from(msg.clone())).unwrap(),
+            target,
+        );
+        let b =
+            crate::convert::response_from_wire(ForwardingResp::decode(&msg[..]).unwrap(), target);
+        match (a, b) {
+            (Ok(a), Ok(b)) => {
+                assert_eq!(a.status(), b.status());
+                assert_eq!(a.headers(), b.headers());
+            }
+            (Err(a), Err(b)) => assert_eq!((a.kind, a.message), (b.kind, b.message)),
+            (a, b) => panic!("{a:?} against {b:?}"),
+        }
     }
 }
