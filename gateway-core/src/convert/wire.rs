@@ -587,7 +587,7 @@ fn fast_decode(buf: &Bytes) -> Option<Answer> {
             (1, WireType::Varint) => {
                 a.status = prost::encoding::decode_varint(&mut rest).ok()? as u32;
             }
-            (2 | 3 | 4, WireType::LengthDelimited) => {
+            (2..=4, WireType::LengthDelimited) => {
                 let v = delimited_slice(buf, &mut rest)?;
                 match tag {
                     2 => a.headers.push(fast_field(v)?),

@@ -356,12 +356,12 @@ proptest! {
         let msg = encoded_answer(status, &fields, &body);
         same_answer(&msg);
         same_answer(&msg[..cut.index(msg.len() + 1)]);
-        if let Some((at, byte)) = flip {
-            if !msg.is_empty() {
-                let mut m = msg.clone();
-                m[at.index(msg.len())] = byte;
-                same_answer(&m);
-            }
+        if let Some((at, byte)) = flip
+            && !msg.is_empty()
+        {
+            let mut m = msg.clone();
+            m[at.index(msg.len())] = byte;
+            same_answer(&m);
         }
         same_answer(&garbage);
         let mut m = msg;
