@@ -177,6 +177,47 @@ impl Stack {
         let _ = write!(s, "{v}");
         s
     }
+
+    /// An IPv4 address, and `:port` if given, as `Display` writes them but
+    /// without the formatting machinery (a fifth of the encoder's time).
+    fn v4(ip: std::net::Ipv4Addr, port: Option<u16>) -> Self {
+        let mut s = Stack {
+            buf: [0; 96],
+            len: 0,
+        };
+        for (i, o) in ip.octets().into_iter().enumerate() {
+            if i > 0 {
+                s.push(b'.');
+            }
+            s.decimal(o.into());
+        }
+        if let Some(p) = port {
+            s.push(b':');
+            s.decimal(p.into());
+        }
+        s
+    }
+
+    fn push(&mut self, b: u8) {
+        self.buf[self.len] = b;
+        self.len += 1;
+    }
+
+    fn decimal(&mut self, v: u32) {
+        let mut digits = [0u8; 10];
+        let (mut v, mut n) = (v, 0);
+        loop {
+            digits[n] = b'0' + (v % 10) as u8;
+            n += 1;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        for d in digits[..n].iter().rev() {
+            self.push(*d);
+        }
+    }
     fn as_str(&self) -> &str {
         // Only whole `&str`s are ever copied in.
         std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
@@ -216,6 +257,10 @@ struct Fields<'a> {
     fwd_host: &'a [u8],
     peer_ip: Stack,
     peer: Stack,
+    traceparent: &'a str,
+    tracestate: &'a str,
+    /// Bytes of the context ([`Fields::context`]), once known.
+    context_len: usize,
     /// Whether the request has a `Connection` field at all (the common
     /// HTTP/2 and keep-alive HTTP/1.1 case has none to look at).
     has_connection: bool,
@@ -247,7 +292,14 @@ impl<'a> Fields<'a> {
             .or(parts.uri.scheme_str())
             .unwrap_or("http");
         let fwd_host = trusted(&X_FORWARDED_HOST).unwrap_or(authority.as_bytes());
-        Ok(Fields {
+        let header_str = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).unwrap_or_default();
+        let (peer_ip, peer) = match meta.peer {
+            std::net::SocketAddr::V4(a) => {
+                (Stack::v4(*a.ip(), None), Stack::v4(*a.ip(), Some(a.port())))
+            }
+            a => (Stack::display(a.ip()), Stack::display(a)),
+        };
+        let mut f = Fields {
             parts,
             trailers,
             meta,
@@ -256,10 +308,17 @@ impl<'a> Fields<'a> {
             query,
             scheme,
             fwd_host,
-            peer_ip: Stack::display(meta.peer.ip()),
-            peer: Stack::display(meta.peer),
+            peer_ip,
+            peer,
+            traceparent: header_str("traceparent"),
+            tracestate: header_str("tracestate"),
+            context_len: 0,
             has_connection: h.contains_key(header::CONNECTION),
-        })
+        };
+        let mut len = Count(0);
+        f.context(&mut len);
+        f.context_len = len.0;
+        Ok(f)
     }
 
     /// Addresses of a trusted `X-Forwarded-For`, in order.
@@ -275,14 +334,6 @@ impl<'a> Fields<'a> {
             .flatten()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(',').map(str::trim).filter(|a| !a.is_empty()))
-    }
-
-    fn header_str(&self, n: &str) -> &'a str {
-        self.parts
-            .headers
-            .get(n)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
     }
 
     /// Fields 1-9.
@@ -327,12 +378,8 @@ impl<'a> Fields<'a> {
             repeated_str(s, CTX_CLIENT_ADDRESSES, a);
         }
         repeated_str(s, CTX_CLIENT_ADDRESSES, self.peer.as_str());
-        bytes_field(
-            s,
-            CTX_TRACEPARENT,
-            self.header_str("traceparent").as_bytes(),
-        );
-        bytes_field(s, CTX_TRACESTATE, self.header_str("tracestate").as_bytes());
+        bytes_field(s, CTX_TRACEPARENT, self.traceparent.as_bytes());
+        bytes_field(s, CTX_TRACESTATE, self.tracestate.as_bytes());
         bytes_field(s, CTX_GATEWAY_NODE, m.node_id.as_bytes());
         bytes_field(s, CTX_SERVICE, m.service.as_bytes());
         bytes_field(s, CTX_MATCHED_PREFIX, m.matched_prefix.as_bytes());
@@ -343,9 +390,7 @@ impl<'a> Fields<'a> {
         for (name, value) in self.trailers.into_iter().flatten() {
             header_field(s, TRAILERS, name.as_str(), value.as_bytes());
         }
-        let mut len = Count(0);
-        self.context(&mut len);
-        delimited(s, CONTEXT, len.0);
+        delimited(s, CONTEXT, self.context_len);
         self.context(s);
     }
 }

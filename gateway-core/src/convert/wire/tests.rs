@@ -406,3 +406,17 @@ fn either_decoding_converts_alike() {
         }
     }
 }
+
+#[test]
+fn addresses_are_written_as_display_writes_them() {
+    for a in [
+        "0.0.0.0:0",
+        "255.255.255.255:65535",
+        "10.1.20.3:80",
+        "1.2.3.4:9",
+    ] {
+        let a: std::net::SocketAddrV4 = a.parse().unwrap();
+        assert_eq!(Stack::v4(*a.ip(), Some(a.port())).as_str(), a.to_string());
+        assert_eq!(Stack::v4(*a.ip(), None).as_str(), a.ip().to_string());
+    }
+}
