@@ -440,8 +440,9 @@ impl EncodedRequest {
         }
     }
 
-    /// The whole message with `meta.deadline`'s `deadline_ms`, in one buffer
-    /// (tests, fuzzing and the allocation benchmark).
+    /// The whole message of an attempt with `deadline_ms`, in one buffer
+    /// (tests, fuzzing and the allocation benchmark; [`deadline_ms`] gives
+    /// the one `request_to_wire` sets).
     pub fn to_bytes(&self, deadline_ms: u64) -> Bytes {
         let a = self.attempt(deadline_ms);
         let mut buf = BytesMut::with_capacity(a.encoded_len());
@@ -501,8 +502,9 @@ pub const SEND_PATH: &str = "/forwarding.v1.ForwardingService/Send";
 /// small (the benchmark's: 64-byte body and `content-type`, ~100 bytes);
 /// 1 KiB holds most of them whole and stays within glibc's thread cache
 /// (chunks up to 1,032 bytes), where tonic's default 8 KiB goes to the
-/// arena (and `malloc_consolidate`). A larger answer grows the buffer to its
-/// length once its 5-byte gRPC header has been read.
+/// arena (and `malloc_consolidate`). A larger answer grows the buffer as
+/// its DATA frames arrive (tonic reserves the message's length once the
+/// 5-byte gRPC header is in).
 pub const DECODE_BUFFER: usize = 1024;
 
 /// tonic's: the encoder yields after this many bytes. A unary call writes
