@@ -91,7 +91,7 @@ pub struct Endpoint {
     /// Built on first use: an instance that never gets a request costs no
     /// channel (a tonic channel is a task plus buffers; 10,000 registered
     /// instances would otherwise cost ~100 MiB up front).
-    client: OnceLock<ForwardingServiceClient<Channel>>,
+    channel: OnceLock<Channel>,
     /// Validated at construction, so building the channel later cannot fail.
     target: TonicEndpoint,
     /// What the registration said about TLS (`tls`, `tls_server_name`):
@@ -135,7 +135,7 @@ impl Endpoint {
             address: address.into(),
             weight: 100,
             streaming: false,
-            client: OnceLock::new(),
+            channel: OnceLock::new(),
             target,
             tls: (false, None),
             in_flight: AtomicU32::new(0),
@@ -156,12 +156,16 @@ impl Endpoint {
     /// A gRPC client for this instance (cheap clone of a shared channel,
     /// created on first use; must be called inside a Tokio runtime).
     pub fn client(&self) -> ForwardingServiceClient<Channel> {
-        self.client
-            .get_or_init(|| {
-                ForwardingServiceClient::new(self.target.connect_lazy())
-                    .max_decoding_message_size(usize::MAX)
-                    .max_encoding_message_size(usize::MAX)
-            })
+        ForwardingServiceClient::new(self.channel())
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX)
+    }
+
+    /// This instance's channel (a cheap clone; created on first use, inside
+    /// a Tokio runtime): the transport of [`crate::convert::wire::send`].
+    pub fn channel(&self) -> Channel {
+        self.channel
+            .get_or_init(|| self.target.connect_lazy())
             .clone()
     }
 

@@ -14,10 +14,12 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode, request};
 use http_body::Frame;
 use http_body_util::{Full, StreamBody};
-use proto::convert::{headers_from_wire, split_target, version_to_wire};
+use proto::convert::{split_target, version_to_wire};
 use proto::v1::{ForwardingReq, ForwardingResp, Header, RequestContext};
 
 use crate::error::{ErrorKind, ForwardError};
+
+pub mod wire;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -256,7 +258,89 @@ impl ResponseTarget {
 /// quadratic in the values of one name (40,000 `x-h` fields took 13 s).
 pub const MAX_RESPONSE_FIELDS: usize = 1000;
 
-fn too_many_fields(list: &[Header]) -> Result<(), proto::convert::InvalidHeader> {
+/// A header field of a backend's answer, however it was decoded: prost's
+/// [`Header`], or [`wire::RespField`] (slices of the received buffer).
+pub trait WireField {
+    /// Field name as sent (validated UTF-8, not yet as an HTTP name).
+    fn name(&self) -> &str;
+    /// Field value as sent.
+    fn value(&self) -> &Bytes;
+}
+
+impl WireField for Header {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn value(&self) -> &Bytes {
+        &self.value
+    }
+}
+
+/// A backend's answer taken apart: what [`response_from_wire`] needs of it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ResponseParts<F> {
+    /// `ForwardingResp.status`.
+    pub status: u32,
+    /// `ForwardingResp.headers`.
+    pub headers: Vec<F>,
+    /// `ForwardingResp.body`.
+    pub body: Bytes,
+    /// `ForwardingResp.trailers`.
+    pub trailers: Vec<F>,
+}
+
+/// A backend's answer, however it was decoded.
+pub trait WireResponse {
+    /// Its header and trailer fields.
+    type Field: WireField;
+    /// The answer taken apart.
+    fn into_parts(self) -> ResponseParts<Self::Field>;
+}
+
+impl WireResponse for ForwardingResp {
+    type Field = Header;
+    fn into_parts(self) -> ResponseParts<Header> {
+        ResponseParts {
+            status: self.status,
+            headers: self.headers,
+            body: self.body,
+            trailers: self.trailers,
+        }
+    }
+}
+
+impl<F: WireField> WireResponse for ResponseParts<F> {
+    type Field = F;
+    fn into_parts(self) -> Self {
+        self
+    }
+}
+
+fn invalid_field(h: &impl WireField, reason: &'static str) -> proto::convert::InvalidHeader {
+    proto::convert::InvalidHeader {
+        name: h.name().to_owned(),
+        reason,
+    }
+}
+
+/// `proto::convert::try_append` for any [`WireField`].
+fn try_append(
+    map: &mut HeaderMap,
+    name: HeaderName,
+    value: HeaderValue,
+    h: &impl WireField,
+) -> Result<(), proto::convert::InvalidHeader> {
+    map.try_append(name, value)
+        .map(drop)
+        .map_err(|_| invalid_field(h, "too many header fields (HTTP allows 32768)"))
+}
+
+/// An empty map sized for `len` fields (`proto::convert::map_for`).
+fn map_for(len: usize) -> HeaderMap {
+    HeaderMap::try_with_capacity(len).unwrap_or_default()
+}
+
+fn too_many_fields<F>(list: &[F]) -> Result<(), proto::convert::InvalidHeader> {
     if list.len() > MAX_RESPONSE_FIELDS {
         return Err(proto::convert::InvalidHeader {
             name: String::new(),
@@ -267,42 +351,55 @@ fn too_many_fields(list: &[Header]) -> Result<(), proto::convert::InvalidHeader>
 }
 
 /// A backend's trailers as a map, within [`MAX_RESPONSE_FIELDS`].
-pub fn response_trailers(list: &[Header]) -> Result<HeaderMap, proto::convert::InvalidHeader> {
+pub fn response_trailers<F: WireField>(
+    list: &[F],
+) -> Result<HeaderMap, proto::convert::InvalidHeader> {
     too_many_fields(list)?;
-    headers_from_wire(list)
+    // `proto::convert::headers_from_wire`, for any `WireField`.
+    let mut map = map_for(list.len());
+    for h in list {
+        let name = HeaderName::from_bytes(h.name().as_bytes())
+            .map_err(|_| invalid_field(h, "invalid header name"))?;
+        let value = HeaderValue::from_maybe_shared(h.value().clone()).map_err(|_| {
+            invalid_field(
+                h,
+                "invalid header value (control characters are not allowed)",
+            )
+        })?;
+        try_append(&mut map, name, value, h)?;
+    }
+    Ok(map)
 }
 
 /// Builds a response header map from the wire list in one pass, leaving out
 /// hop-by-hop fields and those named in `Connection`. Filtering while
 /// building (not removing afterwards) keeps the order the contract promises:
 /// `HeaderMap::remove` moves the last name into the hole.
-pub fn response_headers(list: &[Header]) -> Result<HeaderMap, proto::convert::InvalidHeader> {
+pub fn response_headers<F: WireField>(
+    list: &[F],
+) -> Result<HeaderMap, proto::convert::InvalidHeader> {
     too_many_fields(list)?;
     let named: Vec<&str> = list
         .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-        .filter_map(|h| std::str::from_utf8(&h.value).ok())
+        .filter(|h| h.name().eq_ignore_ascii_case("connection"))
+        .filter_map(|h| std::str::from_utf8(h.value()).ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
         .collect();
-    let mut map = proto::convert::map_for(list);
+    let mut map = map_for(list.len());
     for h in list {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| {
-            proto::convert::InvalidHeader {
-                name: h.name.clone(),
-                reason: "invalid header name",
-            }
-        })?;
+        let name = HeaderName::from_bytes(h.name().as_bytes())
+            .map_err(|_| invalid_field(h, "invalid header name"))?;
         if is_hop_by_hop(&name) || named.iter().any(|n| n.eq_ignore_ascii_case(name.as_str())) {
             continue;
         }
-        let value = HeaderValue::from_maybe_shared(h.value.clone()).map_err(|_| {
-            proto::convert::InvalidHeader {
-                name: h.name.clone(),
-                reason: "invalid header value (control characters are not allowed)",
-            }
+        let value = HeaderValue::from_maybe_shared(h.value().clone()).map_err(|_| {
+            invalid_field(
+                h,
+                "invalid header value (control characters are not allowed)",
+            )
         })?;
-        proto::convert::try_append(&mut map, name, value, h)?;
+        try_append(&mut map, name, value, h)?;
     }
     // Room for the `Trailer` field the gateway may add: `insert` panics
     // on a map at its limit.
@@ -346,9 +443,10 @@ fn announce_trailers(headers: &mut HeaderMap, trailers: &HeaderMap) {
 /// HTTP cannot carry (bad status, control characters in a header) is an
 /// upstream failure (502), never passed on half-valid.
 pub fn response_from_wire(
-    resp: ForwardingResp,
+    resp: impl WireResponse,
     target: ResponseTarget,
 ) -> Result<Response<Body>, ForwardError> {
+    let resp = resp.into_parts();
     let invalid = |m: String| ForwardError::new(ErrorKind::UpstreamInvalidResponse, m);
     let status = response_status(resp.status)?;
     let mut headers =

@@ -17,6 +17,7 @@ use tracing::{debug, warn};
 
 use crate::balance::{Endpoint, NoEndpoint, Snapshot};
 use crate::config::LimitsConfig;
+use crate::convert::wire::{self, EncodedRequest};
 use crate::convert::{RequestMeta, ResponseTarget, has_token, request_to_wire, response_from_wire};
 use crate::error::{ErrorKind, ForwardError};
 use crate::request_id::RequestId;
@@ -549,6 +550,7 @@ where
     // The last failure of an attempt that reached an instance: what the
     // client is told if later candidates only refuse.
     let mut answered: Option<ForwardError> = None;
+    let mut encoded: Option<EncodedRequest> = None;
     for ep in candidates {
         if let Some((err, unsent)) = last.take() {
             let allowed = if unsent {
@@ -571,22 +573,26 @@ where
                 unsent_retries += 1;
             }
         }
-        // Built per attempt rather than cloned up front: the message moves
-        // into the call, and a retry is rare. The body is `Bytes`, so
-        // rebuilding never copies it.
-        let mut msg = request_to_wire(&parts, body.clone(), trailers.as_ref(), &meta)?;
+        // Encoded once, on the first attempt; a retry re-sends the same
+        // bytes with its own `deadline_ms` (convert::wire).
+        let msg = match &encoded {
+            Some(m) => m,
+            None => encoded.insert(EncodedRequest::encode(
+                &parts,
+                body.clone(),
+                trailers.as_ref(),
+                &meta,
+            )?),
+        };
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
             return Err(timeout_error(service, budget));
         }
-        if let Some(ctx) = msg.context.as_mut() {
-            ctx.deadline_ms = remaining.as_millis().max(1) as u64;
-        }
-        let mut call = tonic::Request::new(msg);
-        call.set_timeout(remaining);
+        let call = msg.attempt(remaining.as_millis().max(1) as u64);
         let _in_flight = ep.start();
         let attempt = Instant::now();
-        let result = tokio::time::timeout_at(deadline, ep.client().send(call)).await;
+        let result =
+            tokio::time::timeout_at(deadline, wire::send(ep.channel(), call, remaining)).await;
         match result {
             Err(_) => {
                 balancer.observe(&ep, attempt.elapsed());

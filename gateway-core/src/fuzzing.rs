@@ -156,6 +156,14 @@ pub fn http_to_wire(data: &[u8]) {
         deadline: input.deadline_ms.map(Duration::from_millis),
     };
     let _ = convert::ResponseTarget::of(&parts);
+    // The borrowing encoder the `Send` path uses must agree with the
+    // reference, `request_to_wire` + prost, to the decoded message.
+    let encoded = convert::wire::EncodedRequest::encode(
+        &parts,
+        Bytes::copy_from_slice(input.body),
+        trailers.as_ref(),
+        &meta,
+    );
     let wire = match convert::request_to_wire(
         &parts,
         Bytes::copy_from_slice(input.body),
@@ -165,9 +173,19 @@ pub fn http_to_wire(data: &[u8]) {
         Ok(w) => w,
         Err(e) => {
             assert_eq!(e.kind, ErrorKind::BadRequest, "{e:?}");
+            let other = encoded.expect_err("the reference refused the request");
+            assert_eq!((other.kind, other.message), (e.kind, e.message));
             return;
         }
     };
+    let encoded = encoded
+        .expect("the reference accepted the request")
+        .to_bytes(convert::wire::deadline_ms(&meta));
+    assert_eq!(
+        pb::ForwardingReq::decode(encoded).as_ref(),
+        Ok(&wire),
+        "borrowed encoding differs from the reference"
+    );
 
     assert_eq!(wire.method, parts.method.as_str());
     let (path, query) = proto::convert::split_target(&parts.uri);
@@ -274,9 +292,18 @@ pub fn wire_to_http(data: &[u8]) {
         return;
     };
     let (resp, target) = if mode % 4 == 0 {
+        // The gateway's own decoder (slices of the received buffer) gives
+        // prost's answer, or prost's error.
+        let fast = convert::wire::decode_response(Bytes::copy_from_slice(rest));
         let Ok(resp) = pb::ForwardingResp::decode(rest) else {
+            assert!(fast.is_err(), "prost refused what the fast decoder took");
             return;
         };
+        assert_eq!(
+            fast.ok(),
+            Some(convert::wire::Answer::from(resp.clone())),
+            "fast decoder differs from prost"
+        );
         let target = ResponseTarget {
             head_request: mode & 0x10 != 0,
             trailers: mode & 0x20 != 0,

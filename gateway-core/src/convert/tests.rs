@@ -1,6 +1,7 @@
 use super::*;
 use http::{Method, Request};
 use proptest::prelude::*;
+use proto::convert::headers_from_wire;
 
 fn meta(trusted: bool) -> RequestMeta<'static> {
     RequestMeta {
