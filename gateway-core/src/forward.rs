@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use tower::Service;
 use tracing::{debug, warn};
 
-use crate::balance::{Endpoint, NoEndpoint, Snapshot};
+use crate::balance::{Candidates, Endpoint, NoEndpoint, Snapshot};
 use crate::config::LimitsConfig;
 use crate::convert::{RequestMeta, ResponseTarget, has_token, request_to_wire, response_from_wire};
 use crate::error::{ErrorKind, ForwardError};
@@ -227,15 +227,15 @@ where
     match choose(shared, &parts, &body, &target, &candidates) {
         Dispatch::Unary => dispatch_unary(shared, parts, body, &target, candidates, started).await,
         Dispatch::Stream => {
-            let streaming = candidates.into_iter().filter(|e| e.streaming).collect();
+            let streaming = candidates.filter(|e| e.streaming);
             Box::pin(dispatch_stream(
                 shared, &parts, body, &target, streaming, started,
             ))
             .await
         }
         Dispatch::WebSocket => {
-            let streaming: Vec<_> = candidates.into_iter().filter(|e| e.streaming).collect();
-            if streaming.is_empty() {
+            let mut streaming = candidates.filter(|e| e.streaming).peekable();
+            if streaming.peek().is_none() {
                 return Err(ForwardError::new(
                     ErrorKind::WebSocketUnsupported,
                     format!(
@@ -390,7 +390,7 @@ fn pick(
     shared: &Shared,
     snapshot: &Snapshot,
     service: &Arc<str>,
-) -> Result<Vec<Arc<Endpoint>>, ForwardError> {
+) -> Result<Candidates, ForwardError> {
     match snapshot
         .services
         .get(service)
@@ -417,7 +417,7 @@ fn choose<B: http_body::Body>(
     parts: &http::request::Parts,
     body: &B,
     target: &Target,
-    candidates: &[Arc<Endpoint>],
+    candidates: &Candidates,
 ) -> Dispatch {
     if crate::websocket::is_upgrade(parts) {
         return Dispatch::WebSocket;
@@ -427,7 +427,7 @@ fn choose<B: http_body::Body>(
     // body buffered) even on a stream route, so a rolling upgrade between
     // capabilities keeps the balancer's spread. Nothing below is looked at
     // for instances that only speak `Send`.
-    if !candidates.first().is_some_and(|e| e.streaming) {
+    if !candidates.first().streaming {
         return Dispatch::Unary;
     }
     let small_and_complete = match declared_length(parts) {
@@ -517,7 +517,7 @@ async fn dispatch_unary<B>(
     parts: http::request::Parts,
     body: B,
     target: &Target,
-    candidates: Vec<Arc<Endpoint>>,
+    candidates: Candidates,
     started: Instant,
 ) -> Result<Response<Body>, ForwardError>
 where
@@ -752,7 +752,7 @@ async fn dispatch_stream<B>(
     parts: &http::request::Parts,
     body: B,
     target: &Target,
-    candidates: Vec<Arc<Endpoint>>,
+    candidates: impl Iterator<Item = Arc<Endpoint>> + Send,
     started: Instant,
 ) -> Result<Response<Body>, ForwardError>
 where
@@ -834,7 +834,7 @@ async fn dispatch_websocket(
     shared: &Shared,
     mut parts: http::request::Parts,
     target: &Target,
-    candidates: Vec<Arc<Endpoint>>,
+    candidates: impl Iterator<Item = Arc<Endpoint>> + Send,
     started: Instant,
 ) -> Result<Response<Body>, ForwardError> {
     let service = &target.service;
@@ -991,14 +991,16 @@ mod tests {
             classify(&refused_stream, failure_of(&refused_stream), "s").kind,
             ErrorKind::UpstreamConnect
         );
-        let connect = tonic::Status::from_error(Box::new(tonic::ConnectError(Box::new(
-            io::Error::other("handshake failed"),
-        ))));
+        let connect = tonic::Status::from(crate::upstream::UpstreamError::Connect {
+            address: "a:1".into(),
+            source: io::Error::other("handshake failed"),
+        });
         assert_eq!(failure_of(&connect), Failure::Unreachable);
-        // As tonic's connector reports a refused connection.
-        let refused = tonic::Status::from_error(Box::new(tonic::ConnectError(Box::new(
-            io::Error::from(io::ErrorKind::ConnectionRefused),
-        ))));
+        // As the pool reports a refused connection.
+        let refused = tonic::Status::from(crate::upstream::UpstreamError::Connect {
+            address: "a:1".into(),
+            source: io::Error::from(io::ErrorKind::ConnectionRefused),
+        });
         assert_eq!(failure_of(&refused), Failure::Unreachable);
         // What a backend answers is its answer, whatever the code.
         let unavailable = tonic::Status::unavailable("overloaded");
