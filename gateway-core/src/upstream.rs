@@ -171,3 +171,6 @@ mod tests {
     }
 }
 
+
+#[cfg(test)]
+mod stack_tests;
