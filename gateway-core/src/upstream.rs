@@ -171,6 +171,5 @@ mod tests {
     }
 }
 
-
 #[cfg(test)]
 mod stack_tests;

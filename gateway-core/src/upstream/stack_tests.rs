@@ -72,11 +72,14 @@ impl ForwardingService for Instance {
     }
 }
 
+/// Where an in-memory instance's server takes its connections.
+type Feed = mpsc::UnboundedSender<DuplexStream>;
+
 /// In-memory instances by address, and what happened to them.
 #[derive(Default)]
 struct Backends {
-    /// Per address: behaviour, the server's connection feed, calls.
-    instances: Mutex<HashMap<String, (Behaviour, Option<mpsc::UnboundedSender<DuplexStream>>)>>,
+    /// Per address: behaviour, and the server's connection feed.
+    instances: Mutex<HashMap<String, (Behaviour, Option<Feed>)>>,
     calls: Mutex<HashMap<String, Arc<AtomicUsize>>>,
     dials: Mutex<HashMap<String, usize>>,
 }
