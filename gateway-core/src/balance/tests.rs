@@ -372,3 +372,33 @@ async fn consecutive_failures_eject_and_successes_reset_the_streak() {
         assert_eq!(&*b.select(svc).unwrap().first().instance_id, "b");
     }
 }
+
+#[tokio::test]
+async fn candidates_skip_the_ejected_and_yield_each_usable_once() {
+    let b = balancer(BalanceStrategy::PeakEwma);
+    b.apply(&catalog(vec![
+        inst("a", 1, Health::Passing, 100),
+        inst("b", 2, Health::Passing, 100),
+        inst("c", 3, Health::Passing, 100),
+        inst("d", 4, Health::Passing, 100),
+    ]));
+    let snap = b.snapshot();
+    let svc = &snap.services["svc"];
+    b.eject(&by(svc, "b"));
+    for _ in 0..50 {
+        let c = b.select(svc).unwrap();
+        let first = c.first().instance_id.to_string();
+        let ids: Vec<String> = c.map(|e| e.instance_id.to_string()).collect();
+        // The pick plus two fall-backs (connect_retries), never the ejected.
+        assert_eq!(ids.len(), 3, "{ids:?}");
+        assert_eq!(ids[0], first);
+        assert!(!ids.contains(&"b".to_string()), "{ids:?}");
+        let distinct: std::collections::HashSet<_> = ids.iter().collect();
+        assert_eq!(distinct.len(), 3, "{ids:?}");
+    }
+    // Candidates outlive the snapshot guard (they hold the endpoint list).
+    let c = b.select(svc).unwrap();
+    drop(snap);
+    b.apply(&catalog(vec![inst("z", 9, Health::Passing, 100)]));
+    assert_eq!(c.count(), 3);
+}
