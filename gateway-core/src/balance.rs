@@ -3,8 +3,8 @@
 //! Discovery and selection are separate. A background task turns every
 //! registry [`Catalog`] into an immutable [`Snapshot`] (routes + endpoints)
 //! and swaps it in with `ArcSwap`; the request path only loads the snapshot.
-//! Endpoints (a pool of HTTP/2 connections and counters per instance, see
-//! [`crate::upstream`]) and each service's [`RetryBudget`] are kept across
+//! Endpoints (a [`Pool`] of HTTP/2 connections and counters per instance)
+//! and each service's [`RetryBudget`] are kept across
 //! snapshots, so connections are reused and in-flight counts, latency
 //! estimates and ejections stay true.
 //!
@@ -340,7 +340,7 @@ impl Balancer {
 
     /// A balancer that opens connections to instances with `connector`
     /// (TCP/TLS by default; an in-memory one in tests, see
-    /// [`crate::upstream::Connect`]).
+    /// [`Connect`]).
     pub fn with_connector(
         config: BalancerConfig,
         retry: RetryConfig,
