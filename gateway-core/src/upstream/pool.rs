@@ -17,7 +17,7 @@
 
 use std::fmt;
 use std::io;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -67,9 +67,14 @@ impl PoolSettings {
 
 struct Conn {
     send: SendRequest<Body>,
-    /// When it stops taking new calls.
-    expires: Option<Instant>,
+    /// Nanoseconds since the pool's epoch when it stops taking new calls
+    /// (`u64::MAX`: never). Pushed back when a replacement cannot be dialled.
+    expires_ns: AtomicU64,
 }
+
+/// How long an aged connection goes on when its replacement could not be
+/// dialled, before the next try.
+const RETRY_REPLACEMENT: Duration = Duration::from_secs(1);
 
 /// A dial in progress, awaited by every call that needs its slot.
 type Dial = Shared<BoxFuture<'static, Result<Arc<Conn>, Arc<io::Error>>>>;
@@ -89,6 +94,7 @@ pub struct Pool {
     settings: PoolSettings,
     slots: Box<[Slot]>,
     next: AtomicUsize,
+    epoch: Instant,
 }
 
 impl fmt::Debug for Pool {
@@ -116,6 +122,7 @@ impl Pool {
                 .map(|_| Slot::default())
                 .collect(),
             next: AtomicUsize::new(0),
+            epoch: Instant::now(),
         })
     }
 
@@ -158,7 +165,8 @@ impl Pool {
         if conn.send.is_closed() {
             return None;
         }
-        if conn.expires.is_some_and(|t| Instant::now() >= t) {
+        let expires = conn.expires_ns.load(Ordering::Relaxed);
+        if expires != u64::MAX && self.now_ns() >= expires {
             drop(self.dial(i));
         }
         Some((conn.send.clone(), Arc::as_ptr(conn) as usize))
@@ -178,10 +186,20 @@ impl Pool {
         let task = tokio::spawn(async move {
             let result = pool.connect().await.map(Arc::new).map_err(Arc::new);
             let slot = &pool.slots[i];
-            if let Ok(conn) = &result {
+            match &result {
                 // The connection it replaces (if any) takes no new call and
                 // closes when its calls are done.
-                slot.live.store(Some(conn.clone()));
+                Ok(conn) => slot.live.store(Some(conn.clone())),
+                // A replacement that cannot be dialled: the aged connection
+                // goes on for a while rather than a dial per call.
+                Err(_) => {
+                    if let Some(old) = slot.live.load().as_ref() {
+                        let later = pool
+                            .now_ns()
+                            .saturating_add(RETRY_REPLACEMENT.as_nanos() as u64);
+                        old.expires_ns.fetch_max(later, Ordering::Relaxed);
+                    }
+                }
             }
             *slot.dialing.lock().unwrap_or_else(|p| p.into_inner()) = None;
             result
@@ -226,11 +244,21 @@ impl Pool {
                 debug!(address = %address, error = %e, "Upstream connection ended.");
             }
         });
-        let expires = (!s.max_age.is_zero()).then(|| {
+        let expires_ns = if s.max_age.is_zero() {
+            u64::MAX
+        } else {
             let jitter = rand::rng().random_range(0.9..=1.1);
-            Instant::now() + s.max_age.mul_f64(jitter)
-        });
-        Ok(Conn { send, expires })
+            self.now_ns()
+                .saturating_add(s.max_age.mul_f64(jitter).as_nanos() as u64)
+        };
+        Ok(Conn {
+            send,
+            expires_ns: AtomicU64::new(expires_ns),
+        })
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
     }
 
     /// One call: a connection of the next slot (dialled if need be), the

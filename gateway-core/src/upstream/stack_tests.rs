@@ -406,3 +406,38 @@ async fn an_aged_connection_is_replaced_and_its_calls_finish() {
         .expect("the slow call on the aged connection");
     assert_eq!(&body[..], b"a:1");
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_aged_connection_whose_replacement_is_refused_goes_on_without_a_dial_per_call() {
+    let g = gateway(
+        &[("a:1", Behaviour::Answer)],
+        BalancerConfig {
+            connections_per_instance: 1,
+            max_connection_age: Duration::from_secs(10),
+            ..round_robin()
+        },
+    );
+    assert_eq!(call(&g, "GET", "/svc/x").await.0, 200);
+    // The instance now refuses new connections; its open one still works.
+    g.backends
+        .instances
+        .lock()
+        .unwrap()
+        .get_mut("a:1")
+        .unwrap()
+        .0 = Behaviour::RefuseConnect;
+    tokio::time::advance(Duration::from_secs(12)).await;
+    for _ in 0..5 {
+        assert_eq!(call(&g, "GET", "/svc/x").await.0, 200);
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(g.backends.dials("a:1"), 2, "one failed replacement dial");
+    let a = endpoint(&g, "a:1");
+    assert_eq!(g.balancer.stats(&a).connect_failures, 0, "not ejected");
+    tokio::time::advance(Duration::from_secs(2)).await;
+    assert_eq!(call(&g, "GET", "/svc/x").await.0, 200);
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(g.backends.dials("a:1"), 3, "tried again a second later");
+}
