@@ -3,9 +3,15 @@
 //! Discovery and selection are separate. A background task turns every
 //! registry [`Catalog`] into an immutable [`Snapshot`] (routes + endpoints)
 //! and swaps it in with `ArcSwap`; the request path only loads the snapshot.
-//! Endpoints (an HTTP/2 channel and counters per instance) and each
-//! service's [`RetryBudget`] are kept across snapshots, so connections are
-//! reused and in-flight counts, latency estimates and ejections stay true.
+//! Endpoints (a [`Pool`] of HTTP/2 connections and counters per instance)
+//! and each service's [`RetryBudget`] are kept across
+//! snapshots, so connections are reused and in-flight counts, latency
+//! estimates and ejections stay true.
+//!
+//! [`Balancer::select`] allocates nothing: it returns [`Candidates`], the
+//! pick first and the fall-backs found only when a retry asks for them,
+//! holding an `Arc` of the service's endpoint list (not the snapshot guard,
+//! which must not be held across an await).
 //!
 //! **Selection** (`peak_ewma`, the default) is Finagle's and Linkerd's: two
 //! random instances, the one with the lower cost wins, cost = peak-EWMA
@@ -41,15 +47,14 @@
 mod budget;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use proto::v1::forwarding_service_client::ForwardingServiceClient;
 use rand::Rng;
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint as TonicEndpoint};
 use tracing::{debug, info, warn};
 
 pub use budget::RetryBudget;
@@ -58,6 +63,9 @@ use crate::config::{BalanceStrategy, BalancerConfig, RetryConfig, TimeoutConfig}
 use crate::registry::{Catalog, Health, Registration, Registry, Visibility};
 use crate::routing::{Route, RouteTable};
 use crate::tls::{self, UpstreamTls, UpstreamTlsError};
+pub use crate::upstream::{
+    BoxIo, Connect, Io, Pool, PoolSettings, TcpConnector, Upstream, UpstreamError,
+};
 
 /// Why an instance is skipped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,7 +80,7 @@ const EJECTED_UNREACHABLE: u8 = 1;
 const EJECTED_FAILING: u8 = 2;
 
 /// How often an instance ejected for refusing connections is probed with a
-/// TCP connection (see [`Balancer::eject`]).
+/// connection (see [`Balancer::eject`]).
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(250);
 
 /// One instance the gateway can send to.
@@ -88,14 +96,12 @@ pub struct Endpoint {
     pub weight: u32,
     /// The instance implements `ForwardingService.Stream`.
     pub streaming: bool,
-    /// Built on first use: an instance that never gets a request costs no
-    /// channel (a tonic channel is a task plus buffers; 10,000 registered
-    /// instances would otherwise cost ~100 MiB up front).
-    channel: OnceLock<Channel>,
-    /// Validated at construction, so building the channel later cannot fail.
-    target: TonicEndpoint,
+    /// Its HTTP/2 connections, each dialled on first use: an instance that
+    /// never gets a request costs no connection and no task (10,000
+    /// registered instances cost 10,000 small structs, not sockets).
+    pool: Arc<Pool>,
     /// What the registration said about TLS (`tls`, `tls_server_name`):
-    /// a change needs a new channel.
+    /// a change needs new connections.
     tls: (bool, Option<String>),
     in_flight: AtomicU32,
     /// Milliseconds since the balancer's epoch until which the endpoint is
@@ -128,15 +134,14 @@ pub struct Endpoint {
 
 impl Endpoint {
     /// An endpoint of weight 100 without `streaming` or latency data.
-    fn new(service: Arc<str>, instance_id: &str, address: &str, target: TonicEndpoint) -> Self {
+    fn new(service: Arc<str>, instance_id: &str, address: &str, pool: Arc<Pool>) -> Self {
         Endpoint {
             service,
             instance_id: instance_id.into(),
             address: address.into(),
             weight: 100,
             streaming: false,
-            channel: OnceLock::new(),
-            target,
+            pool,
             tls: (false, None),
             in_flight: AtomicU32::new(0),
             ejected_until_ms: AtomicU64::new(0),
@@ -153,20 +158,23 @@ impl Endpoint {
         }
     }
 
-    /// A gRPC client for this instance (cheap clone of a shared channel,
-    /// created on first use; must be called inside a Tokio runtime).
-    pub fn client(&self) -> ForwardingServiceClient<Channel> {
-        ForwardingServiceClient::new(self.channel())
+    /// A gRPC client for this instance over its connection pool (cheap: an
+    /// `Arc` and tonic's settings; calls must run inside a Tokio runtime).
+    pub fn client(&self) -> ForwardingServiceClient<Upstream> {
+        ForwardingServiceClient::new(self.upstream())
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX)
     }
 
-    /// This instance's channel (a cheap clone; created on first use, inside
-    /// a Tokio runtime): the transport of [`crate::convert::wire::send`].
-    pub fn channel(&self) -> Channel {
-        self.channel
-            .get_or_init(|| self.target.connect_lazy())
-            .clone()
+    /// The instance as a `tower::Service` (a `tonic::client::GrpcService`)
+    /// over its connection pool, for `tonic::client::Grpc` and custom codecs.
+    pub fn upstream(&self) -> Upstream {
+        self.pool.service()
+    }
+
+    /// Its connection pool.
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
     }
 
     /// Requests currently in flight.
@@ -227,14 +235,14 @@ impl Endpoint {
 impl Endpoint {
     /// An endpoint nobody dials, for tests of what surrounds a call.
     pub(crate) fn for_tests() -> Arc<Self> {
+        let pool = Pool::new(
+            crate::tls::UpstreamTarget::plain("127.0.0.1:9").expect("address"),
+            Arc::new(TcpConnector),
+            PoolSettings::new(1, Duration::ZERO, Duration::from_secs(1)),
+        );
         Arc::new(Endpoint {
             streaming: true,
-            ..Endpoint::new(
-                "svc".into(),
-                "svc-1",
-                "127.0.0.1:9",
-                TonicEndpoint::from_static("http://127.0.0.1:9"),
-            )
+            ..Endpoint::new("svc".into(), "svc-1", "127.0.0.1:9", pool)
         })
     }
 }
@@ -251,8 +259,9 @@ impl Drop for InFlight {
 /// The instances of one service that may receive traffic.
 #[derive(Debug)]
 pub struct ServiceEndpoints {
-    /// Routable endpoints (health not failing).
-    pub endpoints: Vec<Arc<Endpoint>>,
+    /// Routable endpoints (health not failing); [`Candidates`] hold an
+    /// `Arc` of the list.
+    pub endpoints: Arc<[Arc<Endpoint>]>,
     /// Registered instances including failing ones (for messages).
     pub registered: usize,
     /// The service's retry budget (kept across snapshots).
@@ -301,6 +310,8 @@ pub struct Balancer {
     timeouts: TimeoutConfig,
     /// TLS towards instances (`[upstream_tls]`).
     upstream_tls: Option<UpstreamTls>,
+    /// How connections to instances are opened.
+    connector: Arc<dyn Connect>,
     epoch: Instant,
 }
 
@@ -318,6 +329,25 @@ impl Balancer {
         timeouts: TimeoutConfig,
         upstream_tls: Option<UpstreamTls>,
     ) -> Arc<Self> {
+        Self::with_connector(
+            config,
+            retry,
+            timeouts,
+            upstream_tls,
+            Arc::new(TcpConnector),
+        )
+    }
+
+    /// A balancer that opens connections to instances with `connector`
+    /// (TCP/TLS by default; an in-memory one in tests, see
+    /// [`Connect`]).
+    pub fn with_connector(
+        config: BalancerConfig,
+        retry: RetryConfig,
+        timeouts: TimeoutConfig,
+        upstream_tls: Option<UpstreamTls>,
+        connector: Arc<dyn Connect>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             applied: tokio::sync::watch::channel(0).0,
@@ -325,6 +355,7 @@ impl Balancer {
             retry,
             timeouts,
             upstream_tls,
+            connector,
             epoch: Instant::now(),
         })
     }
@@ -367,11 +398,13 @@ impl Balancer {
         let old = self.snapshot.load();
         let mut existing: HashMap<(&str, &str, &str), &Arc<Endpoint>> = HashMap::new();
         for s in old.services.values() {
-            for e in &s.endpoints {
+            for e in s.endpoints.iter() {
                 existing.insert((&e.service, &e.instance_id, &e.address), e);
             }
         }
-        let mut services: HashMap<Arc<str>, ServiceEndpoints> = HashMap::new();
+        // Endpoint lists are collected, then frozen into `Arc<[_]>`.
+        let mut services: HashMap<Arc<str>, (ServiceEndpoints, Vec<Arc<Endpoint>>)> =
+            HashMap::new();
         // (service, prefix, sorted hosts) -> timeout: instances of one
         // service registering the same route share one entry.
         type RouteKey = (Arc<str>, String, Vec<String>);
@@ -385,10 +418,9 @@ impl Balancer {
                 .get_key_value(r.service.as_str())
                 .map(|(k, _)| k.clone())
                 .unwrap_or_else(|| r.service.as_str().into());
-            let entry = services
-                .entry(service.clone())
-                .or_insert_with(|| ServiceEndpoints {
-                    endpoints: Vec::new(),
+            let (entry, list) = services.entry(service.clone()).or_insert_with(|| {
+                let s = ServiceEndpoints {
+                    endpoints: Arc::new([]),
                     registered: 0,
                     // A service keeps its budget across snapshots: a
                     // catalogue change must not refill a spent one.
@@ -398,7 +430,9 @@ impl Balancer {
                         .map(|s| s.budget.clone())
                         .unwrap_or_else(|| Arc::new(RetryBudget::new(&self.retry))),
                     rr: AtomicUsize::new(0),
-                });
+                };
+                (s, Vec::new())
+            });
             entry.registered += 1;
             // The most restrictive visibility any instance asks for wins: a
             // half-deployed "make it internal" must not stay public.
@@ -438,8 +472,15 @@ impl Balancer {
                     }
                 },
             };
-            entry.endpoints.push(ep);
+            list.push(ep);
         }
+        let services: HashMap<Arc<str>, ServiceEndpoints> = services
+            .into_iter()
+            .map(|(name, (mut s, list))| {
+                s.endpoints = list.into();
+                (name, s)
+            })
+            .collect();
         let route_list =
             routes.into_iter().filter_map(
                 |((svc, prefix, hosts), (timeout, stream, max_duration))| {
@@ -484,21 +525,26 @@ impl Balancer {
         service: Arc<str>,
         r: &Registration,
     ) -> Result<Arc<Endpoint>, UpstreamTlsError> {
-        let target = tls::backend_endpoint(
+        let target = tls::upstream_target(
             &r.address,
             r.tls,
             r.tls_server_name.as_deref(),
             self.upstream_tls.as_ref(),
-        )?
-        .connect_timeout(self.timeouts.connect)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_while_idle(true);
+        )?;
+        let pool = Pool::new(
+            target,
+            self.connector.clone(),
+            PoolSettings::new(
+                self.config.connections_per_instance,
+                self.config.max_connection_age,
+                self.timeouts.connect,
+            ),
+        );
         Ok(Arc::new(Endpoint {
             weight: r.weight.max(1),
             streaming: r.streaming,
             tls: (r.tls, r.tls_server_name.clone()),
-            ..Endpoint::new(service, r.instance_id.as_str(), r.address.as_str(), target)
+            ..Endpoint::new(service, r.instance_id.as_str(), r.address.as_str(), pool)
         }))
     }
 
@@ -509,7 +555,7 @@ impl Balancer {
 
     fn health_at(&self, service: &ServiceEndpoints, now: u64) -> ServiceHealth {
         let (mut unreachable, mut failing) = (0, 0);
-        for e in &service.endpoints {
+        for e in service.endpoints.iter() {
             match e.ejection(now) {
                 Some(Ejection::Unreachable) => unreachable += 1,
                 Some(Ejection::Failing) => failing += 1,
@@ -538,9 +584,9 @@ impl Balancer {
     }
 
     /// Candidates for one request, best first: the pick, then the others a
-    /// retry may fall back to. Counts the request in the service's retry
-    /// budget.
-    pub fn select(&self, service: &ServiceEndpoints) -> Result<Vec<Arc<Endpoint>>, NoEndpoint> {
+    /// retry may fall back to, found as the retry asks (see [`Candidates`]).
+    /// Counts the request in the service's retry budget. Allocates nothing.
+    pub fn select(&self, service: &ServiceEndpoints) -> Result<Candidates, NoEndpoint> {
         let all = &service.endpoints;
         if all.is_empty() {
             return Err(NoEndpoint::NoneHealthy);
@@ -551,31 +597,24 @@ impl Balancer {
             return Err(NoEndpoint::AllEjected);
         }
         service.budget.deposit();
+        let n = all.len();
         // In panic mode only the unreachable stay out (see module docs).
-        let usable = |e: &Endpoint| match e.ejection(now) {
-            None => true,
-            Some(Ejection::Failing) => health.panic,
-            Some(Ejection::Unreachable) => false,
-        };
-        // The common case (nobody ejected) picks straight from the
-        // snapshot's slice: no allocation on the request path.
-        let filtered: Vec<Arc<Endpoint>>;
-        let pool: &[Arc<Endpoint>] = if health.unreachable + health.failing == 0 {
-            all
-        } else {
-            filtered = all.iter().filter(|e| usable(e)).cloned().collect();
-            &filtered
-        };
-        let n = pool.len();
-        let want = self.candidates_wanted().min(n);
+        let skipped = health.unreachable + if health.panic { 0 } else { health.failing };
+        let filter = (skipped > 0).then_some((now, health.panic));
+        let usable = |i: usize| usable(&all[i], filter);
+        let usable_count = n - skipped;
         let first = match self.config.strategy {
-            BalanceStrategy::RoundRobin => service.rr.fetch_add(1, Ordering::Relaxed) % n,
-            _ if n == 1 => 0,
+            BalanceStrategy::RoundRobin => {
+                next_usable(n, service.rr.fetch_add(1, Ordering::Relaxed) % n, usable)
+            }
+            _ if usable_count == 1 => next_usable(n, 0, usable),
             BalanceStrategy::PowerOfTwo => {
                 // Lower load per unit of weight wins: (in_flight+1)/weight,
                 // compared without division.
                 let load = |e: &Endpoint| (e.in_flight() as u64 + 1) * 1000 / e.weight as u64;
-                p2c(n, |a, b| load(&pool[b]) < load(&pool[a]))
+                p2c(n, filter.is_some(), usable, |a, b| {
+                    load(&all[b]) < load(&all[a])
+                })
             }
             BalanceStrategy::PeakEwma => {
                 let (now_ns, decay) = (self.now_ns(), self.decay_ns());
@@ -589,15 +628,24 @@ impl Balancer {
                     };
                     latency * (in_flight + 1.0) / e.weight as f64
                 };
-                p2c(n, |a, b| cost(&pool[b]) < cost(&pool[a]))
+                p2c(n, filter.is_some(), usable, |a, b| {
+                    cost(&all[b]) < cost(&all[a])
+                })
             }
         };
-        Ok((0..want).map(|i| pool[(first + i) % n].clone()).collect())
+        Ok(Candidates {
+            endpoints: all.clone(),
+            first,
+            offset: 0,
+            left: self.candidates_wanted().min(usable_count),
+            filter,
+        })
     }
 
     /// The endpoint refused a connection: skip it for `ejection_time`.
     ///
-    /// While it is ejected, a probe tries a TCP connection to it every
+    /// While it is ejected, a probe tries a connection to it (the
+    /// connector alone: TCP, and TLS if dialled so) every
     /// [`PROBE_INTERVAL`] and readmits it at the first that succeeds: an
     /// instance that was restarted (or a network that healed) is routed
     /// again within a fraction of a second, not after `ejection_time`,
@@ -613,7 +661,7 @@ impl Balancer {
             ep.probing.store(false, Ordering::Release);
             return;
         };
-        let (weak, epoch, connect) = (Arc::downgrade(ep), self.epoch, self.timeouts.connect);
+        let (weak, epoch) = (Arc::downgrade(ep), self.epoch);
         rt.spawn(async move {
             loop {
                 tokio::time::sleep(PROBE_INTERVAL).await;
@@ -623,12 +671,10 @@ impl Balancer {
                     ep.probing.store(false, Ordering::Release);
                     return;
                 }
-                let address = ep.address.clone();
+                let pool = ep.pool.clone();
                 drop(ep);
-                let up = matches!(
-                    tokio::time::timeout(connect, tokio::net::TcpStream::connect(&*address)).await,
-                    Ok(Ok(_))
-                );
+                let up = pool.probe().await;
+                drop(pool);
                 let Some(ep) = weak.upgrade() else { return };
                 if up {
                     let now = epoch.elapsed().as_millis() as u64;
@@ -777,16 +823,103 @@ pub struct EndpointStats {
     pub latency_ms: Option<f64>,
 }
 
-/// Power of two random choices among `n >= 2`: `better(a, b)` says whether
-/// `b` beats `a`.
-fn p2c(n: usize, better: impl Fn(usize, usize) -> bool) -> usize {
-    let mut rng = rand::rng();
-    let a = rng.random_range(0..n);
-    let mut b = rng.random_range(0..n - 1);
-    if b >= a {
-        b += 1;
+/// The instances one request may be sent to, best first: the balancer's
+/// pick, then - only when a retry asks for the next - the usable instances
+/// after it in the service's list. Holds an `Arc` of that list (no
+/// snapshot guard), so it may live across awaits.
+#[derive(Debug)]
+pub struct Candidates {
+    endpoints: Arc<[Arc<Endpoint>]>,
+    /// Index of the pick.
+    first: usize,
+    /// Next index to look at, from `first`.
+    offset: usize,
+    /// Candidates still to yield (the pick plus the fall-backs wanted).
+    left: usize,
+    /// When something is ejected: the time of selection (ms) and panic mode.
+    filter: Option<(u64, bool)>,
+}
+
+impl Candidates {
+    /// The balancer's pick (the first candidate yielded).
+    pub fn first(&self) -> &Arc<Endpoint> {
+        &self.endpoints[self.first]
     }
-    if better(a, b) { b } else { a }
+}
+
+impl Iterator for Candidates {
+    type Item = Arc<Endpoint>;
+
+    fn next(&mut self) -> Option<Arc<Endpoint>> {
+        let n = self.endpoints.len();
+        while self.left > 0 && self.offset < n {
+            let e = &self.endpoints[(self.first + self.offset) % n];
+            self.offset += 1;
+            if usable(e, self.filter) {
+                self.left -= 1;
+                return Some(e.clone());
+            }
+        }
+        None
+    }
+}
+
+/// Whether `e` may take traffic: everything when nothing is ejected, else
+/// what is not ejected, plus (in panic mode) what is ejected for failing.
+fn usable(e: &Endpoint, filter: Option<(u64, bool)>) -> bool {
+    let Some((now, panic)) = filter else {
+        return true;
+    };
+    match e.ejection(now) {
+        None => true,
+        Some(Ejection::Failing) => panic,
+        Some(Ejection::Unreachable) => false,
+    }
+}
+
+/// The first usable index from `from` on (cyclic); `from` if none is.
+fn next_usable(n: usize, from: usize, usable: impl Fn(usize) -> bool) -> usize {
+    (0..n)
+        .map(|i| (from + i) % n)
+        .find(|&i| usable(i))
+        .unwrap_or(from)
+}
+
+/// Power of two random choices among `n >= 2` indices, of which at least
+/// two are usable: `better(a, b)` says whether `b` beats `a`. When some are
+/// not usable (`filtered`), draws again a few times, then takes the next
+/// usable one: no list of the usable is built.
+fn p2c(
+    n: usize,
+    filtered: bool,
+    usable: impl Fn(usize) -> bool,
+    better: impl Fn(usize, usize) -> bool,
+) -> usize {
+    let mut rng = rand::rng();
+    if !filtered {
+        let a = rng.random_range(0..n);
+        let mut b = rng.random_range(0..n - 1);
+        if b >= a {
+            b += 1;
+        }
+        return if better(a, b) { b } else { a };
+    }
+    let mut draw = |not: Option<usize>| {
+        for _ in 0..4 {
+            let i = rng.random_range(0..n);
+            if usable(i) && Some(i) != not {
+                return i;
+            }
+        }
+        let start = rng.random_range(0..n);
+        (0..n)
+            .map(|k| (start + k) % n)
+            .find(|&i| usable(i) && Some(i) != not)
+            .unwrap_or(start)
+    };
+    let a = draw(None);
+    let b = draw(Some(a));
+    if b != a && better(a, b) { b } else { a }
 }
 
 #[cfg(test)]

@@ -266,6 +266,18 @@ pub struct BalancerConfig {
     /// flooded before it has shown its speed.
     #[serde(with = "humantime_serde")]
     pub default_latency: Duration,
+    /// HTTP/2 connections per instance, opened as requests need them (an
+    /// instance that gets none costs none). Requests take them in turn: a
+    /// backend serving each connection on one task or core gets more than
+    /// one, and a connection being replaced is never the only one.
+    pub connections_per_instance: usize,
+    /// A connection to an instance older than this (jittered +-10%) takes
+    /// no new request: the next one dials a new connection and the old one
+    /// closes when its calls are done. Behind one address (a Kubernetes
+    /// service, an L4 balancer) new endpoints then get their share.
+    /// 0 = connections are kept until they close.
+    #[serde(with = "humantime_serde")]
+    pub max_connection_age: Duration,
 }
 
 impl Default for BalancerConfig {
@@ -279,6 +291,8 @@ impl Default for BalancerConfig {
             consecutive_failures: 5,
             latency_decay: Duration::from_secs(10),
             default_latency: Duration::from_millis(30),
+            connections_per_instance: 2,
+            max_connection_age: Duration::from_secs(300),
         }
     }
 }
@@ -783,6 +797,9 @@ impl GatewayConfig {
                 "balancer.max_ejection_time",
                 "must be at least balancer.ejection_time",
             );
+        }
+        if self.balancer.connections_per_instance == 0 {
+            return err("balancer.connections_per_instance", "must be at least 1");
         }
         if self.balancer.latency_decay.is_zero() {
             return err("balancer.latency_decay", "must be greater than 0");

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use tower::Service;
 use tracing::{debug, warn};
 
-use crate::balance::{Endpoint, NoEndpoint, Snapshot};
+use crate::balance::{Candidates, Endpoint, NoEndpoint, Snapshot};
 use crate::config::LimitsConfig;
 use crate::convert::wire::{self, EncodedRequest};
 use crate::convert::{RequestMeta, ResponseTarget, has_token, request_to_wire, response_from_wire};
@@ -228,15 +228,15 @@ where
     match choose(shared, &parts, &body, &target, &candidates) {
         Dispatch::Unary => dispatch_unary(shared, parts, body, &target, candidates, started).await,
         Dispatch::Stream => {
-            let streaming = candidates.into_iter().filter(|e| e.streaming).collect();
+            let streaming = candidates.filter(|e| e.streaming);
             Box::pin(dispatch_stream(
                 shared, &parts, body, &target, streaming, started,
             ))
             .await
         }
         Dispatch::WebSocket => {
-            let streaming: Vec<_> = candidates.into_iter().filter(|e| e.streaming).collect();
-            if streaming.is_empty() {
+            let mut streaming = candidates.filter(|e| e.streaming).peekable();
+            if streaming.peek().is_none() {
                 return Err(ForwardError::new(
                     ErrorKind::WebSocketUnsupported,
                     format!(
@@ -391,7 +391,7 @@ fn pick(
     shared: &Shared,
     snapshot: &Snapshot,
     service: &Arc<str>,
-) -> Result<Vec<Arc<Endpoint>>, ForwardError> {
+) -> Result<Candidates, ForwardError> {
     match snapshot
         .services
         .get(service)
@@ -418,7 +418,7 @@ fn choose<B: http_body::Body>(
     parts: &http::request::Parts,
     body: &B,
     target: &Target,
-    candidates: &[Arc<Endpoint>],
+    candidates: &Candidates,
 ) -> Dispatch {
     if crate::websocket::is_upgrade(parts) {
         return Dispatch::WebSocket;
@@ -428,7 +428,7 @@ fn choose<B: http_body::Body>(
     // body buffered) even on a stream route, so a rolling upgrade between
     // capabilities keeps the balancer's spread. Nothing below is looked at
     // for instances that only speak `Send`.
-    if !candidates.first().is_some_and(|e| e.streaming) {
+    if !candidates.first().streaming {
         return Dispatch::Unary;
     }
     let small_and_complete = match declared_length(parts) {
@@ -518,7 +518,7 @@ async fn dispatch_unary<B>(
     parts: http::request::Parts,
     body: B,
     target: &Target,
-    candidates: Vec<Arc<Endpoint>>,
+    candidates: Candidates,
     started: Instant,
 ) -> Result<Response<Body>, ForwardError>
 where
@@ -592,7 +592,7 @@ where
         let _in_flight = ep.start();
         let attempt = Instant::now();
         let result =
-            tokio::time::timeout_at(deadline, wire::send(ep.channel(), call, remaining)).await;
+            tokio::time::timeout_at(deadline, wire::send(ep.upstream(), call, remaining)).await;
         match result {
             Err(_) => {
                 balancer.observe(&ep, attempt.elapsed());
@@ -605,8 +605,8 @@ where
                 balancer.record(&ep, converted.is_ok());
                 return converted;
             }
-            // tonic enforces the grpc-timeout it sends and reports it as
-            // CANCELLED; either way the route's budget is spent.
+            // A failure at or past the deadline (the backend gave up on the
+            // grpc-timeout it was sent, say) means the route's budget is spent.
             Ok(Err(_)) if Instant::now() >= deadline => {
                 balancer.observe(&ep, attempt.elapsed());
                 balancer.record(&ep, false);
@@ -758,7 +758,7 @@ async fn dispatch_stream<B>(
     parts: &http::request::Parts,
     body: B,
     target: &Target,
-    candidates: Vec<Arc<Endpoint>>,
+    candidates: impl Iterator<Item = Arc<Endpoint>> + Send,
     started: Instant,
 ) -> Result<Response<Body>, ForwardError>
 where
@@ -840,7 +840,7 @@ async fn dispatch_websocket(
     shared: &Shared,
     mut parts: http::request::Parts,
     target: &Target,
-    candidates: Vec<Arc<Endpoint>>,
+    candidates: impl Iterator<Item = Arc<Endpoint>> + Send,
     started: Instant,
 ) -> Result<Response<Body>, ForwardError> {
     let service = &target.service;
@@ -997,14 +997,16 @@ mod tests {
             classify(&refused_stream, failure_of(&refused_stream), "s").kind,
             ErrorKind::UpstreamConnect
         );
-        let connect = tonic::Status::from_error(Box::new(tonic::ConnectError(Box::new(
-            io::Error::other("handshake failed"),
-        ))));
+        let connect = tonic::Status::from(crate::upstream::UpstreamError::Connect {
+            address: "a:1".into(),
+            source: io::Error::other("handshake failed"),
+        });
         assert_eq!(failure_of(&connect), Failure::Unreachable);
-        // As tonic's connector reports a refused connection.
-        let refused = tonic::Status::from_error(Box::new(tonic::ConnectError(Box::new(
-            io::Error::from(io::ErrorKind::ConnectionRefused),
-        ))));
+        // As the pool reports a refused connection.
+        let refused = tonic::Status::from(crate::upstream::UpstreamError::Connect {
+            address: "a:1".into(),
+            source: io::Error::from(io::ErrorKind::ConnectionRefused),
+        });
         assert_eq!(failure_of(&refused), Failure::Unreachable);
         // What a backend answers is its answer, whatever the code.
         let unavailable = tonic::Status::unavailable("overloaded");

@@ -231,6 +231,9 @@ pub struct UpstreamTls {
     tonic: tonic::transport::ClientTlsConfig,
     /// The same trust and identity for plain HTTP health checks.
     rustls: Arc<rustls::ClientConfig>,
+    /// The same again with ALPN `h2`, for the balancer's own connections
+    /// (`ForwardingService`, see `upstream`).
+    h2: Arc<rustls::ClientConfig>,
     server_name: Option<String>,
     all: bool,
 }
@@ -273,8 +276,11 @@ impl UpstreamTls {
             }
             _ => builder.with_no_client_auth(),
         };
+        let mut h2 = rustls_cfg.clone();
+        h2.alpn_protocols = vec![b"h2".to_vec()];
         Ok(Self {
             tonic: tonic_cfg,
+            h2: Arc::new(h2),
             rustls: Arc::new(rustls_cfg),
             server_name: config.server_name.clone(),
             all: config.all,
@@ -317,6 +323,80 @@ pub enum UpstreamTlsError {
     /// tonic refused the endpoint (bad address or server name).
     #[error("TLS endpoint: {0}")]
     Endpoint(#[from] tonic::transport::Error),
+    /// The address is not `host[:port]`.
+    #[error("address {0:?} is not host:port")]
+    Address(String),
+    /// The name a certificate would be checked against is not a DNS name or
+    /// an IP address.
+    #[error("TLS server name {0:?} is not a DNS name or an IP address")]
+    ServerName(String),
+}
+
+/// How the balancer dials an instance: its address, and the TLS client
+/// configuration and server name when it is dialled over TLS.
+#[derive(Clone)]
+pub struct UpstreamTarget {
+    /// `host:port`, as registered.
+    pub address: Arc<str>,
+    /// `http` (h2c) or `https`.
+    pub scheme: http::uri::Scheme,
+    /// The `:authority` of every call (the address).
+    pub authority: http::uri::Authority,
+    /// TLS: the client configuration (ALPN `h2`) and the name the
+    /// certificate is checked against.
+    pub tls: Option<(
+        Arc<rustls::ClientConfig>,
+        rustls_pki_types::ServerName<'static>,
+    )>,
+}
+
+impl fmt::Debug for UpstreamTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamTarget")
+            .field("address", &self.address)
+            .field("tls", &self.tls.as_ref().map(|(_, name)| name))
+            .finish()
+    }
+}
+
+impl UpstreamTarget {
+    /// A plain (h2c) target, checked like [`upstream_target`] checks one.
+    pub fn plain(address: &str) -> Result<Self, UpstreamTlsError> {
+        upstream_target(address, false, None, None)
+    }
+}
+
+/// What the balancer dials for an instance: h2c, or TLS with the upstream
+/// configuration when `[upstream_tls]` applies (as [`backend_endpoint`]
+/// decides for tonic). Checked here, so dialling later cannot fail on the
+/// address or the server name.
+pub fn upstream_target(
+    address: &str,
+    registration_tls: bool,
+    server_name: Option<&str>,
+    upstream: Option<&UpstreamTls>,
+) -> Result<UpstreamTarget, UpstreamTlsError> {
+    let authority: http::uri::Authority = address
+        .parse()
+        .ok()
+        .filter(|a: &http::uri::Authority| a.as_str() == address)
+        .ok_or_else(|| UpstreamTlsError::Address(address.to_owned()))?;
+    let (scheme, tls) = match upstream {
+        Some(u) if u.applies(registration_tls) => {
+            let name = u.server_name(server_name, address);
+            let server = rustls_pki_types::ServerName::try_from(name.clone())
+                .map_err(|_| UpstreamTlsError::ServerName(name))?;
+            (http::uri::Scheme::HTTPS, Some((u.h2.clone(), server)))
+        }
+        None if registration_tls => return Err(UpstreamTlsError::NotConfigured),
+        _ => (http::uri::Scheme::HTTP, None),
+    };
+    Ok(UpstreamTarget {
+        address: address.into(),
+        scheme,
+        authority,
+        tls,
+    })
 }
 
 /// The tonic endpoint for an instance: `http://address` (h2c), or
@@ -448,6 +528,24 @@ mod tests {
         let forced = backend_endpoint("127.0.0.1:1", false, None, Some(&u)).unwrap();
         assert_eq!(forced.uri().scheme_str(), Some("https"));
         assert_eq!(u.server_name(None, "127.0.0.1:1"), "svc.test");
+        // The balancer's own targets follow the same rules.
+        let t = upstream_target("127.0.0.1:1", false, None, Some(&u)).unwrap();
+        assert_eq!(t.scheme, http::uri::Scheme::HTTPS);
+        assert_eq!(t.tls.as_ref().unwrap().0.alpn_protocols, [b"h2".to_vec()]);
+        assert!(
+            upstream_target("127.0.0.1:1", false, None, None)
+                .unwrap()
+                .tls
+                .is_none()
+        );
+        assert!(matches!(
+            upstream_target("127.0.0.1:1", true, None, None),
+            Err(UpstreamTlsError::NotConfigured)
+        ));
+        assert!(matches!(
+            upstream_target("no host/x", false, None, None),
+            Err(UpstreamTlsError::Address(_))
+        ));
         let _ = std::fs::remove_dir_all(dir);
     }
 }

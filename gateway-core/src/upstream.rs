@@ -1,6 +1,64 @@
-//! The upstream side of a call: how a failed `ForwardingService` call is
-//! told apart (never sent, refused before processing, maybe processed),
-//! which decides ejection and retries.
+//! The upstream side of a call: the gateway's own HTTP/2 connections to
+//! instances ([`Pool`], dialled through a [`Connect`]), and how a failed
+//! `ForwardingService` call is told apart (never sent, refused before
+//! processing, maybe processed), which decides ejection and retries.
+//!
+//! Every classification here is by error type: the connect phase reports
+//! [`UpstreamError::Connect`] (the pool's own error, whatever the
+//! connector), a request the connection handed back unsent (hyper's
+//! `TrySendError` with the message) is [`UpstreamError::NotSent`], and a
+//! stream the instance reset with `REFUSED_STREAM` is
+//! [`UpstreamError::Refused`]; failures after that are h2/hyper errors with
+//! their reasons.
+
+mod connect;
+mod pool;
+
+use std::sync::Arc;
+
+pub use connect::{BoxIo, Connect, Io, TcpConnector};
+pub use pool::{Pool, PoolSettings, Upstream};
+
+/// Why a call never reached an instance, as the pool reports it (in the
+/// source of the `tonic::Status` the call fails with, code `UNAVAILABLE`).
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// No connection could be made (refused, unreachable, connect or TLS
+    /// handshake failure, connect timeout): the request was never sent.
+    #[error("could not connect to {address}: {source}")]
+    Connect {
+        /// The instance's address.
+        address: Arc<str>,
+        /// What the connector (or the HTTP/2 handshake) said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The connection closed or was going away (`GOAWAY`) before the request
+    /// was written to it, twice in a row: never sent.
+    #[error("the connection to {address} closed before the request was sent: {source}")]
+    NotSent {
+        /// The instance's address.
+        address: Arc<str>,
+        /// hyper's reason.
+        #[source]
+        source: hyper::Error,
+    },
+    /// The instance reset the stream with `REFUSED_STREAM`: it refused the
+    /// request before any processing (RFC 9113 8.7).
+    #[error("{address} refused the stream before processing it (REFUSED_STREAM)")]
+    Refused {
+        /// The instance's address.
+        address: Arc<str>,
+    },
+}
+
+impl From<UpstreamError> for tonic::Status {
+    fn from(e: UpstreamError) -> Self {
+        let mut status = tonic::Status::unavailable(e.to_string());
+        status.set_source(Arc::new(e));
+        status
+    }
+}
 
 /// What a failed attempt says about the request and the instance; decides
 /// ejection and retry.
@@ -9,8 +67,9 @@ pub(crate) enum Failure {
     /// No connection: the request was never sent. The instance is ejected
     /// as unreachable; another one may be tried.
     Unreachable,
-    /// HTTP/2 `REFUSED_STREAM`: the instance refused the request before any
-    /// processing (RFC 9113 8.7), so another one may be tried. Not held
+    /// HTTP/2 `REFUSED_STREAM`, or a connection that closed (`GOAWAY`)
+    /// before the request was written to it: the instance did not process
+    /// the request (RFC 9113 8.7), so another one may be tried. Not held
     /// against the instance (it sheds load or is going away).
     Refused,
     /// gRPC `UNAVAILABLE` from a call that reached the instance, or a stream
@@ -24,9 +83,14 @@ pub(crate) enum Failure {
 }
 
 pub(crate) fn failure_of(status: &tonic::Status) -> Failure {
-    if is_connect_error(status) {
-        Failure::Unreachable
-    } else if is_refused_stream(status) {
+    match sources(status).find_map(|e| e.downcast_ref::<UpstreamError>()) {
+        Some(UpstreamError::Connect { .. }) => return Failure::Unreachable,
+        Some(UpstreamError::NotSent { .. } | UpstreamError::Refused { .. }) => {
+            return Failure::Refused;
+        }
+        None => {}
+    }
+    if is_refused_stream(status) {
         Failure::Refused
     } else if status.code() == tonic::Code::Unavailable || is_go_away(status) {
         Failure::Unavailable
@@ -40,8 +104,13 @@ fn sources(status: &tonic::Status) -> impl Iterator<Item = &(dyn std::error::Err
     std::iter::successors(std::error::Error::source(status), |e| e.source())
 }
 
-/// Whether the instance reset the stream with `REFUSED_STREAM` (tonic maps
-/// it to `UNAVAILABLE`, keeping the h2 error in the source chain).
+/// The h2 error in the source chain of `e` (itself included), if any.
+pub(crate) fn h2_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a h2::Error> {
+    std::iter::successors(Some(e), |e| e.source()).find_map(|e| e.downcast_ref::<h2::Error>())
+}
+
+/// Whether the instance reset the stream with `REFUSED_STREAM` (what
+/// reaches a call through tonic keeps the h2 error in the source chain).
 fn is_refused_stream(status: &tonic::Status) -> bool {
     status.code() == tonic::Code::Unavailable
         && sources(status).any(|e| {
@@ -59,35 +128,48 @@ fn is_go_away(status: &tonic::Status) -> bool {
     })
 }
 
-/// Whether the failure happened while connecting, so the request was never
-/// sent: tonic's `ConnectError` (what its connector wraps every connect-phase
-/// failure in, connect timeout included), an `io::Error` of a
-/// refused/unreachable connection in the source chain, or tonic's
-/// connect-phase error text.
-pub(crate) fn is_connect_error(status: &tonic::Status) -> bool {
-    if status.code() != tonic::Code::Unavailable {
-        return false;
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io;
+
+    #[test]
+    fn failures_are_classified_by_type_not_text() {
+        let connect: tonic::Status = UpstreamError::Connect {
+            address: "a:1".into(),
+            source: io::Error::from(io::ErrorKind::ConnectionRefused),
+        }
+        .into();
+        assert_eq!(connect.code(), tonic::Code::Unavailable);
+        assert_eq!(failure_of(&connect), Failure::Unreachable);
+        let refused: tonic::Status = UpstreamError::Refused {
+            address: "a:1".into(),
+        }
+        .into();
+        assert_eq!(failure_of(&refused), Failure::Refused);
+        // Through tonic's own conversion (a boxed service error).
+        let boxed =
+            tonic::Status::from_error(Box::new(tonic::Status::from(UpstreamError::Connect {
+                address: "a:1".into(),
+                source: io::Error::other("tls handshake"),
+            })));
+        assert_eq!(failure_of(&boxed), Failure::Unreachable);
+        // Text that looks like a connect error is not one.
+        let text = tonic::Status::unavailable("tcp connect error: connection refused");
+        assert_eq!(failure_of(&text), Failure::Unavailable);
+        let io_refused =
+            tonic::Status::from_error(Box::new(io::Error::from(io::ErrorKind::ConnectionRefused)));
+        assert_ne!(failure_of(&io_refused), Failure::Unreachable);
+        // An h2 REFUSED_STREAM that reaches tonic directly.
+        let h2_refused =
+            tonic::Status::from_error(Box::new(h2::Error::from(h2::Reason::REFUSED_STREAM)));
+        assert_eq!(failure_of(&h2_refused), Failure::Refused);
+        assert_eq!(
+            failure_of(&tonic::Status::internal("boom")),
+            Failure::Failed
+        );
     }
-    sources(status).any(|e| {
-        if e.downcast_ref::<tonic::ConnectError>().is_some() {
-            return true;
-        }
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            use std::io::ErrorKind::*;
-            if matches!(
-                io.kind(),
-                ConnectionRefused
-                    | AddrNotAvailable
-                    | HostUnreachable
-                    | NetworkUnreachable
-                    | TimedOut
-            ) {
-                return true;
-            }
-        }
-        let text = e.to_string();
-        text.contains("tcp connect error")
-            || text.contains("connection refused")
-            || text.contains("dns error")
-    })
 }
+
+#[cfg(test)]
+mod stack_tests;

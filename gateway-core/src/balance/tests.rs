@@ -91,11 +91,11 @@ async fn round_robin_cycles() {
     let snap = b.snapshot();
     let svc = &snap.services["svc"];
     let picks: Vec<String> = (0..6)
-        .map(|_| b.select(svc).unwrap()[0].instance_id.to_string())
+        .map(|_| b.select(svc).unwrap().first().instance_id.to_string())
         .collect();
     assert_eq!(picks, ["a", "b", "c", "a", "b", "c"]);
     assert_eq!(
-        b.select(svc).unwrap().len(),
+        b.select(svc).unwrap().count(),
         3,
         "the pick plus two fall-backs"
     );
@@ -117,7 +117,7 @@ async fn power_of_two_avoids_the_busy_instance() {
         .unwrap();
     let _guards: Vec<_> = (0..10).map(|_| busy.start()).collect();
     for _ in 0..50 {
-        assert_eq!(&*b.select(svc).unwrap()[0].instance_id, "b");
+        assert_eq!(&*b.select(svc).unwrap().first().instance_id, "b");
     }
 }
 
@@ -137,7 +137,7 @@ async fn weights_shift_power_of_two() {
         .unwrap();
     let _g: Vec<_> = (0..5).map(|_| heavy.start()).collect();
     // 6/1000 < 1/10: the heavy instance still wins.
-    assert_eq!(&*b.select(svc).unwrap()[0].instance_id, "a");
+    assert_eq!(&*b.select(svc).unwrap().first().instance_id, "a");
 }
 
 /// The endpoint of `svc` with this instance id.
@@ -172,7 +172,7 @@ async fn ejection_is_capped_and_all_ejected_is_reported() {
     let svc = &snap.services["svc"];
     fail(&b, &by(svc, "a"), 5);
     for _ in 0..8 {
-        assert_ne!(&*b.select(svc).unwrap()[0].instance_id, "a");
+        assert_ne!(&*b.select(svc).unwrap().first().instance_id, "a");
     }
     fail(&b, &by(svc, "b"), 5);
     assert!(!b.health(svc).panic, "50% ejected is within the cap");
@@ -180,13 +180,13 @@ async fn ejection_is_capped_and_all_ejected_is_reported() {
     // 75% ejected > 50% cap: everyone is tried again.
     assert!(b.health(svc).panic);
     let picks: std::collections::HashSet<String> = (0..8)
-        .map(|_| b.select(svc).unwrap()[0].instance_id.to_string())
+        .map(|_| b.select(svc).unwrap().first().instance_id.to_string())
         .collect();
     assert_eq!(picks.len(), 4);
     // Instances that refused connections stay out, even in panic mode.
     b.eject(&by(svc, "a"));
     let picks: std::collections::HashSet<String> = (0..8)
-        .map(|_| b.select(svc).unwrap()[0].instance_id.to_string())
+        .map(|_| b.select(svc).unwrap().first().instance_id.to_string())
         .collect();
     assert_eq!(picks.len(), 3);
     assert!(!picks.contains("a"));
@@ -207,7 +207,7 @@ async fn a_single_instance_failing_calls_is_still_served() {
     assert!(b.is_ejected(&only), "ejected, as the admin view shows");
     let h = b.health(svc);
     assert!(h.panic && h.failing == 1, "{h:?}");
-    assert_eq!(&*b.select(svc).unwrap()[0].instance_id, "only");
+    assert_eq!(&*b.select(svc).unwrap().first().instance_id, "only");
     // An answer readmits it.
     b.record(&only, true);
     assert!(!b.is_ejected(&only));
@@ -286,7 +286,7 @@ async fn peak_ewma_sends_nothing_to_a_slow_instance() {
     let mut slow = 0;
     let mut guards = Vec::new();
     for _ in 0..1000 {
-        let pick = b.select(svc).unwrap()[0].clone();
+        let pick = b.select(svc).unwrap().first().clone();
         slow += usize::from(&*pick.instance_id == "slow");
         // Load builds up on the fast ones: cost grows with in-flight.
         guards.push(pick.start());
@@ -309,13 +309,13 @@ async fn peak_ewma_jumps_up_decays_down_and_penalises_new_instances() {
     assert_eq!(b.stats(&new).latency_ms, None, "no data yet");
     b.observe(&a, Duration::from_millis(40));
     // Without data and idle, a new instance is probed at once...
-    assert_eq!(&*b.select(svc).unwrap()[0].instance_id, "new");
+    assert_eq!(&*b.select(svc).unwrap().first().instance_id, "new");
     // ...but with a request in flight it costs the default latency twice:
     // it does not take every request before it has answered one.
     {
         let _g = new.start();
         for _ in 0..20 {
-            assert_eq!(&*b.select(svc).unwrap()[0].instance_id, "a");
+            assert_eq!(&*b.select(svc).unwrap().first().instance_id, "a");
         }
     }
     b.observe(&a, Duration::from_millis(500));
@@ -369,6 +369,36 @@ async fn consecutive_failures_eject_and_successes_reset_the_streak() {
     b.record(a, false);
     assert!(b.is_ejected(a), "five failures in a row eject");
     for _ in 0..6 {
-        assert_eq!(&*b.select(svc).unwrap()[0].instance_id, "b");
+        assert_eq!(&*b.select(svc).unwrap().first().instance_id, "b");
     }
+}
+
+#[tokio::test]
+async fn candidates_skip_the_ejected_and_yield_each_usable_once() {
+    let b = balancer(BalanceStrategy::PeakEwma);
+    b.apply(&catalog(vec![
+        inst("a", 1, Health::Passing, 100),
+        inst("b", 2, Health::Passing, 100),
+        inst("c", 3, Health::Passing, 100),
+        inst("d", 4, Health::Passing, 100),
+    ]));
+    let snap = b.snapshot();
+    let svc = &snap.services["svc"];
+    b.eject(&by(svc, "b"));
+    for _ in 0..50 {
+        let c = b.select(svc).unwrap();
+        let first = c.first().instance_id.to_string();
+        let ids: Vec<String> = c.map(|e| e.instance_id.to_string()).collect();
+        // The pick plus two fall-backs (connect_retries), never the ejected.
+        assert_eq!(ids.len(), 3, "{ids:?}");
+        assert_eq!(ids[0], first);
+        assert!(!ids.contains(&"b".to_string()), "{ids:?}");
+        let distinct: std::collections::HashSet<_> = ids.iter().collect();
+        assert_eq!(distinct.len(), 3, "{ids:?}");
+    }
+    // Candidates outlive the snapshot guard (they hold the endpoint list).
+    let c = b.select(svc).unwrap();
+    drop(snap);
+    b.apply(&catalog(vec![inst("z", 9, Health::Passing, 100)]));
+    assert_eq!(c.count(), 3);
 }
