@@ -236,7 +236,7 @@ fn gateway(instances: &[(&str, Behaviour)], config: BalancerConfig) -> Gateway {
         relays: Default::default(),
     });
     Gateway {
-        stack: proxy_stack(shared, Listener::Public),
+        stack: HttpService::new(proxy_stack(shared, Listener::Public)),
         balancer,
         backends,
     }
