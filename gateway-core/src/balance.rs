@@ -266,6 +266,9 @@ pub struct ServiceEndpoints {
     pub registered: usize,
     /// The service's retry budget (kept across snapshots).
     pub budget: Arc<RetryBudget>,
+    /// When the registry was last told the service is unreachable
+    /// (milliseconds since the balancer's epoch; kept across snapshots).
+    unreachable_told_ms: Arc<AtomicU64>,
     rr: AtomicUsize,
 }
 
@@ -279,6 +282,10 @@ pub struct Snapshot {
     /// Catalogue version this was built from.
     pub version: u64,
 }
+
+/// How often a service whose instances are all unreachable is reported to
+/// the registry (see [`Balancer::report_unreachable`]).
+pub const UNREACHABLE_REPORT_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Why no endpoint was chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -429,6 +436,11 @@ impl Balancer {
                         .get(r.service.as_str())
                         .map(|s| s.budget.clone())
                         .unwrap_or_else(|| Arc::new(RetryBudget::new(&self.retry))),
+                    unreachable_told_ms: old
+                        .services
+                        .get(r.service.as_str())
+                        .map(|s| s.unreachable_told_ms.clone())
+                        .unwrap_or_default(),
                     rr: AtomicUsize::new(0),
                 };
                 (s, Vec::new())
@@ -746,6 +758,25 @@ impl Balancer {
     /// Most attempts that reach an instance for one idempotent request.
     pub fn max_attempts(&self) -> usize {
         self.retry.max_attempts
+    }
+
+    /// Whether the registry should be told now that every instance of
+    /// `service` is unreachable: at most once per
+    /// [`UNREACHABLE_REPORT_INTERVAL`] per service, decided with one atomic,
+    /// so a service that is down costs its requests no registry lock, no
+    /// task and no Kafka send (the registry re-reads its source of truth
+    /// and tells the other replicas on the first of them).
+    pub fn report_unreachable(&self, service: &str) -> bool {
+        // Shifted by 1 so that 0 means "never told".
+        let now = self.now_ms() + 1;
+        let interval = UNREACHABLE_REPORT_INTERVAL.as_millis() as u64;
+        self.snapshot.load().services.get(service).is_some_and(|s| {
+            let last = s.unreachable_told_ms.load(Ordering::Relaxed);
+            (last == 0 || now.saturating_sub(last) >= interval)
+                && s.unreachable_told_ms
+                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+        })
     }
 
     /// Takes one retry from `service`'s budget; false when it is spent (or

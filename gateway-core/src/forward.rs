@@ -399,7 +399,9 @@ fn pick(
     {
         Some(Ok(c)) => Ok(c),
         Some(Err(NoEndpoint::AllEjected)) => {
-            shared.registry.service_unreachable(service);
+            if shared.balancer.report_unreachable(service) {
+                shared.registry.service_unreachable(service);
+            }
             Err(ForwardError::new(
                 ErrorKind::NoHealthyInstance,
                 format!("every instance of service {service} is unreachable"),
@@ -486,7 +488,9 @@ fn request_meta<'a>(
 /// Every candidate refused the connection (or there was none).
 fn all_refused(shared: &Shared, service: &str, last_err: Option<ForwardError>) -> ForwardError {
     if last_err.is_some() {
-        shared.registry.service_unreachable(service);
+        if shared.balancer.report_unreachable(service) {
+            shared.registry.service_unreachable(service);
+        }
         return ForwardError::new(
             ErrorKind::NoHealthyInstance,
             format!("every instance of service {service} is unreachable"),

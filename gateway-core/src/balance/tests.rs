@@ -402,3 +402,30 @@ async fn candidates_skip_the_ejected_and_yield_each_usable_once() {
     b.apply(&catalog(vec![inst("z", 9, Health::Passing, 100)]));
     assert_eq!(c.count(), 3);
 }
+
+/// A service that is down reaches the registry twice a second at most,
+/// however many requests find it down, and catalogue changes do not reset
+/// the clock.
+#[tokio::test(start_paused = true)]
+async fn an_unreachable_service_is_reported_at_most_once_per_interval() {
+    let b = balancer(BalanceStrategy::PeakEwma);
+    b.apply(&catalog(vec![inst("a", 1, Health::Passing, 100)]));
+    assert!(b.report_unreachable("svc"), "the first report goes out");
+    for _ in 0..1000 {
+        assert!(!b.report_unreachable("svc"));
+    }
+    let mut again = catalog(vec![
+        inst("a", 1, Health::Passing, 100),
+        inst("b", 2, Health::Passing, 100),
+    ]);
+    again.version = 2;
+    b.apply(&again);
+    assert!(
+        !b.report_unreachable("svc"),
+        "a new snapshot keeps the clock"
+    );
+    tokio::time::advance(UNREACHABLE_REPORT_INTERVAL).await;
+    assert!(b.report_unreachable("svc"));
+    assert!(!b.report_unreachable("svc"));
+    assert!(!b.report_unreachable("unknown"), "no such service");
+}
