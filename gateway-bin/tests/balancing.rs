@@ -190,6 +190,9 @@ async fn a_single_instance_answering_internal_is_still_served() {
     assert_eq!(ep["ejection"], "failing", "{ep}");
     assert_eq!(ep["failures"], 10);
     assert_eq!(ep["connect_failures"], 0);
+    // Requests take the instance's connections in turn: ten of them opened
+    // both of `balancer.connections_per_instance` (2).
+    assert_eq!(ep["connections"], 2, "{ep}");
     // Recovered: served at once, not after the ejection time.
     let resp = gw.http.get(gw.url("/lonely/x")).send().await.unwrap();
     assert_eq!(resp.status(), 200);

@@ -115,6 +115,7 @@ async fn services(
                         "weight": e.weight,
                         "streaming": e.streaming,
                         "in_flight": e.in_flight(),
+                        "connections": e.pool().open_connections(),
                         "requests": st.requests,
                         "connect_failures": st.connect_failures,
                         "failures": st.failures,
