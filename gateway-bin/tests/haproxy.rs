@@ -971,11 +971,17 @@ async fn through_haproxy_a_killed_replica_a_rolling_restart_and_consul_restartin
         })
         .await;
     }
+    // A replica reports connected at the moment its restart grace starts
+    // (`recover`), which is up to its longest error backoff (7.5 s) after
+    // Consul is back - not at `restarted`.
+    let reconnected = Instant::now();
+    let reconnected_at = load.offset(reconnected);
     // Past every replica's restart grace (consul.restart_grace, 15 s by
     // default), Consul's view applies in full again: that must drop
     // nothing either. The grace is a timer in the gateway, so this is a
-    // wait for its end, with a margin for its start on the last replica.
-    tokio::time::sleep_until(restarted + Duration::from_secs(15 + 3)).await;
+    // wait for its end on the last replica to reconnect, and then for
+    // a few more seconds of load on Consul's view alone.
+    tokio::time::sleep_until(reconnected + Duration::from_secs(15 + 5)).await;
     probe_stop.store(true, Ordering::SeqCst);
     probe.await.unwrap();
     let (sent, failed, why) = load.finish().await;
@@ -987,8 +993,8 @@ async fn through_haproxy_a_killed_replica_a_rolling_restart_and_consul_restartin
     assert_eq!(
         failed, 0,
         "Consul restart: {failed} of {sent} failed through HAProxy; {why}; Consul stopped \
-         {stopped:?} and was back {restarted_at:?} into the load; direct probes failed: \
-         {probe_failures:?}"
+         {stopped:?} and was back {restarted_at:?} into the load, every replica reconnected \
+         (its grace started) by {reconnected_at:?}; direct probes failed: {probe_failures:?}"
     );
     let mut by_kind: HashMap<&str, usize> = HashMap::new();
     for f in &probe_failures {
