@@ -64,6 +64,18 @@ impl Drop for TempDir {
 impl Topology {
     /// Consul, Kafka, gw1..gw3 (Consul + Kafka registry, the drain settings
     /// of `scripts/topology.sh`) and HAProxy seeing all three UP.
+    ///
+    /// Backends registered without check timings get Consul checks every
+    /// 1 s (Consul's minimum: it raises anything shorter) with a 900 ms
+    /// timeout (the gateway wants it shorter than the interval). Consul's
+    /// view decides alone: one probe that fails makes the instance
+    /// critical on every replica at once, and the only `e2e` instance is
+    /// served from this test process, beside the load generator, a debug
+    /// build on a shared 2-core machine. With a 250 ms timeout one slow
+    /// probe (a gRPC dial plus a call) was a second of 503s on every
+    /// replica, which no HAProxy hop can hide. The e2e.sh scenarios this
+    /// replaces probed a release-build backend process with 500 ms;
+    /// `consul_restart.rs` registers with 1 s / 500 ms.
     async fn start(name: &str) -> Self {
         let dir = std::env::temp_dir().join(format!("gw-topology-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -72,8 +84,8 @@ impl Topology {
             &config,
             r#"trusted_proxies = ["127.0.0.0/8", "::1/128"]
 [health]
-interval = "300ms"
-timeout = "250ms"
+interval = "1s"
+timeout = "900ms"
 [registration]
 allowed_networks = ["127.0.0.0/8"]
 [drain]
