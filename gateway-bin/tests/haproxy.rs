@@ -64,6 +64,18 @@ impl Drop for TempDir {
 impl Topology {
     /// Consul, Kafka, gw1..gw3 (Consul + Kafka registry, the drain settings
     /// of `scripts/topology.sh`) and HAProxy seeing all three UP.
+    ///
+    /// Backends registered without check timings get Consul checks every
+    /// 1 s (Consul's minimum: it raises anything shorter) with a 900 ms
+    /// timeout (the gateway wants it shorter than the interval). Consul's
+    /// view decides alone: one probe that fails makes the instance
+    /// critical on every replica at once, and the only `e2e` instance is
+    /// served from this test process, beside the load generator, a debug
+    /// build on a shared 2-core machine. With a 250 ms timeout one slow
+    /// probe (a gRPC dial plus a call) was a second of 503s on every
+    /// replica, which no HAProxy hop can hide. The e2e.sh scenarios this
+    /// replaces probed a release-build backend process with 500 ms;
+    /// `consul_restart.rs` registers with 1 s / 500 ms.
     async fn start(name: &str) -> Self {
         let dir = std::env::temp_dir().join(format!("gw-topology-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -72,8 +84,8 @@ impl Topology {
             &config,
             r#"trusted_proxies = ["127.0.0.0/8", "::1/128"]
 [health]
-interval = "300ms"
-timeout = "250ms"
+interval = "1s"
+timeout = "900ms"
 [registration]
 allowed_networks = ["127.0.0.0/8"]
 [drain]
@@ -971,11 +983,17 @@ async fn through_haproxy_a_killed_replica_a_rolling_restart_and_consul_restartin
         })
         .await;
     }
+    // A replica reports connected at the moment its restart grace starts
+    // (`recover`), which is up to its longest error backoff (7.5 s) after
+    // Consul is back - not at `restarted`.
+    let reconnected = Instant::now();
+    let reconnected_at = load.offset(reconnected);
     // Past every replica's restart grace (consul.restart_grace, 15 s by
     // default), Consul's view applies in full again: that must drop
     // nothing either. The grace is a timer in the gateway, so this is a
-    // wait for its end, with a margin for its start on the last replica.
-    tokio::time::sleep_until(restarted + Duration::from_secs(15 + 3)).await;
+    // wait for its end on the last replica to reconnect, and then for
+    // a few more seconds of load on Consul's view alone.
+    tokio::time::sleep_until(reconnected + Duration::from_secs(15 + 5)).await;
     probe_stop.store(true, Ordering::SeqCst);
     probe.await.unwrap();
     let (sent, failed, why) = load.finish().await;
@@ -987,8 +1005,8 @@ async fn through_haproxy_a_killed_replica_a_rolling_restart_and_consul_restartin
     assert_eq!(
         failed, 0,
         "Consul restart: {failed} of {sent} failed through HAProxy; {why}; Consul stopped \
-         {stopped:?} and was back {restarted_at:?} into the load; direct probes failed: \
-         {probe_failures:?}"
+         {stopped:?} and was back {restarted_at:?} into the load, every replica reconnected \
+         (its grace started) by {reconnected_at:?}; direct probes failed: {probe_failures:?}"
     );
     let mut by_kind: HashMap<&str, usize> = HashMap::new();
     for f in &probe_failures {

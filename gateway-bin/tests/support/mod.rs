@@ -387,6 +387,17 @@ impl ConsulProcess {
 
 impl Drop for ConsulProcess {
     fn drop(&mut self) {
+        // A failed test shows what Consul's own checks said (since the last
+        // start): a check that went critical unroutes its instance on every
+        // gateway at once.
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let checks: Vec<&str> = log.lines().filter(|l| l.contains("Check is now")).collect();
+            eprintln!(
+                "--- consul: check status changes ---\n{}",
+                checks.join("\n")
+            );
+        }
         let _ = std::fs::remove_file(&self.log);
     }
 }
