@@ -242,11 +242,16 @@ pub struct ConsulProcess {
 /// Everything else binds port 0 itself and reports what it got (the
 /// gateway prints its listeners) or is handed a listening socket (HAProxy).
 fn candidate_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    candidate_ports::<1>()[0]
+}
+
+/// `N` distinct candidates (see [`candidate_port`]): all bound at once
+/// before any is released, so the kernel cannot hand out one twice (Consul
+/// refuses a port configured for two of its listeners).
+fn candidate_ports<const N: usize>() -> [u16; N] {
+    let held: [std::net::TcpListener; N] =
+        std::array::from_fn(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+    held.map(|l| l.local_addr().unwrap().port())
 }
 
 static CONSUL_SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -274,7 +279,7 @@ impl ConsulProcess {
             CONSUL_SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
         ));
         for attempt in 1..=5 {
-            let ports = [(); 5].map(|_| candidate_port());
+            let ports = candidate_ports::<5>();
             let mut c = Self {
                 child: None,
                 addr: SocketAddr::from(([127, 0, 0, 1], ports[0])),
