@@ -117,7 +117,7 @@ impl Pump {
                         Some(Err(_)) | None => return Poll::Ready(Err(None)),
                     }
                 }
-            } else if let Poll::Ready(_) = self.stream.poll_reset(cx) {
+            } else if self.stream.poll_reset(cx).is_ready() {
                 return Poll::Ready(Err(None));
             }
             let sent = match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
