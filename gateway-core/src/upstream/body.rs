@@ -12,7 +12,6 @@ use http::HeaderMap;
 use http_body::{Body as _, Frame};
 use tokio::sync::oneshot;
 use tonic::body::Body;
-use tower::BoxError;
 
 /// Headers HTTP/2 forbids (RFC 9113 8.2.2); h2 refuses a request with any.
 pub(super) fn strip_connection_headers(headers: &mut HeaderMap) {
@@ -43,7 +42,7 @@ pub(super) fn strip_connection_headers(headers: &mut HeaderMap) {
 pub(super) async fn send_ready(
     body: &mut Body,
     stream: &mut SendStream<Bytes>,
-) -> Result<bool, BoxError> {
+) -> Result<bool, SendError> {
     std::future::poll_fn(|cx| {
         let mut held: Option<Bytes> = None;
         loop {
@@ -64,7 +63,7 @@ pub(super) async fn send_ready(
                         }
                     }
                 },
-                Poll::Ready(Some(Err(status))) => return Poll::Ready(Err(status.into())),
+                Poll::Ready(Some(Err(status))) => return Poll::Ready(Err(SendError::Body(status))),
                 Poll::Ready(None) => {
                     stream.send_data(held.take().unwrap_or_default(), true)?;
                     return Poll::Ready(Ok(true));
@@ -79,6 +78,21 @@ pub(super) async fn send_ready(
         }
     })
     .await
+}
+
+/// Why a request body could not be handed to h2.
+pub(super) enum SendError {
+    /// The body failed: the call fails with its error.
+    Body(tonic::Status),
+    /// The stream would not take it (reset, connection gone): the response
+    /// future says why.
+    Stream,
+}
+
+impl From<h2::Error> for SendError {
+    fn from(_: h2::Error) -> Self {
+        SendError::Stream
+    }
 }
 
 /// The rest of a streaming request body, on a task of its own, with h2's

@@ -348,10 +348,13 @@ impl Pool {
         let cancel = match body::send_ready(&mut req_body, &mut stream).await {
             Ok(true) => None,
             Ok(false) => Some(body::spawn_pump(req_body, stream)),
-            Err(e) => {
+            Err(body::SendError::Body(status)) => {
                 stream.send_reset(h2::Reason::CANCEL);
-                return Err(e);
+                return Err(status.into());
             }
+            // The stream is reset or its connection gone: the response
+            // future reports which (`REFUSED_STREAM` included).
+            Err(body::SendError::Stream) => None,
         };
         let response = response.await.map_err(|e| self.sent_error(e))?;
         Ok(response.map(|recv| UpstreamBody::new(recv, cancel)))
