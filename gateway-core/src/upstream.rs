@@ -5,12 +5,14 @@
 //!
 //! Every classification here is by error type: the connect phase reports
 //! [`UpstreamError::Connect`] (the pool's own error, whatever the
-//! connector), a request the connection handed back unsent (hyper's
-//! `TrySendError` with the message) is [`UpstreamError::NotSent`], and a
+//! connector), a request the connection could not take (h2's `poll_ready`
+//! or `send_request` failed: closed, `GOAWAY`) is
+//! [`UpstreamError::NotSent`], and a
 //! stream the instance reset with `REFUSED_STREAM` is
-//! [`UpstreamError::Refused`]; failures after that are h2/hyper errors with
-//! their reasons.
+//! [`UpstreamError::Refused`]; failures after that are h2 errors with
+//! their reasons (h2's own errors: the pool runs h2's client directly).
 
+mod body;
 mod connect;
 mod pool;
 
@@ -39,9 +41,9 @@ pub enum UpstreamError {
     NotSent {
         /// The instance's address.
         address: Arc<str>,
-        /// hyper's reason.
+        /// h2's reason.
         #[source]
-        source: hyper::Error,
+        source: h2::Error,
     },
     /// The instance reset the stream with `REFUSED_STREAM`: it refused the
     /// request before any processing (RFC 9113 8.7).

@@ -1,37 +1,41 @@
 //! The gateway's HTTP/2 connections to one instance, and the
 //! `tower::Service` tonic's generated client runs over.
 //!
-//! tonic's `Channel` puts a tower `Buffer` between the caller and the
-//! connection: every call is sent over an mpsc to a worker task, which
-//! calls hyper's `SendRequest` (itself a channel to hyper's connection
-//! task). Here the caller holds a clone of hyper's `SendRequest` and calls
-//! it directly: one hop fewer per call, and no worker task per instance.
+//! The connections are h2's client, used directly: one task per connection
+//! (h2's `Connection` future and its keepalive PINGs), and a call runs on
+//! the caller's task - `poll_ready` and `send_request` on a clone of h2's
+//! `SendRequest`, the request body handed to h2 inline while it is ready,
+//! the response read from h2's `RecvStream`. Only a request body that is
+//! not complete on its first poll (a streaming call) gets a task of its
+//! own. (hyper's client adds a dispatch channel to its connection task and
+//! one or two tasks per request; tonic's `Channel` a `Buffer` worker.)
 //!
 //! A pool has `balancer.connections_per_instance` slots, each dialled on
 //! first use (an instance that never gets a request costs no connection)
 //! and taken in turn. A connection older than its `max_connection_age`
 //! (jittered +-10%) has a replacement dialled in the background; it keeps
 //! taking calls until the replacement is in place, then takes none, and
-//! hyper closes it when its last call is done: nothing in flight fails.
+//! h2 closes it when its last call is done: nothing in flight fails.
 //! A closed connection is dialled again by the next call that finds it.
 
 use std::fmt;
 use std::io;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
+use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt, Shared};
-use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use h2::client::SendRequest;
 use rand::Rng;
 use tokio::time::Instant;
 use tonic::body::Body;
 use tower::BoxError;
 use tracing::debug;
 
+use super::body::{self, UpstreamBody};
 use super::{Connect, UpstreamError};
 use crate::tls::UpstreamTarget;
 
@@ -66,7 +70,9 @@ impl PoolSettings {
 }
 
 struct Conn {
-    send: SendRequest<Body>,
+    send: SendRequest<Bytes>,
+    /// Set by the connection task when the connection has ended.
+    closed: Arc<AtomicBool>,
     /// Nanoseconds since the pool's epoch when it stops taking new calls
     /// (`u64::MAX`: never). Pushed back when a replacement cannot be dialled.
     expires_ns: AtomicU64,
@@ -135,7 +141,7 @@ impl Pool {
     pub fn open_connections(&self) -> usize {
         self.slots
             .iter()
-            .filter(|s| s.live.load().as_ref().is_some_and(|c| !c.send.is_closed()))
+            .filter(|s| s.live.load().as_ref().is_some_and(|c| !c.is_closed()))
             .count()
     }
 
@@ -159,10 +165,10 @@ impl Pool {
 
     /// A live connection of slot `i`, if it has one. An aged one is still
     /// returned, and its replacement dialled in the background.
-    fn live(self: &Arc<Self>, i: usize) -> Option<(SendRequest<Body>, usize)> {
+    fn live(self: &Arc<Self>, i: usize) -> Option<(SendRequest<Bytes>, usize)> {
         let guard = self.slots[i].live.load();
         let conn = guard.as_ref()?;
-        if conn.send.is_closed() {
+        if conn.is_closed() {
             return None;
         }
         let expires = conn.expires_ns.load(Ordering::Relaxed);
@@ -215,21 +221,24 @@ impl Pool {
     }
 
     /// Connector, then the HTTP/2 handshake, within the connect timeout;
-    /// hyper's connection task is spawned.
+    /// the h2 connection task (with its keepalive PINGs) is spawned.
     async fn connect(&self) -> io::Result<Conn> {
         let s = &self.settings;
         let handshake = async {
             let io = self.connector.connect(&self.target).await?;
-            hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .keep_alive_interval(s.keep_alive_interval)
-                .keep_alive_timeout(s.keep_alive_timeout)
-                .keep_alive_while_idle(true)
-                .handshake::<_, Body>(TokioIo::new(io))
+            // hyper's HTTP/2 client defaults, which the gateway used before.
+            h2::client::Builder::new()
+                .initial_window_size(2 * 1024 * 1024)
+                .initial_connection_window_size(5 * 1024 * 1024)
+                .max_frame_size(16 * 1024)
+                .max_header_list_size(16 * 1024)
+                .max_send_buffer_size(1024 * 1024)
+                .enable_push(false)
+                .handshake::<_, Bytes>(io)
                 .await
                 .map_err(io::Error::other)
         };
-        let (send, conn) = match tokio::time::timeout(s.connect_timeout, handshake).await {
+        let (send, mut conn) = match tokio::time::timeout(s.connect_timeout, handshake).await {
             Ok(r) => r?,
             Err(_) => {
                 return Err(io::Error::new(
@@ -239,10 +248,23 @@ impl Pool {
             }
         };
         let address = self.target.address.clone();
+        let closed = Arc::new(AtomicBool::new(false));
+        let ping = conn.ping_pong();
+        let (interval, timeout) = (s.keep_alive_interval, s.keep_alive_timeout);
+        let ended = closed.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                debug!(address = %address, error = %e, "Upstream connection ended.");
+            let keepalive = keep_alive(ping, interval, timeout);
+            tokio::select! {
+                r = conn => if let Err(e) = r {
+                    debug!(address = %address, error = %e, "Upstream connection ended.");
+                },
+                () = keepalive => {
+                    debug!(address = %address, "Upstream connection closed: PING not acknowledged.");
+                }
             }
+            // Dropping the connection (on a keepalive timeout) fails the
+            // streams still on it.
+            ended.store(true, Ordering::Release);
         });
         let expires_ns = if s.max_age.is_zero() {
             u64::MAX
@@ -253,6 +275,7 @@ impl Pool {
         };
         Ok(Conn {
             send,
+            closed,
             expires_ns: AtomicU64::new(expires_ns),
         })
     }
@@ -262,18 +285,21 @@ impl Pool {
     }
 
     /// One call: a connection of the next slot (dialled if need be), the
-    /// request on it. A request the connection hands back unsent (it closed
-    /// or got `GOAWAY` first) is sent once more on a new connection.
+    /// request on it. A request the connection could not take (it closed or
+    /// got `GOAWAY` first) is sent once more on a new connection.
     async fn send(
         self: Arc<Self>,
-        mut req: http::Request<Body>,
-    ) -> Result<http::Response<hyper::body::Incoming>, BoxError> {
-        if req.uri().scheme().is_none() {
-            let mut parts = std::mem::take(req.uri_mut()).into_parts();
-            parts.scheme = Some(self.target.scheme.clone());
-            parts.authority = Some(self.target.authority.clone());
-            *req.uri_mut() = http::Uri::from_parts(parts)?;
+        req: http::Request<Body>,
+    ) -> Result<http::Response<UpstreamBody>, BoxError> {
+        let (mut parts, mut req_body) = req.into_parts();
+        if parts.uri.scheme().is_none() {
+            let mut uri = std::mem::take(&mut parts.uri).into_parts();
+            uri.scheme = Some(self.target.scheme.clone());
+            uri.authority = Some(self.target.authority.clone());
+            parts.uri = http::Uri::from_parts(uri)?;
         }
+        body::strip_connection_headers(&mut parts.headers);
+        let mut head = Some(http::Request::from_parts(parts, ()));
         let n = self.slots.len();
         let i = if n == 1 {
             0
@@ -281,7 +307,7 @@ impl Pool {
             self.next.fetch_add(1, Ordering::Relaxed) % n
         };
         let mut again = true;
-        loop {
+        let (response, mut stream) = loop {
             let (mut send, used) = match self.live(i) {
                 Some(s) => s,
                 None => {
@@ -289,14 +315,19 @@ impl Pool {
                     (conn.send.clone(), Arc::as_ptr(&conn) as usize)
                 }
             };
-            let sent = send.try_send_request(req);
-            drop(send);
-            let mut e = match sent.await {
-                Ok(resp) => return Ok(resp),
+            let e = match std::future::poll_fn(|cx| send.poll_ready(cx)).await {
+                Ok(()) => {
+                    // h2 takes the head even when it refuses it: no second
+                    // try then.
+                    match send.send_request(head.take().expect("the request head"), false) {
+                        Ok(sent) => break sent,
+                        Err(e) => {
+                            again = false;
+                            e
+                        }
+                    }
+                }
                 Err(e) => e,
-            };
-            let Some(unsent) = e.take_message() else {
-                return Err(self.sent_error(e.into_error()));
             };
             // Never written: that connection is done for new calls.
             self.slots[i].live.rcu(|cur| match cur {
@@ -306,13 +337,27 @@ impl Pool {
             if !again {
                 return Err(tonic::Status::from(UpstreamError::NotSent {
                     address: self.target.address.clone(),
-                    source: e.into_error(),
+                    source: e,
                 })
                 .into());
             }
             again = false;
-            req = unsent;
-        }
+        };
+        // The request body: what is ready now is handed to h2 here; the
+        // rest (a streaming call) is pumped by a task of its own.
+        let cancel = match body::send_ready(&mut req_body, &mut stream).await {
+            Ok(true) => None,
+            Ok(false) => Some(body::spawn_pump(req_body, stream)),
+            Err(body::SendError::Body(status)) => {
+                stream.send_reset(h2::Reason::CANCEL);
+                return Err(status.into());
+            }
+            // The stream is reset or its connection gone: the response
+            // future reports which (`REFUSED_STREAM` included).
+            Err(body::SendError::Stream) => None,
+        };
+        let response = response.await.map_err(|e| self.sent_error(e))?;
+        Ok(response.map(|recv| UpstreamBody::new(recv, cancel)))
     }
 
     fn connect_error(&self, e: &io::Error) -> BoxError {
@@ -324,9 +369,8 @@ impl Pool {
     }
 
     /// An error of a request that was written: `REFUSED_STREAM` from the
-    /// instance is ours to report; the rest goes to tonic as hyper's error
-    /// (h2 reasons in its source chain).
-    fn sent_error(&self, e: hyper::Error) -> BoxError {
+    /// instance is ours to report; the rest goes to tonic as h2's error.
+    fn sent_error(&self, e: h2::Error) -> BoxError {
         let refused = super::h2_error(&e).is_some_and(|h| {
             h.reason() == Some(h2::Reason::REFUSED_STREAM) && h.is_reset() && h.is_remote()
         });
@@ -342,12 +386,13 @@ impl Pool {
 
 /// `tower::Service` over a [`Pool`], for `tonic::client::Grpc` and the
 /// generated `ForwardingServiceClient`: always ready (readiness is the
-/// pool's business, per call), the response body is hyper's own.
+/// pool's business, per call), the response body is h2's, as an
+/// `http_body::Body`.
 #[derive(Clone, Debug)]
 pub struct Upstream(Arc<Pool>);
 
 impl tower::Service<http::Request<Body>> for Upstream {
-    type Response = http::Response<hyper::body::Incoming>;
+    type Response = http::Response<UpstreamBody>;
     type Error = BoxError;
     type Future = BoxFuture<'static, Result<Self::Response, BoxError>>;
 
@@ -357,5 +402,32 @@ impl tower::Service<http::Request<Body>> for Upstream {
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
         Box::pin(self.0.clone().send(req))
+    }
+}
+
+impl Conn {
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+}
+
+/// A PING after every `interval`, also while idle; returns when one is not
+/// acknowledged within `timeout` (or the connection is gone), which closes
+/// the connection.
+async fn keep_alive(ping: Option<h2::PingPong>, interval: Duration, timeout: Duration) {
+    let Some(mut ping) = ping else {
+        return std::future::pending().await;
+    };
+    if interval.is_zero() {
+        return std::future::pending().await;
+    }
+    loop {
+        tokio::time::sleep(interval).await;
+        match tokio::time::timeout(timeout, ping.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_)) => {}
+            // The connection is done: its own future reports why.
+            Ok(Err(_)) => return std::future::pending().await,
+            Err(_) => return,
+        }
     }
 }

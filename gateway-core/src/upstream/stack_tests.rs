@@ -43,6 +43,12 @@ enum Behaviour {
     RefuseConnect,
     /// Accepts HTTP/2 and resets every stream with `REFUSED_STREAM`.
     RefuseStream,
+    /// Accepts HTTP/2 streams, never answers, and records how the client
+    /// resets them.
+    WatchResets,
+    /// Completes the HTTP/2 handshake, then reads nothing more (no PING is
+    /// acknowledged).
+    Mute,
 }
 
 struct Instance {
@@ -82,6 +88,8 @@ struct Backends {
     instances: Mutex<HashMap<String, (Behaviour, Option<Feed>)>>,
     calls: Mutex<HashMap<String, Arc<AtomicUsize>>>,
     dials: Mutex<HashMap<String, usize>>,
+    /// The reasons of the streams `WatchResets` instances saw reset.
+    resets: Arc<Mutex<Vec<h2::Reason>>>,
 }
 
 impl Backends {
@@ -148,6 +156,16 @@ impl Backends {
                     Behaviour::RefuseStream => {
                         tokio::spawn(refuse_every_stream(server));
                     }
+                    Behaviour::Mute => {
+                        tokio::spawn(async move {
+                            let conn = h2::server::handshake(server).await;
+                            std::future::pending::<()>().await;
+                            drop(conn);
+                        });
+                    }
+                    Behaviour::WatchResets => {
+                        tokio::spawn(watch_resets(server, this.resets.clone()));
+                    }
                     Behaviour::Answer | Behaviour::Never => {
                         let _ = feed.expect("a server").send(server);
                     }
@@ -165,6 +183,31 @@ async fn refuse_every_stream(io: DuplexStream) {
     while let Some(Ok((_req, mut respond))) = conn.accept().await {
         respond.send_reset(h2::Reason::REFUSED_STREAM);
     }
+}
+
+async fn watch_resets(io: DuplexStream, resets: Arc<Mutex<Vec<h2::Reason>>>) {
+    let Ok(mut conn) = h2::server::handshake(io).await else {
+        return;
+    };
+    while let Some(Ok((_req, mut respond))) = conn.accept().await {
+        let resets = resets.clone();
+        tokio::spawn(async move {
+            if let Ok(reason) = std::future::poll_fn(|cx| respond.poll_reset(cx)).await {
+                resets.lock().unwrap().push(reason);
+            }
+        });
+    }
+}
+
+/// The resets `WatchResets` instances saw, once there are `n`.
+async fn resets(g: &Gateway, n: usize) -> Vec<h2::Reason> {
+    for _ in 0..100 {
+        if g.backends.resets.lock().unwrap().len() >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    g.backends.resets.lock().unwrap().clone()
 }
 
 fn instance(address: &str) -> InstanceView {
@@ -440,4 +483,59 @@ async fn an_aged_connection_whose_replacement_is_refused_goes_on_without_a_dial_
         tokio::task::yield_now().await;
     }
     assert_eq!(g.backends.dials("a:1"), 3, "tried again a second later");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_given_up_on_resets_its_stream_with_cancel() {
+    let g = gateway(&[("hold:1", Behaviour::WatchResets)], round_robin());
+    let (status, body) = call(&g, "POST", "/svc/x").await;
+    assert_eq!(status, 504, "{body}");
+    assert_eq!(resets(&g, 1).await, vec![h2::Reason::CANCEL]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_streaming_call_given_up_on_stops_its_pump_and_resets_with_cancel() {
+    use bytes::Bytes;
+    use futures_util::stream;
+    use http_body::Frame;
+
+    let g = gateway(&[("hold:1", Behaviour::WatchResets)], round_robin());
+    // One frame, then a body that never ends: the rest goes to a pump task.
+    let frames = stream::once(async {
+        Ok::<_, tonic::Status>(Frame::data(Bytes::from_static(b"\0\0\0\0\0")))
+    })
+    .chain(stream::pending());
+    let req = Request::builder()
+        .method("POST")
+        .uri("/proto.v1.ForwardingService/Stream")
+        .header("content-type", "application/grpc")
+        .body(tonic::body::Body::new(http_body_util::StreamBody::new(
+            frames,
+        )))
+        .unwrap();
+    let call = endpoint(&g, "hold:1").upstream().oneshot(req);
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), call)
+            .await
+            .is_err(),
+        "never answered"
+    );
+    assert_eq!(resets(&g, 1).await, vec![h2::Reason::CANCEL]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_whose_ping_is_not_acknowledged_is_closed() {
+    let g = gateway(&[("mute:1", Behaviour::Mute)], round_robin());
+    assert_eq!(call(&g, "GET", "/svc/x").await.0, 504);
+    let ep = endpoint(&g, "mute:1");
+    let pool = ep.pool();
+    assert_eq!(pool.open_connections(), 1);
+    // PING 30 s after the connection opened, 20 s for its ack.
+    tokio::time::sleep(Duration::from_secs(45)).await;
+    assert_eq!(pool.open_connections(), 1, "still waiting for the ack");
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(pool.open_connections(), 0, "closed for the missing ack");
+    // The next call dials again.
+    assert_eq!(call(&g, "GET", "/svc/x").await.0, 504);
+    assert_eq!(g.backends.dials("mute:1"), 2);
 }
