@@ -98,6 +98,37 @@ pub fn authority(parts: &request::Parts) -> Result<&str, ForwardError> {
     }
 }
 
+/// The `X-Forwarded-Proto` and `X-Forwarded-Host` the backend is told: a
+/// trusted peer's own values (a proto only if `http` or `https`), else
+/// `https` on a TLS connection (a client's h2 `:scheme` is only believed on
+/// a plain one), the request's scheme, `http`; and the request's authority.
+/// One rule for both encoders (`request_to_wire` and `wire::EncodedRequest`).
+pub(crate) fn forwarded_scheme_and_host<'a>(
+    parts: &'a request::Parts,
+    authority: &'a str,
+    trusted_peer: bool,
+) -> (&'a str, &'a [u8]) {
+    let h = &parts.headers;
+    let trusted = |n: &HeaderName| {
+        trusted_peer
+            .then(|| h.get(n))
+            .flatten()
+            .map(HeaderValue::as_bytes)
+    };
+    let conn_tls = parts
+        .extensions
+        .get::<crate::tls::ConnectionTls>()
+        .map(|_| "https");
+    let scheme = trusted(&X_FORWARDED_PROTO)
+        .and_then(|p| std::str::from_utf8(p).ok())
+        .filter(|p| *p == "http" || *p == "https")
+        .or(conn_tls)
+        .or(parts.uri.scheme_str())
+        .unwrap_or("http");
+    let host = trusted(&X_FORWARDED_HOST).unwrap_or(authority.as_bytes());
+    (scheme, host)
+}
+
 /// Builds the `ForwardingReq` for a request whose body has been read.
 pub fn request_to_wire(
     parts: &request::Parts,
@@ -147,27 +178,9 @@ pub fn request_to_wire(
     client_addresses.push(meta.peer.to_string());
     headers.push(wire("x-forwarded-for", xff.as_bytes()));
 
-    let trusted = |n: &HeaderName| {
-        meta.trusted_peer
-            .then(|| h.get(n))
-            .flatten()
-            .map(HeaderValue::as_bytes)
-    };
-    // The connection says https when it is TLS: a client's h2 `:scheme`
-    // is only believed on a plain connection.
-    let conn_tls = parts
-        .extensions
-        .get::<crate::tls::ConnectionTls>()
-        .map(|_| "https");
-    let scheme = trusted(&X_FORWARDED_PROTO)
-        .and_then(|p| std::str::from_utf8(p).ok())
-        .filter(|p| *p == "http" || *p == "https")
-        .or(conn_tls)
-        .or(parts.uri.scheme_str())
-        .unwrap_or("http")
-        .to_owned();
+    let (scheme, fwd_host) = forwarded_scheme_and_host(parts, &authority, meta.trusted_peer);
+    let scheme = scheme.to_owned();
     headers.push(wire("x-forwarded-proto", scheme.as_bytes()));
-    let fwd_host = trusted(&X_FORWARDED_HOST).unwrap_or(authority.as_bytes());
     headers.push(wire("x-forwarded-host", fwd_host));
     headers.push(wire("x-request-id", meta.request_id.as_bytes()));
 

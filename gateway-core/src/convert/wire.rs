@@ -27,7 +27,7 @@
 use std::fmt::Write as _;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName};
 use http::request;
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 use proto::convert::{split_target, version_to_wire};
@@ -275,23 +275,8 @@ impl<'a> Fields<'a> {
         let authority = authority(parts)?;
         let (path, query) = split_target(&parts.uri);
         let h = &parts.headers;
-        let trusted = |n: &HeaderName| {
-            meta.trusted_peer
-                .then(|| h.get(n))
-                .flatten()
-                .map(HeaderValue::as_bytes)
-        };
-        let conn_tls = parts
-            .extensions
-            .get::<crate::tls::ConnectionTls>()
-            .map(|_| "https");
-        let scheme = trusted(&X_FORWARDED_PROTO)
-            .and_then(|p| std::str::from_utf8(p).ok())
-            .filter(|p| *p == "http" || *p == "https")
-            .or(conn_tls)
-            .or(parts.uri.scheme_str())
-            .unwrap_or("http");
-        let fwd_host = trusted(&X_FORWARDED_HOST).unwrap_or(authority.as_bytes());
+        let (scheme, fwd_host) =
+            super::forwarded_scheme_and_host(parts, authority, meta.trusted_peer);
         let header_str = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).unwrap_or_default();
         let (peer_ip, peer) = match meta.peer {
             std::net::SocketAddr::V4(a) => {

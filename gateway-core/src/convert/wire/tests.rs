@@ -10,6 +10,7 @@ use proto::v1::{ForwardingReq, ForwardingResp};
 
 use super::*;
 use crate::convert::{RequestMeta, request_to_wire};
+use http::HeaderValue;
 
 fn meta(trusted: bool, deadline: Option<Duration>, peer: &str) -> RequestMeta<'static> {
     RequestMeta {
