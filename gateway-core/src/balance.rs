@@ -546,11 +546,18 @@ impl Balancer {
         let pool = Pool::new(
             target,
             self.connector.clone(),
-            PoolSettings::new(
-                self.config.connections_per_instance,
-                self.config.max_connection_age,
-                self.timeouts.connect,
-            ),
+            PoolSettings {
+                // The listeners' HTTP/2 keep-alive settings hold for the
+                // connections to instances too (README: the connections run
+                // h2 and its PINGs every `timeouts.http2_keep_alive_interval`).
+                keep_alive_interval: self.timeouts.http2_keep_alive_interval,
+                keep_alive_timeout: self.timeouts.http2_keep_alive_timeout,
+                ..PoolSettings::new(
+                    self.config.connections_per_instance,
+                    self.config.max_connection_age,
+                    self.timeouts.connect,
+                )
+            },
         );
         Ok(Arc::new(Endpoint {
             weight: r.weight.max(1),

@@ -192,7 +192,7 @@ pub struct TimeoutConfig {
     #[serde(with = "humantime_serde")]
     pub idle: Duration,
     /// HTTP/2: a PING is sent after this long without frames from the
-    /// client...
+    /// client, and every this long on the connections to instances...
     #[serde(with = "humantime_serde")]
     pub http2_keep_alive_interval: Duration,
     /// ...and the connection is closed if its acknowledgement does not

@@ -253,6 +253,15 @@ struct Gateway {
 /// The public stack over `instances` (in this order; round robin, so the
 /// first request goes to the first), with `config` for the balancer.
 fn gateway(instances: &[(&str, Behaviour)], config: BalancerConfig) -> Gateway {
+    gateway_with(instances, config, TimeoutConfig::default())
+}
+
+/// [`gateway`] with `timeouts` for the balancer and the request path.
+fn gateway_with(
+    instances: &[(&str, Behaviour)],
+    config: BalancerConfig,
+    timeouts: TimeoutConfig,
+) -> Gateway {
     let backends = Arc::new(Backends::default());
     for (address, behaviour) in instances {
         backends.add(address, *behaviour);
@@ -260,7 +269,7 @@ fn gateway(instances: &[(&str, Behaviour)], config: BalancerConfig) -> Gateway {
     let balancer = Balancer::with_connector(
         config,
         RetryConfig::default(),
-        TimeoutConfig::default(),
+        timeouts.clone(),
         None,
         backends.connector(),
     );
@@ -273,7 +282,7 @@ fn gateway(instances: &[(&str, Behaviour)], config: BalancerConfig) -> Gateway {
         balancer: balancer.clone(),
         registry: Arc::new(MemoryRegistry::new()),
         limits: LimitsConfig::default(),
-        timeouts: TimeoutConfig::default(),
+        timeouts,
         trusted_proxies: vec![],
         draining: Default::default(),
         relays: Default::default(),
@@ -538,4 +547,27 @@ async fn a_connection_whose_ping_is_not_acknowledged_is_closed() {
     // The next call dials again.
     assert_eq!(call(&g, "GET", "/svc/x").await.0, 504);
     assert_eq!(g.backends.dials("mute:1"), 2);
+}
+
+/// The connections to instances PING on the configured
+/// `timeouts.http2_keep_alive_interval` and give up after
+/// `http2_keep_alive_timeout`, as README's settings table says.
+#[tokio::test(start_paused = true)]
+async fn the_configured_keep_alive_holds_for_connections_to_instances() {
+    let timeouts = TimeoutConfig {
+        http2_keep_alive_interval: Duration::from_secs(5),
+        http2_keep_alive_timeout: Duration::from_secs(2),
+        ..TimeoutConfig::default()
+    };
+    let g = gateway_with(&[("mute:1", Behaviour::Mute)], round_robin(), timeouts);
+    assert_eq!(call(&g, "GET", "/svc/x").await.0, 504);
+    let pool = endpoint(&g, "mute:1").pool().clone();
+    assert_eq!(pool.open_connections(), 1);
+    // The 504 came at the route's 2 s; the PING goes out 5 s after the
+    // connection opened, its ack is due 2 s later (with the defaults, 30 s
+    // and 20 s, the connection would stay open throughout).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(pool.open_connections(), 1, "still waiting for the ack");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(pool.open_connections(), 0, "closed for the missing ack");
 }
