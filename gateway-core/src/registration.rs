@@ -303,6 +303,20 @@ impl RegistrationApi {
         }
     }
 
+    /// Read-your-writes: the registry published the change before
+    /// answering; this waits until this gateway's routing has applied it, so
+    /// a caller that registered can be routed to at once, and one that
+    /// deregistered is not routed to any more (then it may stop serving).
+    /// Bounded, in case a registry publishes nothing for the change.
+    async fn routing_caught_up(&self) {
+        if let Some(b) = &self.balancer {
+            let version = self.registry.watch().borrow().version;
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_secs(1), b.wait_applied(version))
+                    .await;
+        }
+    }
+
     /// Validates, authorises and stores a registration.
     pub async fn register(
         &self,
@@ -313,14 +327,7 @@ impl RegistrationApi {
         self.authorize(caller, &reg.service, "register")?;
         let (service, address) = (reg.service.clone(), reg.address.clone());
         let out = self.registry.register(reg).await?;
-        if let Some(b) = &self.balancer {
-            // The registry published the registration before answering;
-            // bounded, in case a registry publishes nothing for it.
-            let version = self.registry.watch().borrow().version;
-            let _ =
-                tokio::time::timeout(std::time::Duration::from_secs(1), b.wait_applied(version))
-                    .await;
-        }
+        self.routing_caught_up().await;
         if out.created {
             info!(service = %service, instance = %out.instance_id, address = %address, "Instance registered.");
         }
@@ -342,6 +349,7 @@ impl RegistrationApi {
         key_fields(service, instance_id)?;
         self.authorize(caller, service, "deregister")?;
         let existed = self.registry.deregister(service, instance_id).await?;
+        self.routing_caught_up().await;
         if existed {
             info!(service, instance = instance_id, "Instance deregistered.");
         }
