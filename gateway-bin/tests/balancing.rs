@@ -438,3 +438,65 @@ async fn a_sustained_retry_storm_at_a_fixed_rate_stays_within_the_budget() {
         "{attempts} attempts for {requests} requests in {secs:.2} s"
     );
 }
+
+/// forwarding.proto: an answer carries at most 1,000 header (or trailer)
+/// fields; one with more is invalid and the client gets 502
+/// `upstream_invalid_response`. Over real gRPC, at the bound and past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_with_more_than_1000_fields_is_a_502() {
+    let gw = GatewayProcess::start(&[], &[]).await;
+    let fields = |n: usize| -> Vec<proto::v1::Header> {
+        (0..n)
+            .map(|i| proto::v1::Header {
+                name: format!("x-f{i}"),
+                value: b"v".to_vec().into(),
+            })
+            .collect()
+    };
+    let (at_bound, _) = scripted(move |_| {
+        Ok(ForwardingResp {
+            status: 200,
+            headers: fields(1000),
+            ..Default::default()
+        })
+    })
+    .await;
+    let (past_bound, _) = scripted(move |_| {
+        Ok(ForwardingResp {
+            status: 200,
+            headers: fields(1001),
+            ..Default::default()
+        })
+    })
+    .await;
+    register_ttl(&gw, "many", "many-1", &at_bound).await;
+    register_ttl(&gw, "toomany", "toomany-1", &past_bound).await;
+    gw.wait_routable("many", 1).await;
+    gw.wait_routable("toomany", 1).await;
+
+    // At the bound: all 1,000 fields arrive (read raw: HTTP clients cap a
+    // response head at ~100 fields).
+    let url = reqwest::Url::parse(&gw.url("/many/x")).unwrap();
+    let mut tcp = tokio::net::TcpStream::connect((url.host_str().unwrap(), url.port().unwrap()))
+        .await
+        .unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tcp.write_all(b"GET /many/x HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    tcp.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    assert!(
+        text.starts_with("HTTP/1.1 200"),
+        "{}",
+        &text[..text.len().min(200)]
+    );
+    let head = text.split("\r\n\r\n").next().unwrap();
+    assert_eq!(head.lines().filter(|l| l.starts_with("x-f")).count(), 1000);
+
+    let resp = gw.http.get(gw.url("/toomany/x")).send().await.unwrap();
+    assert_eq!(resp.status(), 502);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "upstream_invalid_response", "{v}");
+}
