@@ -14,7 +14,7 @@ use bytes::Bytes;
 use http::header;
 use serde_json::{Value, json};
 
-use crate::balance::{Ejection, NoEndpoint};
+use crate::balance::Ejection;
 use crate::error::ErrorKind;
 use crate::forward::{self, Dispatch, Target};
 use crate::registry::Health;
@@ -135,10 +135,7 @@ pub fn explain(shared: &Shared, q: &ExplainQuery) -> Result<Value, BadParameter>
     };
     let host = q.host.as_deref().unwrap_or("");
     if !forward::valid_host(host.as_bytes()) {
-        return Err(BadParameter::new(
-            "host",
-            "host is not a valid host[:port]",
-        ));
+        return Err(BadParameter::new("host", "host is not a valid host[:port]"));
     }
     let path = q
         .path
@@ -187,9 +184,10 @@ pub fn explain(shared: &Shared, q: &ExplainQuery) -> Result<Value, BadParameter>
                 let r = forward::matched_route(&snapshot, l, authority, target.path()).ok();
                 (
                     listener_name(l).to_owned(),
-                    r.map_or(Value::Null, |r| {
-                        json!({"service": &*r.service, "prefix": &*r.prefix})
-                    }),
+                    r.map_or(
+                        Value::Null,
+                        |r| json!({"service": &*r.service, "prefix": &*r.prefix}),
+                    ),
                 )
             })
             .collect();
@@ -215,7 +213,7 @@ pub fn explain(shared: &Shared, q: &ExplainQuery) -> Result<Value, BadParameter>
     let won = chosen.as_ref().ok().copied();
     out["other_matching_routes"] = matching
         .iter()
-        .filter(|r| won.is_none_or(|w| !std::ptr::eq(*r, w)))
+        .filter(|r| won.is_none_or(|w| !std::ptr::eq(**r, w)))
         .map(|r| {
             let mut j = route_json(r);
             j["lost_because"] = json!(lost_because(r, won, listener));
@@ -295,17 +293,17 @@ pub fn explain(shared: &Shared, q: &ExplainQuery) -> Result<Value, BadParameter>
             .copied()
             .unwrap_or(Health::Unknown);
         if !candidate {
-            let detail = match (st.ejection, sel.outcome) {
-                (Some(Ejection::Unreachable), _) => format!(
+            let detail = match st.ejection {
+                Some(Ejection::Unreachable) => format!(
                     "ejected: refused a connection; {} ms left (probed every {} ms)",
                     st.ejected_for_ms,
                     crate::balance::PROBE_INTERVAL.as_millis()
                 ),
-                (Some(Ejection::Failing), _) => format!(
+                Some(Ejection::Failing) => format!(
                     "ejected: its calls failed in a row; {} ms left",
                     st.ejected_for_ms
                 ),
-                (None, _) => "not offered by selection".into(),
+                None => "not offered by selection".into(),
             };
             excluded.push(json!({
                 "instance_id": &*ep.instance_id,
@@ -367,7 +365,9 @@ pub fn explain(shared: &Shared, q: &ExplainQuery) -> Result<Value, BadParameter>
             out["dispatch"] = if dispatches.iter().all(|d| *d == first) {
                 json!(dispatch_name(first))
             } else {
-                json!("depends on the pick: Send to instances without `streaming`, Stream to those with it")
+                json!(
+                    "depends on the pick: Send to instances without `streaming`, Stream to those with it"
+                )
             };
             out["outcome"] = json!({
                 "status": null,

@@ -20,10 +20,18 @@ impl Registry for Fixed {
     fn register(&self, _: Registration) -> BoxFuture<'_, Result<RegisterOutcome, RegistryError>> {
         Box::pin(async { Err(RegistryError::Rejected("fixed".into())) })
     }
-    fn deregister<'a>(&'a self, _: &'a str, _: &'a str) -> BoxFuture<'a, Result<bool, RegistryError>> {
+    fn deregister<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a str,
+    ) -> BoxFuture<'a, Result<bool, RegistryError>> {
         Box::pin(async { Ok(false) })
     }
-    fn renew<'a>(&'a self, _: &'a str, _: &'a str) -> BoxFuture<'a, Result<Duration, RegistryError>> {
+    fn renew<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a str,
+    ) -> BoxFuture<'a, Result<Duration, RegistryError>> {
         Box::pin(async { Ok(Duration::ZERO) })
     }
     fn watch(&self) -> watch::Receiver<Arc<Catalog>> {
@@ -31,7 +39,12 @@ impl Registry for Fixed {
     }
     fn service_unreachable(&self, _: &str) {}
     fn status(&self) -> RegistryStatus {
-        RegistryStatus { kind: "fixed", connected: true, last_error: None, sync: None }
+        RegistryStatus {
+            kind: "fixed",
+            connected: true,
+            last_error: None,
+            sync: None,
+        }
     }
 }
 
@@ -46,7 +59,15 @@ struct Inst {
 }
 
 fn inst(service: &'static str, id: &'static str, prefix: &'static str) -> Inst {
-    Inst { service, id, prefix, hosts: &[], visibility: Visibility::Public, streaming: false, health: Health::Passing }
+    Inst {
+        service,
+        id,
+        prefix,
+        hosts: &[],
+        visibility: Visibility::Public,
+        streaming: false,
+        health: Health::Passing,
+    }
 }
 
 fn view(i: &Inst, port: u16) -> InstanceView {
@@ -85,10 +106,18 @@ fn view(i: &Inst, port: u16) -> InstanceView {
 
 fn shared(instances: &[Inst]) -> Shared {
     let catalog = Catalog {
-        instances: instances.iter().enumerate().map(|(n, i)| view(i, 40000 + n as u16)).collect(),
+        instances: instances
+            .iter()
+            .enumerate()
+            .map(|(n, i)| view(i, 40000 + n as u16))
+            .collect(),
         version: 7,
     };
-    let balancer = Balancer::new(BalancerConfig::default(), RetryConfig::default(), TimeoutConfig::default());
+    let balancer = Balancer::new(
+        BalancerConfig::default(),
+        RetryConfig::default(),
+        TimeoutConfig::default(),
+    );
     balancer.apply(&catalog);
     Shared {
         node_id: "test".into(),
@@ -112,7 +141,12 @@ fn q(method: &str, host: &str, path: &str) -> ExplainQuery {
 }
 
 fn ids(v: &Value, key: &str) -> Vec<String> {
-    v[key].as_array().unwrap().iter().map(|e| e["instance_id"].as_str().unwrap().to_owned()).collect()
+    v[key]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["instance_id"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 #[tokio::test]
@@ -120,48 +154,89 @@ async fn host_specific_beats_any_host_and_longest_prefix_wins() {
     let s = shared(&[
         inst("orders", "o1", "/orders"),
         inst("order-admin", "a1", "/orders/admin"),
-        Inst { hosts: &["beta.example"], ..inst("beta", "b1", "/") },
+        Inst {
+            hosts: &["beta.example"],
+            ..inst("beta", "b1", "/")
+        },
     ]);
     let e = explain(&s, &q("GET", "x", "/orders/admin/1")).unwrap();
     assert_eq!(e["route"]["service"], "order-admin");
     assert!(e["route"]["why"].as_str().unwrap().contains("any host"));
     let lost = &e["other_matching_routes"][0];
     assert_eq!(lost["service"], "orders");
-    assert!(lost["lost_because"].as_str().unwrap().contains("shorter prefix"), "{lost}");
+    assert!(
+        lost["lost_because"]
+            .as_str()
+            .unwrap()
+            .contains("shorter prefix"),
+        "{lost}"
+    );
     assert_eq!(e["dispatch"], "Send");
     assert_eq!(ids(&e, "candidates"), ["a1"]);
 
     let e = explain(&s, &q("GET", "BETA.example:8080", "/orders/1")).unwrap();
     assert_eq!(e["route"]["service"], "beta");
-    assert!(e["route"]["why"].as_str().unwrap().contains("host-specific"));
-    assert!(e["other_matching_routes"][0]["lost_because"].as_str().unwrap().contains("any host"));
+    assert!(
+        e["route"]["why"]
+            .as_str()
+            .unwrap()
+            .contains("host-specific")
+    );
+    assert!(
+        e["other_matching_routes"][0]["lost_because"]
+            .as_str()
+            .unwrap()
+            .contains("any host")
+    );
 }
 
 #[tokio::test]
 async fn visibility_is_reported_per_listener() {
-    let s = shared(&[Inst { visibility: Visibility::Internal, ..inst("secret", "s1", "/secret") }]);
+    let s = shared(&[Inst {
+        visibility: Visibility::Internal,
+        ..inst("secret", "s1", "/secret")
+    }]);
     let e = explain(&s, &q("GET", "h", "/secret/x")).unwrap();
     assert_eq!(e["route"], Value::Null);
     assert_eq!(e["outcome"]["status"], 404);
     assert_eq!(e["outcome"]["code"], "route_not_found");
     assert_eq!(e["visible_from"]["public"], Value::Null);
     assert_eq!(e["visible_from"]["internal"]["service"], "secret");
-    assert!(e["other_matching_routes"][0]["lost_because"].as_str().unwrap().contains("not visible on the public listener"));
+    assert!(
+        e["other_matching_routes"][0]["lost_because"]
+            .as_str()
+            .unwrap()
+            .contains("not visible on the public listener")
+    );
     let mut internal = q("GET", "h", "/secret/x");
     internal.listener = Some("internal".into());
-    assert_eq!(explain(&s, &internal).unwrap()["route"]["service"], "secret");
+    assert_eq!(
+        explain(&s, &internal).unwrap()["route"]["service"],
+        "secret"
+    );
 }
 
 #[tokio::test]
 async fn failing_health_ejection_and_streaming_exclude_instances() {
     let s = shared(&[
         inst("svc", "up", "/svc"),
-        Inst { streaming: true, ..inst("svc", "streamer", "/svc") },
-        Inst { health: Health::Failing, ..inst("svc", "sick", "/svc") },
+        Inst {
+            streaming: true,
+            ..inst("svc", "streamer", "/svc")
+        },
+        Inst {
+            health: Health::Failing,
+            ..inst("svc", "sick", "/svc")
+        },
         inst("svc", "refuses", "/svc"),
     ]);
     let snap = s.balancer.snapshot();
-    let ep = snap.services["svc"].endpoints.iter().find(|e| &*e.instance_id == "refuses").unwrap().clone();
+    let ep = snap.services["svc"]
+        .endpoints
+        .iter()
+        .find(|e| &*e.instance_id == "refuses")
+        .unwrap()
+        .clone();
     drop(snap);
     s.balancer.eject(&ep);
 
@@ -170,9 +245,15 @@ async fn failing_health_ejection_and_streaming_exclude_instances() {
     c.sort();
     assert_eq!(c, ["streamer", "up"]);
     let excluded = e["excluded"].as_array().unwrap();
-    let sick = excluded.iter().find(|x| x["instance_id"] == "sick").unwrap();
+    let sick = excluded
+        .iter()
+        .find(|x| x["instance_id"] == "sick")
+        .unwrap();
     assert_eq!(sick["reason"], "health");
-    let refused = excluded.iter().find(|x| x["instance_id"] == "refuses").unwrap();
+    let refused = excluded
+        .iter()
+        .find(|x| x["instance_id"] == "refuses")
+        .unwrap();
     assert_eq!(refused["reason"], "ejected");
     assert_eq!(refused["ejection"], "unreachable");
     assert!(refused["ejected_for_ms"].as_u64().unwrap() > 0);
@@ -183,8 +264,18 @@ async fn failing_health_ejection_and_streaming_exclude_instances() {
     let mut sse = q("GET", "h", "/svc/events");
     sse.accept = Some("text/event-stream".into());
     let e = explain(&s, &sse).unwrap();
-    assert!(e["dispatch"].as_str().unwrap().starts_with("depends on the pick"));
-    let streamer = e["candidates"].as_array().unwrap().iter().find(|c| c["instance_id"] == "streamer").unwrap();
+    assert!(
+        e["dispatch"]
+            .as_str()
+            .unwrap()
+            .starts_with("depends on the pick")
+    );
+    let streamer = e["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["instance_id"] == "streamer")
+        .unwrap();
     assert_eq!(streamer["dispatch"], "Stream");
 
     // A WebSocket leaves out what does not stream.
@@ -193,12 +284,24 @@ async fn failing_health_ejection_and_streaming_exclude_instances() {
     let e = explain(&s, &ws).unwrap();
     assert_eq!(ids(&e, "candidates"), ["streamer"]);
     assert_eq!(e["dispatch"], "Stream");
-    assert!(e["excluded"].as_array().unwrap().iter().any(|x| x["instance_id"] == "up" && x["reason"] == "not_streaming"));
+    assert!(
+        e["excluded"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["instance_id"] == "up" && x["reason"] == "not_streaming")
+    );
 }
 
 #[tokio::test]
 async fn no_instance_left_is_a_503_and_websocket_without_streaming_a_501() {
-    let s = shared(&[Inst { health: Health::Failing, ..inst("down", "d1", "/down") }, inst("plain", "p1", "/plain")]);
+    let s = shared(&[
+        Inst {
+            health: Health::Failing,
+            ..inst("down", "d1", "/down")
+        },
+        inst("plain", "p1", "/plain"),
+    ]);
     let e = explain(&s, &q("GET", "h", "/down")).unwrap();
     assert_eq!(e["outcome"]["status"], 503);
     assert_eq!(e["outcome"]["code"], "no_healthy_instance");
@@ -237,16 +340,29 @@ async fn bad_parameters_are_named() {
 /// offers is an explained candidate.
 #[tokio::test]
 async fn explained_candidates_are_what_select_offers() {
-    let s = shared(&[inst("svc", "a", "/svc"), inst("svc", "b", "/svc"), inst("svc", "c", "/svc")]);
+    let s = shared(&[
+        inst("svc", "a", "/svc"),
+        inst("svc", "b", "/svc"),
+        inst("svc", "c", "/svc"),
+    ]);
     let snap = s.balancer.snapshot();
     let eps = &snap.services["svc"];
-    let c = eps.endpoints.iter().find(|e| &*e.instance_id == "c").unwrap().clone();
+    let c = eps
+        .endpoints
+        .iter()
+        .find(|e| &*e.instance_id == "c")
+        .unwrap()
+        .clone();
     s.balancer.eject(&c);
     let e = explain(&s, &q("GET", "h", "/svc")).unwrap();
     let explained = ids(&e, "candidates");
     for _ in 0..50 {
         for ep in s.balancer.select(eps).unwrap() {
-            assert!(explained.contains(&ep.instance_id.to_string()), "{} offered", ep.instance_id);
+            assert!(
+                explained.contains(&ep.instance_id.to_string()),
+                "{} offered",
+                ep.instance_id
+            );
         }
     }
 }
