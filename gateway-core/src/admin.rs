@@ -230,11 +230,17 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 }
 
 async fn ui_index() -> Response {
-    asset("text/html; charset=utf-8", include_str!("admin/ui/index.html"))
+    asset(
+        "text/html; charset=utf-8",
+        include_str!("admin/ui/index.html"),
+    )
 }
 
 async fn ui_css() -> Response {
-    asset("text/css; charset=utf-8", include_str!("admin/ui/admin.css"))
+    asset(
+        "text/css; charset=utf-8",
+        include_str!("admin/ui/admin.css"),
+    )
 }
 
 async fn ui_js() -> Response {

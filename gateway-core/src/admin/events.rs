@@ -78,9 +78,7 @@ pub(crate) fn diff(
     new: &HashMap<Key, (String, Health, String)>,
 ) -> Vec<Value> {
     let mut out = Vec::new();
-    let ev = |kind: &str, k: &Key, addr: &str, detail: String| {
-        json!({"kind": kind, "service": k.0, "instance_id": k.1, "address": addr, "detail": detail})
-    };
+    let ev = |kind: &str, k: &Key, addr: &str, detail: String| json!({"kind": kind, "service": k.0, "instance_id": k.1, "address": addr, "detail": detail});
     let mut keys: Vec<&Key> = new.keys().chain(old.keys()).collect();
     keys.sort();
     keys.dedup();
@@ -141,9 +139,9 @@ impl EventHub {
         let _ = self.tx.send(Msg::Event(e));
     }
 
-    fn recent(&self) -> Vec<Arc<Value>> {
+    fn recent(&self) -> Vec<Value> {
         let r = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        r.iter().cloned().collect()
+        r.iter().map(|v| (**v).clone()).collect()
     }
 }
 
@@ -232,55 +230,62 @@ pub(crate) fn stream(
             .data(json!({"recent": hub.recent(), "node_id": &*shared.node_id}).to_string()),
     );
     first.push_back(Event::default().event("state").data(state().to_string()));
-    let mut tick = tokio::time::interval_at(
-        tokio::time::Instant::now() + SNAPSHOT_EVERY,
-        SNAPSHOT_EVERY,
-    );
+    let mut tick =
+        tokio::time::interval_at(tokio::time::Instant::now() + SNAPSHOT_EVERY, SNAPSHOT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let draining = shared.draining.clone();
     let st = (rx, first, tick, state, draining);
-    let s = futures_util::stream::unfold(st, |(mut rx, mut pending, mut tick, state, draining)| async move {
-        loop {
-            if let Some(e) = pending.pop_front() {
-                return Some((Ok(e), (rx, pending, tick, state, draining)));
-            }
-            let msg = tokio::select! {
-                // A draining gateway ends the stream: EventSource reconnects
-                // (to another replica, or to this one restarted).
-                _ = draining.cancelled() => return None,
-                m = rx.recv() => m,
-                _ = tick.tick() => Ok(Msg::Changed),
-            };
-            let mut changed = false;
-            let mut take = |m: Result<Msg, broadcast::error::RecvError>, pending: &mut VecDeque<Event>| -> bool {
-                match m {
-                    Ok(Msg::Event(v)) => pending.push_back(Event::default().event("event").data(v.to_string())),
-                    Ok(Msg::Changed) | Err(broadcast::error::RecvError::Lagged(_)) => changed = true,
-                    Err(broadcast::error::RecvError::Closed) => return false,
-                }
-                true
-            };
-            if !take(msg, &mut pending) {
-                return None;
-            }
-            // A burst of changes gets one `state`.
+    let s = futures_util::stream::unfold(
+        st,
+        |(mut rx, mut pending, mut tick, state, draining)| async move {
             loop {
-                match rx.try_recv() {
-                    Ok(m) => {
-                        take(Ok(m), &mut pending);
+                if let Some(e) = pending.pop_front() {
+                    return Some((Ok(e), (rx, pending, tick, state, draining)));
+                }
+                let msg = tokio::select! {
+                    // A draining gateway ends the stream: EventSource reconnects
+                    // (to another replica, or to this one restarted).
+                    _ = draining.cancelled() => return None,
+                    m = rx.recv() => m,
+                    _ = tick.tick() => Ok(Msg::Changed),
+                };
+                let mut changed = false;
+                let mut take = |m: Result<Msg, broadcast::error::RecvError>,
+                                pending: &mut VecDeque<Event>|
+                 -> bool {
+                    match m {
+                        Ok(Msg::Event(v)) => {
+                            pending.push_back(Event::default().event("event").data(v.to_string()))
+                        }
+                        Ok(Msg::Changed) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                            changed = true
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return false,
                     }
-                    Err(broadcast::error::TryRecvError::Lagged(n)) => {
-                        take(Err(broadcast::error::RecvError::Lagged(n)), &mut pending);
+                    true
+                };
+                if !take(msg, &mut pending) {
+                    return None;
+                }
+                // A burst of changes gets one `state`.
+                loop {
+                    match rx.try_recv() {
+                        Ok(m) => {
+                            take(Ok(m), &mut pending);
+                        }
+                        Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                            take(Err(broadcast::error::RecvError::Lagged(n)), &mut pending);
+                        }
+                        Err(_) => break,
                     }
-                    Err(_) => break,
+                }
+                if changed {
+                    pending.push_back(Event::default().event("state").data(state().to_string()));
+                    tick.reset();
                 }
             }
-            if changed {
-                pending.push_back(Event::default().event("state").data(state().to_string()));
-                tick.reset();
-            }
-        }
-    });
+        },
+    );
     Sse::new(s).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }
 
@@ -291,20 +296,44 @@ mod tests {
     fn m(entries: &[(&str, &str, &str, Health)]) -> HashMap<Key, (String, Health, String)> {
         entries
             .iter()
-            .map(|(s, i, a, h)| ((s.to_string(), i.to_string()), (a.to_string(), *h, "d".into())))
+            .map(|(s, i, a, h)| {
+                (
+                    (s.to_string(), i.to_string()),
+                    (a.to_string(), *h, "d".into()),
+                )
+            })
             .collect()
     }
 
     #[test]
     fn diff_names_registrations_deregistrations_and_health_flips() {
-        let old = m(&[("a", "1", "x:1", Health::Passing), ("a", "2", "x:2", Health::Passing)]);
-        let new = m(&[("a", "1", "x:1", Health::Failing), ("b", "1", "y:1", Health::Unknown)]);
+        let old = m(&[
+            ("a", "1", "x:1", Health::Passing),
+            ("a", "2", "x:2", Health::Passing),
+        ]);
+        let new = m(&[
+            ("a", "1", "x:1", Health::Failing),
+            ("b", "1", "y:1", Health::Unknown),
+        ]);
         let e = diff(&old, &new);
         let kinds: Vec<(&str, &str, &str)> = e
             .iter()
-            .map(|e| (e["kind"].as_str().unwrap(), e["service"].as_str().unwrap(), e["instance_id"].as_str().unwrap()))
+            .map(|e| {
+                (
+                    e["kind"].as_str().unwrap(),
+                    e["service"].as_str().unwrap(),
+                    e["instance_id"].as_str().unwrap(),
+                )
+            })
             .collect();
-        assert_eq!(kinds, [("health", "a", "1"), ("deregistered", "a", "2"), ("registered", "b", "1")]);
+        assert_eq!(
+            kinds,
+            [
+                ("health", "a", "1"),
+                ("deregistered", "a", "2"),
+                ("registered", "b", "1")
+            ]
+        );
         assert_eq!(e[0]["health"], "failing");
         assert!(diff(&new, &new).is_empty());
     }
