@@ -41,7 +41,9 @@ async fn explain_routes_candidates_exclusions_and_bad_input() {
     tokio::spawn(async move {
         let mut body = resp.bytes_stream();
         while let Some(Ok(chunk)) = body.next().await {
-            sink.lock().unwrap().push_str(&String::from_utf8_lossy(&chunk));
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&chunk));
         }
     });
 
@@ -56,22 +58,45 @@ async fn explain_routes_candidates_exclusions_and_bad_input() {
     gw.wait_routable("shop", 1).await;
     gw.wait_routable("beta", 1).await;
 
-    let (status, e) = explain(&gw, &[("method", "POST"), ("host", "x"), ("path", "/shop/../shop/1")]).await;
+    let (status, e) = explain(
+        &gw,
+        &[
+            ("method", "POST"),
+            ("host", "x"),
+            ("path", "/shop/../shop/1"),
+        ],
+    )
+    .await;
     assert_eq!(status, 200, "{e}");
     assert_eq!(e["normalised_path"], "/shop/1");
     assert_eq!(e["route"]["service"], "shop");
-    assert!(e["route"]["why"].as_str().unwrap().contains("any host"), "{e}");
+    assert!(
+        e["route"]["why"].as_str().unwrap().contains("any host"),
+        "{e}"
+    );
     assert_eq!(e["candidates"][0]["instance_id"], "shop-1");
     assert_eq!(e["dispatch"], "Send");
     assert_eq!(e["visible_from"]["admin"]["service"], "shop");
 
     let (_, e) = explain(&gw, &[("host", "beta.example:8080"), ("path", "/shop/1")]).await;
     assert_eq!(e["route"]["service"], "beta");
-    assert!(e["route"]["why"].as_str().unwrap().contains("host-specific"), "{e}");
+    assert!(
+        e["route"]["why"]
+            .as_str()
+            .unwrap()
+            .contains("host-specific"),
+        "{e}"
+    );
     assert_eq!(e["other_matching_routes"][0]["service"], "shop");
 
     // A request the instance refuses: ejected as unreachable, and said so.
-    let r = gw.http.get(gw.url("/shop/1")).header("host", "x").send().await.unwrap();
+    let r = gw
+        .http
+        .get(gw.url("/shop/1"))
+        .header("host", "x")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 503);
     let (_, e) = explain(&gw, &[("host", "x"), ("path", "/shop/1")]).await;
     assert_eq!(e["outcome"]["status"], 503, "{e}");
@@ -81,18 +106,32 @@ async fn explain_routes_candidates_exclusions_and_bad_input() {
     assert!(e["excluded"][0]["ejected_for_ms"].as_u64().unwrap() > 0);
 
     // A WebSocket to a service that does not stream.
-    let (_, e) = explain(&gw, &[("host", "beta.example"), ("path", "/shop"), ("websocket", "true")]).await;
+    let (_, e) = explain(
+        &gw,
+        &[
+            ("host", "beta.example"),
+            ("path", "/shop"),
+            ("websocket", "true"),
+        ],
+    )
+    .await;
     assert_eq!(e["outcome"]["code"], "websocket_unsupported", "{e}");
     assert_eq!(e["excluded"][0]["reason"], "not_streaming");
 
     // Bad input: 400 in the gateway's error format, naming the parameter.
     for (query, parameter) in [
-        (vec![("method", "G T"), ("host", "x"), ("path", "/")], "method"),
+        (
+            vec![("method", "G T"), ("host", "x"), ("path", "/")],
+            "method",
+        ),
         (vec![("host", "bad host/x"), ("path", "/")], "host"),
         (vec![("host", "x"), ("path", "nope")], "path"),
         (vec![("host", "x"), ("path", "/a%00")], "path"),
         (vec![("host", "x")], "path"),
-        (vec![("host", "x"), ("path", "/"), ("listener", "side")], "listener"),
+        (
+            vec![("host", "x"), ("path", "/"), ("listener", "side")],
+            "listener",
+        ),
     ] {
         let (status, e) = explain(&gw, &query).await;
         assert_eq!(status, 400, "{query:?}: {e}");
@@ -122,11 +161,21 @@ async fn explain_routes_candidates_exclusions_and_bad_input() {
         .send()
         .await
         .unwrap();
-    assert!(html.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(
+        html.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
     let html = html.text().await.unwrap();
     assert!(html.contains("/admin/ui/admin.js"));
     for asset in ["/admin/ui/admin.js", "/admin/ui/admin.css"] {
-        let r = gw.http.get(format!("http://{}{asset}", gw.admin)).send().await.unwrap();
+        let r = gw
+            .http
+            .get(format!("http://{}{asset}", gw.admin))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200, "{asset}");
     }
     // Other paths still reach admin services.
