@@ -22,9 +22,10 @@ function freePort() {
   });
 }
 
-async function startGateway() {
-  const gw = spawn(gatewayBin, ["--public", "127.0.0.1:0", "--internal", "127.0.0.1:0",
-    "--registration", "127.0.0.1:0", "--admin", "127.0.0.1:0"], { stdio: ["ignore", "pipe", "inherit"], env: { ...process.env, RUST_LOG: "warn" } });
+async function startGateway(at = {}) {
+  const a = (k) => at[k] || "127.0.0.1:0";
+  const gw = spawn(gatewayBin, ["--public", a("public"), "--internal", a("internal"),
+    "--registration", a("registration"), "--admin", a("admin")], { stdio: ["ignore", "pipe", "inherit"], env: { ...process.env, RUST_LOG: "warn" } });
   children.push(gw);
   const line = await new Promise((resolve, reject) => {
     const rl = createInterface({ input: gw.stdout });
@@ -32,7 +33,7 @@ async function startGateway() {
     gw.once("exit", (c) => reject(new Error(`gateway exited (${c})`)));
   });
   const addr = Object.fromEntries(line.split(/\s+/).filter((w) => w.includes("=")).map((w) => w.split("=")));
-  return { gw, admin: `http://${addr.admin}`, registration: `http://${addr.registration}` };
+  return { gw, addr, admin: `http://${addr.admin}`, registration: `http://${addr.registration}` };
 }
 
 async function step(what, f) {
@@ -45,7 +46,7 @@ const backendPort = await freePort();
 const backend = spawn("python3", ["-m", "http.server", String(backendPort), "--bind", "127.0.0.1"], { stdio: "ignore" });
 children.push(backend);
 
-const { admin, registration } = await startGateway();
+const { gw, addr, admin, registration } = await startGateway();
 const browser = await chromium.launch({ executablePath: chromiumPath, args: ["--no-sandbox"] });
 let page;
 try {
@@ -92,6 +93,18 @@ try {
   await page.waitForTimeout(300);
   await page.screenshot({ path: `${shotDir}/admin-ui.png`, fullPage: true });
   console.log(`screenshot: ${shotDir}/admin-ui.png`);
+
+  await step("the page reconnects by itself after a gateway restart", async () => {
+    gw.kill("SIGTERM");
+    await page.locator("#conn[data-state=closed]").waitFor({ timeout: 15000 });
+    await new Promise((r) => gw.exitCode === null ? gw.once("exit", r) : r());
+    await startGateway(addr);
+    await page.locator("#conn[data-state=open]").waitFor({ timeout: 15000 });
+    // The new gateway's registry is empty: the instance is gone from the page.
+    await page.locator('tr[data-instance="web/web-1"]').waitFor({ state: "detached", timeout: 10000 });
+  });
+
+  await page.screenshot({ path: `${shotDir}/admin-ui-restarted.png`, fullPage: true });
 } catch (e) {
   if (page) await page.screenshot({ path: `${shotDir}/admin-ui-failure.png`, fullPage: true }).catch(() => {});
   console.error(`not ok - ${e.stack || e}`);
