@@ -182,3 +182,26 @@ async fn explain_routes_candidates_exclusions_and_bad_input() {
     let v = get_json(&gw.http, &format!("http://{}/nope", gw.admin)).await;
     assert_eq!(v["error"]["code"], "route_not_found");
 }
+
+/// With a real SDK backend (it declares `streaming` and registers its
+/// routes with `stream = true`), explain says `Stream` and the request it
+/// explains is answered.
+#[tokio::test]
+async fn explain_agrees_with_a_real_streaming_backend() {
+    let gw = GatewayProcess::start(&[], &[]).await;
+    let app = service_sdk::Router::new().route(
+        "/sdk/hello",
+        service_sdk::routing::get(|| async { "hello" }),
+    );
+    let _b = support::BackendHandle::start("sdk", app, Some(&gw.registration_url()), |b| b).await;
+    gw.wait_routable("sdk", 1).await;
+    let (status, e) = explain(&gw, &[("host", "localhost"), ("path", "/sdk/hello")]).await;
+    assert_eq!(status, 200, "{e}");
+    assert_eq!(e["route"]["stream"], true, "{e}");
+    assert_eq!(e["candidates"][0]["streaming"], true);
+    assert_eq!(e["dispatch"], "Stream");
+    assert_eq!(e["outcome"]["status"], Value::Null);
+    let r = gw.http.get(gw.url("/sdk/hello")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "hello");
+}
