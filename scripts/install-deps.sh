@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Install the external programs the integration tests need into $REPO/.deps/.
 #
-#   scripts/install-deps.sh [haproxy|consul|kafka|compose|python|valgrind|protoc|all]...
+#   scripts/install-deps.sh [haproxy|consul|kafka|compose|python|valgrind|protoc|chromium|all]...
 #
 # Idempotent: a component that is already installed is skipped quickly.
 # Nothing is installed system-wide except the Debian packages `haproxy`,
-# `valgrind` and `protobuf-compiler` (apt-get) and the Python gRPC packages
-# (pip, into the current python3). `all` does not include valgrind and protoc
+# `valgrind`, `protobuf-compiler`, `chromium` and `chromium-driver` (apt-get) and the Python gRPC packages
+# (pip, into the current python3). `all` does not include valgrind, protoc and chromium
 # (scripts/bench.sh asks for valgrind; protoc only regenerates the committed
-# code of examples/bench/grpc-gateway).
+# code of examples/bench/grpc-gateway; chromium is for the admin UI's
+# browser test, scripts/admin-ui-test.sh).
 #
 # Packages from another Debian suite (Consul from bullseye, compose from
 # trixie) come from the Debian mirror this machine's apt already uses: the
@@ -39,7 +40,7 @@ say() { printf '[install-deps] %s\n' "$*"; }
 die() { printf '[install-deps] ERROR: %s\n' "$*" >&2; exit 1; }
 
 usage() {
-  echo "usage: $0 [haproxy|consul|kafka|compose|python|valgrind|protoc|all]..." >&2
+  echo "usage: $0 [haproxy|consul|kafka|compose|python|valgrind|protoc|chromium|all]..." >&2
   exit 2
 }
 
@@ -196,6 +197,14 @@ install_valgrind() {
 
 # protoc: only to regenerate examples/bench/grpc-gateway's committed code.
 install_protoc() { apt_install protoc protobuf-compiler; }
+
+# chromium + chromedriver (Debian packages `chromium`, `chromium-driver`):
+# the admin UI's browser test (scripts/admin-ui-test.sh) drives headless
+# Chromium with playwright-core, which that script installs with npm.
+install_chromium() {
+  apt_install chromium chromium
+  apt_install chromedriver chromium-driver
+}
 
 # link NAME TARGET  (TARGET relative to $DEPS)
 link_bin() { ln -sfn "../$2" "$DEPS/bin/$1"; }
@@ -434,7 +443,7 @@ want=()
 for arg in "$@"; do
   case "$arg" in
     all) want+=(haproxy consul compose kafka python) ;;
-    haproxy|consul|compose|kafka|python|valgrind|protoc) want+=("$arg") ;;
+    haproxy|consul|compose|kafka|python|valgrind|protoc|chromium) want+=("$arg") ;;
     -h|--help) usage ;;
     *) echo "unknown component: $arg" >&2; usage ;;
   esac

@@ -1,6 +1,10 @@
 //! The admin listener: liveness, readiness, a JSON view of services,
-//! instances and their health; every other path is forwarded with admin
-//! visibility (so `admin` services are reachable here and nowhere else).
+//! instances and their health, `/admin/explain` (how a request would be
+//! routed), the web UI at `/` with its live feed `/admin/events`; every
+//! other path is forwarded with admin visibility (so `admin` services are
+//! reachable here and nowhere else).
+
+pub mod events;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,6 +41,7 @@ struct AdminState {
     shared: Arc<Shared>,
     readiness: Readiness,
     api: RegistrationApi,
+    hub: Arc<events::EventHub>,
 }
 
 async fn healthz() -> Response {
@@ -87,6 +92,11 @@ async fn services(
                 .into_response();
         }
     };
+    axum::Json(view(&s, &q)).into_response()
+}
+
+/// The `/admin/services` view (also the UI's `state`).
+fn view(s: &AdminState, q: &ServicesQuery) -> serde_json::Value {
     let snap = s.shared.balancer.snapshot();
     let mut names: Vec<&Arc<str>> = snap
         .services
@@ -158,7 +168,86 @@ async fn services(
         let service = q.service.as_deref().unwrap_or("");
         out["instances"] = list_to_json(&s.api.list(service))["instances"].take();
     }
-    axum::Json(out).into_response()
+    out
+}
+
+/// What the UI shows: the whole view plus every route.
+fn ui_state(s: &AdminState) -> serde_json::Value {
+    let mut out = view(s, &ServicesQuery::default());
+    let snap = s.shared.balancer.snapshot();
+    let mut routes: Vec<_> = snap.routes.iter().collect();
+    routes.sort_by(|a, b| (&a.prefix, &a.service).cmp(&(&b.prefix, &b.service)));
+    out["route_list"] = routes
+        .into_iter()
+        .map(|r| {
+            json!({"service": &*r.service, "prefix": &*r.prefix, "hosts": r.hosts(),
+                "visibility": r.visibility, "stream": r.stream})
+        })
+        .collect();
+    out["at_ms"] = json!(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    );
+    out
+}
+
+/// `GET /admin/explain?method=&host=&path=[&listener=&websocket=&accept=]`.
+async fn explain(
+    State(s): State<AdminState>,
+    query: Result<
+        axum::extract::Query<crate::explain::ExplainQuery>,
+        axum::extract::rejection::QueryRejection,
+    >,
+) -> Response {
+    let result = match query {
+        Ok(axum::extract::Query(q)) => crate::explain::explain(&s.shared, &q),
+        Err(e) => Err(crate::explain::BadParameter {
+            parameter: "query",
+            message: e.body_text(),
+        }),
+    };
+    match result {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(e) => (StatusCode::BAD_REQUEST, axum::Json(e.to_json())).into_response(),
+    }
+}
+
+async fn event_stream(State(s): State<AdminState>) -> Response {
+    let st = s.clone();
+    events::stream(s.hub.clone(), s.shared.clone(), move || ui_state(&st)).into_response()
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (axum::http::header::CONTENT_TYPE, content_type),
+            (axum::http::header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn ui_index() -> Response {
+    asset(
+        "text/html; charset=utf-8",
+        include_str!("admin/ui/index.html"),
+    )
+}
+
+async fn ui_css() -> Response {
+    asset(
+        "text/css; charset=utf-8",
+        include_str!("admin/ui/admin.css"),
+    )
+}
+
+async fn ui_js() -> Response {
+    asset(
+        "text/javascript; charset=utf-8",
+        include_str!("admin/ui/admin.js"),
+    )
 }
 
 /// Rejected registration calls since start (a client with a wrong or
@@ -178,14 +267,21 @@ pub fn router(
     api: RegistrationApi,
     fallback: HttpService<axum::body::Body>,
 ) -> Router {
+    let hub = events::EventHub::start(shared.clone());
     Router::new()
+        .route("/", get(ui_index))
+        .route("/admin/ui/admin.css", get(ui_css))
+        .route("/admin/ui/admin.js", get(ui_js))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/admin/services", get(services))
+        .route("/admin/explain", get(explain))
+        .route("/admin/events", get(event_stream))
         .with_state(AdminState {
             shared,
             readiness,
             api,
+            hub,
         })
         .fallback_service(fallback)
 }

@@ -593,6 +593,55 @@ impl Balancer {
         }
     }
 
+    /// Whether a service can take a request at `now`, and the filter
+    /// selection applies: the one decision [`Balancer::select`] and
+    /// [`Balancer::explain`] share, so an explanation cannot drift from
+    /// what requests get.
+    fn gate(&self, service: &ServiceEndpoints, now: u64) -> Result<Gate, NoEndpoint> {
+        let all = &service.endpoints;
+        if all.is_empty() {
+            return Err(NoEndpoint::NoneHealthy);
+        }
+        let health = self.health_at(service, now);
+        if health.unreachable == all.len() {
+            return Err(NoEndpoint::AllEjected);
+        }
+        // In panic mode only the unreachable stay out (see module docs).
+        let skipped = health.unreachable + if health.panic { 0 } else { health.failing };
+        Ok(Gate {
+            health,
+            filter: (skipped > 0).then_some((now, health.panic)),
+            usable_count: all.len() - skipped,
+        })
+    }
+
+    /// What [`Balancer::select`] would do with `service` now, without
+    /// selecting (no budget deposit, no pick): the service's state and, per
+    /// routable endpoint, whether it may be a candidate and its stats.
+    pub fn explain(&self, service: &ServiceEndpoints) -> SelectionExplained {
+        let now = self.now_ms();
+        let gate = self.gate(service, now);
+        let health = match &gate {
+            Ok(g) => g.health,
+            Err(_) => self.health_at(service, now),
+        };
+        let filter = gate.as_ref().ok().and_then(|g| g.filter);
+        let endpoints = service
+            .endpoints
+            .iter()
+            .map(|e| {
+                let stats = self.stats(e);
+                let candidate = gate.is_ok() && usable(e, filter);
+                (e.clone(), candidate, stats)
+            })
+            .collect();
+        SelectionExplained {
+            outcome: gate.map(|_| ()),
+            health,
+            endpoints,
+        }
+    }
+
     /// How many instances one request may be offered: the pick plus the
     /// fall-backs retries may use.
     fn candidates_wanted(&self) -> usize {
@@ -607,21 +656,14 @@ impl Balancer {
     /// Counts the request in the service's retry budget. Allocates nothing.
     pub fn select(&self, service: &ServiceEndpoints) -> Result<Candidates, NoEndpoint> {
         let all = &service.endpoints;
-        if all.is_empty() {
-            return Err(NoEndpoint::NoneHealthy);
-        }
-        let now = self.now_ms();
-        let health = self.health_at(service, now);
-        if health.unreachable == all.len() {
-            return Err(NoEndpoint::AllEjected);
-        }
+        let Gate {
+            filter,
+            usable_count,
+            ..
+        } = self.gate(service, self.now_ms())?;
         service.budget.deposit();
         let n = all.len();
-        // In panic mode only the unreachable stay out (see module docs).
-        let skipped = health.unreachable + if health.panic { 0 } else { health.failing };
-        let filter = (skipped > 0).then_some((now, health.panic));
         let usable = |i: usize| usable(&all[i], filter);
-        let usable_count = n - skipped;
         let first = match self.config.strategy {
             BalanceStrategy::RoundRobin => {
                 next_usable(n, service.rr.fetch_add(1, Ordering::Relaxed) % n, usable)
@@ -841,6 +883,26 @@ impl Balancer {
                 .map(|ns| ns / 1e6),
         }
     }
+}
+
+/// The outcome of [`Balancer::gate`].
+struct Gate {
+    health: ServiceHealth,
+    /// When something is ejected: the time (ms) and panic mode.
+    filter: Option<(u64, bool)>,
+    usable_count: usize,
+}
+
+/// [`Balancer::explain`]'s answer.
+#[derive(Debug)]
+pub struct SelectionExplained {
+    /// `Err` when selection would refuse the service (503).
+    pub outcome: Result<(), NoEndpoint>,
+    /// Ejections and panic mode.
+    pub health: ServiceHealth,
+    /// Every routable endpoint: whether selection may offer it, and its
+    /// stats (an ejection and its remaining time say why it is not).
+    pub endpoints: Vec<(Arc<Endpoint>, bool, EndpointStats)>,
 }
 
 /// Counters and state of one endpoint, for the admin view.

@@ -21,7 +21,7 @@ use crate::convert::wire::{self, EncodedRequest};
 use crate::convert::{RequestMeta, ResponseTarget, has_token, request_to_wire, response_from_wire};
 use crate::error::{ErrorKind, ForwardError};
 use crate::request_id::RequestId;
-use crate::routing::{Listener, normalise};
+use crate::routing::{Listener, Route, normalise};
 use crate::server::PeerAddr;
 use crate::shared::Shared;
 use crate::stream::{self, BodySlot, Exchange, RequestFrames, StreamBody, StreamLimits};
@@ -182,20 +182,20 @@ fn is_idempotent(method: &http::Method) -> bool {
 }
 
 /// Where a request goes: the matched route's service and its rules.
-struct Target {
-    service: Arc<str>,
-    prefix: Arc<str>,
+pub(crate) struct Target {
+    pub(crate) service: Arc<str>,
+    pub(crate) prefix: Arc<str>,
     /// The unary budget (`Send`), or the response head's (`Stream`).
-    timeout: Duration,
+    pub(crate) timeout: Duration,
     /// The route asks for `Stream`.
-    stream: bool,
+    pub(crate) stream: bool,
     /// Longest `Stream` exchange.
-    max_duration: Duration,
+    pub(crate) max_duration: Duration,
 }
 
 /// How one request is sent upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Dispatch {
+pub(crate) enum Dispatch {
     /// Buffer the body, one `Send`.
     Unary,
     /// `Stream` the body and the answer.
@@ -225,7 +225,7 @@ where
     drop(snapshot);
     // The streaming dispatches are boxed: their state is large, and kept
     // inline it would grow (and cost a bigger copy on) every unary request.
-    match choose(shared, &parts, &body, &target, &candidates) {
+    match choose(shared, &parts, &body, &target, candidates.first()) {
         Dispatch::Unary => dispatch_unary(shared, parts, body, &target, candidates, started).await,
         Dispatch::Stream => {
             let streaming = candidates.filter(|e| e.streaming);
@@ -307,7 +307,7 @@ fn check_host(parts: &http::request::Parts) -> Result<(), ForwardError> {
 
 /// `uri-host [ ":" port ]` (RFC 9112 3.2, RFC 3986 3.2.2); empty is allowed
 /// (a target without authority). No user info, no path, no spaces.
-fn valid_host(h: &[u8]) -> bool {
+pub(crate) fn valid_host(h: &[u8]) -> bool {
     let (host, port) = if let Some(rest) = h.strip_prefix(b"[") {
         // IP literal: hex digits, ':' and '.' (IPv6, v4-mapped), optional zone not allowed.
         let Some(end) = rest.iter().position(|&b| b == b']') else {
@@ -367,23 +367,50 @@ fn route(
     parts: &http::request::Parts,
 ) -> Result<Target, ForwardError> {
     let authority = crate::convert::authority(parts)?;
-    let segments = normalise(parts.uri.path())?;
-    let route = snapshot
+    let route = matched_route(snapshot, listener, authority, parts.uri.path())?;
+    Ok(Target::of(shared, route))
+}
+
+/// The route a request for `authority` and `path` takes on `listener`
+/// (step 2 without the request; admin explain calls it too).
+pub(crate) fn matched_route<'s>(
+    snapshot: &'s Snapshot,
+    listener: Listener,
+    authority: &str,
+    path: &str,
+) -> Result<&'s Route, ForwardError> {
+    let segments = normalise(path)?;
+    snapshot
         .routes
         .lookup(authority, &segments, |v| listener.allows(v))
-        .ok_or_else(|| {
-            ForwardError::new(
-                ErrorKind::RouteNotFound,
-                format!("no route for {}", parts.uri.path()),
-            )
-        })?;
-    Ok(Target {
-        service: route.service.clone(),
-        prefix: route.prefix.clone(),
-        timeout: route.timeout.unwrap_or(shared.timeouts.request),
-        stream: route.stream,
-        max_duration: route.max_duration.unwrap_or(shared.timeouts.stream_max),
-    })
+        .ok_or_else(|| ForwardError::new(ErrorKind::RouteNotFound, format!("no route for {path}")))
+}
+
+impl Target {
+    /// The rules of a matched route, the gateway's defaults filled in.
+    pub(crate) fn of(shared: &Shared, route: &Route) -> Self {
+        Target {
+            service: route.service.clone(),
+            prefix: route.prefix.clone(),
+            timeout: route.timeout.unwrap_or(shared.timeouts.request),
+            stream: route.stream,
+            max_duration: route.max_duration.unwrap_or(shared.timeouts.stream_max),
+        }
+    }
+}
+
+/// Why a service cannot take a request, as the client is told.
+pub(crate) fn no_endpoint_error(service: &str, why: Option<NoEndpoint>) -> ForwardError {
+    match why {
+        Some(NoEndpoint::AllEjected) => ForwardError::new(
+            ErrorKind::NoHealthyInstance,
+            format!("every instance of service {service} is unreachable"),
+        ),
+        Some(NoEndpoint::NoneHealthy) | None => ForwardError::new(
+            ErrorKind::NoHealthyInstance,
+            format!("service {service} has no healthy instance"),
+        ),
+    }
 }
 
 /// Step 3: the instances to try, best first.
@@ -402,25 +429,21 @@ fn pick(
             if shared.balancer.report_unreachable(service) {
                 shared.registry.service_unreachable(service);
             }
-            Err(ForwardError::new(
-                ErrorKind::NoHealthyInstance,
-                format!("every instance of service {service} is unreachable"),
-            ))
+            Err(no_endpoint_error(service, Some(NoEndpoint::AllEjected)))
         }
-        Some(Err(NoEndpoint::NoneHealthy)) | None => Err(ForwardError::new(
-            ErrorKind::NoHealthyInstance,
-            format!("service {service} has no healthy instance"),
-        )),
+        Some(Err(why)) => Err(no_endpoint_error(service, Some(why))),
+        None => Err(no_endpoint_error(service, None)),
     }
 }
 
-/// Step 4: `Send` or `Stream` (the rule forwarding.proto states).
-fn choose<B: http_body::Body>(
+/// Step 4: `Send` or `Stream` (the rule forwarding.proto states), for the
+/// balancer's pick `first` (admin explain asks it for every candidate).
+pub(crate) fn choose<B: http_body::Body>(
     shared: &Shared,
     parts: &http::request::Parts,
     body: &B,
     target: &Target,
-    candidates: &Candidates,
+    first: &Endpoint,
 ) -> Dispatch {
     if crate::websocket::is_upgrade(parts) {
         return Dispatch::WebSocket;
@@ -430,7 +453,7 @@ fn choose<B: http_body::Body>(
     // body buffered) even on a stream route, so a rolling upgrade between
     // capabilities keeps the balancer's spread. Nothing below is looked at
     // for instances that only speak `Send`.
-    if !candidates.first().streaming {
+    if !first.streaming {
         return Dispatch::Unary;
     }
     let small_and_complete = match declared_length(parts) {

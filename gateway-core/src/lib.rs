@@ -29,6 +29,7 @@ pub mod config;
 pub(crate) mod conn;
 pub mod convert;
 pub mod error;
+pub mod explain;
 pub(crate) mod forward;
 #[cfg(all(any(test, feature = "fuzzing"), feature = "consul", feature = "kafka"))]
 #[doc(hidden)]

@@ -125,6 +125,12 @@ impl Route {
         })
     }
 
+    /// The hosts the route is limited to (lower case, no port); empty =
+    /// any host.
+    pub fn hosts(&self) -> &[String] {
+        &self.hosts
+    }
+
     pub(crate) fn matches(&self, host: &str, segs: &[Cow<'_, str>]) -> bool {
         (self.hosts.is_empty() || self.hosts.iter().any(|h| h.eq_ignore_ascii_case(host)))
             && segs.len() >= self.segments.len()
@@ -219,6 +225,21 @@ impl RouteTable {
             (Some(s), _) => Some(s),
             (None, r) => r,
         }
+    }
+
+    /// Every route, in no particular order (admin view).
+    pub fn iter(&self) -> impl Iterator<Item = &Route> {
+        self.by_first.values().flatten().chain(&self.root)
+    }
+
+    /// Every route that matches the request whatever its visibility, in the
+    /// order [`RouteTable::lookup`] ranks them: the first one a listener
+    /// allows is the one `lookup` returns (admin explain).
+    pub fn matching(&self, authority: &str, segs: &[Cow<'_, str>]) -> Vec<&Route> {
+        let host = strip_port(authority);
+        let mut all: Vec<&Route> = self.iter().filter(|r| r.matches(host, segs)).collect();
+        all.sort_by_key(|r| r.rank());
+        all
     }
 
     /// Number of routes.
@@ -324,6 +345,22 @@ mod tests {
         assert_eq!(find(&t, "h", "/%70ublic/x").as_deref(), Some("public"));
         assert!(normalise("/a%00b").is_err());
         assert!(normalise("*").is_err());
+    }
+
+    #[test]
+    fn matching_ranks_like_lookup() {
+        let t = table();
+        for (host, path) in [
+            ("x", "/orders/admin/1"),
+            ("beta.example", "/orders/1"),
+            ("shop.example", "/x"),
+        ] {
+            let segs = normalise(path).unwrap();
+            let all = t.matching(host, &segs);
+            let best = t.lookup(host, &segs, |_| true).unwrap();
+            assert_eq!(all[0].service, best.service, "{host}{path}");
+            assert!(all.len() >= 2);
+        }
     }
 
     #[test]
