@@ -279,7 +279,9 @@ async fn main() -> anyhow::Result<()> {
     };
     #[cfg(not(feature = "otel"))]
     if config.tracing.otlp_endpoint.is_some() {
-        anyhow::bail!("tracing.otlp_endpoint is set but this gateway was built without the `otel` feature");
+        anyhow::bail!(
+            "tracing.otlp_endpoint is set but this gateway was built without the `otel` feature"
+        );
     }
     tracing_subscriber::registry().with(layers).init();
     if args.print_config {

@@ -227,7 +227,7 @@ where
     // catalogue), released before anything is awaited.
     let snapshot = shared.balancer.snapshot();
     let target = route(shared, &snapshot, listener, &parts)?;
-    crate::otel::record_route(&parts.method, &target.service, &target.prefix);
+    crate::otel::record_route(&target.service, &target.prefix);
     let candidates = pick(shared, &snapshot, &target.service)?;
     drop(snapshot);
     // The streaming dispatches are boxed: their state is large, and kept

@@ -43,13 +43,14 @@ pub fn enabled() -> bool {
     }
 }
 
-/// Records the route a request took on the current `request` span.
+/// Records the route a request took on the current `request` span (its
+/// name stays the method: tracing-opentelemetry names a span when it
+/// starts, before the route is known).
 #[inline]
-pub(crate) fn record_route(_method: &http::Method, _service: &str, _prefix: &str) {
+pub(crate) fn record_route(_service: &str, _prefix: &str) {
     #[cfg(feature = "otel")]
     if enabled() {
         let span = tracing::Span::current();
-        span.record("otel.name", format!("{_method} {_prefix}"));
         span.record("service", _service);
         span.record("route", _prefix);
     }
