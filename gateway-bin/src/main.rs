@@ -257,6 +257,7 @@ async fn main() -> anyhow::Result<()> {
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    #[cfg_attr(not(feature = "otel"), allow(unused_mut))]
     let mut layers: Vec<Boxed> = vec![if args.log_json {
         fmt.json().with_filter(filter).boxed()
     } else {
