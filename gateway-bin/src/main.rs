@@ -252,6 +252,11 @@ async fn main() -> anyhow::Result<()> {
 
     let args = Args::parse();
     let config = load(&args)?;
+    if args.print_config {
+        // Secrets read "<redacted>": the output ends up in tickets and logs.
+        print!("{}", toml::to_string_pretty(&config.redacted())?);
+        return Ok(());
+    }
     // The log filter (RUST_LOG) applies to the log lines only: the trace
     // export has its own (gateway_core::otel).
     let filter =
@@ -285,11 +290,6 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     tracing_subscriber::registry().with(layers).init();
-    if args.print_config {
-        // Secrets read "<redacted>": the output ends up in tickets and logs.
-        print!("{}", toml::to_string_pretty(&config.redacted())?);
-        return Ok(());
-    }
     check_open_file_limit(&config);
     let gateway = Gateway::builder(config.clone()).build().await?;
     #[cfg(unix)]
