@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the external programs the integration tests need into $REPO/.deps/.
 #
-#   scripts/install-deps.sh [haproxy|consul|kafka|compose|python|valgrind|protoc|chromium|all]...
+#   scripts/install-deps.sh [haproxy|consul|kafka|compose|python|valgrind|protoc|chromium|otelcol|all]...
 #
 # Idempotent: a component that is already installed is skipped quickly.
 # Nothing is installed system-wide except the Debian packages `haproxy`,
@@ -40,7 +40,7 @@ say() { printf '[install-deps] %s\n' "$*"; }
 die() { printf '[install-deps] ERROR: %s\n' "$*" >&2; exit 1; }
 
 usage() {
-  echo "usage: $0 [haproxy|consul|kafka|compose|python|valgrind|protoc|chromium|all]..." >&2
+  echo "usage: $0 [haproxy|consul|kafka|compose|python|valgrind|protoc|chromium|otelcol|all]..." >&2
   exit 2
 }
 
@@ -438,12 +438,32 @@ install_python() {
 }
 
 # ---------------------------------------------------------------------------
+# A minimal OpenTelemetry Collector (OTLP receiver + file exporter) built
+# with `go build` from tools/otelcol (modules from the Go module proxy).
+# Rebuilt only when its sources change (their hash is kept beside it).
+install_otelcol() {
+  command -v go >/dev/null 2>&1 || die "otelcol: go not found"
+  local src="$REPO/tools/otelcol" bin="$DEPS/bin/otelcol-fg" want have=""
+  want="$(cat "$src/go.mod" "$src/go.sum" "$src/main.go" | sha256sum | cut -d' ' -f1)"
+  [ -f "$bin.sha256" ] && have="$(cat "$bin.sha256")"
+  if [ -x "$bin" ] && [ "$have" = "$want" ]; then
+    say "otelcol: present"
+    return 0
+  fi
+  say "otelcol: go build (first time: a few minutes)"
+  (cd "$src" && go build -o "$bin.tmp" .) || die "otelcol: go build failed"
+  mv "$bin.tmp" "$bin"
+  echo "$want" > "$bin.sha256"
+  say "otelcol: installed $bin"
+}
+
+# ---------------------------------------------------------------------------
 [ $# -ge 1 ] || set -- all
 want=()
 for arg in "$@"; do
   case "$arg" in
-    all) want+=(haproxy consul compose kafka python) ;;
-    haproxy|consul|compose|kafka|python|valgrind|protoc|chromium) want+=("$arg") ;;
+    all) want+=(haproxy consul compose kafka python otelcol) ;;
+    haproxy|consul|compose|kafka|python|valgrind|protoc|chromium|otelcol) want+=("$arg") ;;
     -h|--help) usage ;;
     *) echo "unknown component: $arg" >&2; usage ;;
   esac

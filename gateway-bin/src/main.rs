@@ -89,6 +89,10 @@ struct Args {
     /// Private key (PEM) of `--upstream-tls-cert`.
     #[arg(long, env = "GATEWAY_UPSTREAM_TLS_KEY", requires = "upstream_tls_cert")]
     upstream_tls_key: Option<PathBuf>,
+    /// OTLP/gRPC endpoint (e.g. http://127.0.0.1:4317) to export
+    /// OpenTelemetry traces to; sets `tracing.otlp_endpoint`.
+    #[arg(long, env = "GATEWAY_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "GATEWAY_LOG_JSON")]
     log_json: bool,
@@ -166,6 +170,9 @@ fn load(args: &Args) -> anyhow::Result<GatewayConfig> {
             .collect::<anyhow::Result<Vec<_>>>()?;
         c.registration.allowed_networks = Some(nets);
     }
+    if let Some(e) = &args.otlp_endpoint {
+        c.tracing.otlp_endpoint = Some(e.clone());
+    }
     c.validate()?;
     Ok(c)
 }
@@ -238,23 +245,51 @@ fn reload_on_sighup(cert: Arc<gateway_core::tls::ReloadingCert>) -> anyhow::Resu
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    type Boxed = Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>;
+
     let args = Args::parse();
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let fmt = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if args.log_json {
-        fmt.json().init();
-    } else {
-        fmt.init();
-    }
     let config = load(&args)?;
     if args.print_config {
         // Secrets read "<redacted>": the output ends up in tickets and logs.
         print!("{}", toml::to_string_pretty(&config.redacted())?);
         return Ok(());
     }
+    // The log filter (RUST_LOG) applies to the log lines only: the trace
+    // export has its own (gateway_core::otel).
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    #[cfg_attr(not(feature = "otel"), allow(unused_mut))]
+    let mut layers: Vec<Boxed> = vec![if args.log_json {
+        fmt.json().with_filter(filter).boxed()
+    } else {
+        fmt.with_filter(filter).boxed()
+    }];
+    #[cfg(feature = "otel")]
+    let otel = match &config.tracing.otlp_endpoint {
+        Some(endpoint) => {
+            let name = config
+                .tracing
+                .service_name
+                .as_deref()
+                .unwrap_or("forwarding-gateway");
+            let otel = gateway_core::otel::Otel::init(endpoint, name)
+                .with_context(|| format!("OpenTelemetry exporter to {endpoint}"))?;
+            layers.push(otel.layer().boxed());
+            Some(otel)
+        }
+        None => None,
+    };
+    #[cfg(not(feature = "otel"))]
+    if config.tracing.otlp_endpoint.is_some() {
+        anyhow::bail!(
+            "tracing.otlp_endpoint is set but this gateway was built without the `otel` feature"
+        );
+    }
+    tracing_subscriber::registry().with(layers).init();
     check_open_file_limit(&config);
     let gateway = Gateway::builder(config.clone()).build().await?;
     #[cfg(unix)]
@@ -274,5 +309,9 @@ async fn main() -> anyhow::Result<()> {
         show(a.admin),
     );
     gateway.serve(listeners, shutdown_signal()).await;
+    #[cfg(feature = "otel")]
+    if let Some(otel) = otel {
+        otel.shutdown();
+    }
     Ok(())
 }

@@ -52,6 +52,20 @@ pub struct GatewayConfig {
     /// client certificate the gateway presents (mTLS). Instances are dialled
     /// over TLS when their registration says `tls` or when `all` is set.
     pub upstream_tls: Option<UpstreamTlsConfig>,
+    /// OpenTelemetry traces (the `otel` cargo feature); off by default.
+    pub tracing: TracingConfig,
+}
+
+/// `[tracing]`: where OpenTelemetry spans go.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TracingConfig {
+    /// OTLP/gRPC endpoint of a collector (`http://127.0.0.1:4317`). Absent:
+    /// no spans are made or exported. Needs a build with the `otel` feature
+    /// (the `gateway` binary's default).
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the exported spans. Default: `forwarding-gateway`.
+    pub service_name: Option<String>,
 }
 
 impl Default for GatewayConfig {
@@ -78,6 +92,7 @@ impl Default for GatewayConfig {
             ],
             consul: None,
             kafka: None,
+            tracing: TracingConfig::default(),
             tls: None,
             upstream_tls: None,
         }

@@ -70,6 +70,9 @@ pub struct RequestMeta<'a> {
     pub matched_prefix: &'a str,
     /// Time budget left for the backend.
     pub deadline: Option<Duration>,
+    /// The trace context to send instead of the client's `traceparent` and
+    /// `tracestate` headers: the gateway's own span, when tracing is on.
+    pub trace: Option<&'a crate::otel::OutgoingTrace>,
 }
 
 /// The request's authority: the URI's (absolute-form or HTTP/2) or the single
@@ -207,8 +210,14 @@ pub fn request_to_wire(
         context: Some(RequestContext {
             request_id: meta.request_id.to_owned(),
             client_addresses,
-            traceparent: header_str("traceparent"),
-            tracestate: header_str("tracestate"),
+            traceparent: match meta.trace {
+                Some(t) => t.traceparent.clone(),
+                None => header_str("traceparent"),
+            },
+            tracestate: match meta.trace {
+                Some(t) => t.tracestate.clone(),
+                None => header_str("tracestate"),
+            },
             deadline_ms: meta
                 .deadline
                 .map(|d| d.as_millis().max(1) as u64)

@@ -58,6 +58,12 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let shared = self.shared.clone();
         let listener = self.listener;
+        #[cfg(feature = "otel")]
+        if crate::otel::enabled() {
+            return Box::pin(async move {
+                crate::otel::request(req, |req| forward(&shared, listener, req)).await
+            });
+        }
         Box::pin(async move { forward(&shared, listener, req).await })
     }
 }
@@ -221,6 +227,7 @@ where
     // catalogue), released before anything is awaited.
     let snapshot = shared.balancer.snapshot();
     let target = route(shared, &snapshot, listener, &parts)?;
+    crate::otel::record_route(&target.service, &target.prefix);
     let candidates = pick(shared, &snapshot, &target.service)?;
     drop(snapshot);
     // The streaming dispatches are boxed: their state is large, and kept
@@ -505,6 +512,7 @@ fn request_meta<'a>(
         service: &target.service,
         matched_prefix: &target.prefix,
         deadline: Some(deadline),
+        trace: parts.extensions.get(),
     }
 }
 
@@ -617,9 +625,19 @@ where
         }
         let call = msg.attempt(remaining.as_millis().max(1) as u64);
         let _in_flight = ep.start();
+        let span = crate::otel::Attempt::start(service, &ep.instance_id, "Send");
         let attempt = Instant::now();
-        let result =
-            tokio::time::timeout_at(deadline, wire::send(ep.upstream(), call, remaining)).await;
+        let result = span
+            .run(tokio::time::timeout_at(
+                deadline,
+                wire::send(ep.upstream(), call, remaining),
+            ))
+            .await;
+        match &result {
+            Err(_) => span.outcome(&"timeout"),
+            Ok(Ok(_)) => span.outcome(&"ok"),
+            Ok(Err(status)) => span.outcome(&status.code()),
+        }
         match result {
             Err(_) => {
                 balancer.observe(&ep, attempt.elapsed());
@@ -817,8 +835,15 @@ where
         let head = request_to_wire(parts, Bytes::new(), None, &meta)?;
         let frames = RequestFrames::new(head, slot.clone(), limit, ex.clone());
         let in_flight = ep.start();
+        let span = crate::otel::Attempt::start(service, &ep.instance_id, "Stream");
         let attempt = Instant::now();
-        match open_stream(&ep, frames, &ex).await {
+        let opened = span.run(open_stream(&ep, frames, &ex)).await;
+        match &opened {
+            Err(e) => span.outcome(&e.kind.code()),
+            Ok(Ok(_)) => span.outcome(&"ok"),
+            Ok(Err(status)) => span.outcome(&status.code()),
+        }
+        match opened {
             Err(e) => {
                 shared.balancer.record(&ep, false);
                 return Err(e);
@@ -913,8 +938,15 @@ async fn dispatch_websocket(
             rx,
         );
         let in_flight = ep.start();
+        let span = crate::otel::Attempt::start(service, &ep.instance_id, "Stream");
         let attempt = Instant::now();
-        match open_stream(&ep, frames, &ex).await {
+        let opened = span.run(open_stream(&ep, frames, &ex)).await;
+        match &opened {
+            Err(e) => span.outcome(&e.kind.code()),
+            Ok(Ok(_)) => span.outcome(&"ok"),
+            Ok(Err(status)) => span.outcome(&status.code()),
+        }
+        match opened {
             Err(e) => {
                 shared.balancer.record(&ep, false);
                 return Err(e);

@@ -154,6 +154,7 @@ pub fn http_to_wire(data: &[u8]) {
         service: "svc",
         matched_prefix: "/svc",
         deadline: input.deadline_ms.map(Duration::from_millis),
+        trace: None,
     };
     let _ = convert::ResponseTarget::of(&parts);
     // The borrowing encoder the `Send` path uses must agree with the

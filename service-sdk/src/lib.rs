@@ -143,6 +143,8 @@ pub use axum::body::Body;
 pub use axum::routing;
 pub use proto;
 
+#[cfg(feature = "otel")]
+pub mod otel;
 mod registration;
 mod stream;
 pub mod ws;
@@ -167,8 +169,11 @@ pub struct ForwardContext {
     pub request_id: String,
     /// Client address chain, oldest first; the last one is the TCP peer of the gateway.
     pub client_addresses: Vec<String>,
-    /// W3C `traceparent`, if any.
+    /// W3C `traceparent`, if any: the gateway's span when it exports
+    /// traces, the client's otherwise.
     pub traceparent: String,
+    /// W3C `tracestate`, if any.
+    pub tracestate: String,
     /// Time left before the gateway gives up, if it set a deadline.
     pub deadline: Option<Duration>,
     /// Node id of the gateway that forwarded the request.
@@ -267,6 +272,7 @@ pub(crate) fn split_wire_request(
         request_id: ctx.request_id,
         client_addresses: ctx.client_addresses,
         traceparent: ctx.traceparent,
+        tracestate: ctx.tracestate,
         deadline: (ctx.deadline_ms > 0).then(|| Duration::from_millis(ctx.deadline_ms)),
         gateway_node: ctx.gateway_node,
         service: ctx.service,
@@ -292,6 +298,30 @@ pub async fn response_to_wire(resp: Response) -> Result<pb::ForwardingResp, axum
     })
 }
 
+/// Calls the handler, inside a span whose parent is the gateway's when
+/// tracing is on (feature `otel`, [`otel::Otel::init`]).
+pub(crate) async fn handle<H: Handler>(handler: &H, req: Request) -> Response {
+    #[cfg(feature = "otel")]
+    {
+        let span = req.extensions().get::<ForwardContext>().and_then(|c| {
+            otel::handle_span(
+                req.method().as_str(),
+                req.uri().path(),
+                &c.service,
+                &c.traceparent,
+                &c.tracestate,
+            )
+        });
+        if let Some(span) = span {
+            use tracing::Instrument;
+            let resp = handler.handle(req).instrument(span.clone()).await;
+            span.record("http.response.status_code", resp.status().as_u16());
+            return resp;
+        }
+    }
+    handler.handle(req).await
+}
+
 /// Serves a [`Handler`] as `ForwardingService`.
 pub struct Forwarding<H>(Arc<H>);
 
@@ -312,7 +342,7 @@ impl<H: Handler> ForwardingService for Forwarding<H> {
         req: tonic::Request<pb::ForwardingReq>,
     ) -> Result<tonic::Response<pb::ForwardingResp>, tonic::Status> {
         let req = request_from_wire(req.into_inner()).map_err(tonic::Status::invalid_argument)?;
-        let resp = self.0.handle(req).await;
+        let resp = handle(&*self.0, req).await;
         let resp = response_to_wire(resp)
             .await
             .map_err(|e| tonic::Status::internal(format!("the response body failed: {e}")))?;

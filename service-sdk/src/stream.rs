@@ -387,7 +387,7 @@ async fn respond<H: Handler>(
     out: mpsc::Sender<pb::StreamResponse>,
     websocket: Option<mpsc::Receiver<ws::Message>>,
 ) -> Result<(), Status> {
-    let resp: Response = handler.handle(req).await;
+    let resp: Response = crate::handle(&*handler, req).await;
     let (mut parts, body) = resp.into_parts();
     let accepted = websocket.is_some() && parts.status == http::StatusCode::SWITCHING_PROTOCOLS;
     let callback = if accepted {

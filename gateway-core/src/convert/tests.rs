@@ -12,6 +12,7 @@ fn meta(trusted: bool) -> RequestMeta<'static> {
         service: "svc",
         matched_prefix: "/svc",
         deadline: Some(Duration::from_millis(1500)),
+        trace: None,
     }
 }
 

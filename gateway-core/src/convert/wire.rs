@@ -295,8 +295,12 @@ impl<'a> Fields<'a> {
             fwd_host,
             peer_ip,
             peer,
-            traceparent: header_str("traceparent"),
-            tracestate: header_str("tracestate"),
+            traceparent: meta
+                .trace
+                .map_or_else(|| header_str("traceparent"), |t| t.traceparent.as_str()),
+            tracestate: meta
+                .trace
+                .map_or_else(|| header_str("tracestate"), |t| t.tracestate.as_str()),
             context_len: 0,
             has_connection: h.contains_key(header::CONNECTION),
         };

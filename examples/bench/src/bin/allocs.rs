@@ -171,6 +171,7 @@ fn meta() -> RequestMeta<'static> {
         service: "bench",
         matched_prefix: "",
         deadline: Some(Duration::from_secs(30)),
+        trace: None,
     }
 }
 

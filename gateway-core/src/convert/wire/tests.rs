@@ -21,6 +21,7 @@ fn meta(trusted: bool, deadline: Option<Duration>, peer: &str) -> RequestMeta<'s
         service: "svc",
         matched_prefix: "/svc",
         deadline,
+        trace: None,
     }
 }
 
