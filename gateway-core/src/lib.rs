@@ -35,6 +35,7 @@ pub(crate) mod forward;
 pub mod fuzzing;
 pub mod gateway;
 pub mod health;
+pub mod metrics;
 pub mod proxy;
 pub mod registration;
 pub mod registry;
