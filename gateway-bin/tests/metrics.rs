@@ -82,18 +82,34 @@ async fn metrics_are_scraped_from_the_admin_listener() {
     assert_eq!(get(&format!("gateway_requests_total{}", ok("GET"))), 3.0);
     assert_eq!(get(&format!("gateway_requests_total{}", ok("POST"))), 1.0);
     assert_eq!(
-        get(&format!("gateway_request_duration_seconds_count{}", ok("GET"))),
+        get(&format!(
+            "gateway_request_duration_seconds_count{}",
+            ok("GET")
+        )),
         3.0
     );
-    assert!(get(&format!("gateway_request_duration_seconds_sum{}", ok("GET"))) > 0.0);
+    assert!(
+        get(&format!(
+            "gateway_request_duration_seconds_sum{}",
+            ok("GET")
+        )) > 0.0
+    );
     assert_eq!(
-        get(r#"gateway_requests_total{listener="public",service="",route="",method="GET",status="4xx"}"#),
+        get(
+            r#"gateway_requests_total{listener="public",service="",route="",method="GET",status="4xx"}"#
+        ),
         1.0
     );
     // The admin listener's own paths (this scrape, the readiness polls)
     // are not forwarded, so not counted.
-    assert!(!m.keys().any(|k| k.contains(r#"listener="admin""#)), "{text}");
-    assert_eq!(get(r#"gateway_upstream_attempts_total{service="metered"}"#), 4.0);
+    assert!(
+        !m.keys().any(|k| k.contains(r#"listener="admin""#)),
+        "{text}"
+    );
+    assert_eq!(
+        get(r#"gateway_upstream_attempts_total{service="metered"}"#),
+        4.0
+    );
     assert_eq!(get("gateway_request_body_bytes_total"), 10.0);
     assert!(get("gateway_response_body_bytes_total") >= 20.0);
     assert_eq!(get("gateway_requests_in_flight"), 0.0);

@@ -262,8 +262,11 @@ impl Metrics {
         let last_read_age = Gauge::<f64, AtomicU64>::default();
         let (kafka_produced, kafka_consumed) = (Counter::default(), Counter::default());
         let kafka_skipped_family = Family::<ReasonLabel, Counter>::default();
-        let kafka_skipped =
-            KAFKA_SKIPS.map(|(reason, _)| kafka_skipped_family.get_or_create(&ReasonLabel { reason }).clone());
+        let kafka_skipped = KAFKA_SKIPS.map(|(reason, _)| {
+            kafka_skipped_family
+                .get_or_create(&ReasonLabel { reason })
+                .clone()
+        });
         let kafka_queue = Gauge::default();
         let protection = Family::<ReasonLabel, Counter>::default();
         let refusal = |reason| protection.get_or_create(&ReasonLabel { reason }).clone();

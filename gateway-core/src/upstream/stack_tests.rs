@@ -576,20 +576,29 @@ async fn requests_are_counted_by_listener_service_route_method_and_status() {
         2.0
     );
     assert_eq!(
-        get(r#"gateway_requests_total{listener="public",service="svc",route="/svc",method="POST",status="2xx"}"#),
+        get(
+            r#"gateway_requests_total{listener="public",service="svc",route="/svc",method="POST",status="2xx"}"#
+        ),
         1.0
     );
     assert_eq!(
-        get(r#"gateway_requests_total{listener="public",service="svc",route="/svc",method="other",status="2xx"}"#),
+        get(
+            r#"gateway_requests_total{listener="public",service="svc",route="/svc",method="other",status="2xx"}"#
+        ),
         1.0
     );
     // No route: empty service and route; the raw path is never a label.
     assert_eq!(
-        get(r#"gateway_requests_total{listener="public",service="",route="",method="GET",status="4xx"}"#),
+        get(
+            r#"gateway_requests_total{listener="public",service="",route="",method="GET",status="4xx"}"#
+        ),
         1.0
     );
     assert!(!text.contains("secret-123") && !text.contains("/svc/x"));
-    assert_eq!(get(r#"gateway_upstream_attempts_total{service="svc"}"#), 4.0);
+    assert_eq!(
+        get(r#"gateway_upstream_attempts_total{service="svc"}"#),
+        4.0
+    );
     assert_eq!(get(r#"gateway_upstream_retries_total{service="svc"}"#), 0.0);
     assert_eq!(get("gateway_requests_in_flight"), 0.0);
     // Each answer is the instance's address, "a:1".
@@ -611,7 +620,10 @@ async fn refused_connections_count_a_failure_a_retry_and_an_ejection() {
     assert_eq!(call(&g, "POST", "/svc/x").await.0, 200);
     let text = scrape(&g);
     let get = |s: &str| sample(&text, s).unwrap_or_else(|| panic!("{s} missing:\n{text}"));
-    assert_eq!(get(r#"gateway_upstream_attempts_total{service="svc"}"#), 2.0);
+    assert_eq!(
+        get(r#"gateway_upstream_attempts_total{service="svc"}"#),
+        2.0
+    );
     assert_eq!(get(r#"gateway_upstream_retries_total{service="svc"}"#), 1.0);
     assert_eq!(
         get(r#"gateway_upstream_failures_total{service="svc",kind="refused_connection"}"#),
@@ -621,7 +633,10 @@ async fn refused_connections_count_a_failure_a_retry_and_an_ejection() {
         get(r#"gateway_upstream_ejections_total{reason="unreachable"}"#),
         1.0
     );
-    assert_eq!(get(r#"gateway_upstream_ejections_total{reason="failing"}"#), 0.0);
+    assert_eq!(
+        get(r#"gateway_upstream_ejections_total{reason="failing"}"#),
+        0.0
+    );
 }
 
 #[tokio::test]
@@ -672,5 +687,9 @@ async fn a_timeout_is_counted_as_one_with_a_5xx() {
             ),
         )
     };
-    assert_eq!((bucket("1.0"), bucket("2.5")), (Some(0.0), Some(1.0)), "{text}");
+    assert_eq!(
+        (bucket("1.0"), bucket("2.5")),
+        (Some(0.0), Some(1.0)),
+        "{text}"
+    );
 }
