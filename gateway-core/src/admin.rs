@@ -250,6 +250,23 @@ async fn ui_js() -> Response {
     )
 }
 
+/// Prometheus metrics (crate::metrics), as OpenMetrics text.
+async fn metrics(State(s): State<AdminState>) -> Response {
+    let balancer = &s.shared.balancer;
+    let text = balancer.metrics().encode(
+        balancer.open_connections() as i64,
+        &s.shared.registry.status(),
+    );
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
 /// Rejected registration calls since start (a client with a wrong or
 /// out-of-scope token shows up here as well as in the log).
 fn registration_counters(api: &RegistrationApi) -> serde_json::Value {
@@ -277,6 +294,7 @@ pub fn router(
         .route("/admin/services", get(services))
         .route("/admin/explain", get(explain))
         .route("/admin/events", get(event_stream))
+        .route("/metrics", get(metrics))
         .with_state(AdminState {
             shared,
             readiness,

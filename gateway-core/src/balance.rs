@@ -266,6 +266,8 @@ pub struct ServiceEndpoints {
     pub registered: usize,
     /// The service's retry budget (kept across snapshots).
     pub budget: Arc<RetryBudget>,
+    /// The service's upstream metric handles (kept across snapshots).
+    pub metrics: Arc<crate::metrics::ServiceMetrics>,
     /// When the registry was last told the service is unreachable
     /// (milliseconds since the balancer's epoch; kept across snapshots).
     unreachable_told_ms: Arc<AtomicU64>,
@@ -320,6 +322,9 @@ pub struct Balancer {
     /// How connections to instances are opened.
     connector: Arc<dyn Connect>,
     epoch: Instant,
+    /// This gateway's metrics (the balancer is what every part of the
+    /// request path holds).
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Balancer {
@@ -364,7 +369,23 @@ impl Balancer {
             upstream_tls,
             connector,
             epoch: Instant::now(),
+            metrics: Arc::new(crate::metrics::Metrics::new()),
         })
+    }
+
+    /// This gateway's metrics.
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.metrics
+    }
+
+    /// Open HTTP/2 connections to every instance of the current snapshot.
+    pub fn open_connections(&self) -> usize {
+        let snap = self.snapshot();
+        snap.services
+            .values()
+            .flat_map(|s| s.endpoints.iter())
+            .map(|e| e.pool().open_connections())
+            .sum()
     }
 
     /// The current snapshot.
@@ -441,6 +462,11 @@ impl Balancer {
                         .get(r.service.as_str())
                         .map(|s| s.unreachable_told_ms.clone())
                         .unwrap_or_default(),
+                    metrics: old
+                        .services
+                        .get(r.service.as_str())
+                        .map(|s| s.metrics.clone())
+                        .unwrap_or_else(|| Arc::new(self.metrics.service(&r.service))),
                     rr: AtomicUsize::new(0),
                 };
                 (s, Vec::new())
@@ -759,6 +785,7 @@ impl Balancer {
         ep.ejected_for.store(code, Ordering::Relaxed);
         let until = now + time.as_millis() as u64;
         if ep.ejected_until_ms.swap(until, Ordering::Relaxed) <= now {
+            self.metrics.ejected(why == Ejection::Unreachable);
             warn!(service = %ep.service, instance = %ep.instance_id, address = %ep.address, reason = ?why, for_ms = time.as_millis() as u64, "Instance ejected.");
         }
     }

@@ -20,6 +20,7 @@ use crate::config::LimitsConfig;
 use crate::convert::wire::{self, EncodedRequest};
 use crate::convert::{RequestMeta, ResponseTarget, has_token, request_to_wire, response_from_wire};
 use crate::error::{ErrorKind, ForwardError};
+use crate::metrics::{self, FailureKind, RouteMetrics, ServiceMetrics};
 use crate::request_id::RequestId;
 use crate::routing::{Listener, Route, normalise};
 use crate::server::PeerAddr;
@@ -58,13 +59,48 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let shared = self.shared.clone();
         let listener = self.listener;
-        #[cfg(feature = "otel")]
-        if crate::otel::enabled() {
-            return Box::pin(async move {
-                crate::otel::request(req, |req| forward(&shared, listener, req)).await
-            });
-        }
-        Box::pin(async move { forward(&shared, listener, req).await })
+        Box::pin(async move {
+            let started = Instant::now();
+            let m = shared.balancer.metrics();
+            let _in_flight = m.in_flight();
+            let method = metrics::method_class(req.method());
+            let mut route = None;
+            #[cfg(feature = "otel")]
+            let result = if crate::otel::enabled() {
+                crate::otel::request(req, |req| {
+                    forward(&shared, listener, req, started, &mut route)
+                })
+                .await
+            } else {
+                forward(&shared, listener, req, started, &mut route).await
+            };
+            #[cfg(not(feature = "otel"))]
+            let result = forward(&shared, listener, req, started, &mut route).await;
+            let status = match &result {
+                Ok(resp) => {
+                    if let Some(n) = http_body::Body::size_hint(resp.body()).exact() {
+                        m.response_bytes.inc_by(n);
+                    }
+                    resp.status().as_u16()
+                }
+                Err(e) => {
+                    match e.kind {
+                        ErrorKind::BodyTooLarge => m.body_too_large.inc(),
+                        ErrorKind::HeadersTooLarge => m.headers_too_large.inc(),
+                        _ => 0,
+                    };
+                    e.kind.status().as_u16()
+                }
+            };
+            m.request(
+                route.as_deref(),
+                listener,
+                method,
+                status,
+                started.elapsed().as_secs_f64(),
+            );
+            result
+        })
     }
 }
 
@@ -215,29 +251,32 @@ async fn forward<B>(
     shared: &Shared,
     listener: Listener,
     req: Request<B>,
+    started: Instant,
+    route_metrics: &mut Option<Arc<RouteMetrics>>,
 ) -> Result<Response<Body>, ForwardError>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let started = Instant::now();
     let (parts, body) = req.into_parts();
     admit(&parts, &shared.limits)?;
     // One snapshot for both steps (a route and its endpoints from the same
     // catalogue), released before anything is awaited.
     let snapshot = shared.balancer.snapshot();
-    let target = route(shared, &snapshot, listener, &parts)?;
+    let target = route(shared, &snapshot, listener, &parts, route_metrics)?;
     crate::otel::record_route(&target.service, &target.prefix);
-    let candidates = pick(shared, &snapshot, &target.service)?;
+    let (candidates, up) = pick(shared, &snapshot, &target.service)?;
     drop(snapshot);
     // The streaming dispatches are boxed: their state is large, and kept
     // inline it would grow (and cost a bigger copy on) every unary request.
     match choose(shared, &parts, &body, &target, candidates.first()) {
-        Dispatch::Unary => dispatch_unary(shared, parts, body, &target, candidates, started).await,
+        Dispatch::Unary => {
+            dispatch_unary(shared, parts, body, &target, candidates, &up, started).await
+        }
         Dispatch::Stream => {
             let streaming = candidates.filter(|e| e.streaming);
             Box::pin(dispatch_stream(
-                shared, &parts, body, &target, streaming, started,
+                shared, &parts, body, &target, streaming, &up, started,
             ))
             .await
         }
@@ -253,7 +292,7 @@ where
                 ));
             }
             Box::pin(dispatch_websocket(
-                shared, parts, &target, streaming, started,
+                shared, parts, &target, streaming, &up, started,
             ))
             .await
         }
@@ -372,9 +411,11 @@ fn route(
     snapshot: &Snapshot,
     listener: Listener,
     parts: &http::request::Parts,
+    route_metrics: &mut Option<Arc<RouteMetrics>>,
 ) -> Result<Target, ForwardError> {
     let authority = crate::convert::authority(parts)?;
     let route = matched_route(snapshot, listener, authority, parts.uri.path())?;
+    *route_metrics = Some(route.metrics.clone());
     Ok(Target::of(shared, route))
 }
 
@@ -425,20 +466,20 @@ fn pick(
     shared: &Shared,
     snapshot: &Snapshot,
     service: &Arc<str>,
-) -> Result<Candidates, ForwardError> {
+) -> Result<(Candidates, Arc<ServiceMetrics>), ForwardError> {
     match snapshot
         .services
         .get(service)
-        .map(|s| shared.balancer.select(s))
+        .map(|s| (shared.balancer.select(s), s))
     {
-        Some(Ok(c)) => Ok(c),
-        Some(Err(NoEndpoint::AllEjected)) => {
+        Some((Ok(c), s)) => Ok((c, s.metrics.clone())),
+        Some((Err(NoEndpoint::AllEjected), _)) => {
             if shared.balancer.report_unreachable(service) {
                 shared.registry.service_unreachable(service);
             }
             Err(no_endpoint_error(service, Some(NoEndpoint::AllEjected)))
         }
-        Some(Err(why)) => Err(no_endpoint_error(service, Some(why))),
+        Some((Err(why), _)) => Err(no_endpoint_error(service, Some(why))),
         None => Err(no_endpoint_error(service, None)),
     }
 }
@@ -554,6 +595,7 @@ async fn dispatch_unary<B>(
     body: B,
     target: &Target,
     candidates: Candidates,
+    up: &ServiceMetrics,
     started: Instant,
 ) -> Result<Response<Body>, ForwardError>
 where
@@ -574,6 +616,11 @@ where
             "request body was not received within the route's timeout",
         )
     })??;
+    shared
+        .balancer
+        .metrics()
+        .request_bytes
+        .inc_by(body.len() as u64);
     let respond_to = ResponseTarget::of(&parts);
     let meta = request_meta(shared, &parts, target, budget);
     let balancer = &shared.balancer;
@@ -604,6 +651,7 @@ where
                     (false, _) => err,
                 });
             }
+            up.retries.inc();
             if unsent {
                 unsent_retries += 1;
             }
@@ -626,6 +674,7 @@ where
         let call = msg.attempt(remaining.as_millis().max(1) as u64);
         let _in_flight = ep.start();
         let span = crate::otel::Attempt::start(service, &ep.instance_id, "Send");
+        up.attempts.inc();
         let attempt = Instant::now();
         let result = span
             .run(tokio::time::timeout_at(
@@ -640,6 +689,7 @@ where
         }
         match result {
             Err(_) => {
+                up.failure(FailureKind::Timeout);
                 balancer.observe(&ep, attempt.elapsed());
                 balancer.record(&ep, false);
                 return Err(timeout_error(service, budget));
@@ -647,12 +697,16 @@ where
             Ok(Ok(resp)) => {
                 balancer.observe(&ep, attempt.elapsed());
                 let converted = response_from_wire(resp.into_inner(), respond_to);
+                if converted.is_err() {
+                    up.failure(FailureKind::InvalidAnswer);
+                }
                 balancer.record(&ep, converted.is_ok());
                 return converted;
             }
             // A failure at or past the deadline (the backend gave up on the
             // grpc-timeout it was sent, say) means the route's budget is spent.
             Ok(Err(_)) if Instant::now() >= deadline => {
+                up.failure(FailureKind::Timeout);
                 balancer.observe(&ep, attempt.elapsed());
                 balancer.record(&ep, false);
                 return Err(timeout_error(service, budget));
@@ -660,6 +714,7 @@ where
             Ok(Err(status)) => {
                 let failure = failure_of(&status);
                 let err = classify(&status, failure, service);
+                up.failure(failure_kind(failure));
                 match failure {
                     Failure::Unreachable => {
                         debug!(service = %service, instance = %ep.instance_id, "Connection refused; trying the next instance.");
@@ -764,13 +819,16 @@ fn stream_failure(
     service: &str,
     retryable: bool,
     ex: &Exchange,
+    up: &ServiceMetrics,
 ) -> Result<ForwardError, ForwardError> {
     if Instant::now() >= ex.limits.max_deadline {
+        up.failure(FailureKind::Timeout);
         shared.balancer.record(ep, false);
         return Err(timeout_error(service, ex.limits.head_timeout));
     }
     let failure = failure_of(status);
     let mut err = classify(status, failure, service);
+    up.failure(failure_kind(failure));
     if status.message().starts_with("malformed stream") {
         err = ForwardError::new(
             ErrorKind::UpstreamInvalidResponse,
@@ -804,6 +862,7 @@ async fn dispatch_stream<B>(
     body: B,
     target: &Target,
     candidates: impl Iterator<Item = Arc<Endpoint>> + Send,
+    up: &ServiceMetrics,
     started: Instant,
 ) -> Result<Response<Body>, ForwardError>
 where
@@ -824,8 +883,11 @@ where
     let mut last_err = None;
     for ep in candidates {
         // Each fall-back to another instance is a retry, from the budget.
-        if last_err.is_some() && !shared.balancer.withdraw_retry(service) {
-            return Err(budget_spent(service));
+        if last_err.is_some() {
+            if !shared.balancer.withdraw_retry(service) {
+                return Err(budget_spent(service));
+            }
+            up.retries.inc();
         }
         let remaining = ex
             .limits
@@ -836,6 +898,7 @@ where
         let frames = RequestFrames::new(head, slot.clone(), limit, ex.clone());
         let in_flight = ep.start();
         let span = crate::otel::Attempt::start(service, &ep.instance_id, "Stream");
+        up.attempts.inc();
         let attempt = Instant::now();
         let opened = span.run(open_stream(&ep, frames, &ex)).await;
         match &opened {
@@ -852,6 +915,7 @@ where
                 let (status, headers, first) = match stream::response_head(head, respond_to) {
                     Ok(h) => h,
                     Err(e) => {
+                        up.failure(FailureKind::InvalidAnswer);
                         shared.balancer.record(&ep, false);
                         warn!(service = %service, instance = %ep.instance_id, error = %e, "Invalid stream head.");
                         return Err(e);
@@ -879,6 +943,7 @@ where
                     service,
                     slot.untouched(),
                     &ex,
+                    up,
                 )?);
             }
         }
@@ -893,6 +958,7 @@ async fn dispatch_websocket(
     mut parts: http::request::Parts,
     target: &Target,
     candidates: impl Iterator<Item = Arc<Endpoint>> + Send,
+    up: &ServiceMetrics,
     started: Instant,
 ) -> Result<Response<Body>, ForwardError> {
     let service = &target.service;
@@ -915,8 +981,11 @@ async fn dispatch_websocket(
     let mut last_err = None;
     for ep in candidates {
         // Each fall-back to another instance is a retry, from the budget.
-        if last_err.is_some() && !shared.balancer.withdraw_retry(service) {
-            return Err(budget_spent(service));
+        if last_err.is_some() {
+            if !shared.balancer.withdraw_retry(service) {
+                return Err(budget_spent(service));
+            }
+            up.retries.inc();
         }
         let remaining = ex
             .limits
@@ -939,6 +1008,7 @@ async fn dispatch_websocket(
         );
         let in_flight = ep.start();
         let span = crate::otel::Attempt::start(service, &ep.instance_id, "Stream");
+        up.attempts.inc();
         let attempt = Instant::now();
         let opened = span.run(open_stream(&ep, frames, &ex)).await;
         match &opened {
@@ -991,11 +1061,23 @@ async fn dispatch_websocket(
                 return Ok(stream::build_response(status, headers, body));
             }
             Ok(Err(status)) => {
-                last_err = Some(stream_failure(shared, &ep, &status, service, true, &ex)?);
+                last_err = Some(stream_failure(
+                    shared, &ep, &status, service, true, &ex, up,
+                )?);
             }
         }
     }
     Err(all_refused(shared, service, last_err))
+}
+
+/// The metric class of a failure that came back as a gRPC status.
+fn failure_kind(f: Failure) -> FailureKind {
+    match f {
+        Failure::Unreachable => FailureKind::RefusedConnection,
+        Failure::Refused => FailureKind::RefusedStream,
+        Failure::Unavailable => FailureKind::GrpcUnavailable,
+        Failure::Failed => FailureKind::GrpcError,
+    }
 }
 
 fn timeout_error(service: &str, budget: Duration) -> ForwardError {

@@ -366,6 +366,7 @@ impl Gateway {
             max_connections: self.config.limits.max_connections,
             max_connections_per_ip: self.config.limits.max_connections_per_ip,
             tls: None,
+            metrics: Some(self.shared.balancer.metrics().clone()),
         };
         let stop = CancellationToken::new();
         // Which listeners speak TLS: [tls] public/internal/registration/admin.

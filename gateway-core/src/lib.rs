@@ -36,6 +36,7 @@ pub(crate) mod forward;
 pub mod fuzzing;
 pub mod gateway;
 pub mod health;
+pub mod metrics;
 pub mod otel;
 pub mod proxy;
 pub mod registration;

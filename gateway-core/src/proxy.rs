@@ -43,6 +43,7 @@ where
     B::Error: Into<BoxError>,
 {
     let max_concurrent = shared.limits.max_concurrent_requests;
+    let metrics = shared.balancer.metrics().clone();
     ServiceBuilder::new()
         // One response body type for every listener (the trace layer wraps it).
         .map_response(|r: Response<_>| r.map(Body::new))
@@ -58,6 +59,14 @@ where
         .layer(RequestIdLayer)
         // The one edge where a classified error becomes a JSON response.
         .layer(ErrorEdgeLayer)
+        // Counts the requests shed below (an error path only: nothing is
+        // done for a request that gets through).
+        .map_err(move |e: BoxError| {
+            if e.is::<tower::load_shed::error::Overloaded>() {
+                metrics.shed.inc();
+            }
+            e
+        })
         // Shed instead of queueing when the gateway is at its concurrency
         // limit: a fast 503 beats a slow timeout under overload.
         .load_shed()

@@ -564,6 +564,21 @@ pub struct RegistryStatus {
     /// Replica sync state, when replicas sync over Kafka.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sync: Option<serde_json::Value>,
+    /// Watch loop counters, for registries that watch a backing store.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub watch: Option<WatchCounters>,
+}
+
+/// What a registry's watch loops did since start (Consul's blocking
+/// queries): the `/metrics` discovery figures.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct WatchCounters {
+    /// Watch queries that returned an answer (changed or not).
+    pub wakeups: u64,
+    /// Watch queries that failed.
+    pub errors: u64,
+    /// Seconds since the last successful read; `None` before the first.
+    pub since_last_read_s: Option<f64>,
 }
 
 /// A source of truth for registrations.

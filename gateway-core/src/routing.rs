@@ -95,6 +95,8 @@ pub struct Route {
     pub stream: bool,
     /// Longest `Stream` exchange; `None` = the gateway's default.
     pub max_duration: Option<Duration>,
+    /// Request metric handles of this route (filled on first use).
+    pub metrics: Arc<crate::metrics::RouteMetrics>,
 }
 
 impl Route {
@@ -110,9 +112,11 @@ impl Route {
             .into_iter()
             .map(Cow::into_owned)
             .collect();
+        let prefix: Arc<str> = canonical(&segments).into();
         Ok(Self {
+            metrics: Arc::new(crate::metrics::RouteMetrics::new(&service, &prefix)),
             service,
-            prefix: canonical(&segments).into(),
+            prefix,
             segments,
             hosts: hosts
                 .iter()

@@ -81,6 +81,8 @@ pub struct ServerOptions {
     /// TLS on this listener (handshake with a timeout, then the same
     /// serving code); `None` = plain HTTP.
     pub tls: Option<TlsAcceptor>,
+    /// Where refused and slow connections are counted, if anywhere.
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 /// A client that was asked to close (idle, draining) and has not within
@@ -235,6 +237,9 @@ where
     /// full, which is fine), then close.
     fn refuse(&self, stream: TcpStream, peer: SocketAddr) {
         let n = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Some(m) = &self.opts.metrics {
+            m.connections_refused.inc();
+        }
         // A TLS client could not read a plain-text answer: it is just closed.
         if self.opts.tls.is_none() {
             let _ = stream.try_write(&self.refusal);
@@ -322,6 +327,11 @@ where
                     match self.verdict(&state, closing, now) {
                         Verdict::Wait(until) => timer.as_mut().reset(until),
                         Verdict::Drop(why) => {
+                            if why == SLOW_FIRST_BYTE
+                                && let Some(m) = &self.opts.metrics
+                            {
+                                m.slow_connections.inc();
+                            }
                             debug!(%peer, why, "Connection closed.");
                             return;
                         }
@@ -341,7 +351,7 @@ where
         if !state.greeted() {
             let deadline = state.started() + self.opts.first_byte_timeout;
             return if now >= deadline {
-                Verdict::Drop("nothing received within timeouts.first_byte")
+                Verdict::Drop(SLOW_FIRST_BYTE)
             } else {
                 Verdict::Wait(deadline)
             };
@@ -365,6 +375,10 @@ where
         }
     }
 }
+
+/// Why a connection that sent nothing in time is dropped (a slow
+/// connection, as `gateway_refused_total{reason="slow_connection"}` counts).
+const SLOW_FIRST_BYTE: &str = "nothing received within timeouts.first_byte";
 
 enum Verdict {
     Wait(Instant),

@@ -52,6 +52,7 @@ pub(crate) mod client;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -546,6 +547,47 @@ struct Inner {
     services_refresh: Arc<Notify>,
     /// Wakes the health watch: services were marked dirty.
     health_refresh: Arc<Notify>,
+    /// What the watch loops did (for `/metrics`).
+    watch_stats: WatchStats,
+}
+
+/// Counters of the watch loops, read by `status()`.
+#[derive(Debug)]
+struct WatchStats {
+    wakeups: AtomicU64,
+    errors: AtomicU64,
+    /// Milliseconds since `epoch` of the last successful read, plus one
+    /// (0 = none yet).
+    last_ok_ms: AtomicU64,
+    epoch: Instant,
+}
+
+impl WatchStats {
+    fn new() -> Self {
+        Self {
+            wakeups: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            last_ok_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn answered(&self) {
+        self.wakeups.fetch_add(1, Ordering::Relaxed);
+        let ms = self.epoch.elapsed().as_millis() as u64 + 1;
+        self.last_ok_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn counters(&self) -> crate::registry::WatchCounters {
+        let last = self.last_ok_ms.load(Ordering::Relaxed);
+        crate::registry::WatchCounters {
+            wakeups: self.wakeups.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+            since_last_read_s: (last > 0).then(|| {
+                (self.epoch.elapsed().as_millis() as u64).saturating_sub(last - 1) as f64 / 1000.0
+            }),
+        }
+    }
 }
 
 /// The Consul-backed registry. Cheap to clone.
@@ -605,6 +647,7 @@ impl ConsulRegistry {
             }),
             services_refresh: Arc::new(Notify::new()),
             health_refresh: Arc::new(Notify::new()),
+            watch_stats: WatchStats::new(),
         });
         tokio::spawn(services_loop(Arc::downgrade(&inner), cancel.clone()));
         tokio::spawn(health_loop(Arc::downgrade(&inner), cancel.clone()));
@@ -853,6 +896,7 @@ impl Watch {
         cancel: &CancellationToken,
     ) -> bool {
         inner.mark_error(context, e);
+        inner.watch_stats.errors.fetch_add(1, Ordering::Relaxed);
         drop(inner);
         self.failures += 1;
         // After a failure read afresh: a restarted agent's index is far below
@@ -882,6 +926,7 @@ async fn services_loop(weak: std::sync::Weak<Inner>, cancel: CancellationToken) 
         let Some(inner) = weak.upgrade() else { return };
         match result {
             Ok(r) => {
+                inner.watch_stats.answered();
                 w.failures = 0;
                 let went_back = r.index < w.index;
                 if !inner.is_connected() || went_back {
@@ -1079,6 +1124,7 @@ async fn health_loop(weak: std::sync::Weak<Inner>, cancel: CancellationToken) {
                 continue;
             }
         };
+        inner.watch_stats.answered();
         w.failures = 0;
         if r.index < w.index {
             // Went backwards: the agent restarted. Read afresh once the
@@ -1455,6 +1501,7 @@ impl Registry for ConsulRegistry {
             connected: st.connected,
             last_error: st.last_error.clone(),
             sync: None,
+            watch: Some(self.inner.watch_stats.counters()),
         }
     }
 

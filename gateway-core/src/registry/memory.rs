@@ -302,6 +302,7 @@ impl Registry for MemoryRegistry {
             connected: true,
             last_error: None,
             sync: None,
+            watch: None,
         }
     }
 }

@@ -571,3 +571,157 @@ async fn the_configured_keep_alive_holds_for_connections_to_instances() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(pool.open_connections(), 0, "closed for the missing ack");
 }
+
+// ---- Metrics (crate::metrics): what a scrape shows after requests. ----
+
+/// The exposition text, as `GET /metrics` renders it.
+fn scrape(g: &Gateway) -> String {
+    use crate::registry::Registry;
+    g.balancer.metrics().encode(
+        g.balancer.open_connections() as i64,
+        &MemoryRegistry::new().status(),
+    )
+}
+
+/// The value of the sample `series` (name and labels, exactly as printed).
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| v.split(' ').next().unwrap().parse().unwrap())
+}
+
+const OK_GET: &str = r#"{listener="public",service="svc",route="/svc",method="GET",status="2xx"}"#;
+
+#[tokio::test]
+async fn requests_are_counted_by_listener_service_route_method_and_status() {
+    let g = gateway(&[("a:1", Behaviour::Answer)], round_robin());
+    call(&g, "GET", "/svc/x").await;
+    call(&g, "GET", "/svc/other/path").await;
+    call(&g, "POST", "/svc/y").await;
+    call(&g, "PATCH", "/svc/y").await;
+    assert_eq!(call(&g, "GET", "/nowhere/secret-123").await.0, 404);
+    let text = scrape(&g);
+    let get = |s: &str| sample(&text, s).unwrap_or_else(|| panic!("{s} missing:\n{text}"));
+    assert_eq!(get(&format!("gateway_requests_total{OK_GET}")), 2.0);
+    assert_eq!(
+        get(&format!("gateway_request_duration_seconds_count{OK_GET}")),
+        2.0
+    );
+    assert_eq!(
+        get(
+            r#"gateway_requests_total{listener="public",service="svc",route="/svc",method="POST",status="2xx"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        get(
+            r#"gateway_requests_total{listener="public",service="svc",route="/svc",method="other",status="2xx"}"#
+        ),
+        1.0
+    );
+    // No route: empty service and route; the raw path is never a label.
+    assert_eq!(
+        get(
+            r#"gateway_requests_total{listener="public",service="",route="",method="GET",status="4xx"}"#
+        ),
+        1.0
+    );
+    assert!(!text.contains("secret-123") && !text.contains("/svc/x"));
+    assert_eq!(
+        get(r#"gateway_upstream_attempts_total{service="svc"}"#),
+        4.0
+    );
+    assert_eq!(get(r#"gateway_upstream_retries_total{service="svc"}"#), 0.0);
+    assert_eq!(get("gateway_requests_in_flight"), 0.0);
+    // Each answer is the instance's address, "a:1".
+    assert!(get("gateway_response_body_bytes_total") >= 12.0, "{text}");
+    assert_eq!(get("gateway_upstream_connections"), 1.0);
+    assert_eq!(get("gateway_registry_connected"), 1.0);
+    assert!(text.ends_with("# EOF\n"));
+}
+
+#[tokio::test]
+async fn refused_connections_count_a_failure_a_retry_and_an_ejection() {
+    let g = gateway(
+        &[
+            ("down:1", Behaviour::RefuseConnect),
+            ("up:2", Behaviour::Answer),
+        ],
+        round_robin(),
+    );
+    assert_eq!(call(&g, "POST", "/svc/x").await.0, 200);
+    let text = scrape(&g);
+    let get = |s: &str| sample(&text, s).unwrap_or_else(|| panic!("{s} missing:\n{text}"));
+    assert_eq!(
+        get(r#"gateway_upstream_attempts_total{service="svc"}"#),
+        2.0
+    );
+    assert_eq!(get(r#"gateway_upstream_retries_total{service="svc"}"#), 1.0);
+    assert_eq!(
+        get(r#"gateway_upstream_failures_total{service="svc",kind="refused_connection"}"#),
+        1.0
+    );
+    assert_eq!(
+        get(r#"gateway_upstream_ejections_total{reason="unreachable"}"#),
+        1.0
+    );
+    assert_eq!(
+        get(r#"gateway_upstream_ejections_total{reason="failing"}"#),
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn a_refused_stream_is_its_own_failure_kind() {
+    let g = gateway(
+        &[
+            ("busy:1", Behaviour::RefuseStream),
+            ("up:2", Behaviour::Answer),
+        ],
+        round_robin(),
+    );
+    assert_eq!(call(&g, "POST", "/svc/x").await.0, 200);
+    let text = scrape(&g);
+    assert_eq!(
+        sample(
+            &text,
+            r#"gateway_upstream_failures_total{service="svc",kind="refused_stream"}"#
+        ),
+        Some(1.0),
+        "{text}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_timeout_is_counted_as_one_with_a_5xx() {
+    let g = gateway(&[("never:1", Behaviour::Never)], round_robin());
+    assert_eq!(call(&g, "GET", "/svc/x").await.0, 504);
+    let text = scrape(&g);
+    assert_eq!(
+        sample(
+            &text,
+            r#"gateway_upstream_failures_total{service="svc",kind="timeout"}"#
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    let series = r#"{listener="public",service="svc",route="/svc",method="GET",status="5xx"}"#;
+    assert_eq!(
+        sample(&text, &format!("gateway_requests_total{series}")),
+        Some(1.0)
+    );
+    // Two seconds on the paused clock: in the 2.5 s bucket, not the 1 s one.
+    let bucket = |le: &str| {
+        sample(
+            &text,
+            &format!(
+                r#"gateway_request_duration_seconds_bucket{{listener="public",service="svc",route="/svc",method="GET",status="5xx",le="{le}"}}"#
+            ),
+        )
+    };
+    assert_eq!(
+        (bucket("1.0"), bucket("2.5")),
+        (Some(0.0), Some(1.0)),
+        "{text}"
+    );
+}
