@@ -44,6 +44,7 @@ impl Registry for Fixed {
             connected: true,
             last_error: None,
             sync: None,
+            watch: None,
         }
     }
 }
