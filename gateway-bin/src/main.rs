@@ -93,6 +93,16 @@ struct Args {
     /// OpenTelemetry traces to; sets `tracing.otlp_endpoint`.
     #[arg(long, env = "GATEWAY_OTLP_ENDPOINT")]
     otlp_endpoint: Option<String>,
+    /// Admin URL of a replica whose view the admin UI shows beside this
+    /// one's (`http://10.0.0.2:8091`; repeatable, `,`-separated in the
+    /// environment). Replaces `admin.peers` of the file.
+    #[arg(
+        long = "admin-peer",
+        value_name = "URL",
+        env = "GATEWAY_ADMIN_PEERS",
+        value_delimiter = ','
+    )]
+    admin_peers: Vec<String>,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "GATEWAY_LOG_JSON")]
     log_json: bool,
@@ -172,6 +182,9 @@ fn load(args: &Args) -> anyhow::Result<GatewayConfig> {
     }
     if let Some(e) = &args.otlp_endpoint {
         c.tracing.otlp_endpoint = Some(e.clone());
+    }
+    if !args.admin_peers.is_empty() {
+        c.admin.peers = args.admin_peers.clone();
     }
     c.validate()?;
     Ok(c)
@@ -262,12 +275,18 @@ async fn main() -> anyhow::Result<()> {
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // The admin UI's log pane: WARN and up, registration and registry INFO,
+    // whatever RUST_LOG says (its own filter).
+    let logs = gateway_core::admin::LogFeed::new();
     #[cfg_attr(not(feature = "otel"), allow(unused_mut))]
-    let mut layers: Vec<Boxed> = vec![if args.log_json {
-        fmt.json().with_filter(filter).boxed()
-    } else {
-        fmt.with_filter(filter).boxed()
-    }];
+    let mut layers: Vec<Boxed> = vec![
+        if args.log_json {
+            fmt.json().with_filter(filter).boxed()
+        } else {
+            fmt.with_filter(filter).boxed()
+        },
+        logs.layer().boxed(),
+    ];
     #[cfg(feature = "otel")]
     let otel = match &config.tracing.otlp_endpoint {
         Some(endpoint) => {
@@ -291,7 +310,10 @@ async fn main() -> anyhow::Result<()> {
     }
     tracing_subscriber::registry().with(layers).init();
     check_open_file_limit(&config);
-    let gateway = Gateway::builder(config.clone()).build().await?;
+    let gateway = Gateway::builder(config.clone())
+        .log_feed(logs)
+        .build()
+        .await?;
     #[cfg(unix)]
     if let Some(cert) = gateway.tls_certificate() {
         reload_on_sighup(cert)?;

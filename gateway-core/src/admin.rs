@@ -1,10 +1,15 @@
 //! The admin listener: liveness, readiness, a JSON view of services,
 //! instances and their health, `/admin/explain` (how a request would be
-//! routed), the web UI at `/` with its live feed `/admin/events`; every
-//! other path is forwarded with admin visibility (so `admin` services are
+//! routed), the web UI at `/` with its live feed `/admin/events` (events
+//! and log lines, [`LogFeed`]), every replica's view side by side
+//! (`/admin/replicas`, `[admin] peers`); every other path is forwarded with admin visibility (so `admin` services are
 //! reachable here and nowhere else).
 
 pub mod events;
+mod logs;
+mod replicas;
+
+pub use logs::{FeedLayer, LogFeed, REQUEST_SPAN_TARGET};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,6 +47,17 @@ struct AdminState {
     readiness: Readiness,
     api: RegistrationApi,
     hub: Arc<events::EventHub>,
+    peers: Arc<crate::config::AdminConfig>,
+}
+
+/// What the admin router needs besides the gateway: the other replicas and
+/// the log feed, both optional.
+#[derive(Debug, Clone, Default)]
+pub struct AdminOptions {
+    /// `[admin]`: peers and their timeout.
+    pub config: crate::config::AdminConfig,
+    /// Log lines for the UI's pane (the binary installs its layer).
+    pub logs: Option<LogFeed>,
 }
 
 async fn healthz() -> Response {
@@ -213,6 +229,28 @@ async fn explain(
     }
 }
 
+/// `GET /admin/replicas`: this replica's view and every peer's, fetched
+/// now (see `admin/replicas.rs`).
+async fn replicas(State(s): State<AdminState>) -> Response {
+    let me = json!({"url": null, "up": true, "self": true, "latency_ms": 0.0,
+        "view": view(&s, &ServicesQuery::default())});
+    let fetches = s
+        .peers
+        .peers
+        .iter()
+        .map(|url| replicas::fetch(url, s.peers.peer_timeout));
+    let mut out = vec![me];
+    for mut r in futures_util::future::join_all(fetches).await {
+        // The list is the same on every replica: this one is in it.
+        if r["view"]["node_id"].as_str() == Some(&*s.shared.node_id) {
+            out[0]["url"] = r["url"].take();
+            continue;
+        }
+        out.push(r);
+    }
+    axum::Json(json!({"node_id": &*s.shared.node_id, "replicas": out})).into_response()
+}
+
 async fn event_stream(State(s): State<AdminState>) -> Response {
     let st = s.clone();
     events::stream(s.hub.clone(), s.shared.clone(), move || ui_state(&st)).into_response()
@@ -283,8 +321,9 @@ pub fn router(
     readiness: Readiness,
     api: RegistrationApi,
     fallback: HttpService<axum::body::Body>,
+    options: AdminOptions,
 ) -> Router {
-    let hub = events::EventHub::start(shared.clone());
+    let hub = events::EventHub::start(shared.clone(), options.logs);
     Router::new()
         .route("/", get(ui_index))
         .route("/admin/ui/admin.css", get(ui_css))
@@ -294,12 +333,14 @@ pub fn router(
         .route("/admin/services", get(services))
         .route("/admin/explain", get(explain))
         .route("/admin/events", get(event_stream))
+        .route("/admin/replicas", get(replicas))
         .route("/metrics", get(metrics))
         .with_state(AdminState {
             shared,
             readiness,
             api,
             hub,
+            peers: Arc::new(options.config),
         })
         .fallback_service(fallback)
 }

@@ -54,6 +54,32 @@ pub struct GatewayConfig {
     pub upstream_tls: Option<UpstreamTlsConfig>,
     /// OpenTelemetry traces (the `otel` cargo feature); off by default.
     pub tracing: TracingConfig,
+    /// The admin listener's UI: the other replicas it shows.
+    pub admin: AdminConfig,
+}
+
+/// `[admin]`: how the admin UI finds the other replicas.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Admin URLs of every replica (`http://10.0.0.2:8091`), this one
+    /// included or not: the same list on every replica, like HAProxy's
+    /// server list. `/admin/replicas` and the UI show each one's view side
+    /// by side. Empty: this replica alone.
+    pub peers: Vec<String>,
+    /// How long `/admin/replicas` waits for one peer before showing it
+    /// as down.
+    #[serde(with = "humantime_serde")]
+    pub peer_timeout: Duration,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            peers: Vec::new(),
+            peer_timeout: Duration::from_millis(1000),
+        }
+    }
 }
 
 /// `[tracing]`: where OpenTelemetry spans go.
@@ -93,6 +119,7 @@ impl Default for GatewayConfig {
             consul: None,
             kafka: None,
             tracing: TracingConfig::default(),
+            admin: AdminConfig::default(),
             tls: None,
             upstream_tls: None,
         }
@@ -797,6 +824,20 @@ impl GatewayConfig {
         }
         if self.health.interval.is_zero() {
             return err("health.interval", "must be greater than 0");
+        }
+        if self.admin.peer_timeout.is_zero() {
+            return err("admin.peer_timeout", "must be greater than 0");
+        }
+        for peer in &self.admin.peers {
+            let ok = peer
+                .parse::<http::Uri>()
+                .is_ok_and(|u| u.scheme_str() == Some("http") && u.host().is_some());
+            if !ok {
+                return Err(ConfigError {
+                    setting: "admin.peers",
+                    reason: format!("{peer:?} is not an http://host:port URL"),
+                });
+            }
         }
         if self.health.timeout >= self.health.interval {
             return err("health.timeout", "must be shorter than health.interval");

@@ -129,6 +129,7 @@ pub enum BuildError {
 pub struct GatewayBuilder {
     config: GatewayConfig,
     registry: Option<Arc<dyn Registry>>,
+    logs: Option<admin::LogFeed>,
 }
 
 impl GatewayBuilder {
@@ -139,6 +140,13 @@ impl GatewayBuilder {
         self
     }
 
+    /// Show this feed's log lines in the admin UI (install
+    /// [`LogFeed::layer`](admin::LogFeed::layer) in the subscriber).
+    pub fn log_feed(mut self, feed: admin::LogFeed) -> Self {
+        self.logs = Some(feed);
+        self
+    }
+
     /// Connects what the configuration names (Consul, Kafka) and builds the
     /// gateway. The node id defaults to `<host name>-<process id>`.
     pub async fn build(self) -> Result<Gateway, BuildError> {
@@ -146,8 +154,11 @@ impl GatewayBuilder {
         config.validate()?;
         #[cfg_attr(not(feature = "kafka"), allow(unused_variables))]
         let node_id = config.node_id.get_or_insert_with(default_node_id).clone();
+        let logs = self.logs;
         if let Some(registry) = self.registry {
-            return Ok(Gateway::new(config, registry)?);
+            let mut gateway = Gateway::new(config, registry)?;
+            gateway.logs = logs;
+            return Ok(gateway);
         }
         // Refused before anything is connected (`[kafka]` implies `[consul]`,
         // so it is checked first to name the missing feature that matters).
@@ -188,6 +199,7 @@ impl GatewayBuilder {
         let kafka = None;
         let mut gateway = Gateway::new(config, registry)?;
         gateway.kafka = kafka;
+        gateway.logs = logs;
         Ok(gateway)
     }
 }
@@ -218,6 +230,8 @@ pub struct Gateway {
     #[cfg(not(feature = "kafka"))]
     kafka: Option<std::convert::Infallible>,
     _follow: tokio::task::JoinHandle<()>,
+    /// Log lines for the admin UI.
+    logs: Option<admin::LogFeed>,
 }
 
 impl Gateway {
@@ -226,6 +240,7 @@ impl Gateway {
         GatewayBuilder {
             config,
             registry: None,
+            logs: None,
         }
     }
 
@@ -293,6 +308,7 @@ impl Gateway {
             tls,
             kafka: None,
             _follow: follow,
+            logs: None,
         })
     }
 
@@ -343,6 +359,10 @@ impl Gateway {
             self.readiness.clone(),
             self.api.clone(),
             HttpService::new(proxy_stack(self.shared.clone(), Listener::Admin)),
+            admin::AdminOptions {
+                config: self.config.admin.clone(),
+                logs: self.logs.clone(),
+            },
         )
     }
 

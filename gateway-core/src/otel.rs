@@ -232,6 +232,11 @@ mod on {
             otel.kind = "server",
             http.request.method = req.method().as_str(),
             url.path = req.uri().path(),
+            // Read by the admin UI's log pane (`admin::LogFeed`).
+            request_id = req
+                .extensions()
+                .get::<crate::request_id::RequestId>()
+                .map(crate::request_id::RequestId::as_str),
             service = tracing::field::Empty,
             route = tracing::field::Empty,
             outcome = tracing::field::Empty,

@@ -47,16 +47,19 @@ where
     ServiceBuilder::new()
         // One response body type for every listener (the trace layer wraps it).
         .map_response(|r: Response<_>| r.map(Body::new))
-        // A span per request with method and URI; responses and 5xx are
-        // logged at DEBUG so a busy gateway does not log every request (the
-        // causes of upstream failures are logged once, where classified).
+        // Request id first, so every response below - errors included - carries it.
+        .layer(RequestIdLayer)
+        // A span per request with method, URI and request id (so a warning
+        // logged inside names its request: the admin UI's log pane reads
+        // it); responses and 5xx are logged at DEBUG so a busy gateway does
+        // not log every request (the causes of upstream failures are
+        // logged once, where classified).
         .layer(
             TraceLayer::new_for_http()
+                .make_span_with(request_span as fn(&Request<B>) -> tracing::Span)
                 .on_response(DefaultOnResponse::new().level(Level::DEBUG))
                 .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
         )
-        // Request id first, so every response below - errors included - carries it.
-        .layer(RequestIdLayer)
         // The one edge where a classified error becomes a JSON response.
         .layer(ErrorEdgeLayer)
         // Counts the requests shed below (an error path only: nothing is
@@ -73,6 +76,18 @@ where
         .concurrency_limit(max_concurrent)
         // Route, body limits, balance, call, convert back (forward.rs).
         .service(Forward::new(shared, listener))
+}
+
+/// The request's span: DEBUG, so it costs nothing unless a layer wants it
+/// (the log feed does, for `request_id`: `admin::LogFeed`).
+fn request_span<B>(req: &Request<B>) -> tracing::Span {
+    tracing::debug_span!(
+        target: crate::admin::REQUEST_SPAN_TARGET,
+        "request",
+        method = %req.method(),
+        uri = %req.uri(),
+        request_id = req.extensions().get::<RequestId>().map(RequestId::as_str),
+    )
 }
 
 /// Layer for [`ErrorEdge`].

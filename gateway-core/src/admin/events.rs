@@ -19,6 +19,7 @@ use futures_util::Stream;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
+use super::logs::LogFeed;
 use crate::balance::Ejection;
 use crate::registry::{Catalog, Health};
 use crate::shared::Shared;
@@ -33,6 +34,7 @@ pub const EJECTION_SCAN: Duration = Duration::from_millis(250);
 #[derive(Clone, Debug)]
 enum Msg {
     Event(Arc<Value>),
+    Log(Arc<Value>),
     Changed,
 }
 
@@ -40,9 +42,10 @@ enum Msg {
 pub struct EventHub {
     tx: broadcast::Sender<Msg>,
     recent: Mutex<VecDeque<Arc<Value>>>,
+    logs: Option<LogFeed>,
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -115,13 +118,18 @@ pub(crate) fn diff(
 impl EventHub {
     /// A hub following `shared`'s registry and balancer; its task ends when
     /// the hub is dropped or the registry's channel closes.
-    pub fn start(shared: Arc<Shared>) -> Arc<Self> {
+    /// With `logs`, the streams carry its lines too (`log` events).
+    pub fn start(shared: Arc<Shared>, logs: Option<LogFeed>) -> Arc<Self> {
         let hub = Arc::new(EventHub {
             tx: broadcast::channel(1024).0,
             recent: Mutex::new(VecDeque::with_capacity(RECENT)),
+            logs,
         });
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(follow(Arc::downgrade(&hub), shared));
+            if let Some(feed) = &hub.logs {
+                rt.spawn(relay_logs(Arc::downgrade(&hub), feed.subscribe()));
+            }
         }
         hub
     }
@@ -142,6 +150,21 @@ impl EventHub {
     fn recent(&self) -> Vec<Value> {
         let r = self.recent.lock().unwrap_or_else(|p| p.into_inner());
         r.iter().map(|v| (**v).clone()).collect()
+    }
+}
+
+/// Passes the log feed's lines to the streams (a lagging relay skips lines:
+/// the UI's pane is a view, not the record).
+async fn relay_logs(hub: Weak<EventHub>, mut rx: broadcast::Receiver<Arc<Value>>) {
+    loop {
+        match rx.recv().await {
+            Ok(line) => {
+                let Some(hub) = hub.upgrade() else { return };
+                let _ = hub.tx.send(Msg::Log(line));
+            }
+            Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
     }
 }
 
@@ -227,7 +250,14 @@ pub(crate) fn stream(
         Event::default()
             .event("hello")
             .retry(Duration::from_secs(1))
-            .data(json!({"recent": hub.recent(), "node_id": &*shared.node_id}).to_string()),
+            .data(
+                json!({
+                    "recent": hub.recent(),
+                    "logs": hub.logs.as_ref().map(LogFeed::recent),
+                    "node_id": &*shared.node_id,
+                })
+                .to_string(),
+            ),
     );
     first.push_back(Event::default().event("state").data(state().to_string()));
     let mut tick =
@@ -256,6 +286,9 @@ pub(crate) fn stream(
                     match m {
                         Ok(Msg::Event(v)) => {
                             pending.push_back(Event::default().event("event").data(v.to_string()))
+                        }
+                        Ok(Msg::Log(v)) => {
+                            pending.push_back(Event::default().event("log").data(v.to_string()))
                         }
                         Ok(Msg::Changed) | Err(broadcast::error::RecvError::Lagged(_)) => {
                             changed = true

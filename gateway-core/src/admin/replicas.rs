@@ -1,0 +1,107 @@
+//! `GET /admin/replicas`: every replica's view side by side. The gateway
+//! fetches each peer's `/admin/services` itself (the browser talks to one
+//! admin listener only: no CORS, no peer reachable from the operator's
+//! laptop needed), concurrently, each with `[admin] peer_timeout`; a peer
+//! that does not answer in time is listed as down with the error.
+//!
+//! Peers are the static `[admin] peers` list (`--admin-peer`): the same
+//! list on every replica, like HAProxy's server list; this replica finds
+//! itself in it by node id and is shown once, from memory.
+//!
+//! The client is a plain HTTP/1.1 request over hyper (`http://` only): the
+//! admin listener serves TLS only when `[tls] admin` is set, and a gateway
+//! built without the `consul` feature has no reqwest.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Empty};
+use serde_json::{Value, json};
+
+/// The most of a peer's answer read (a peer with thousands of instances
+/// answers in a few MB; more than this is not a view a column can show).
+const MAX_ANSWER: usize = 16 << 20;
+
+/// One peer's `/admin/services`, or why there is none.
+pub(crate) async fn fetch(url: &str, timeout: Duration) -> Value {
+    let started = Instant::now();
+    let result = tokio::time::timeout(timeout, get_services(url)).await;
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    let ms = (ms * 10.0).round() / 10.0;
+    match result {
+        Ok(Ok(view)) => json!({"url": url, "up": true, "latency_ms": ms, "view": view}),
+        Ok(Err(e)) => json!({"url": url, "up": false, "latency_ms": ms, "error": e}),
+        Err(_) => json!({"url": url, "up": false, "latency_ms": ms,
+            "error": format!("no answer within {} ms", timeout.as_millis())}),
+    }
+}
+
+async fn get_services(url: &str) -> Result<Value, String> {
+    let base: http::Uri = url.parse().map_err(|e| format!("bad peer URL: {e}"))?;
+    if base.scheme_str() != Some("http") {
+        return Err("only http:// peers are supported".into());
+    }
+    let authority = base
+        .authority()
+        .ok_or("peer URL has no host")?
+        .as_str()
+        .to_owned();
+    let port = base.port_u16().unwrap_or(80);
+    let host = base.host().unwrap_or_default().trim_matches(['[', ']']);
+    let stream = tokio::net::TcpStream::connect((host, port))
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+    let conn = tokio::spawn(conn);
+    let req = http::Request::get("/admin/services")
+        .header(http::header::HOST, authority)
+        .header(http::header::ACCEPT, "application/json")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let resp = send
+        .send_request(req)
+        .await
+        .map_err(|e| format!("request: {e}"))?;
+    let status = resp.status();
+    let body = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER)
+        .collect()
+        .await
+        .map_err(|e| format!("reading the answer: {e}"))?
+        .to_bytes();
+    conn.abort();
+    if !status.is_success() {
+        return Err(format!("answered {status}"));
+    }
+    serde_json::from_slice(&body).map_err(|e| format!("not a services view: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_peer_that_does_not_answer_is_down_with_the_error() {
+        // A bound socket that never accepts: the connection waits in the
+        // backlog, so the request times out.
+        let quiet = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", quiet.local_addr().unwrap());
+        let v = fetch(&url, Duration::from_millis(100)).await;
+        assert_eq!(v["up"], false);
+        assert!(
+            v["error"].as_str().unwrap().contains("within 100 ms"),
+            "{v}"
+        );
+
+        // Nothing listening: refused.
+        drop(quiet);
+        let v = fetch(&url, Duration::from_secs(2)).await;
+        assert_eq!(v["up"], false);
+        assert!(v["error"].as_str().unwrap().starts_with("connect"), "{v}");
+
+        let v = fetch("https://127.0.0.1:1", Duration::from_secs(1)).await;
+        assert_eq!(v["error"], "only http:// peers are supported");
+    }
+}
