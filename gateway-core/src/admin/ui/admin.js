@@ -1,6 +1,9 @@
-// The gateway's admin UI: state and events from /admin/events (server-sent
-// events; EventSource reconnects by itself after a gateway restart), the
-// explain form from /admin/explain. No dependencies, no build step.
+// The gateway's admin UI: state, events and log lines from /admin/events
+// (server-sent events; EventSource reconnects by itself after a gateway
+// restart), the other replicas from /admin/replicas (fetched when a `state`
+// arrives, at most one request at a time and one a second: no polling of
+// its own), the explain form from /admin/explain. No dependencies, no build
+// step.
 "use strict";
 
 const $ = (sel) => document.querySelector(sel);
@@ -59,6 +62,9 @@ function renderState(s) {
   previousRows = seen;
   $("#instances tbody").replaceChildren(...rows);
 
+  renderRegistry(s.registry);
+  refreshReplicas();
+
   $("#routes tbody").replaceChildren(...(s.route_list || []).map((r) => el("tr", {},
     td(r.prefix), td(r.hosts.length ? r.hosts.join(", ") : "any"), td(r.service), td(r.visibility), td(r.stream ? "yes" : "no"))));
 }
@@ -73,6 +79,140 @@ function addEvent(e, atTop = true) {
   while (list.children.length > 200) list.lastChild.remove();
 }
 
+// Registry and sync: whatever RegistryStatus carries (Kafka counters, lag
+// when there is one), flattened, so a new field shows without a UI change.
+function renderRegistry(r) {
+  const out = $("#registry-state");
+  if (!r) { out.replaceChildren(); return; }
+  const rows = [];
+  const yesNo = (v) => el("dd", { class: v ? "ok" : "bad" }, v ? "yes" : "no");
+  const pair = (k, v) => { rows.push(el("dt", {}, k), v instanceof Node ? v : el("dd", {}, v ?? "-")); };
+  pair("Registry", r.kind);
+  rows.push(el("dt", {}, "Connected"), Object.assign(yesNo(r.connected), { id: "registry-connected" }));
+  pair("Last error", r.last_error || "none");
+  if (r.watch) {
+    pair("Watch wake-ups", r.watch.wakeups);
+    pair("Watch errors", r.watch.errors);
+    pair("Last read", r.watch.since_last_read_s == null ? "never" : `${r.watch.since_last_read_s.toFixed(1)} s ago`);
+  }
+  if (r.sync) {
+    rows.push(el("dt", { class: "group" }, "Kafka sync"));
+    const flat = [];
+    const walk = (o, prefix) => {
+      for (const [k, v] of Object.entries(o)) {
+        if (v && typeof v === "object" && !Array.isArray(v)) walk(v, `${prefix}${k}.`);
+        else flat.push([`${prefix}${k}`, v]);
+      }
+    };
+    walk(r.sync, "");
+    for (const [k, v] of flat) {
+      if (k === "connected") rows.push(el("dt", {}, "connected"), yesNo(v));
+      else pair(k.replace(/^counters\./, "").replaceAll("_", " "), v === null ? "none" : String(v));
+    }
+  } else {
+    pair("Kafka sync", "off");
+  }
+  out.replaceChildren(...rows);
+}
+
+// Every replica's view: /admin/replicas is fetched by this gateway from each
+// peer (no CORS); one column per replica, one row per instance.
+let replicasBusy = false;
+let replicasAgain = false;
+let replicasLast = 0;
+async function refreshReplicas() {
+  if (replicasBusy) { replicasAgain = true; return; }
+  const wait = replicasLast + 1000 - Date.now();
+  replicasBusy = true;
+  if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+  try {
+    const resp = await fetch("/admin/replicas");
+    renderReplicas(await resp.json());
+    $("#replicas-note").textContent = "";
+  } catch (e) {
+    $("#replicas-note").textContent = `(not refreshed: ${e.message || e})`;
+  } finally {
+    replicasLast = Date.now();
+    replicasBusy = false;
+    if (replicasAgain) { replicasAgain = false; refreshReplicas(); }
+  }
+}
+
+function renderReplicas(body) {
+  const reps = body.replicas || [];
+  const name = (r) => (r.view && r.view.node_id) || r.url;
+  const head = el("tr", {}, el("th", { scope: "col" }, "Instance"), ...reps.map((r) => {
+    const v = r.view || {};
+    const reg = v.registry;
+    const lines = [el("span", { class: "node" }, name(r), r.self ? " (this replica)" : "")];
+    if (r.url) lines.push(el("span", { class: "note" }, r.url), el("br"));
+    const link = (up) => el("span", { class: up ? "ok" : "bad" }, up ? "connected" : "disconnected");
+    if (r.up) {
+      lines.push(el("span", { class: "ok" }, "up"), ` ${r.latency_ms} ms; `,
+        v.ready ? "ready" : el("span", { class: "bad" }, "not ready"), el("br"));
+      if (reg) lines.push(`${reg.kind} `, link(reg.connected));
+      if (reg && reg.sync) lines.push(" / kafka ", link(reg.sync.connected));
+      lines.push(el("br"), `snapshot ${v.snapshot_version}, ${v.total_services} services`);
+    } else {
+      lines.push(el("span", { class: "bad" }, "down"), el("br"), el("span", { class: "error" }, r.error || "no answer"));
+    }
+    return el("th", { scope: "col", "data-replica": name(r), "data-up": String(!!r.up) }, ...lines);
+  }));
+  // Health per replica: the registry listing's, marked when ejected there.
+  const keys = new Set();
+  const cells = reps.map((r) => {
+    const m = new Map();
+    if (!r.up) return m;
+    const ejected = new Map();
+    for (const svc of r.view.services || []) for (const e of svc.endpoints || []) ejected.set(`${svc.name}/${e.instance_id}`, e.ejected ? e.ejection : null);
+    for (const i of r.view.instances || []) {
+      const reg = i.registration || {};
+      const key = `${reg.service}/${reg.instance_id}`;
+      keys.add(key);
+      m.set(key, { health: i.health, ejected: ejected.get(key) });
+    }
+    return m;
+  });
+  const rows = [...keys].sort().map((key) => el("tr", { "data-instance": key }, el("th", { scope: "row" }, key),
+    ...reps.map((r, n) => {
+      const attrs = { "data-replica": name(r) };
+      if (!r.up) return el("td", { ...attrs, class: "unknown-state" }, "?");
+      const c = cells[n].get(key);
+      if (!c) return el("td", { ...attrs, class: "absent", "data-health": "absent" }, "absent");
+      return el("td", { ...attrs, class: c.health, "data-health": c.health }, c.health, c.ejected ? ` (ejected: ${c.ejected})` : "");
+    })));
+  if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: reps.length + 1, class: "note" }, "no instances registered on any replica")));
+  $("#replicas thead").replaceChildren(head);
+  $("#replicas tbody").replaceChildren(...rows);
+}
+
+// The log pane: lines from the gateway's LogFeed, with the request id when
+// the line was logged inside a request.
+function logText(l) {
+  return [l.level, l.target, l.message, l.request_id || "", JSON.stringify(l.fields || {})].join(" ").toLowerCase();
+}
+
+function applyLogFilter(li) {
+  const f = $("#log-filter").value.trim().toLowerCase();
+  li.hidden = f !== "" && !li.dataset.text.includes(f);
+}
+
+function addLog(l, atTop = true) {
+  const list = $("#logs");
+  const fields = Object.entries(l.fields || {}).map(([k, v]) => `${k}=${typeof v === "string" ? v : JSON.stringify(v)}`).join(" ");
+  const li = el("li", { "data-level": l.level, "data-request-id": l.request_id || undefined },
+    el("time", { datetime: new Date(l.at_ms).toISOString() }, fmtTime(l.at_ms)),
+    el("span", { class: "level" }, l.level),
+    l.request_id ? el("span", { class: "rid", title: "request id" }, l.request_id) : "",
+    `${l.message} `, el("span", { class: "fields" }, fields), el("span", { class: "note" }, ` ${l.target}`));
+  li.dataset.text = logText(l);
+  applyLogFilter(li);
+  if (atTop) list.prepend(li); else list.append(li);
+  while (list.children.length > 500) list.lastChild.remove();
+}
+
+$("#log-filter").addEventListener("input", () => { for (const li of $("#logs").children) applyLogFilter(li); });
+
 function connect() {
   const es = new EventSource("/admin/events");
   const conn = $("#conn");
@@ -82,7 +222,10 @@ function connect() {
     const h = JSON.parse(m.data);
     $("#events").replaceChildren();
     for (const e of h.recent.slice().reverse()) addEvent(e, false);
+    $("#logs").replaceChildren();
+    for (const l of (h.logs || []).slice().reverse()) addLog(l, false);
   });
+  es.addEventListener("log", (m) => addLog(JSON.parse(m.data)));
   es.addEventListener("state", (m) => renderState(JSON.parse(m.data)));
   es.addEventListener("event", (m) => addEvent(JSON.parse(m.data)));
 }
