@@ -246,16 +246,15 @@ impl Metrics {
         let retries = Family::<ServiceLabel, Counter>::default();
         let failures = Family::<FailureLabels, Counter>::default();
         let ejections_family = Family::<ReasonLabel, Counter>::default();
-        let ejections = [
+        // One statement per handle: `get_or_create` returns a read guard, and
+        // two in one expression would hold the first while the second takes
+        // the family's write lock (a deadlock).
+        let ejected = |reason| {
             ejections_family
-                .get_or_create(&ReasonLabel {
-                    reason: "unreachable",
-                })
-                .clone(),
-            ejections_family
-                .get_or_create(&ReasonLabel { reason: "failing" })
-                .clone(),
-        ];
+                .get_or_create(&ReasonLabel { reason })
+                .clone()
+        };
+        let ejections = [ejected("unreachable"), ejected("failing")];
         let connections = Gauge::default();
         let registry_connected = Gauge::default();
         let (watch_wakeups, watch_errors) = (Counter::default(), Counter::default());
