@@ -220,8 +220,6 @@ pub struct Gateway {
     /// Replica sync, flushed when serving ends.
     #[cfg(feature = "kafka")]
     kafka: Option<Arc<crate::registry::kafka::KafkaSync>>,
-    #[cfg(not(feature = "kafka"))]
-    kafka: Option<std::convert::Infallible>,
     _follow: tokio::task::JoinHandle<()>,
 }
 
@@ -296,6 +294,7 @@ impl Gateway {
             readiness: Readiness::default(),
             api,
             tls,
+            #[cfg(feature = "kafka")]
             kafka: None,
             _follow: follow,
         })
