@@ -629,12 +629,21 @@ pub struct SyncedRegistry {
     /// other replicas' registrations are watched becoming routable
     /// (`gateway_registration_propagation_seconds{origin="remote"}`).
     routing: OnceLock<Arc<Balancer>>,
+    /// Registrations being watched for becoming routable (see
+    /// [`MAX_PROPAGATION_WATCHES`]).
+    watching: Arc<AtomicU64>,
 }
 
 /// Longest a replica watches for another replica's registration to become
 /// routable here before giving up on observing its propagation (the
 /// instance may be failing its checks, or gone again).
 pub(crate) const PROPAGATION_WATCH: Duration = Duration::from_secs(60);
+
+/// Most registrations watched at once for becoming routable. Each watch
+/// wakes on every snapshot and looks its instance up, so a burst of
+/// thousands of registrations (a fleet starting) is sampled rather than
+/// watched whole: the histogram stays a fair picture at a bounded cost.
+pub(crate) const MAX_PROPAGATION_WATCHES: u64 = 128;
 
 impl SyncedRegistry {
     /// Wraps `inner` and starts the consumer. Ready (`synced`) once the
@@ -701,6 +710,7 @@ impl SyncedRegistry {
             unreachable_sent: Mutex::new(HashMap::new()),
             lag,
             routing: OnceLock::new(),
+            watching: Arc::new(AtomicU64::new(0)),
         });
         tokio::spawn(consume(
             Arc::downgrade(&this),
@@ -727,24 +737,28 @@ impl SyncedRegistry {
     /// is observed for an unknown origin (0), without routing, or when the
     /// instance does not become routable within [`PROPAGATION_WATCH`].
     fn observe_propagation(&self, service: String, instance_id: String, origin_time_ms: u64) {
-        let Some(balancer) = self.routing.get().cloned() else {
+        let Some(balancer) = self.routing.get() else {
             return;
         };
         if origin_time_ms == 0 {
             return;
         }
+        // Usually routable already: Consul's watch tends to beat the event.
+        if let Some(since) = balancer.routable_since(&service, &instance_id) {
+            return propagated(balancer, &service, &instance_id, origin_time_ms, since);
+        }
+        if self.watching.fetch_add(1, Ordering::Relaxed) >= MAX_PROPAGATION_WATCHES {
+            self.watching.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
+        let (balancer, watching) = (balancer.clone(), self.watching.clone());
         tokio::spawn(async move {
             let since = balancer
                 .wait_routable(&service, &instance_id, PROPAGATION_WATCH)
                 .await;
-            if let Some(secs) =
-                since.and_then(|ms| crate::metrics::propagation_seconds(origin_time_ms, ms))
-            {
-                debug!(service = %service, instance = %instance_id, seconds = secs, "Another replica's registration is routable here.");
-                balancer
-                    .metrics()
-                    .discovery
-                    .propagated(Origin::Remote, secs);
+            watching.fetch_sub(1, Ordering::Relaxed);
+            if let Some(since) = since {
+                propagated(&balancer, &service, &instance_id, origin_time_ms, since);
             }
         });
     }
@@ -791,6 +805,29 @@ impl SyncedRegistry {
                 bump(&self.sync.counters.applied);
             }
         }
+    }
+}
+
+/// Records another replica's registration as routable here since
+/// `routable_ms`, `origin_time_ms` being when its origin accepted it.
+fn propagated(
+    balancer: &Balancer,
+    service: &str,
+    instance_id: &str,
+    origin_time_ms: u64,
+    routable_ms: u64,
+) {
+    if let Some(secs) = crate::metrics::propagation_seconds(origin_time_ms, routable_ms) {
+        debug!(
+            service,
+            instance = instance_id,
+            seconds = secs,
+            "Another replica's registration is routable here."
+        );
+        balancer
+            .metrics()
+            .discovery
+            .propagated(Origin::Remote, secs);
     }
 }
 
