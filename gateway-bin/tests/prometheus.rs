@@ -314,6 +314,15 @@ async fn prometheus_scrapes_three_replicas() {
         "mean remote propagation {worst}s"
     );
 
+    // gw1 read its own event back and skipped it.
+    eventually_within("gw1 skipped its own event", WITHIN, || async {
+        let r = prometheus
+            .query(r#"gateway_kafka_events_skipped_total{reason="own"} > 0"#)
+            .await?;
+        (by(&r, "replica").keys().collect::<Vec<_>>() == ["gw1"]).then_some(())
+    })
+    .await;
+
     // Each replica has read the whole topic: its lag is known and 0.
     eventually_within("Kafka consumer lag 0 on every replica", WITHIN, || async {
         let r = prometheus.query("gateway_kafka_consumer_lag").await?;

@@ -70,11 +70,13 @@ const METHODS: [&str; 6] = ["GET", "HEAD", "POST", "PUT", "DELETE", "other"];
 const STATUSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// `gateway_kafka_events_skipped_total` reasons and the sync counters
 /// they are read from (registry::kafka's admin view).
-const KAFKA_SKIPS: [(&str, &str); 4] = [
+const KAFKA_SKIPS: [(&str, &str); 6] = [
     ("own", "skipped_own"),
     ("duplicate", "skipped_duplicate"),
     ("invalid", "skipped_invalid"),
     ("contradicts_registry", "contradicted"),
+    ("catch_up", "skipped_catch_up"),
+    ("stale", "skipped_stale"),
 ];
 const CELLS: usize = LISTENERS.len() * METHODS.len() * STATUSES.len();
 
@@ -205,7 +207,7 @@ pub struct Metrics {
     last_read_age: Gauge<f64, AtomicU64>,
     kafka_produced: Counter,
     kafka_consumed: Counter,
-    kafka_skipped: [Counter; 4],
+    kafka_skipped: [Counter; KAFKA_SKIPS.len()],
     kafka_queue: Gauge,
     /// Requests refused at the concurrency limit.
     pub shed: Counter,

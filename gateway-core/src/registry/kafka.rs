@@ -90,6 +90,11 @@ pub struct SyncCounters {
     skipped_own: AtomicU64,
     skipped_duplicate: AtomicU64,
     skipped_invalid: AtomicU64,
+    /// Other replicas' events read while catching up at start-up: the first
+    /// full read of Consul covers them (then reconciled as a whole).
+    skipped_catch_up: AtomicU64,
+    /// `ServiceUnreachable` events too old to act on.
+    skipped_stale: AtomicU64,
     contradicted: AtomicU64,
     /// Errors the consumer read (librdkafka reports each failed reconnect).
     consumer_errors: AtomicU64,
@@ -770,6 +775,7 @@ impl SyncedRegistry {
                 if catching_up {
                     // The start-up read of Consul covers every registration;
                     // reconciling one by one would be 10,000 queries.
+                    bump(&self.sync.counters.skipped_catch_up);
                     return;
                 }
                 match self.inner.recheck(&r.service, &r.instance_id).await {
@@ -785,6 +791,7 @@ impl SyncedRegistry {
             }
             pb::sync_event::Change::Deregistered(k) => {
                 if catching_up {
+                    bump(&self.sync.counters.skipped_catch_up);
                     return;
                 }
                 match self.inner.recheck(&k.service, &k.instance_id).await {
@@ -796,7 +803,12 @@ impl SyncedRegistry {
                 }
             }
             pb::sync_event::Change::ServiceUnreachable(k) => {
-                if catching_up || unreachable_is_stale(ev.timestamp_ms, now_ms()) {
+                if catching_up {
+                    bump(&self.sync.counters.skipped_catch_up);
+                    return;
+                }
+                if unreachable_is_stale(ev.timestamp_ms, now_ms()) {
+                    bump(&self.sync.counters.skipped_stale);
                     return;
                 }
                 // Re-check with Consul; never a deletion.
