@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Install the external programs the integration tests need into $REPO/.deps/.
 #
-#   scripts/install-deps.sh [haproxy|consul|kafka|compose|python|valgrind|protoc|chromium|otelcol|all]...
+#   scripts/install-deps.sh [haproxy|consul|kafka|compose|python|valgrind|protoc|chromium|otelcol|prometheus|all]...
 #
 # Idempotent: a component that is already installed is skipped quickly.
 # Nothing is installed system-wide except the Debian packages `haproxy`,
-# `valgrind`, `protobuf-compiler`, `chromium` and `chromium-driver` (apt-get) and the Python gRPC packages
+# `valgrind`, `protobuf-compiler`, `chromium`, `chromium-driver` and `prometheus` (apt-get) and the Python gRPC packages
 # (pip, into the current python3). `all` does not include valgrind, protoc and chromium
 # (scripts/bench.sh asks for valgrind; protoc only regenerates the committed
 # code of examples/bench/grpc-gateway; chromium is for the admin UI's
-# browser test, scripts/admin-ui-test.sh).
+# browser test, scripts/admin-ui-test.sh). scripts/test.sh adds prometheus
+# (gateway-bin/tests/prometheus.rs runs its own Prometheus; the package's
+# system service is kept stopped).
 #
 # Packages from another Debian suite (Consul from bullseye, compose from
 # trixie) come from the Debian mirror this machine's apt already uses: the
@@ -40,7 +42,7 @@ say() { printf '[install-deps] %s\n' "$*"; }
 die() { printf '[install-deps] ERROR: %s\n' "$*" >&2; exit 1; }
 
 usage() {
-  echo "usage: $0 [haproxy|consul|kafka|compose|python|valgrind|protoc|chromium|otelcol|all]..." >&2
+  echo "usage: $0 [haproxy|consul|kafka|compose|python|valgrind|protoc|chromium|otelcol|prometheus|all]..." >&2
   exit 2
 }
 
@@ -204,6 +206,23 @@ install_protoc() { apt_install protoc protobuf-compiler; }
 install_chromium() {
   apt_install chromium chromium
   apt_install chromedriver chromium-driver
+}
+
+# prometheus (Debian package `prometheus`): gateway-bin/tests/prometheus.rs
+# runs the binary as its own process (own config, storage in a temporary
+# directory, a free 127.0.0.1 port). The package's system service is not
+# wanted: it would scrape nothing of ours and hold port 9090.
+install_prometheus() {
+  apt_install prometheus prometheus
+  if command -v update-rc.d >/dev/null 2>&1; then update-rc.d prometheus disable >/dev/null 2>&1 || true; fi
+  if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+    systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
+  if [ -x /etc/init.d/prometheus ] && /etc/init.d/prometheus status >/dev/null 2>&1; then
+    say "prometheus: stopping the system prometheus service"
+    /etc/init.d/prometheus stop >/dev/null 2>&1 || true
+  fi
+  prometheus --version >/dev/null 2>&1 || die "prometheus: 'prometheus --version' failed"
 }
 
 # link NAME TARGET  (TARGET relative to $DEPS)
@@ -463,7 +482,7 @@ want=()
 for arg in "$@"; do
   case "$arg" in
     all) want+=(haproxy consul compose kafka python otelcol) ;;
-    haproxy|consul|compose|kafka|python|valgrind|protoc|chromium|otelcol) want+=("$arg") ;;
+    haproxy|consul|compose|kafka|python|valgrind|protoc|chromium|otelcol|prometheus) want+=("$arg") ;;
     -h|--help) usage ;;
     *) echo "unknown component: $arg" >&2; usage ;;
   esac

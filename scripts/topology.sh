@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The replicated topology as plain processes on 127.0.0.1: Consul, Kafka,
-# three gateway replicas (gw1..gw3), HAProxy in front of them and the two
-# example services, which register *through HAProxy* (so on any replica).
+# three gateway replicas (gw1..gw3), HAProxy in front of them, the two
+# example services, which register *through HAProxy* (so on any replica),
+# and Prometheus scraping the replicas' /metrics (Debian's `prometheus`, run
+# as our own process; --no-prometheus leaves it out).
 #
-#   scripts/topology.sh up              [--dir DIR] [--debug] [--no-kafka]
+#   scripts/topology.sh up              [--dir DIR] [--debug] [--no-kafka] [--no-prometheus]
 #   scripts/topology.sh status          [--dir DIR]
 #   scripts/topology.sh rolling-restart [--dir DIR]   restart gw1..gw3 one by one
 #   scripts/topology.sh down            [--dir DIR] [--keep-data]
@@ -23,6 +25,9 @@
 #             stats  127.0.0.1:8404/stats, Prometheus 127.0.0.1:8404/metrics,
 #             runtime API 127.0.0.1:8405
 #   gwN       public 8N01   internal 8N02   registration 8N03   admin 8N04   (N = 1, 2, 3)
+#   Prometheus 127.0.0.1:9090 (scrapes gw1..gw3 admin /metrics and HAProxy every 5s;
+#             config DIR/prometheus.yml, data DIR/prometheus; observability/grafana/gateway.json
+#             is the dashboard to import into a Grafana pointed at it)
 #   Consul, Kafka: free ports picked on first start (DIR/consul/consul.env,
 #             DIR/kafka/kafka.env); the product and order services: free ports.
 #
@@ -32,6 +37,7 @@
 # Options / environment:
 #   --debug            use target/debug binaries (cargo build without --release)
 #   --no-kafka         no Kafka; replicas share state through Consul only
+#   --no-prometheus    (up) no Prometheus
 #   --keep-data        (down) keep the Kafka data for the next `up`
 #   GATEWAY_BIN, ORDER_SERVICE_BIN   use these binaries instead
 #   KAFKA_TOPIC        registrations topic (default forwarding.registrations)
@@ -43,6 +49,7 @@ HAPROXY_CFG="$REPO/haproxy/haproxy.cfg"
 KAFKA_TOPIC="${KAFKA_TOPIC:-forwarding.registrations}"
 GATEWAYS=(gw1 gw2 gw3)
 HAP_PUBLIC=8000 HAP_INTERNAL=8001 HAP_REG=8090 HAP_STATS=8404 HAP_API=8405
+PROM_PORT=9090
 # Drain: readiness fails this long before the listeners close. HAProxy
 # checks every 500ms with fall 1, so it takes a draining replica out well
 # within this window (see haproxy/README.md).
@@ -66,13 +73,14 @@ usage() {
 [ $# -ge 1 ] || usage
 CMD="$1"; shift
 case "$CMD" in up|down|status|rolling-restart) ;; -h|--help|help) usage ;; *) usage ;; esac
-DIR="$REPO/.topology" PROFILE=release USE_KAFKA=1 KEEP_DATA=0
+DIR="$REPO/.topology" PROFILE=release USE_KAFKA=1 KEEP_DATA=0 USE_PROMETHEUS=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --dir) [ $# -ge 2 ] || usage; DIR="$2"; shift 2 ;;
     --dir=*) DIR="${1#--dir=}"; shift ;;
     --debug) PROFILE=debug; shift ;;
     --no-kafka) USE_KAFKA=0; shift ;;
+    --no-prometheus) USE_PROMETHEUS=0; shift ;;
     --keep-data) KEEP_DATA=1; shift ;;
     -h|--help) usage ;;
     *) echo "unknown option: $1" >&2; usage ;;
@@ -286,12 +294,27 @@ load_state() {
   fi
 }
 
+# write_prometheus_config FILE: the replicas' admin listeners (/metrics) and
+# HAProxy's exporter, as observability/prometheus.yml does for compose.
+write_prometheus_config() {
+  local g
+  {
+    printf 'global:\n  scrape_interval: 5s\n  evaluation_interval: 5s\n'
+    printf 'scrape_configs:\n  - job_name: gateway\n    static_configs:\n'
+    for g in "${GATEWAYS[@]}"; do
+      printf '      - targets: ["127.0.0.1:%s"]\n        labels: {replica: %s}\n' "$(gw_port "$g" 4)" "$g"
+    done
+    printf '  - job_name: haproxy\n    static_configs:\n      - targets: ["127.0.0.1:%s"]\n' "$HAP_STATS"
+  } >"$1"
+}
+
 # --- up -------------------------------------------------------------------------
 cmd_up() {
   local t0; t0="$(now_ms)"
   command -v curl >/dev/null 2>&1 || die "curl not found (apt-get install -y curl)"
   local deps=(consul haproxy python)
   [ "$USE_KAFKA" = 1 ] && deps+=(kafka)
+  [ "$USE_PROMETHEUS" = 1 ] && deps+=(prometheus)
   say "dependencies: scripts/install-deps.sh ${deps[*]}"
   "$REPO/scripts/install-deps.sh" "${deps[@]}" >"$LOGS/install-deps.log" 2>&1 \
     || { tail -n 30 "$LOGS/install-deps.log" >&2; die "scripts/install-deps.sh failed (log: $LOGS/install-deps.log)"; }
@@ -365,6 +388,22 @@ ENV
   fi
   wait_for "HAProxy to see gw1..gw3 UP in every backend" 30 haproxy haproxy_all_up
 
+  if [ "$USE_PROMETHEUS" = 1 ]; then
+    if [ -n "$(pid_of prometheus)" ]; then
+      say "prometheus: already running (pid $(pid_of prometheus))"
+    else
+      require_free_ports prometheus "$PROM_PORT"
+      write_prometheus_config "$DIR/prometheus.yml"
+      mkdir -p "$DIR/prometheus"
+      # Our own process, never the package's system service.
+      start_bg prometheus "--web.listen-address=127.0.0.1:$PROM_PORT" \
+        prometheus --config.file="$DIR/prometheus.yml" --storage.tsdb.path="$DIR/prometheus" \
+          --web.listen-address="127.0.0.1:$PROM_PORT"
+      say "prometheus: started (pid $(cat "$DIR/prometheus.pid")), http://127.0.0.1:$PROM_PORT"
+    fi
+    wait_for "Prometheus ready" 30 prometheus http_ok "http://127.0.0.1:$PROM_PORT/-/ready"
+  fi
+
   if [ -n "$(pid_of product)" ]; then
     say "product: already running (pid $(pid_of product))"
   else
@@ -404,6 +443,7 @@ ENV
   curl -sN http://127.0.0.1:$HAP_PUBLIC/order/events               # server-sent events: hello, then one per purchase
   curl -s http://127.0.0.1:8104/admin/services                # gw1's view (8204, 8304)
   http://127.0.0.1:$HAP_STATS/stats   http://127.0.0.1:$HAP_STATS/metrics   http://$CONSUL_HTTP_ADDR/ui
+  http://127.0.0.1:$PROM_PORT/graph?g0.expr=sum+by+(status)+(rate(gateway_requests_total[1m]))   # Prometheus (unless --no-prometheus)
   scripts/topology.sh status | rolling-restart | down          (logs: $LOGS)
 TXT
 }
@@ -454,6 +494,10 @@ cmd_status() {
     p="$(pid_of "$name")"
     if [ -z "$p" ]; then row "$name" - stopped ""; ok=1; else row "$name" "$p" running ""; fi
   done
+  # Optional (--no-prometheus): shown, never a failure.
+  p="$(pid_of prometheus)"
+  if [ -z "$p" ]; then row prometheus - stopped "http://127.0.0.1:$PROM_PORT"
+  else row prometheus "$p" running "http://127.0.0.1:$PROM_PORT"; fi
 
   echo
   echo "  GET /product/1"
@@ -499,7 +543,8 @@ cmd_down() {
   # Gateways: SIGTERM -> fail readiness for drain.readiness_delay -> close
   # listeners -> finish in-flight requests within drain.grace -> exit.
   stop_procs 30 "${GATEWAYS[@]}"
-  stop_procs 10 haproxy
+  stop_procs 10 haproxy prometheus
+  if [ "$KEEP_DATA" = 0 ]; then rm -rf "$DIR/prometheus"; fi
   if [ -d "$DIR/kafka" ]; then
     "$REPO/scripts/kafka-dev.sh" stop "$DIR/kafka" || warn "kafka-dev.sh stop failed"
     if [ "$KEEP_DATA" = 0 ]; then rm -rf "$DIR/kafka"; fi

@@ -212,6 +212,7 @@ async fn garbage_events_are_skipped_and_the_consumer_moves_on() {
         incarnation: "i".into(),
         sequence: 1,
         timestamp_ms: 1,
+        origin_time_ms: 1,
         change: Some(proto::v1::sync_event::Change::Registered(
             proto::v1::Registration {
                 service: "ghost".into(),

@@ -130,6 +130,11 @@ pub struct Endpoint {
     probing: AtomicBool,
     /// Nanoseconds since the balancer's epoch of the last update.
     latency_at_ns: AtomicU64,
+    /// Milliseconds since the Unix epoch when this endpoint entered the
+    /// routing (kept across snapshots like the endpoint itself): the end of
+    /// `gateway_registration_propagation_seconds{origin="remote"}`. Wall
+    /// clock, since the start it is compared with comes from another host.
+    routable_since_ms: u64,
 }
 
 impl Endpoint {
@@ -155,6 +160,9 @@ impl Endpoint {
             has_latency: AtomicBool::new(false),
             probing: AtomicBool::new(false),
             latency_at_ns: AtomicU64::new(0),
+            routable_since_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
         }
     }
 
@@ -556,6 +564,42 @@ impl Balancer {
     pub async fn wait_applied(&self, version: u64) {
         let mut rx = self.applied.subscribe();
         let _ = rx.wait_for(|v| *v >= version).await;
+    }
+
+    /// When `service`'s instance `instance_id` entered the routing of the
+    /// snapshot in force (ms since the Unix epoch); `None` when it is not
+    /// routable there.
+    pub fn routable_since(&self, service: &str, instance_id: &str) -> Option<u64> {
+        self.snapshot()
+            .services
+            .get(service)?
+            .endpoints
+            .iter()
+            .find(|e| &*e.instance_id == instance_id)
+            .map(|e| e.routable_since_ms)
+    }
+
+    /// Waits (at most `timeout`) until the instance is routable, then says
+    /// since when, as [`Balancer::routable_since`]: the registration
+    /// propagation metric of the replicas that learn of a registration from
+    /// another one.
+    pub async fn wait_routable(
+        &self,
+        service: &str,
+        instance_id: &str,
+        timeout: Duration,
+    ) -> Option<u64> {
+        // Subscribed before the first look, so no snapshot is missed.
+        let mut rx = self.applied.subscribe();
+        let wait = async {
+            loop {
+                if let Some(since) = self.routable_since(service, instance_id) {
+                    return Some(since);
+                }
+                rx.changed().await.ok()?;
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.ok().flatten()
     }
 
     fn endpoint(

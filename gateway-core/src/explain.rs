@@ -1,8 +1,8 @@
 //! `GET /admin/explain`: what the gateway would do with a request, and why.
 //!
 //! Every decision is taken by the functions the request path calls
-//! ([`forward::matched_route`], [`Target::of`], [`Balancer::explain`] - which
-//! shares its gate with [`Balancer::select`] - and [`forward::choose`]), on
+//! (`forward::matched_route`, `Target::of`, [`Balancer::explain`] - which
+//! shares its gate with [`Balancer::select`] - and `forward::choose`), on
 //! the same snapshot, so the explanation cannot drift from what a request
 //! gets. Nothing is selected: no retry budget is deposited, no instance is
 //! dialled.

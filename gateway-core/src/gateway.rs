@@ -186,19 +186,23 @@ impl GatewayBuilder {
             )?)),
         };
         #[cfg(feature = "kafka")]
-        let (registry, kafka) = match &config.kafka {
+        let (registry, synced) = match &config.kafka {
             Some(k) => {
                 use crate::registry::kafka::{KafkaSync, SyncedRegistry};
                 let sync = KafkaSync::connect(k.clone(), &node_id).await?;
-                let synced: Arc<dyn Registry> = SyncedRegistry::start(registry, sync.clone())?;
-                (synced, Some(sync))
+                let synced = SyncedRegistry::start(registry, sync)?;
+                (synced.clone() as Arc<dyn Registry>, Some(synced))
             }
             None => (registry, None),
         };
-        #[cfg(not(feature = "kafka"))]
-        let kafka = None;
         let mut gateway = Gateway::new(config, registry)?;
-        gateway.kafka = kafka;
+        #[cfg(feature = "kafka")]
+        if let Some(synced) = synced {
+            // Other replicas' registrations are timed until this gateway's
+            // routing has them.
+            synced.route_with(gateway.shared.balancer.clone());
+            gateway.kafka = Some(synced.kafka().clone());
+        }
         gateway.logs = logs;
         Ok(gateway)
     }
@@ -227,8 +231,6 @@ pub struct Gateway {
     /// Replica sync, flushed when serving ends.
     #[cfg(feature = "kafka")]
     kafka: Option<Arc<crate::registry::kafka::KafkaSync>>,
-    #[cfg(not(feature = "kafka"))]
-    kafka: Option<std::convert::Infallible>,
     _follow: tokio::task::JoinHandle<()>,
     /// Log lines for the admin UI.
     logs: Option<admin::LogFeed>,
@@ -306,6 +308,7 @@ impl Gateway {
             readiness: Readiness::default(),
             api,
             tls,
+            #[cfg(feature = "kafka")]
             kafka: None,
             _follow: follow,
             logs: None,

@@ -70,11 +70,13 @@ const METHODS: [&str; 6] = ["GET", "HEAD", "POST", "PUT", "DELETE", "other"];
 const STATUSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// `gateway_kafka_events_skipped_total` reasons and the sync counters
 /// they are read from (registry::kafka's admin view).
-const KAFKA_SKIPS: [(&str, &str); 4] = [
+const KAFKA_SKIPS: [(&str, &str); 6] = [
     ("own", "skipped_own"),
     ("duplicate", "skipped_duplicate"),
     ("invalid", "skipped_invalid"),
     ("contradicts_registry", "contradicted"),
+    ("catch_up", "skipped_catch_up"),
+    ("stale", "skipped_stale"),
 ];
 const CELLS: usize = LISTENERS.len() * METHODS.len() * STATUSES.len();
 
@@ -205,7 +207,7 @@ pub struct Metrics {
     last_read_age: Gauge<f64, AtomicU64>,
     kafka_produced: Counter,
     kafka_consumed: Counter,
-    kafka_skipped: [Counter; 4],
+    kafka_skipped: [Counter; KAFKA_SKIPS.len()],
     kafka_queue: Gauge,
     /// Requests refused at the concurrency limit.
     pub shed: Counter,
@@ -217,6 +219,8 @@ pub struct Metrics {
     pub connections_refused: Counter,
     /// Connections closed for being slow (header/body/idle timers).
     pub slow_connections: Counter,
+    /// Registration propagation and Kafka consumer lag (own section below).
+    pub discovery: DiscoveryMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -246,16 +250,14 @@ impl Metrics {
         let retries = Family::<ServiceLabel, Counter>::default();
         let failures = Family::<FailureLabels, Counter>::default();
         let ejections_family = Family::<ReasonLabel, Counter>::default();
-        let ejections = [
+        // One handle at a time: `get_or_create` returns a read guard, and a
+        // second call while the first's guard lives (two elements of one
+        // array literal) waits for the write lock forever.
+        let ejections = ["unreachable", "failing"].map(|reason| {
             ejections_family
-                .get_or_create(&ReasonLabel {
-                    reason: "unreachable",
-                })
-                .clone(),
-            ejections_family
-                .get_or_create(&ReasonLabel { reason: "failing" })
-                .clone(),
-        ];
+                .get_or_create(&ReasonLabel { reason })
+                .clone()
+        });
         let connections = Gauge::default();
         let registry_connected = Gauge::default();
         let (watch_wakeups, watch_errors) = (Counter::default(), Counter::default());
@@ -372,6 +374,7 @@ impl Metrics {
             "Requests and connections refused to protect the gateway, by reason",
             protection,
         );
+        let discovery = DiscoveryMetrics::register(&mut registry);
         Self {
             registry,
             requests,
@@ -398,6 +401,7 @@ impl Metrics {
             headers_too_large,
             connections_refused,
             slow_connections,
+            discovery,
         }
     }
 
@@ -485,9 +489,134 @@ impl Metrics {
             self.kafka_queue
                 .set(sync["in_flight"].as_i64().unwrap_or(0));
         }
+        self.discovery.refresh(registry);
         let mut out = String::with_capacity(16 * 1024);
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Discovery and replica sync: how long a registration takes to become
+// routable (here and on the other replicas), and how far this replica's
+// Kafka consumer is behind the topic. Kept in its own section (own struct,
+// own registration) so the request-side families above change apart.
+// ---------------------------------------------------------------------------
+
+/// Registration-to-routable buckets in seconds: 1 ms (one replica, memory
+/// registry) to 60 s (a replica that was cut off from Kafka).
+const PROPAGATION_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0,
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OriginLabel {
+    origin: &'static str,
+}
+
+/// Where a registration was accepted, seen from the replica observing it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// This replica accepted the registration call.
+    Local = 0,
+    /// Another replica did; its `SyncEvent.origin_time_ms` is the start.
+    Remote = 1,
+}
+
+/// `gateway_registration_propagation_seconds{origin}` and
+/// `gateway_kafka_consumer_lag`.
+#[derive(Debug)]
+pub struct DiscoveryMetrics {
+    propagation: [Histogram; 2],
+    kafka_lag: Gauge,
+}
+
+impl DiscoveryMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let family =
+            Family::<OriginLabel, Histogram, fn() -> Histogram>::new_with_constructor(|| {
+                Histogram::new(PROPAGATION_BUCKETS)
+            });
+        let propagation =
+            ["local", "remote"].map(|origin| family.get_or_create(&OriginLabel { origin }).clone());
+        let kafka_lag = Gauge::default();
+        registry.register(
+            "registration_propagation_seconds",
+            "Time from a registration call's acceptance to the instance being routable: \
+             on the replica that accepted it (origin=local) and on the others, from the \
+             origin's clock (origin=remote)",
+            family,
+        );
+        registry.register(
+            "kafka_consumer_lag",
+            "Registration events on the topic this replica has not read yet (sum over partitions; \
+             -1 while unknown)",
+            kafka_lag.clone(),
+        );
+        Self {
+            propagation,
+            kafka_lag,
+        }
+    }
+
+    /// Records one registration-to-routable latency.
+    pub fn propagated(&self, origin: Origin, seconds: f64) {
+        self.propagation[origin as usize].observe(seconds.max(0.0));
+    }
+
+    /// Scrape-time copy of what the Kafka sync reports (`consumer_lag` in its
+    /// admin status; 0 without Kafka).
+    fn refresh(&self, registry: &RegistryStatus) {
+        let lag = registry
+            .sync
+            .as_ref()
+            .map_or(0, |sync| sync["consumer_lag"].as_i64().unwrap_or(-1));
+        self.kafka_lag.set(lag);
+    }
+}
+
+/// Seconds from `origin_ms` to `routable_ms` (both ms since the Unix epoch,
+/// from different hosts' clocks): `None` when the origin is unknown (0), and
+/// 0 when clock skew would make it negative.
+pub fn propagation_seconds(origin_ms: u64, routable_ms: u64) -> Option<f64> {
+    (origin_ms > 0).then(|| routable_ms.saturating_sub(origin_ms) as f64 / 1000.0)
+}
+
+#[cfg(test)]
+mod discovery_tests {
+    use super::*;
+
+    #[test]
+    fn propagation_is_clamped_and_unknown_origins_are_not_observed() {
+        assert_eq!(propagation_seconds(0, 5_000), None);
+        assert_eq!(propagation_seconds(1_000, 1_250), Some(0.25));
+        // The reader's clock is behind the origin's: 0, never negative.
+        assert_eq!(propagation_seconds(2_000, 1_500), Some(0.0));
+    }
+
+    #[test]
+    fn propagation_families_and_lag_are_exposed() {
+        let m = Metrics::new();
+        m.discovery.propagated(Origin::Local, 0.003);
+        m.discovery.propagated(Origin::Remote, 0.2);
+        m.discovery.propagated(Origin::Remote, -1.0);
+        let status = RegistryStatus {
+            kind: "test",
+            connected: true,
+            last_error: None,
+            sync: Some(serde_json::json!({"consumer_lag": 7, "counters": {}})),
+            watch: None,
+        };
+        let text = m.encode(0, &status);
+        assert!(
+            text.contains("gateway_registration_propagation_seconds_count{origin=\"local\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("gateway_registration_propagation_seconds_count{origin=\"remote\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains("gateway_kafka_consumer_lag 7"), "{text}");
     }
 }

@@ -1,5 +1,5 @@
 //! OpenTelemetry traces, behind the `otel` cargo feature and off until
-//! [`Otel::init`] is called (the `gateway` binary calls it when
+//! `Otel::init` (with the feature) is called (the `gateway` binary calls it when
 //! `[tracing] otlp_endpoint` is set).
 //!
 //! When on, every forwarded request gets a `request` span (a root of the
@@ -29,7 +29,7 @@ pub struct OutgoingTrace {
     pub tracestate: String,
 }
 
-/// Whether spans are made: the feature is compiled in and [`Otel::init`]
+/// Whether spans are made: the feature is compiled in and `Otel::init`
 /// ran.
 #[inline]
 pub fn enabled() -> bool {

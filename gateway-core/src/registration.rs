@@ -323,11 +323,22 @@ impl RegistrationApi {
         caller: &Caller,
         reg: pb::Registration,
     ) -> Result<pb::RegisterResponse, ApiError> {
+        let accepted = Instant::now();
         let reg = Registration::from_proto(reg, &self.policy)?;
         self.authorize(caller, &reg.service, "register")?;
         let (service, address) = (reg.service.clone(), reg.address.clone());
         let out = self.registry.register(reg).await?;
         self.routing_caught_up().await;
+        if let Some(b) = &self.balancer
+            && b.routable_since(&service, &out.instance_id).is_some()
+        {
+            // Not observed when the routing did not catch up within its bound
+            // or the instance is failing: it is not routable yet.
+            b.metrics().discovery.propagated(
+                crate::metrics::Origin::Local,
+                accepted.elapsed().as_secs_f64(),
+            );
+        }
         if out.created {
             info!(service = %service, instance = %out.instance_id, address = %address, "Instance registered.");
         }

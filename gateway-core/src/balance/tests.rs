@@ -429,3 +429,36 @@ async fn an_unreachable_service_is_reported_at_most_once_per_interval() {
     assert!(!b.report_unreachable("svc"));
     assert!(!b.report_unreachable("unknown"), "no such service");
 }
+
+#[tokio::test]
+async fn routable_since_is_kept_across_rebuilds_and_waited_for() {
+    let b = balancer(BalanceStrategy::RoundRobin);
+    b.apply(&catalog(vec![inst("a", 1, Health::Failing, 100)]));
+    assert_eq!(b.routable_since("svc", "a"), None, "failing: not routable");
+    assert_eq!(
+        b.wait_routable("svc", "a", Duration::from_millis(20)).await,
+        None
+    );
+    // Routable once a later snapshot has it; the wait sees that snapshot.
+    let waiter = {
+        let b = b.clone();
+        tokio::spawn(async move { b.wait_routable("svc", "a", Duration::from_secs(5)).await })
+    };
+    tokio::task::yield_now().await;
+    b.apply(&Catalog {
+        instances: vec![inst("a", 1, Health::Passing, 100)],
+        version: 2,
+    });
+    let since = waiter.await.unwrap().expect("routable");
+    assert_eq!(b.routable_since("svc", "a"), Some(since));
+    // A rebuild that keeps the endpoint keeps the time it became routable.
+    b.apply(&Catalog {
+        instances: vec![
+            inst("a", 1, Health::Passing, 100),
+            inst("b", 2, Health::Passing, 100),
+        ],
+        version: 3,
+    });
+    assert_eq!(b.routable_since("svc", "a"), Some(since));
+    assert_eq!(b.routable_since("other", "a"), None);
+}

@@ -218,6 +218,7 @@ fn write_protobuf_seeds() {
             incarnation: "c0ffee".into(),
             sequence: seq,
             timestamp_ms: ts,
+            origin_time_ms: 0,
             change: Some(change),
         }
         .encode_to_vec()

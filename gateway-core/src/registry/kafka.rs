@@ -18,8 +18,8 @@
 //! return, whatever the number of errors.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::FutureExt;
@@ -34,12 +34,15 @@ use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message as _;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use crate::balance::Balancer;
 use crate::config::KafkaConfig;
+use crate::metrics::Origin;
 use crate::registry::{
     Catalog, RegisterOutcome, Registration, Registry, RegistryError, RegistryStatus,
 };
@@ -87,6 +90,11 @@ pub struct SyncCounters {
     skipped_own: AtomicU64,
     skipped_duplicate: AtomicU64,
     skipped_invalid: AtomicU64,
+    /// Other replicas' events read while catching up at start-up: the first
+    /// full read of Consul covers them (then reconciled as a whole).
+    skipped_catch_up: AtomicU64,
+    /// `ServiceUnreachable` events too old to act on.
+    skipped_stale: AtomicU64,
     contradicted: AtomicU64,
     /// Errors the consumer read (librdkafka reports each failed reconnect).
     consumer_errors: AtomicU64,
@@ -252,6 +260,61 @@ impl ClientContext for QuietContext {
 
 impl ConsumerContext for QuietContext {}
 
+/// How often librdkafka reports the consumer's statistics, from which
+/// `gateway_kafka_consumer_lag` is read. rdkafka's safe API has no cached
+/// watermark to read at scrape time (only `fetch_watermarks`, a broker round
+/// trip), so the lag is as fresh as the last report. `kafka.properties` may
+/// set `statistics.interval.ms` otherwise.
+pub(crate) const LAG_STATS_INTERVAL_MS: &str = "1000";
+
+/// The consumer's context: [`QuietContext`]'s logging, plus the consumer
+/// lag taken from each statistics report (-1 until one says).
+#[derive(Clone)]
+pub struct LagContext {
+    lag: Arc<AtomicI64>,
+}
+
+impl ClientContext for LagContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        QuietContext.log(level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        QuietContext.error(error, reason);
+    }
+
+    fn stats(&self, statistics: Statistics) {
+        let parts = statistics.topics.values().flat_map(|t| {
+            t.partitions
+                .iter()
+                .filter(|(id, _)| **id >= 0)
+                .map(|(_, p)| (p.app_offset, p.eof_offset, p.lo_offset, p.hi_offset))
+        });
+        self.lag.store(consumer_lag(parts), Ordering::Relaxed);
+    }
+}
+
+impl ConsumerContext for LagContext {}
+
+/// Events on the topic not read yet, summed over partitions given as
+/// librdkafka reports them: (offset after the last message handed to us,
+/// last end of partition signalled, low and high watermarks), -1 = unknown.
+/// A partition nothing was read from yet is behind from its low watermark.
+/// -1 when no partition's position is known.
+pub(crate) fn consumer_lag(partitions: impl Iterator<Item = (i64, i64, i64, i64)>) -> i64 {
+    let mut lag = None;
+    for (app, eof, lo, hi) in partitions {
+        let read = match app.max(eof) {
+            r if r >= 0 => r,
+            _ => lo,
+        };
+        if hi >= 0 && read >= 0 {
+            *lag.get_or_insert(0) += (hi - read).max(0);
+        }
+    }
+    lag.unwrap_or(-1)
+}
+
 /// Longest wait, in ms, between two attempts to reach a broker. librdkafka
 /// doubles the wait after each failed attempt up to 10 s by default: after
 /// an outage of more than a few seconds a producer or consumer could then
@@ -325,8 +388,10 @@ impl KafkaSync {
         Ok(this)
     }
 
-    /// Builds the event for a change, stamped with this process's identity.
-    pub fn event(&self, change: Change) -> pb::SyncEvent {
+    /// Builds the event for a change, stamped with this process's identity;
+    /// `origin_time_ms`: when the registration call that caused it was
+    /// accepted (ms since the Unix epoch; 0 = not a registration / unknown).
+    pub fn event(&self, change: Change, origin_time_ms: u64) -> pb::SyncEvent {
         let change = match change {
             Change::Registered(r) => pb::sync_event::Change::Registered(*r),
             Change::Deregistered {
@@ -349,15 +414,17 @@ impl KafkaSync {
             incarnation: self.incarnation.clone(),
             sequence: self.sequence.fetch_add(1, Ordering::Relaxed) + 1,
             timestamp_ms: now_ms(),
+            origin_time_ms,
             change: Some(change),
         }
     }
 
     /// Publishes a change without waiting: the producer queues it (also
     /// across a Kafka outage) and a task records the delivery.
-    pub fn publish(self: &Arc<Self>, change: Change) {
+    /// `origin_time_ms` as in [`KafkaSync::event`].
+    pub fn publish(self: &Arc<Self>, change: Change, origin_time_ms: u64) {
         let key = event_key(&change);
-        let payload = self.event(change).encode_to_vec();
+        let payload = self.event(change, origin_time_ms).encode_to_vec();
         let record = FutureRecord::to(&self.config.topic)
             .key(&key)
             .payload(&payload);
@@ -561,7 +628,27 @@ pub struct SyncedRegistry {
     sync: Arc<KafkaSync>,
     caught_up: watch::Receiver<bool>,
     unreachable_sent: Mutex<HashMap<String, Instant>>,
+    /// The consumer's lag, from librdkafka's statistics (see [`LagContext`]).
+    lag: Arc<AtomicI64>,
+    /// The routing this replica serves from, once the gateway is built: where
+    /// other replicas' registrations are watched becoming routable
+    /// (`gateway_registration_propagation_seconds{origin="remote"}`).
+    routing: OnceLock<Arc<Balancer>>,
+    /// Registrations being watched for becoming routable (see
+    /// [`MAX_PROPAGATION_WATCHES`]).
+    watching: Arc<AtomicU64>,
 }
+
+/// Longest a replica watches for another replica's registration to become
+/// routable here before giving up on observing its propagation (the
+/// instance may be failing its checks, or gone again).
+pub(crate) const PROPAGATION_WATCH: Duration = Duration::from_secs(60);
+
+/// Most registrations watched at once for becoming routable. Each watch
+/// wakes on every snapshot and looks its instance up, so a burst of
+/// thousands of registrations (a fleet starting) is sampled rather than
+/// watched whole: the histogram stays a fair picture at a bounded cost.
+pub(crate) const MAX_PROPAGATION_WATCHES: u64 = 128;
 
 impl SyncedRegistry {
     /// Wraps `inner` and starts the consumer. Ready (`synced`) once the
@@ -570,7 +657,16 @@ impl SyncedRegistry {
         inner: Arc<dyn Registry>,
         sync: Arc<KafkaSync>,
     ) -> Result<Arc<Self>, SyncStartError> {
-        let consumer: StreamConsumer<QuietContext> = base_config(&sync.config)
+        let lag = Arc::new(AtomicI64::new(-1));
+        let mut config = base_config(&sync.config);
+        if !sync
+            .config
+            .properties
+            .contains_key("statistics.interval.ms")
+        {
+            config.set("statistics.interval.ms", LAG_STATS_INTERVAL_MS);
+        }
+        let consumer: StreamConsumer<LagContext> = config
             // A group id librdkafka requires, unique so no group ever splits
             // partitions between replicas; offsets are never committed.
             .set(
@@ -580,7 +676,7 @@ impl SyncedRegistry {
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true")
             .set("auto.offset.reset", "earliest")
-            .create_with_context(QuietContext)
+            .create_with_context(LagContext { lag: lag.clone() })
             .map_err(SyncStartError::Client)?;
         let meta = consumer
             .fetch_metadata(Some(&sync.config.topic), sync.config.startup_timeout)
@@ -617,6 +713,9 @@ impl SyncedRegistry {
             sync,
             caught_up,
             unreachable_sent: Mutex::new(HashMap::new()),
+            lag,
+            routing: OnceLock::new(),
+            watching: Arc::new(AtomicU64::new(0)),
         });
         tokio::spawn(consume(
             Arc::downgrade(&this),
@@ -632,6 +731,43 @@ impl SyncedRegistry {
         &self.sync
     }
 
+    /// Watches other replicas' registrations become routable in `balancer`
+    /// (set once, when the gateway is built over this registry).
+    pub fn route_with(&self, balancer: Arc<Balancer>) {
+        let _ = self.routing.set(balancer);
+    }
+
+    /// Observes, in the background, how long after `origin_time_ms` (the
+    /// origin replica's clock) the instance became routable here. Nothing
+    /// is observed for an unknown origin (0), without routing, or when the
+    /// instance does not become routable within [`PROPAGATION_WATCH`].
+    fn observe_propagation(&self, service: String, instance_id: String, origin_time_ms: u64) {
+        let Some(balancer) = self.routing.get() else {
+            return;
+        };
+        if origin_time_ms == 0 {
+            return;
+        }
+        // Usually routable already: Consul's watch tends to beat the event.
+        if let Some(since) = balancer.routable_since(&service, &instance_id) {
+            return propagated(balancer, &service, &instance_id, origin_time_ms, since);
+        }
+        if self.watching.fetch_add(1, Ordering::Relaxed) >= MAX_PROPAGATION_WATCHES {
+            self.watching.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
+        let (balancer, watching) = (balancer.clone(), self.watching.clone());
+        tokio::spawn(async move {
+            let since = balancer
+                .wait_routable(&service, &instance_id, PROPAGATION_WATCH)
+                .await;
+            watching.fetch_sub(1, Ordering::Relaxed);
+            if let Some(since) = since {
+                propagated(&balancer, &service, &instance_id, origin_time_ms, since);
+            }
+        });
+    }
+
     async fn apply(&self, ev: pb::SyncEvent, catching_up: bool) {
         let Some(change) = ev.change else { return };
         match change {
@@ -639,6 +775,7 @@ impl SyncedRegistry {
                 if catching_up {
                     // The start-up read of Consul covers every registration;
                     // reconciling one by one would be 10,000 queries.
+                    bump(&self.sync.counters.skipped_catch_up);
                     return;
                 }
                 match self.inner.recheck(&r.service, &r.instance_id).await {
@@ -646,11 +783,15 @@ impl SyncedRegistry {
                         bump(&self.sync.counters.contradicted);
                         warn!(from = %ev.node_id, service = %r.service, instance = %r.instance_id, "Registration event contradicts Consul (instance absent); skipped.");
                     }
-                    _ => bump(&self.sync.counters.applied),
+                    _ => {
+                        bump(&self.sync.counters.applied);
+                        self.observe_propagation(r.service, r.instance_id, ev.origin_time_ms);
+                    }
                 }
             }
             pb::sync_event::Change::Deregistered(k) => {
                 if catching_up {
+                    bump(&self.sync.counters.skipped_catch_up);
                     return;
                 }
                 match self.inner.recheck(&k.service, &k.instance_id).await {
@@ -662,7 +803,12 @@ impl SyncedRegistry {
                 }
             }
             pb::sync_event::Change::ServiceUnreachable(k) => {
-                if catching_up || unreachable_is_stale(ev.timestamp_ms, now_ms()) {
+                if catching_up {
+                    bump(&self.sync.counters.skipped_catch_up);
+                    return;
+                }
+                if unreachable_is_stale(ev.timestamp_ms, now_ms()) {
+                    bump(&self.sync.counters.skipped_stale);
                     return;
                 }
                 // Re-check with Consul; never a deletion.
@@ -674,9 +820,32 @@ impl SyncedRegistry {
     }
 }
 
+/// Records another replica's registration as routable here since
+/// `routable_ms`, `origin_time_ms` being when its origin accepted it.
+fn propagated(
+    balancer: &Balancer,
+    service: &str,
+    instance_id: &str,
+    origin_time_ms: u64,
+    routable_ms: u64,
+) {
+    if let Some(secs) = crate::metrics::propagation_seconds(origin_time_ms, routable_ms) {
+        debug!(
+            service,
+            instance = instance_id,
+            seconds = secs,
+            "Another replica's registration is routable here."
+        );
+        balancer
+            .metrics()
+            .discovery
+            .propagated(Origin::Remote, secs);
+    }
+}
+
 async fn consume(
     weak: std::sync::Weak<SyncedRegistry>,
-    consumer: StreamConsumer<QuietContext>,
+    consumer: StreamConsumer<LagContext>,
     partitions: usize,
     caught_tx: watch::Sender<bool>,
 ) {
@@ -801,9 +970,13 @@ impl SyncedRegistry {
 impl Registry for SyncedRegistry {
     fn register(&self, reg: Registration) -> BoxFuture<'_, Result<RegisterOutcome, RegistryError>> {
         async move {
+            // The start of every replica's propagation figure: the call is
+            // accepted (validated) and about to be written to Consul.
+            let accepted_ms = now_ms();
             let wire = reg.to_proto();
             let out = self.inner.register(reg).await?;
-            self.sync.publish(Change::Registered(Box::new(wire)));
+            self.sync
+                .publish(Change::Registered(Box::new(wire)), accepted_ms);
             Ok(out)
         }
         .boxed()
@@ -816,10 +989,13 @@ impl Registry for SyncedRegistry {
     ) -> BoxFuture<'a, Result<bool, RegistryError>> {
         async move {
             let existed = self.inner.deregister(service, instance_id).await?;
-            self.sync.publish(Change::Deregistered {
-                service: service.to_owned(),
-                instance_id: instance_id.to_owned(),
-            });
+            self.sync.publish(
+                Change::Deregistered {
+                    service: service.to_owned(),
+                    instance_id: instance_id.to_owned(),
+                },
+                0,
+            );
             Ok(existed)
         }
         .boxed()
@@ -849,15 +1025,20 @@ impl Registry for SyncedRegistry {
             .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
         {
             sent.insert(service.to_owned(), Instant::now());
-            self.sync.publish(Change::ServiceUnreachable {
-                service: service.to_owned(),
-            });
+            self.sync.publish(
+                Change::ServiceUnreachable {
+                    service: service.to_owned(),
+                },
+                0,
+            );
         }
     }
 
     fn status(&self) -> RegistryStatus {
         let mut s = self.inner.status();
-        s.sync = Some(self.sync.status());
+        let mut sync = self.sync.status();
+        sync["consumer_lag"] = self.lag.load(Ordering::Relaxed).into();
+        s.sync = Some(sync);
         s
     }
 

@@ -7,6 +7,7 @@ fn event(node: &str, inc: &str, seq: u64, schema: u32) -> Vec<u8> {
         incarnation: inc.into(),
         sequence: seq,
         timestamp_ms: 1,
+        origin_time_ms: 0,
         change: Some(pb::sync_event::Change::ServiceUnreachable(
             pb::InstanceKey {
                 service: "s".into(),
@@ -178,4 +179,21 @@ fn unreachable_events_from_the_far_future_do_not_overflow() {
     assert!(!unreachable_is_stale(u64::MAX - 5, u64::MAX));
     assert!(unreachable_is_stale(0, 10_001));
     assert!(!unreachable_is_stale(0, 10_000));
+}
+
+#[test]
+fn consumer_lag_sums_partitions_from_what_was_read() {
+    // (after the last message read, last EOF, low, high); -1 = unknown.
+    let none = std::iter::empty();
+    assert_eq!(consumer_lag(none), -1);
+    // Nothing known yet (no fetch answered): unknown, not 0.
+    assert_eq!(consumer_lag([(-1, -1, -1, -1)].into_iter()), -1);
+    // Read up to 7 of 10; at the end of another; a third from its low
+    // watermark (nothing read yet, compacted below 4).
+    assert_eq!(
+        consumer_lag([(7, -1, 0, 10), (-1, 5, 0, 5), (-1, -1, 4, 6)].into_iter()),
+        5
+    );
+    // A watermark older than the position never makes the lag negative.
+    assert_eq!(consumer_lag([(12, 12, 0, 10)].into_iter()), 0);
 }
