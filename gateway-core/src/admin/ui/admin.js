@@ -145,7 +145,7 @@ function renderReplicas(body) {
     const v = r.view || {};
     const reg = v.registry;
     const lines = [el("span", { class: "node" }, name(r), r.self ? " (this replica)" : "")];
-    if (r.url) lines.push(el("span", { class: "note" }, r.url), el("br"));
+    if (r.url && r.url !== name(r)) lines.push(el("span", { class: "note url" }, r.url));
     const link = (up) => el("span", { class: up ? "ok" : "bad" }, up ? "connected" : "disconnected");
     if (r.up) {
       lines.push(el("span", { class: "ok" }, "up"), ` ${r.latency_ms} ms; `,
