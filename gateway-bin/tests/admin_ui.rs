@@ -205,3 +205,56 @@ async fn explain_agrees_with_a_real_streaming_backend() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), "hello");
 }
+
+/// `/admin/replicas`: every peer's view fetched by the gateway, itself
+/// found in the list by node id and shown once, a dead peer down with the
+/// error; `--admin-peer` is checked at start-up.
+#[tokio::test]
+async fn replicas_side_by_side_with_a_peer_down() {
+    let a = GatewayProcess::start(&[], &[]).await;
+    let b_admin = format!("127.0.0.1:{}", closed_port());
+    let dead = format!("http://127.0.0.1:{}", closed_port());
+    let peers = [
+        format!("http://{}", a.admin),
+        format!("http://{b_admin}"),
+        dead.clone(),
+    ];
+    let mut flags = Vec::new();
+    for p in &peers {
+        flags.extend(["--admin-peer", p.as_str()]);
+    }
+    let b = GatewayProcess::start_at(
+        ["127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0", &b_admin].map(String::from),
+        &flags,
+        &[],
+    )
+    .await;
+    let a_node = get_json(&a.http, &format!("http://{}/admin/services", a.admin)).await["node_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let v = get_json(&b.http, &format!("http://{}/admin/replicas", b.admin)).await;
+    let reps = v["replicas"].as_array().unwrap();
+    assert_eq!(reps.len(), 3, "{v:#}");
+    assert_eq!(reps[0]["self"], true);
+    assert_eq!(reps[0]["url"], peers[1], "found itself in the list: {v:#}");
+    assert_eq!(reps[0]["view"]["node_id"], v["node_id"]);
+    assert_eq!(reps[1]["up"], true);
+    assert_eq!(reps[1]["url"], peers[0]);
+    assert_eq!(reps[1]["view"]["node_id"], a_node.as_str());
+    assert!(reps[1]["view"]["registry"]["connected"].as_bool().unwrap());
+    assert_eq!(reps[2]["up"], false);
+    assert_eq!(reps[2]["url"], dead.as_str());
+    assert!(
+        reps[2]["error"].as_str().unwrap().contains("connect"),
+        "{v:#}"
+    );
+
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["--admin-peer", "ftp://127.0.0.1:1", "--print-config"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("admin.peers"), "{err}");
+}
