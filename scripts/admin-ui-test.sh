@@ -2,12 +2,15 @@
 # Browser test of the admin UI (issue 11): headless Chromium (Debian
 # package, scripts/install-deps.sh chromium) driven by playwright-core (npm,
 # installed into gateway-bin/tests/browser/node_modules), against the debug
-# `gateway` binary. Screenshot: target/admin-ui/admin-ui.png.
+# `gateway` binary: two gateways peered with each other, a backend, an
+# upstream error found in the log pane by its request id, a restart.
+# Screenshots: target/admin-ui/admin-ui.png (full page) and
+# target/admin-ui/admin-ui-1366x768.png (what a laptop shows).
 #
 #   scripts/admin-ui-test.sh
 #
-# Idempotent: installs what is missing, then builds and runs. Not part of
-# scripts/test.sh yet.
+# Idempotent: installs what is missing, then builds and runs. scripts/test.sh
+# runs it.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"

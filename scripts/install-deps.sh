@@ -206,6 +206,9 @@ install_protoc() { apt_install protoc protobuf-compiler; }
 install_chromium() {
   apt_install chromium chromium
   apt_install chromedriver chromium-driver
+  # node and npm for playwright-core (a machine with its own node keeps it).
+  apt_install node nodejs
+  apt_install npm npm
 }
 
 # prometheus (Debian package `prometheus`): gateway-bin/tests/prometheus.rs

@@ -3,7 +3,8 @@
 # need (idempotent), then formatting, lints, unit/property/integration tests
 # (real Consul and Kafka among them, and the end-to-end scenarios on the
 # replicated topology behind HAProxy: gateway-bin/tests/haproxy.rs), the
-# Python example's tests, the README walkthrough, a benchmark smoke, a quick
+# Python example's tests, the admin UI in headless Chromium
+# (scripts/admin-ui-test.sh), the README walkthrough, a benchmark smoke, a quick
 # run of the discovery figures and of the reliability scenarios
 # (scripts/reliability.sh: faults injected under load).
 #
@@ -18,7 +19,7 @@ step() { printf '\n==> %s\n' "$*"; }
 export CARGO_TERM_COLOR=never RUST_BACKTRACE=1
 
 step "dependencies"
-scripts/install-deps.sh python haproxy consul kafka compose otelcol prometheus
+scripts/install-deps.sh python haproxy consul kafka compose otelcol prometheus chromium
 
 step "rustfmt"
 cargo fmt --all -- --check
@@ -38,6 +39,9 @@ cargo build --locked -p order-service
 
 step "cargo test (unit, property, integration)"
 cargo test --workspace --locked
+
+step "admin UI in headless Chromium (installs chromium and playwright-core when missing)"
+scripts/admin-ui-test.sh
 
 step "python example"
 python3 -m pytest -q examples/product-service-py

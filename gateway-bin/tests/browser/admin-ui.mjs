@@ -29,10 +29,12 @@ async function startGateway(at = {}, peers = []) {
   const gw = spawn(gatewayBin, ["--public", a("public"), "--internal", a("internal"),
     "--registration", a("registration"), "--admin", a("admin"), ...peerArgs], { stdio: ["ignore", "pipe", "inherit"], env: { ...process.env, RUST_LOG: "warn" } });
   children.push(gw);
+  // A gateway that never prints its addresses fails the test, not hangs it.
   const line = await new Promise((resolve, reject) => {
     const rl = createInterface({ input: gw.stdout });
-    rl.once("line", resolve);
-    gw.once("exit", (c) => reject(new Error(`gateway exited (${c})`)));
+    const timer = setTimeout(() => reject(new Error("gateway did not print its addresses within 30 s")), 30000);
+    rl.once("line", (l) => { clearTimeout(timer); resolve(l); });
+    gw.once("exit", (c) => { clearTimeout(timer); reject(new Error(`gateway exited (${c})`)); });
   });
   const addr = Object.fromEntries(line.split(/\s+/).filter((w) => w.includes("=")).map((w) => w.split("=")));
   return { gw, addr, admin: `http://${addr.admin}`, registration: `http://${addr.registration}`,
