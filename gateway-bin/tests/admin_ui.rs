@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt;
 use serde_json::{Value, json};
-use support::{GatewayProcess, closed_port, eventually, get_json, register_json};
+use support::{ConsulProcess, GatewayProcess, closed_port, eventually, get_json, register_json};
 
 async fn explain(gw: &GatewayProcess, query: &[(&str, &str)]) -> (u16, Value) {
     let resp = gw
@@ -257,4 +257,41 @@ async fn replicas_side_by_side_with_a_peer_down() {
     assert!(!bad.status.success());
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(err.contains("admin.peers"), "{err}");
+}
+
+/// With `[consul]`, replicas find each other through Consul's KV store (no
+/// peer list): each writes its admin URL under its node id, and removes it
+/// when it stops. Real Consul (`scripts/install-deps.sh consul`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_found_through_consul() {
+    const CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/consul.toml");
+    let consul = ConsulProcess::start(None).await;
+    let flags = ["--config", CONFIG, "--consul", &consul.url()];
+    let a = GatewayProcess::start(&flags, &[]).await;
+    let b = GatewayProcess::start(&flags, &[]).await;
+    let url = format!("http://{}/admin/replicas", b.admin);
+    let a_admin = format!("http://{}", a.admin);
+    let v = eventually("both gateways in Consul", || {
+        let (http, url) = (b.http.clone(), url.clone());
+        async move {
+            let v = get_json(&http, &url).await;
+            (v["replicas"].as_array()?.len() == 2 && v["replicas"][1]["up"] == true).then_some(v)
+        }
+    })
+    .await;
+    assert_eq!(v["discovery"]["consul"], 2, "{v:#}");
+    assert_eq!(v["replicas"][0]["self"], true);
+    assert_eq!(v["replicas"][0]["url"], format!("http://{}", b.admin));
+    assert_eq!(v["replicas"][1]["url"], a_admin.as_str());
+
+    // A stopping gateway takes its key away.
+    a.terminate();
+    eventually("the stopped gateway gone from Consul", || {
+        let (http, url) = (b.http.clone(), url.clone());
+        async move {
+            let v = get_json(&http, &url).await;
+            (v["replicas"].as_array()?.len() == 1).then_some(())
+        }
+    })
+    .await;
 }

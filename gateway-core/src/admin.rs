@@ -7,9 +7,9 @@
 
 pub mod events;
 mod logs;
-mod replicas;
+pub(crate) mod replicas;
 
-pub use logs::{FeedLayer, LogFeed, REQUEST_SPAN_TARGET};
+pub use logs::{FeedFilter, FeedLayer, LogFeed, REQUEST_SPAN_TARGET};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -48,6 +48,8 @@ struct AdminState {
     api: RegistrationApi,
     hub: Arc<events::EventHub>,
     peers: Arc<crate::config::AdminConfig>,
+    #[cfg(feature = "consul")]
+    consul: Option<Arc<replicas::consul::ConsulPeers>>,
 }
 
 /// What the admin router needs besides the gateway: the other replicas and
@@ -58,6 +60,9 @@ pub struct AdminOptions {
     pub config: crate::config::AdminConfig,
     /// Log lines for the UI's pane (the binary installs its layer).
     pub logs: Option<LogFeed>,
+    /// Peers found through Consul's KV store (see `admin/replicas.rs`).
+    #[cfg(feature = "consul")]
+    pub(crate) consul: Option<Arc<replicas::consul::ConsulPeers>>,
 }
 
 async fn healthz() -> Response {
@@ -234,9 +239,23 @@ async fn explain(
 async fn replicas(State(s): State<AdminState>) -> Response {
     let me = json!({"url": null, "up": true, "self": true, "latency_ms": 0.0,
         "view": view(&s, &ServicesQuery::default())});
-    let fetches = s
-        .peers
-        .peers
+    let mut urls: Vec<String> = s.peers.peers.clone();
+    #[cfg_attr(not(feature = "consul"), allow(unused_mut))]
+    let mut discovery = json!({"static": urls.len()});
+    #[cfg(feature = "consul")]
+    if let Some(consul) = &s.consul {
+        match consul.list().await {
+            Ok(found) => {
+                discovery["consul"] = json!(found.len());
+                urls.extend(found);
+            }
+            Err(e) => discovery["consul_error"] = json!(e),
+        }
+    }
+    // A URL in both the list and Consul is one peer.
+    let mut seen = std::collections::HashSet::new();
+    urls.retain(|u| seen.insert(u.trim_end_matches('/').to_owned()));
+    let fetches = urls
         .iter()
         .map(|url| replicas::fetch(url, s.peers.peer_timeout));
     let mut out = vec![me];
@@ -248,7 +267,8 @@ async fn replicas(State(s): State<AdminState>) -> Response {
         }
         out.push(r);
     }
-    axum::Json(json!({"node_id": &*s.shared.node_id, "replicas": out})).into_response()
+    axum::Json(json!({"node_id": &*s.shared.node_id, "discovery": discovery, "replicas": out}))
+        .into_response()
 }
 
 async fn event_stream(State(s): State<AdminState>) -> Response {
@@ -341,6 +361,8 @@ pub fn router(
             api,
             hub,
             peers: Arc::new(options.config),
+            #[cfg(feature = "consul")]
+            consul: options.consul,
         })
         .fallback_service(fallback)
 }

@@ -71,6 +71,13 @@ pub struct AdminConfig {
     /// as down.
     #[serde(with = "humantime_serde")]
     pub peer_timeout: Duration,
+    /// This replica's admin URL as the others reach it. With `[consul]`,
+    /// every gateway writes its URL to Consul's KV store
+    /// (`forwarding-gateway/admin/<node id>`) and shows whoever wrote one,
+    /// besides `peers`. Default: `http://<listen.admin>`, unless that is a
+    /// wildcard address (`0.0.0.0`), which no peer can dial: then nothing is
+    /// written.
+    pub advertise: Option<String>,
 }
 
 impl Default for AdminConfig {
@@ -78,6 +85,7 @@ impl Default for AdminConfig {
         Self {
             peers: Vec::new(),
             peer_timeout: Duration::from_millis(1000),
+            advertise: None,
         }
     }
 }
@@ -828,14 +836,17 @@ impl GatewayConfig {
         if self.admin.peer_timeout.is_zero() {
             return err("admin.peer_timeout", "must be greater than 0");
         }
-        for peer in &self.admin.peers {
-            let ok = peer
+        let urls = self.admin.peers.iter().map(|p| ("admin.peers", p));
+        for (setting, url) in
+            urls.chain(self.admin.advertise.iter().map(|a| ("admin.advertise", a)))
+        {
+            let ok = url
                 .parse::<http::Uri>()
                 .is_ok_and(|u| u.scheme_str() == Some("http") && u.host().is_some());
             if !ok {
                 return Err(ConfigError {
-                    setting: "admin.peers",
-                    reason: format!("{peer:?} is not an http://host:port URL"),
+                    setting,
+                    reason: format!("{url:?} is not an http://host:port URL"),
                 });
             }
         }
@@ -1154,5 +1165,27 @@ mod tests {
         let mut c = GatewayConfig::default();
         c.retry.budget_window = Duration::from_secs(120);
         assert_eq!(c.validate().unwrap_err().setting, "retry.budget_window");
+    }
+
+    #[test]
+    fn admin_peers_parse_and_are_checked() {
+        let c: GatewayConfig = toml::from_str(
+            "[admin]\npeers = [\"http://10.0.0.1:8091\", \"http://gw2:8091\"]\npeer_timeout = \"250ms\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.admin.peers.len(), 2);
+        assert_eq!(c.admin.peer_timeout, Duration::from_millis(250));
+        c.validate().unwrap();
+        for bad in ["https://10.0.0.1:8091", "10.0.0.1:8091", "http://"] {
+            let mut c = GatewayConfig::default();
+            c.admin.peers = vec![bad.into()];
+            assert_eq!(c.validate().unwrap_err().setting, "admin.peers", "{bad}");
+        }
+        let mut c = GatewayConfig::default();
+        c.admin.advertise = Some("gw1:8091".into());
+        assert_eq!(c.validate().unwrap_err().setting, "admin.advertise");
+        let mut c = GatewayConfig::default();
+        c.admin.peer_timeout = Duration::ZERO;
+        assert_eq!(c.validate().unwrap_err().setting, "admin.peer_timeout");
     }
 }

@@ -196,6 +196,13 @@ impl GatewayBuilder {
             None => (registry, None),
         };
         let mut gateway = Gateway::new(config, registry)?;
+        #[cfg(feature = "consul")]
+        if let Some(consul) = &gateway.config.consul {
+            gateway.consul_peers = Some(Arc::new(admin::replicas::consul::ConsulPeers::new(
+                consul,
+                &gateway.shared.node_id,
+            )));
+        }
         #[cfg(feature = "kafka")]
         if let Some(synced) = synced {
             // Other replicas' registrations are timed until this gateway's
@@ -234,6 +241,10 @@ pub struct Gateway {
     _follow: tokio::task::JoinHandle<()>,
     /// Log lines for the admin UI.
     logs: Option<admin::LogFeed>,
+    /// With `[consul]`: this gateway's admin URL in Consul's KV store, and
+    /// the other replicas' (the admin UI's replicas side by side).
+    #[cfg(feature = "consul")]
+    consul_peers: Option<Arc<admin::replicas::consul::ConsulPeers>>,
 }
 
 impl Gateway {
@@ -312,6 +323,8 @@ impl Gateway {
             kafka: None,
             _follow: follow,
             logs: None,
+            #[cfg(feature = "consul")]
+            consul_peers: None,
         })
     }
 
@@ -365,6 +378,8 @@ impl Gateway {
             admin::AdminOptions {
                 config: self.config.admin.clone(),
                 logs: self.logs.clone(),
+                #[cfg(feature = "consul")]
+                consul: self.consul_peers.clone(),
             },
         )
     }
@@ -435,6 +450,21 @@ impl Gateway {
             spawn!(l, self.registration_router(), tls_on(|t| t.registration));
         }
         if let Some(l) = listeners.admin {
+            #[cfg(feature = "consul")]
+            if let Some(peers) = self.consul_peers.clone() {
+                let url = self.config.admin.advertise.clone().or_else(|| {
+                    let a = l.local_addr().ok()?;
+                    (!a.ip().is_unspecified()).then(|| format!("http://{a}"))
+                });
+                match url {
+                    Some(url) => {
+                        tokio::spawn(announce(peers, url, stop.clone()));
+                    }
+                    None => warn!(
+                        "listen.admin is a wildcard address and admin.advertise is unset: the other replicas will not find this one's admin UI through Consul."
+                    ),
+                }
+            }
             spawn!(l, self.admin_router(), tls_on(|t| t.admin));
         }
         // Ready only once the registry has a complete view: a replica must
@@ -479,6 +509,12 @@ impl Gateway {
                 "Grace period over; dropping WebSocket relays."
             );
         }
+        #[cfg(feature = "consul")]
+        if let Some(peers) = &self.consul_peers
+            && let Err(e) = peers.withdraw().await
+        {
+            tracing::debug!(error = %e, "Admin URL not removed from Consul.");
+        }
         #[cfg(feature = "kafka")]
         if let Some(k) = self.kafka.clone() {
             // Hand queued registration events to Kafka before exiting
@@ -486,6 +522,32 @@ impl Gateway {
             let _ = tokio::task::spawn_blocking(move || k.flush(Duration::from_secs(5))).await;
         }
         info!("Gateway stopped.");
+    }
+}
+
+/// Keeps this gateway's admin URL in Consul's KV store until `stop`: once
+/// at start and every 30 s (a Consul that lost its data gets it back).
+#[cfg(feature = "consul")]
+async fn announce(
+    peers: Arc<admin::replicas::consul::ConsulPeers>,
+    url: String,
+    stop: CancellationToken,
+) {
+    let mut every = tokio::time::interval(Duration::from_secs(30));
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        match peers.announce(&url).await {
+            Ok(()) => failing = false,
+            Err(e) if !failing => {
+                failing = true;
+                warn!(error = %e, url = %url, "Admin URL not written to Consul; the other replicas' UIs will not show this one until it is.");
+            }
+            Err(_) => {}
+        }
     }
 }
 

@@ -95,7 +95,7 @@ impl LogFeed {
 
     /// The layer to install (with its own filter, so it never widens what
     /// other layers see).
-    pub fn layer<S>(&self) -> Filtered<FeedLayer, FilterFn<fn(&Metadata<'_>) -> bool>, S>
+    pub fn layer<S>(&self) -> Filtered<FeedLayer, FeedFilter, S>
     where
         S: Subscriber + for<'a> LookupSpan<'a>,
     {
@@ -126,6 +126,10 @@ impl LogFeed {
         let _ = self.inner.tx.send(line);
     }
 }
+
+/// The filter of [`LogFeed::layer`]: the request span, WARN and up, INFO of
+/// the registration and registry modules.
+pub type FeedFilter = FilterFn<fn(&Metadata<'_>) -> bool>;
 
 /// The layer of a [`LogFeed`] (see [`LogFeed::layer`]).
 pub struct FeedLayer {

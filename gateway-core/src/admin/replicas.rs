@@ -6,7 +6,10 @@
 //!
 //! Peers are the static `[admin] peers` list (`--admin-peer`): the same
 //! list on every replica, like HAProxy's server list; this replica finds
-//! itself in it by node id and is shown once, from memory.
+//! itself in it by node id and is shown once, from memory. With `[consul]`,
+//! also whoever wrote its admin URL under [`consul::PREFIX`] in Consul's KV
+//! store ([`consul::ConsulPeers`]): a key per node id, not a Consul service,
+//! which the registry would read as a backend.
 //!
 //! The client is a plain HTTP/1.1 request over hyper (`http://` only): the
 //! admin listener serves TLS only when `[tls] admin` is set, and a gateway
@@ -78,6 +81,128 @@ async fn get_services(url: &str) -> Result<Value, String> {
     serde_json::from_slice(&body).map_err(|e| format!("not a services view: {e}"))
 }
 
+/// Discovery of peers through Consul's KV store.
+#[cfg(feature = "consul")]
+pub mod consul {
+    use std::time::Duration;
+
+    use crate::config::ConsulConfig;
+
+    /// Where each gateway writes its admin URL: `PREFIX<node id>`.
+    pub const PREFIX: &str = "forwarding-gateway/admin/";
+
+    /// Writes this gateway's admin URL to Consul and reads the others'.
+    #[derive(Debug)]
+    pub struct ConsulPeers {
+        http: reqwest::Client,
+        base: String,
+        token: Option<String>,
+        key: String,
+    }
+
+    impl ConsulPeers {
+        /// For the agent of `config`, as node `node_id`.
+        pub fn new(config: &ConsulConfig, node_id: &str) -> Self {
+            let node =
+                percent_encoding::utf8_percent_encode(node_id, percent_encoding::NON_ALPHANUMERIC);
+            ConsulPeers {
+                http: reqwest::Client::new(),
+                base: config.address.trim_end_matches('/').to_owned(),
+                token: config.token.clone(),
+                key: format!("{PREFIX}{node}"),
+            }
+        }
+
+        fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+            let rb = self
+                .http
+                .request(method, format!("{}/v1/kv/{path}", self.base))
+                .timeout(Duration::from_secs(2));
+            match &self.token {
+                Some(t) => rb.header("X-Consul-Token", t),
+                None => rb,
+            }
+        }
+
+        /// Writes (or rewrites) this gateway's admin URL.
+        pub async fn announce(&self, url: &str) -> Result<(), String> {
+            let resp = self
+                .request(reqwest::Method::PUT, &self.key)
+                .body(url.to_owned())
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            match resp.status().is_success() {
+                true => Ok(()),
+                false => Err(format!("Consul answered {}", resp.status())),
+            }
+        }
+
+        /// Removes this gateway's key (on shutdown).
+        pub async fn withdraw(&self) -> Result<(), String> {
+            let resp = self
+                .request(reqwest::Method::DELETE, &self.key)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            match resp.status().is_success() {
+                true => Ok(()),
+                false => Err(format!("Consul answered {}", resp.status())),
+            }
+        }
+
+        /// Every announced admin URL.
+        pub async fn list(&self) -> Result<Vec<String>, String> {
+            let resp = self
+                .request(reqwest::Method::GET, &format!("{PREFIX}?recurse=true"))
+                .send()
+                .await
+                .map_err(|e| format!("Consul: {e}"))?;
+            if resp.status() == reqwest::StatusCode::NOT_FOUND {
+                return Ok(Vec::new());
+            }
+            if !resp.status().is_success() {
+                return Err(format!("Consul answered {}", resp.status()));
+            }
+            #[derive(serde::Deserialize)]
+            struct Entry {
+                #[serde(rename = "Value")]
+                value: Option<String>,
+            }
+            let entries: Vec<Entry> = resp.json().await.map_err(|e| format!("Consul: {e}"))?;
+            Ok(entries
+                .into_iter()
+                .filter_map(|e| base64_decode(&e.value?))
+                .filter_map(|v| String::from_utf8(v).ok())
+                .collect())
+        }
+    }
+
+    /// Standard base64 (Consul's KV values); `None` when malformed.
+    pub(crate) fn base64_decode(s: &str) -> Option<Vec<u8>> {
+        let mut out = Vec::with_capacity(s.len() * 3 / 4);
+        let (mut acc, mut bits) = (0u32, 0u32);
+        for c in s.bytes().filter(|&c| c != b'=') {
+            let v = match c {
+                b'A'..=b'Z' => c - b'A',
+                b'a'..=b'z' => c - b'a' + 26,
+                b'0'..=b'9' => c - b'0' + 52,
+                b'+' => 62,
+                b'/' => 63,
+                _ => return None,
+            };
+            acc = (acc << 6) | u32::from(v);
+            bits += 6;
+            if bits >= 8 {
+                bits -= 8;
+                out.push((acc >> bits) as u8);
+                acc &= (1 << bits) - 1;
+            }
+        }
+        Some(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,5 +228,18 @@ mod tests {
 
         let v = fetch("https://127.0.0.1:1", Duration::from_secs(1)).await;
         assert_eq!(v["error"], "only http:// peers are supported");
+    }
+
+    #[cfg(feature = "consul")]
+    #[test]
+    fn base64_as_consul_writes_it() {
+        use super::consul::base64_decode;
+        assert_eq!(
+            base64_decode("aHR0cDovLzEyNy4wLjAuMTo4MDkx").unwrap(),
+            b"http://127.0.0.1:8091"
+        );
+        assert_eq!(base64_decode("YQ==").unwrap(), b"a");
+        assert_eq!(base64_decode("YWI=").unwrap(), b"ab");
+        assert!(base64_decode("a b").is_none());
     }
 }

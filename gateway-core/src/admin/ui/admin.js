@@ -127,8 +127,11 @@ async function refreshReplicas() {
   if (wait > 0) await new Promise((r) => setTimeout(r, wait));
   try {
     const resp = await fetch("/admin/replicas");
-    renderReplicas(await resp.json());
-    $("#replicas-note").textContent = "";
+    const body = await resp.json();
+    renderReplicas(body);
+    const d = body.discovery || {};
+    $("#replicas-note").textContent = d.consul_error ? `(Consul discovery failed: ${d.consul_error})`
+      : d.consul !== undefined ? `(${d.static} listed, ${d.consul} found in Consul)` : "";
   } catch (e) {
     $("#replicas-note").textContent = `(not refreshed: ${e.message || e})`;
   } finally {
