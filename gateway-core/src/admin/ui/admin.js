@@ -107,6 +107,7 @@ function renderRegistry(r) {
     walk(r.sync, "");
     for (const [k, v] of flat) {
       if (k === "connected") rows.push(el("dt", {}, "connected"), yesNo(v));
+      else if (k === "consumer_lag") pair("consumer lag", v < 0 ? "unknown (no statistics yet)" : `${v} events`);
       else pair(k.replace(/^counters\./, "").replaceAll("_", " "), v === null ? "none" : String(v));
     }
   } else {
