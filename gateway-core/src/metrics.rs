@@ -246,16 +246,14 @@ impl Metrics {
         let retries = Family::<ServiceLabel, Counter>::default();
         let failures = Family::<FailureLabels, Counter>::default();
         let ejections_family = Family::<ReasonLabel, Counter>::default();
-        let ejections = [
+        // One handle at a time: `get_or_create` returns a read guard, and a
+        // second call while the first's guard lives (two elements of one
+        // array literal) waits for the write lock forever.
+        let ejections = ["unreachable", "failing"].map(|reason| {
             ejections_family
-                .get_or_create(&ReasonLabel {
-                    reason: "unreachable",
-                })
-                .clone(),
-            ejections_family
-                .get_or_create(&ReasonLabel { reason: "failing" })
-                .clone(),
-        ];
+                .get_or_create(&ReasonLabel { reason })
+                .clone()
+        });
         let connections = Gauge::default();
         let registry_connected = Gauge::default();
         let (watch_wakeups, watch_errors) = (Counter::default(), Counter::default());
