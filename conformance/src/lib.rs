@@ -3,6 +3,8 @@
 //! * [`case`]: cases as data (`cases/*.toml`);
 //! * [`run`]: runs them against a backend over gRPC, the way a gateway
 //!   calls it, and says what differed;
+//! * [`gateway`]: the same cases over HTTP through a gateway, to the
+//!   reference backend registered with it;
 //! * [`reference`]: the conformance behaviour
 //!   (`proto/proto/forwarding/v1/CONFORMANCE.md`) on the Rust service SDK,
 //!   the reference every other implementation is compared with.
@@ -12,6 +14,7 @@
 use sha2::{Digest, Sha256};
 
 pub mod case;
+pub mod gateway;
 pub mod reference;
 pub mod run;
 

@@ -120,6 +120,11 @@ impl Target {
         })
     }
 
+    /// The suffix that makes this run's call ids unique.
+    pub(crate) fn run_id(&self) -> &str {
+        &self.run_id
+    }
+
     fn forwarding(&self) -> ForwardingServiceClient<Channel> {
         ForwardingServiceClient::new(self.channel.clone())
             .max_decoding_message_size(usize::MAX)
@@ -367,7 +372,7 @@ impl Target {
 
     /// Polls `GET /conformance/calls/{id}` until the state is the one
     /// expected or the time is up; then checks it and the bytes sent.
-    async fn check_call(&self, check: &CallCheck, id: &str) -> Vec<String> {
+    pub(crate) async fn check_call(&self, check: &CallCheck, id: &str) -> Vec<String> {
         let within = Duration::from_millis(check.within_ms.unwrap_or(2000));
         let deadline = Instant::now() + within;
         let last = loop {
@@ -420,7 +425,10 @@ impl Target {
 /// Runs `call`, giving up (dropping it: the call is cancelled) at the
 /// request's deadline or cancel time, as a gateway does. Returns when and
 /// how it gave up.
-async fn give_up_after(spec: &RequestSpec, call: impl Future<Output = ()>) -> Option<(u64, Code)> {
+pub(crate) async fn give_up_after(
+    spec: &RequestSpec,
+    call: impl Future<Output = ()>,
+) -> Option<(u64, Code)> {
     let limits = [
         spec.deadline_ms.map(|d| (d, Code::DeadlineExceeded)),
         spec.cancel_after_ms.map(|c| (c, Code::Cancelled)),
@@ -436,7 +444,7 @@ async fn give_up_after(spec: &RequestSpec, call: impl Future<Output = ()>) -> Op
 }
 
 impl Got {
-    fn gave_up(&mut self, how: Option<(u64, Code)>) {
+    pub(crate) fn gave_up(&mut self, how: Option<(u64, Code)>) {
         if let Some((ms, code)) = how {
             self.code = Some(code);
             self.message = format!("the kit gave up after {ms} ms");
@@ -446,14 +454,14 @@ impl Got {
 }
 
 /// What the kit sends: the head, the body, the trailers.
-struct Sent {
-    head: pb::ForwardingReq,
-    body: Bytes,
-    trailers: Vec<pb::Header>,
+pub(crate) struct Sent {
+    pub(crate) head: pb::ForwardingReq,
+    pub(crate) body: Bytes,
+    pub(crate) trailers: Vec<pb::Header>,
 }
 
 impl Sent {
-    fn build(spec: &RequestSpec, call_id: Option<&str>) -> Result<Self, String> {
+    pub(crate) fn build(spec: &RequestSpec, call_id: Option<&str>) -> Result<Self, String> {
         let body = match (&spec.body, &spec.body_hex, spec.body_pattern) {
             (None, None, None) => Bytes::new(),
             (Some(t), None, None) => Bytes::from(t.clone()),
@@ -557,26 +565,26 @@ fn wire_fields(fields: &[Field]) -> Result<Vec<pb::Header>, String> {
 
 /// What came back.
 #[derive(Default)]
-struct Got {
+pub(crate) struct Got {
     /// The call's gRPC status (None: it never ended).
-    code: Option<Code>,
-    message: String,
+    pub(crate) code: Option<Code>,
+    pub(crate) message: String,
     /// The answer's head (`Send`: the answer without body and trailers).
-    head: Option<pb::ForwardingResp>,
-    body: Vec<u8>,
-    body_frames: usize,
-    first_body_at: Option<Duration>,
-    last_body_at: Option<Duration>,
-    trailers: Option<Vec<pb::Header>>,
-    ended: bool,
-    elapsed: Duration,
+    pub(crate) head: Option<pb::ForwardingResp>,
+    pub(crate) body: Vec<u8>,
+    pub(crate) body_frames: usize,
+    pub(crate) first_body_at: Option<Duration>,
+    pub(crate) last_body_at: Option<Duration>,
+    pub(crate) trailers: Option<Vec<pb::Header>>,
+    pub(crate) ended: bool,
+    pub(crate) elapsed: Duration,
     /// Breaches of the frame order of `Stream`.
-    protocol: Vec<String>,
-    cancelled_by_kit: bool,
+    pub(crate) protocol: Vec<String>,
+    pub(crate) cancelled_by_kit: bool,
 }
 
 impl Got {
-    fn body_piece(&mut self, data: &[u8], started: Instant) {
+    pub(crate) fn body_piece(&mut self, data: &[u8], started: Instant) {
         let at = started.elapsed();
         self.first_body_at.get_or_insert(at);
         self.last_body_at = Some(at);
@@ -620,14 +628,17 @@ fn check_code(want: &Option<Vec<String>>, got: &Got, fails: &mut Vec<String>) {
 }
 
 /// Compares every expectation of `case` with `got`.
-fn check(case: &Case, rpc: Rpc, sent: &Sent, got: &Got, fails: &mut Vec<String>) {
+pub(crate) fn check(case: &Case, rpc: Rpc, sent: &Sent, got: &Got, fails: &mut Vec<String>) {
     let e = &case.expect;
     check_code(&e.grpc, got, fails);
     for p in &got.protocol {
         fails.push(format!("Stream frames: {p}"));
     }
     if e.head_then_fail == Some(true) && got.head.is_none() {
-        fails.push("head before the failure: expected a head, got none".into());
+        fails.push(format!(
+            "head before the failure: expected a head, got none ({:?})",
+            got.message
+        ));
     }
     if let Some(ms) = e.within_ms
         && got.elapsed > Duration::from_millis(ms)
