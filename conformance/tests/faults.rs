@@ -122,7 +122,7 @@ async fn a_buffered_answer_is_not_streaming() {
     );
     assert_eq!(f[0].1, ["body frames: expected 4, got 1"]);
     assert!(
-        f[1].1[0].starts_with("first body byte: expected within 250 ms, got "),
+        f[1].1[0].starts_with("first body byte: expected within 400 ms, got "),
         "{f:?}"
     );
 }
