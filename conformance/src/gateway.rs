@@ -100,16 +100,21 @@ impl GatewayTarget {
         Ok(sender)
     }
 
-    /// Runs each case once (a case written for `Send` and `Stream` is one
-    /// HTTP request: the gateway picks the RPC), named `<case> [http]`.
+    /// The runs of `cases` that go over HTTP: one per case, since a case
+    /// written for `Send` and `Stream` is one HTTP request (the gateway
+    /// picks the RPC).
+    pub fn runs(cases: &[Planned]) -> impl Iterator<Item = &Planned> {
+        cases.iter().filter(|p| match &p.case.rpc {
+            Rpcs::Many(rpcs) => rpcs.first() == Some(&p.rpc),
+            Rpcs::One(_) => true,
+        })
+    }
+
+    /// Runs each case once (see [`GatewayTarget::runs`]), named
+    /// `<case> [http]`.
     pub async fn run_all(&self, cases: &[Planned], mut each: impl FnMut(&Outcome)) -> Vec<Outcome> {
         let mut out = Vec::new();
-        for p in cases {
-            if let Rpcs::Many(rpcs) = &p.case.rpc
-                && rpcs.first() != Some(&p.rpc)
-            {
-                continue;
-            }
+        for p in Self::runs(cases) {
             let o = Outcome {
                 name: format!("{} [http]", p.case.name),
                 verdict: self.run(p).await,

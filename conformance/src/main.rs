@@ -102,7 +102,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                 .map_err(anyhow::Error::msg)?;
             println!(
                 "gateway-conformance: {} cases through the gateway {gateway}",
-                cases.len()
+                GatewayTarget::runs(&cases).count()
             );
             let outcomes = target.run_all(&cases, print).await;
             let _ = stop.send(());
