@@ -163,7 +163,7 @@ pub struct RequestSpec {
     pub stall_after_head_ms: Option<u64>,
     /// `Stream`: send these frames in this order instead of the usual
     /// `head`, `body`..., `end` (malformed sequences): each of `head`,
-    /// `body`, `end`, `message`, `close`, `empty`.
+    /// `head_with_trailers`, `body`, `end`, `message`, `close`.
     pub frames: Option<Vec<String>>,
 }
 

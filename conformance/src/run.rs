@@ -469,6 +469,25 @@ impl Sent {
             (None, None, Some(n)) => Bytes::from(crate::pattern(0, n)),
             _ => return Err("give one of body, body_hex, body_pattern".into()),
         };
+        const KINDS: [&str; 6] = [
+            "head",
+            "head_with_trailers",
+            "body",
+            "end",
+            "message",
+            "close",
+        ];
+        if let Some(bad) = spec
+            .frames
+            .iter()
+            .flatten()
+            .find(|k| !KINDS.contains(&k.as_str()))
+        {
+            return Err(format!(
+                "unknown frame kind {bad:?} (one of {})",
+                KINDS.join(", ")
+            ));
+        }
         let mut headers = wire_fields(&spec.headers)?;
         if let Some(id) = call_id {
             headers.push(pb::Header {
@@ -519,6 +538,13 @@ impl Sent {
                 .iter()
                 .map(|k| match k.as_str() {
                     "head" => In::Head(self.head.clone()),
+                    "head_with_trailers" => In::Head(pb::ForwardingReq {
+                        trailers: vec![pb::Header {
+                            name: "x-t".into(),
+                            value: Bytes::from_static(b"1"),
+                        }],
+                        ..self.head.clone()
+                    }),
                     "body" => In::Body(pb::BodyChunk {
                         data: Bytes::from_static(b"x"),
                     }),
@@ -530,7 +556,7 @@ impl Sent {
                         code: 1000,
                         reason: String::new(),
                     }),
-                    // An unknown kind: what an empty oneof decodes to.
+                    // `Sent::build` refused every other kind.
                     _ => In::Body(pb::BodyChunk { data: Bytes::new() }),
                 })
                 .collect();
