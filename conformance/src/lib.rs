@@ -5,6 +5,8 @@
 //!   calls it, and says what differed;
 //! * [`gateway`]: the same cases over HTTP through a gateway, to the
 //!   reference backend registered with it;
+//! * [`lifecycle`]: registration, renewal, re-registration after a
+//!   gateway restart, deregistration on SIGTERM;
 //! * [`reference`]: the conformance behaviour
 //!   (`proto/proto/forwarding/v1/CONFORMANCE.md`) on the Rust service SDK,
 //!   the reference every other implementation is compared with.
@@ -15,6 +17,7 @@ use sha2::{Digest, Sha256};
 
 pub mod case;
 pub mod gateway;
+pub mod lifecycle;
 pub mod reference;
 pub mod run;
 

@@ -29,7 +29,7 @@ use service_sdk::Backend;
 struct Args {
     /// The backend under test: grpc://HOST:PORT. It must serve the
     /// conformance behaviour (proto/proto/forwarding/v1/CONFORMANCE.md).
-    #[arg(long, required_unless_present = "gateway", conflicts_with = "gateway")]
+    #[arg(long, required_unless_present_any = ["gateway", "backend_cmd"], conflicts_with = "gateway")]
     target: Option<String>,
     /// Check a gateway instead: its public listener, http://HOST:PORT. The
     /// kit starts the reference backend, registers it (service
@@ -43,6 +43,12 @@ struct Args {
     /// must reach it there).
     #[arg(long, default_value = "127.0.0.1:0")]
     backend_listen: SocketAddr,
+    /// Check the lifecycle instead: the kit runs a gateway and starts the
+    /// backend with this shell command, `{registry}` replaced by the
+    /// gateway's registration URL; the command must exec the backend (so
+    /// SIGTERM reaches it), e.g. `python3 server.py --gateway {registry}`.
+    #[arg(long, conflicts_with_all = ["target", "gateway"])]
+    backend_cmd: Option<String>,
     /// Directory of case files (*.toml).
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/cases"))]
     cases: PathBuf,
@@ -65,6 +71,17 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<bool> {
+    if let Some(cmd) = &args.backend_cmd {
+        println!("gateway-conformance: lifecycle of `{cmd}`");
+        let outcomes = conformance::lifecycle::run_all(cmd, Duration::from_secs(60), |o| {
+            println!("{}", o.report())
+        })
+        .await
+        .map_err(anyhow::Error::msg)?;
+        let summary = Summary::of(&outcomes);
+        println!("{summary}");
+        return Ok(summary.failed == 0);
+    }
     let mut cases = case::load_dir(&args.cases)?;
     if let Some(f) = &args.filter {
         cases.retain(|c| c.name.contains(f.as_str()));
