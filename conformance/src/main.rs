@@ -91,6 +91,12 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let outcomes = match (&args.target, &args.gateway, &args.registry) {
         (Some(target), _, _) => {
             let target = Target::new(target).map_err(anyhow::Error::msg)?;
+            if let Err(e) = target.reachable().await {
+                anyhow::bail!(
+                    "cannot reach {}: {e}",
+                    args.target.as_deref().unwrap_or_default()
+                );
+            }
             println!(
                 "gateway-conformance: {} cases against {}",
                 cases.len(),

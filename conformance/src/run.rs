@@ -120,6 +120,19 @@ impl Target {
         })
     }
 
+    /// Fails, saying why, when nothing accepts an HTTP/2 connection at the
+    /// target: better one clear error than every case failing alike.
+    pub async fn reachable(&self) -> Result<(), String> {
+        let mut client = HealthClient::new(self.channel.clone());
+        let req = tonic_health::pb::HealthCheckRequest::default();
+        match tokio::time::timeout(Duration::from_secs(10), client.check(req)).await {
+            Err(_) => Err("no answer within 10 s".into()),
+            // A transport failure; any gRPC answer (even an error) will do.
+            Ok(Err(s)) if s.code() == Code::Unavailable => Err(s.message().to_owned()),
+            Ok(_) => Ok(()),
+        }
+    }
+
     /// The suffix that makes this run's call ids unique.
     pub(crate) fn run_id(&self) -> &str {
         &self.run_id
