@@ -680,6 +680,10 @@ fn budget_spent(service: &str) -> ForwardError {
 /// `balancer.connect_retries` times), or when it is idempotent and failed
 /// with `UNAVAILABLE` (up to `retry.max_attempts` attempts in all): the body
 /// is held whole, so it can be sent again as it was.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one request's parts, as the other dispatch steps take them"
+)]
 async fn dispatch_unary<B>(
     shared: &Shared,
     parts: http::request::Parts,
@@ -960,6 +964,10 @@ fn stream_failure(
 /// Step 5b: `Stream` - the body flows up as it arrives, the answer flows
 /// back as it is produced (stream.rs). A request whose body has started to
 /// go upstream is never tried on another instance.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one request's parts, as the other dispatch steps take them"
+)]
 async fn dispatch_stream<B>(
     shared: &Shared,
     parts: &http::request::Parts,
