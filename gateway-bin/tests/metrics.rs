@@ -116,8 +116,7 @@ async fn metrics_are_scraped_from_the_admin_listener() {
     // Per instance, read from the balancer at scrape time.
     assert!(
         m.iter().any(|(k, v)| {
-            k.starts_with(r#"gateway_upstream_in_flight{service="metered",instance=""#)
-                && *v == 0.0
+            k.starts_with(r#"gateway_upstream_in_flight{service="metered",instance=""#) && *v == 0.0
         }),
         "{text}"
     );

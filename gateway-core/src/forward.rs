@@ -357,7 +357,10 @@ where
     // inline it would grow (and cost a bigger copy on) every unary request.
     match choose(shared, &parts, &body, &target, candidates.first()) {
         Dispatch::Unary => {
-            dispatch_unary(shared, parts, body, &target, candidates, &up, started, trail).await
+            dispatch_unary(
+                shared, parts, body, &target, candidates, &up, started, trail,
+            )
+            .await
         }
         Dispatch::Stream => {
             let streaming = candidates.filter(|e| e.streaming);

@@ -331,7 +331,11 @@ async fn streamed_chunks_are_counted_in_the_body_byte_metrics() {
     let body = body_of(vec![b"abc".to_vec(), vec![], b"defgh".to_vec()], None);
     let frames = RequestFrames::new(ForwardingReq::default(), BodySlot::new(body), 0, ex)
         .counting(metrics.request_byte_count());
-    assert_eq!(frames.collect::<Vec<_>>().await.len(), 4, "head, 2 chunks, end");
+    assert_eq!(
+        frames.collect::<Vec<_>>().await.len(),
+        4,
+        "head, 2 chunks, end"
+    );
     assert_eq!(metrics.request_bytes.get(), 8);
 
     let ep = crate::balance::Endpoint::for_tests();
@@ -341,7 +345,10 @@ async fn streamed_chunks_are_counted_in_the_body_byte_metrics() {
     };
     let ex = Exchange::new(Instant::now(), limits());
     let answer = grpc_answer(
-        vec![chunk_frame(b"hello".to_vec()), chunk_frame(b" world".to_vec())],
+        vec![
+            chunk_frame(b"hello".to_vec()),
+            chunk_frame(b" world".to_vec()),
+        ],
         tonic::Code::Ok,
     );
     let body = StreamBody::new(
