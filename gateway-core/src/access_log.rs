@@ -21,7 +21,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use prometheus_client::metrics::counter::Counter;
-use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::config::AccessLogConfig;
@@ -60,31 +59,6 @@ pub struct Entry {
     pub upstream: Option<Duration>,
 }
 
-#[derive(Serialize)]
-struct Line<'a> {
-    #[serde(serialize_with = "rfc3339_millis")]
-    time: SystemTime,
-    request_id: Option<&'a str>,
-    client: Option<SocketAddr>,
-    listener: &'static str,
-    method: &'a str,
-    path: &'a str,
-    route: Option<&'a str>,
-    service: Option<&'a str>,
-    instance: Option<&'a str>,
-    status: u16,
-    bytes_in: Option<u64>,
-    bytes_out: Option<u64>,
-    duration_ms: f64,
-    upstream_ms: Option<f64>,
-}
-
-/// The time as RFC 3339 in UTC with milliseconds, formatted straight into
-/// the output (no intermediate `String`).
-fn rfc3339_millis<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(&humantime::format_rfc3339_millis(*t))
-}
-
 fn listener_name(l: Listener) -> &'static str {
     match l {
         Listener::Public => "public",
@@ -93,31 +67,81 @@ fn listener_name(l: Listener) -> &'static str {
     }
 }
 
-fn ms(d: Duration) -> f64 {
-    // Microsecond precision is what a log reader can use.
-    (d.as_micros() as f64) / 1000.0
+/// A JSON string (escaped by serde_json) or `null`.
+fn string(out: &mut impl Write, v: Option<&str>) -> std::io::Result<()> {
+    match v {
+        Some(v) => serde_json::to_writer(&mut *out, v).map_err(std::io::Error::from),
+        None => out.write_all(b"null"),
+    }
+}
+
+/// An integer, through serde_json's `itoa` (`write!` costs several times
+/// more per number).
+fn number(out: &mut impl Write, n: u64) -> std::io::Result<()> {
+    serde_json::to_writer(&mut *out, &n).map_err(std::io::Error::from)
+}
+
+/// Milliseconds with microsecond precision, as integers print.
+fn millis(out: &mut impl Write, d: Duration) -> std::io::Result<()> {
+    let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    number(out, us / 1000)?;
+    let frac = us % 1000;
+    out.write_all(&[
+        b'.',
+        b'0' + (frac / 100) as u8,
+        b'0' + (frac / 10 % 10) as u8,
+        b'0' + (frac % 10) as u8,
+    ])
 }
 
 impl Entry {
+    /// The line, written field by field: serde's map machinery and
+    /// `write!` cost most of the writer's instructions per line
+    /// (BENCHMARKS.md, issue 11).
     fn write_to(&self, out: &mut impl Write) -> std::io::Result<()> {
-        let line = Line {
-            time: self.at,
-            request_id: self.request_id.as_ref().map(RequestId::as_str),
-            client: self.client,
-            listener: listener_name(self.listener),
-            method: self.method.as_str(),
-            path: self.uri.path(),
-            route: self.route.as_ref().map(|(_, r)| &**r),
-            service: self.route.as_ref().map(|(s, _)| &**s),
-            instance: self.instance.as_deref(),
-            status: self.status,
-            bytes_in: self.bytes_in,
-            bytes_out: self.bytes_out,
-            duration_ms: ms(self.total),
-            upstream_ms: self.upstream.map(ms),
-        };
-        serde_json::to_writer(&mut *out, &line)?;
-        out.write_all(b"\n")
+        write!(
+            out,
+            "{{\"time\":\"{}\"",
+            humantime::format_rfc3339_millis(self.at)
+        )?;
+        out.write_all(b",\"request_id\":")?;
+        string(out, self.request_id.as_ref().map(RequestId::as_str))?;
+        match self.client {
+            Some(c) => write!(out, ",\"client\":\"{c}\"")?,
+            None => out.write_all(b",\"client\":null")?,
+        }
+        out.write_all(b",\"listener\":\"")?;
+        out.write_all(listener_name(self.listener).as_bytes())?;
+        out.write_all(b"\",\"method\":")?;
+        string(out, Some(self.method.as_str()))?;
+        out.write_all(b",\"path\":")?;
+        string(out, Some(self.uri.path()))?;
+        out.write_all(b",\"route\":")?;
+        string(out, self.route.as_ref().map(|(_, r)| &**r))?;
+        out.write_all(b",\"service\":")?;
+        string(out, self.route.as_ref().map(|(s, _)| &**s))?;
+        out.write_all(b",\"instance\":")?;
+        string(out, self.instance.as_deref())?;
+        out.write_all(b",\"status\":")?;
+        number(out, u64::from(self.status))?;
+        for (name, v) in [
+            (&b",\"bytes_in\":"[..], self.bytes_in),
+            (&b",\"bytes_out\":"[..], self.bytes_out),
+        ] {
+            out.write_all(name)?;
+            match v {
+                Some(n) => number(out, n)?,
+                None => out.write_all(b"null")?,
+            }
+        }
+        out.write_all(b",\"duration_ms\":")?;
+        millis(out, self.total)?;
+        out.write_all(b",\"upstream_ms\":")?;
+        match self.upstream {
+            Some(d) => millis(out, d)?,
+            None => out.write_all(b"null")?,
+        }
+        out.write_all(b"}\n")
     }
 }
 
@@ -205,7 +229,8 @@ mod tests {
             method: http::Method::POST,
             uri: "/svc/a?secret=1".parse().unwrap(),
             route: Some(("svc".into(), "/svc".into())),
-            instance: Some("svc-1".into()),
+            // Escaped as JSON strings are.
+            instance: Some("svc-\"1\"\\".into()),
             status: 201,
             bytes_in: Some(10),
             bytes_out: None,
@@ -226,7 +251,7 @@ mod tests {
             (v["service"].as_str(), v["route"].as_str()),
             (Some("svc"), Some("/svc"))
         );
-        assert_eq!(v["instance"], "svc-1");
+        assert_eq!(v["instance"], "svc-\"1\"\\");
         assert_eq!(v["status"], 201);
         assert_eq!(
             (v["bytes_in"].as_u64(), v["bytes_out"].as_u64()),
