@@ -5,18 +5,25 @@
 # keep-alive connections. Prints instructions per request and the functions
 # with the most inclusive instructions per request; keeps the callgrind file.
 #
-#   scripts/profile.sh [--no-build] [--requests N] [--out DIR]
+#   scripts/profile.sh [--no-build] [--requests N] [--out DIR] [--observability]
+#
+# --observability: the same build three times - `[metrics] enabled = false`,
+# the default (metrics on), and metrics plus `[access_log]` to a file - and
+# prints what metrics and the access log cost per request:
+#   metrics cost: +X.X% instructions/request (target <= 5%) PASS|MISS
+#   access log cost: +X.X% instructions/request over metrics on
 #
 # Then: callgrind_annotate --inclusive=yes DIR/callgrind.out.* | less
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-BUILD=1 REQS=10000 OUT=""
+BUILD=1 REQS=10000 OUT="" COMPARE=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --no-build) BUILD=0 ;;
     --requests) REQS="${2:?}"; shift ;;
     --out) OUT="${2:?}"; shift ;;
-    *) echo "usage: scripts/profile.sh [--no-build] [--requests N] [--out DIR]" >&2; exit 2 ;;
+    --observability) COMPARE=1 ;;
+    *) echo "usage: scripts/profile.sh [--no-build] [--requests N] [--out DIR] [--observability]" >&2; exit 2 ;;
   esac
   shift
 done
@@ -28,33 +35,61 @@ mkdir -p "$WORK"
 PIDS=()
 cleanup() { for p in "${PIDS[@]+"${PIDS[@]}"}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
-wait_for() { local i; for i in $(seq 1 600); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "timed out: $*" >&2; return 1; }
+wait_for() { local i; for i in $(seq 1 1200); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "timed out: $*" >&2; return 1; }
 
 "$BIN/bench-backend" --grpc 127.0.0.1:0 --http 127.0.0.1:0 --body-bytes 64 >"$WORK/backend.out" 2>"$WORK/backend.err" &
 PIDS+=($!)
 wait_for grep -q '^READY' "$WORK/backend.out"
 grpc="$(sed -n 's/^READY .*grpc=\([^ ]*\).*/\1/p' "$WORK/backend.out")"
-TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.out.%p" \
-  --log-file="$WORK/valgrind.log" "$BIN/gateway" --public 127.0.0.1:0 --internal 127.0.0.1:0 \
-  --registration 127.0.0.1:0 --admin 127.0.0.1:0 >"$WORK/gateway.out" 2>"$WORK/gateway.err" &
-GW=$!; PIDS+=("$GW")
-wait_for grep -q '^gateway listening' "$WORK/gateway.out"
-addr() { sed -n "s/^gateway listening .*$1=\([^ ]*\).*/\1/p" "$WORK/gateway.out"; }
-pub="$(addr public)" reg="$(addr registration)" adm="$(addr admin)"
-wait_for curl -sf "http://$adm/readyz"
-curl -sf -o /dev/null -X PUT -H 'content-type: application/json' \
-  -d "{\"service\":\"bench\",\"address\":\"$grpc\",\"routes\":[{\"path_prefix\":\"/bench\"}],\"health\":{\"kind\":\"ttl\"},\"lease_ms\":3600000}" \
-  "http://$reg/v1/registrations"
-wait_for curl -sf -o /dev/null "http://$pub/bench/x"
-load() { "$BIN/loadgen" --target http --url "http://$pub/bench/x" --rate 0 --concurrency 64 --connections 64 \
-  --requests "$1" --duration 1800s --warmup 0s --timeout 60s --expect-body-bytes 64 >"$WORK/$2.json" 2>"$WORK/$2.err"; }
-load 2000 warmup
-callgrind_control -z "$GW" >/dev/null
-load "$REQS" counted
-callgrind_control -d "$GW" >/dev/null
-file="$(ls -t "$WORK"/callgrind.out."$GW".* | head -n 1)"
-total="$(callgrind_annotate "$file" 2>/dev/null | sed -n 's/^ *\([0-9,]*\) .*PROGRAM TOTALS.*/\1/p' | tr -d ,)"
-echo "gateway: $((total / REQS)) instructions per request ($total over $REQS requests); $file"
-callgrind_annotate --threshold=100 --inclusive=yes "$file" 2>/dev/null \
+
+# profile NAME [gateway args...]: one gateway under callgrind, warmed up,
+# N counted requests; sets PER_REQUEST and FILE.
+profile() {
+  local name="$1"; shift
+  local dir="$WORK/$name"; mkdir -p "$dir"
+  TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --callgrind-out-file="$dir/callgrind.out.%p" \
+    --log-file="$dir/valgrind.log" "$BIN/gateway" --public 127.0.0.1:0 --internal 127.0.0.1:0 \
+    --registration 127.0.0.1:0 --admin 127.0.0.1:0 "$@" >"$dir/gateway.out" 2>"$dir/gateway.err" &
+  local gw=$!; PIDS+=("$gw")
+  wait_for grep -q '^gateway listening' "$dir/gateway.out"
+  addr() { sed -n "s/^gateway listening .*$1=\([^ ]*\).*/\1/p" "$dir/gateway.out"; }
+  local pub reg adm
+  pub="$(addr public)" reg="$(addr registration)" adm="$(addr admin)"
+  wait_for curl -sf "http://$adm/readyz"
+  curl -sf -o /dev/null -X PUT -H 'content-type: application/json' \
+    -d "{\"service\":\"bench\",\"address\":\"$grpc\",\"routes\":[{\"path_prefix\":\"/bench\"}],\"health\":{\"kind\":\"ttl\"},\"lease_ms\":3600000}" \
+    "http://$reg/v1/registrations"
+  wait_for curl -sf -o /dev/null "http://$pub/bench/x"
+  load() { "$BIN/loadgen" --target http --url "http://$pub/bench/x" --rate 0 --concurrency 64 --connections 64 \
+    --requests "$1" --duration 1800s --warmup 0s --timeout 60s --expect-body-bytes 64 >"$dir/$2.json" 2>"$dir/$2.err"; }
+  load 2000 warmup
+  callgrind_control -z "$gw" >/dev/null
+  load "$REQS" counted
+  callgrind_control -d "$gw" >/dev/null
+  FILE="$(ls -t "$dir"/callgrind.out."$gw".* | head -n 1)"
+  local total
+  total="$(callgrind_annotate "$FILE" 2>/dev/null | sed -n 's/^ *\([0-9,]*\) .*PROGRAM TOTALS.*/\1/p' | tr -d ,)"
+  PER_REQUEST=$((total / REQS))
+  echo "gateway ($name): $PER_REQUEST instructions per request ($total over $REQS requests); $FILE"
+  kill "$gw" 2>/dev/null || true
+  wait "$gw" 2>/dev/null || true
+}
+
+if [ "$COMPARE" = 1 ]; then
+  printf '[metrics]\nenabled = false\n' >"$WORK/metrics-off.toml"
+  printf '[access_log]\nenabled = true\npath = "%s"\n' "$WORK/access.log" >"$WORK/access-log.toml"
+  profile metrics-off --config "$WORK/metrics-off.toml"; off=$PER_REQUEST
+  profile metrics-on; on=$PER_REQUEST
+  profile access-log --config "$WORK/access-log.toml"; logged=$PER_REQUEST
+  awk -v on="$on" -v off="$off" 'BEGIN { c = (on - off) * 100 / off;
+    printf "metrics cost: %+.1f%% instructions/request (%d on, %d off; target <= 5%%) %s\n", c, on, off, (c <= 5 ? "PASS" : "MISS") }'
+  awk -v on="$on" -v l="$logged" 'BEGIN {
+    printf "access log cost: %+.1f%% instructions/request over metrics on (%d with the log to a file)\n", (l - on) * 100 / on, l }'
+  echo "access log lines written: $(wc -l <"$WORK/access.log")"
+  exit 0
+fi
+
+profile default
+callgrind_annotate --threshold=100 --inclusive=yes "$FILE" 2>/dev/null \
   | awk -v n="$REQS" '/^ *[0-9,]+ +\(/ { v=$1; gsub(",", "", v); $1=""; $2=""; printf "%9d  %s\n", v/n, substr($0, 1, 160) }' \
   | head -n 60

@@ -113,6 +113,13 @@ async fn metrics_are_scraped_from_the_admin_listener() {
     assert_eq!(get("gateway_request_body_bytes_total"), 10.0);
     assert!(get("gateway_response_body_bytes_total") >= 20.0);
     assert_eq!(get("gateway_requests_in_flight"), 0.0);
+    // Per instance, read from the balancer at scrape time.
+    assert!(
+        m.iter().any(|(k, v)| {
+            k.starts_with(r#"gateway_upstream_in_flight{service="metered",instance=""#) && *v == 0.0
+        }),
+        "{text}"
+    );
     assert!(get("gateway_upstream_connections") >= 1.0);
     assert_eq!(get("gateway_registry_connected"), 1.0);
     assert_eq!(get(r#"gateway_refused_total{reason="overloaded"}"#), 0.0);

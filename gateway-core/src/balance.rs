@@ -264,6 +264,45 @@ impl Drop for InFlight {
     }
 }
 
+/// `gateway_upstream_in_flight{service, instance}`, read from the
+/// endpoints of the snapshot in force when Prometheus scrapes: the request
+/// path already keeps the count (for least-loaded balancing), so the
+/// gauge costs it nothing. One series per routable instance: cardinality is
+/// the number of registered instances, and a deregistered one disappears
+/// with its endpoint.
+struct InstanceInFlight(std::sync::Weak<Balancer>);
+
+impl std::fmt::Debug for InstanceInFlight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InstanceInFlight")
+    }
+}
+
+impl prometheus_client::collector::Collector for InstanceInFlight {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let Some(balancer) = self.0.upgrade() else {
+            return Ok(());
+        };
+        let snapshot = balancer.snapshot();
+        let mut family = encoder.encode_descriptor(
+            "upstream_in_flight",
+            "Requests in flight per instance (read at scrape time)",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for e in snapshot.services.values().flat_map(|s| s.endpoints.iter()) {
+            let labels = [("service", &*e.service), ("instance", &*e.instance_id)];
+            family
+                .encode_family(&labels)?
+                .encode_gauge(&i64::from(e.in_flight()))?;
+        }
+        Ok(())
+    }
+}
+
 /// The instances of one service that may receive traffic.
 #[derive(Debug)]
 pub struct ServiceEndpoints {
@@ -368,7 +407,7 @@ impl Balancer {
         upstream_tls: Option<UpstreamTls>,
         connector: Arc<dyn Connect>,
     ) -> Arc<Self> {
-        Arc::new(Self {
+        Arc::new_cyclic(|me| Self {
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             applied: tokio::sync::watch::channel(0).0,
             config,
@@ -377,7 +416,9 @@ impl Balancer {
             upstream_tls,
             connector,
             epoch: Instant::now(),
-            metrics: Arc::new(crate::metrics::Metrics::new()),
+            metrics: Arc::new(crate::metrics::Metrics::with_collector(Some(Box::new(
+                InstanceInFlight(me.clone()),
+            )))),
         })
     }
 

@@ -54,6 +54,10 @@ pub struct GatewayConfig {
     pub upstream_tls: Option<UpstreamTlsConfig>,
     /// OpenTelemetry traces (the `otel` cargo feature); off by default.
     pub tracing: TracingConfig,
+    /// Prometheus metrics on the request path; on by default.
+    pub metrics: MetricsConfig,
+    /// One JSON line per request; off by default.
+    pub access_log: AccessLogConfig,
     /// The admin listener's UI: the other replicas it shows.
     pub admin: AdminConfig,
 }
@@ -86,6 +90,48 @@ impl Default for AdminConfig {
             peers: Vec::new(),
             peer_timeout: Duration::from_millis(1000),
             advertise: None,
+        }
+    }
+}
+
+/// `[metrics]`: whether the request path records metrics.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Record request and upstream metrics (`GET /metrics` on the admin
+    /// listener). Off: the request path does no metric work (one branch per
+    /// request) and `/metrics` shows only scrape-time values (connections,
+    /// registry, per-instance in-flight). Default: true.
+    pub enabled: bool,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
+/// `[access_log]`: one JSON line per answered request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AccessLogConfig {
+    /// Write the access log. Default: false (no work, no allocation on the
+    /// request path).
+    pub enabled: bool,
+    /// File the lines are appended to (created if missing). Absent: standard
+    /// output.
+    pub path: Option<PathBuf>,
+    /// Lines held for the writer; beyond it lines are dropped (counted in
+    /// `gateway_access_log_dropped_total`), never waited for. Default: 8192.
+    pub buffer: usize,
+}
+
+impl Default for AccessLogConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            path: None,
+            buffer: 8192,
         }
     }
 }
@@ -127,6 +173,8 @@ impl Default for GatewayConfig {
             consul: None,
             kafka: None,
             tracing: TracingConfig::default(),
+            metrics: MetricsConfig::default(),
+            access_log: AccessLogConfig::default(),
             admin: AdminConfig::default(),
             tls: None,
             upstream_tls: None,
@@ -803,6 +851,9 @@ impl GatewayConfig {
         }
         if self.limits.max_header_bytes < 1024 {
             return err("limits.max_header_bytes", "must be at least 1024");
+        }
+        if self.access_log.enabled && self.access_log.buffer == 0 {
+            return err("access_log.buffer", "must be greater than 0");
         }
         if self.limits.max_concurrent_requests == 0 {
             return err("limits.max_concurrent_requests", "must be greater than 0");

@@ -60,48 +60,134 @@ where
         let shared = self.shared.clone();
         let listener = self.listener;
         Box::pin(async move {
+            // Also the start of the route's timeout budget.
             let started = Instant::now();
-            let m = shared.balancer.metrics();
-            let _in_flight = m.in_flight();
-            let method = metrics::method_class(req.method());
-            let mut route = None;
-            #[cfg(feature = "otel")]
-            let result = if crate::otel::enabled() {
-                crate::otel::request(req, |req| {
-                    forward(&shared, listener, req, started, &mut route)
-                })
-                .await
-            } else {
-                forward(&shared, listener, req, started, &mut route).await
-            };
-            #[cfg(not(feature = "otel"))]
-            let result = forward(&shared, listener, req, started, &mut route).await;
-            let status = match &result {
-                Ok(resp) => {
-                    if let Some(n) = http_body::Body::size_hint(resp.body()).exact() {
-                        m.response_bytes.inc_by(n);
-                    }
-                    resp.status().as_u16()
-                }
-                Err(e) => {
-                    match e.kind {
-                        ErrorKind::BodyTooLarge => m.body_too_large.inc(),
-                        ErrorKind::HeadersTooLarge => m.headers_too_large.inc(),
-                        _ => 0,
-                    };
-                    e.kind.status().as_u16()
-                }
-            };
-            m.request(
-                route.as_deref(),
-                listener,
-                method,
-                status,
-                started.elapsed().as_secs_f64(),
-            );
-            result
+            let metrics = shared.balancer.metrics().enabled();
+            if !metrics && shared.access_log.is_none() {
+                // Neither metrics nor the access log: nothing is noted.
+                let mut trail = Trail::default();
+                return traced(&shared, listener, req, started, &mut trail).await;
+            }
+            observed(&shared, listener, req, started, metrics).await
         })
     }
+}
+
+/// What the steps of [`forward`] learn that the metrics and the access log
+/// report. Each part is filled only when its reader is on.
+#[derive(Default)]
+pub(crate) struct Trail {
+    /// Metrics are on: note the route's handles.
+    metrics: bool,
+    /// The access log is on: note the rest.
+    log: bool,
+    route_metrics: Option<Arc<RouteMetrics>>,
+    /// Service and route prefix.
+    route: Option<(Arc<str>, Arc<str>)>,
+    instance: Option<Arc<str>>,
+    upstream: Option<Duration>,
+    bytes_in: Option<u64>,
+}
+
+/// [`forward`] inside the request's OpenTelemetry span when traces are on.
+async fn traced<B>(
+    shared: &Shared,
+    listener: Listener,
+    req: Request<B>,
+    started: Instant,
+    trail: &mut Trail,
+) -> Result<Response<Body>, ForwardError>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    #[cfg(feature = "otel")]
+    if crate::otel::enabled() {
+        return crate::otel::request(req, |req| forward(shared, listener, req, started, trail))
+            .await;
+    }
+    forward(shared, listener, req, started, trail).await
+}
+
+/// [`traced`], then the request counted in the metrics (when `metrics`) and
+/// written to the access log (when configured).
+async fn observed<B>(
+    shared: &Shared,
+    listener: Listener,
+    req: Request<B>,
+    started: Instant,
+    metrics: bool,
+) -> Result<Response<Body>, ForwardError>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let m = shared.balancer.metrics();
+    let _in_flight = metrics.then(|| m.in_flight());
+    let method = metrics::method_class(req.method());
+    // What the log line needs from the request, before it is consumed.
+    let logged = shared.access_log.as_ref().map(|_| {
+        (
+            std::time::SystemTime::now(),
+            req.extensions().get::<RequestId>().cloned(),
+            req.extensions().get::<PeerAddr>().map(|p| p.0),
+            req.method().clone(),
+            req.uri().clone(),
+        )
+    });
+    let mut trail = Trail {
+        metrics,
+        log: logged.is_some(),
+        ..Trail::default()
+    };
+    let result = traced(shared, listener, req, started, &mut trail).await;
+    let elapsed = started.elapsed();
+    let (status, bytes_out) = match &result {
+        Ok(resp) => (
+            resp.status().as_u16(),
+            http_body::Body::size_hint(resp.body()).exact(),
+        ),
+        Err(e) => (e.kind.status().as_u16(), None),
+    };
+    if metrics {
+        match (&result, bytes_out) {
+            (Ok(_), Some(n)) => {
+                m.response_bytes.inc_by(n);
+            }
+            (Err(e), _) if e.kind == ErrorKind::BodyTooLarge => {
+                m.body_too_large.inc();
+            }
+            (Err(e), _) if e.kind == ErrorKind::HeadersTooLarge => {
+                m.headers_too_large.inc();
+            }
+            _ => {}
+        }
+        m.request(
+            trail.route_metrics.as_deref(),
+            listener,
+            method,
+            status,
+            elapsed.as_secs_f64(),
+        );
+    }
+    if let (Some(log), Some((at, request_id, client, method, uri))) = (&shared.access_log, logged) {
+        log.log(crate::access_log::Entry {
+            at,
+            request_id,
+            client,
+            listener,
+            method,
+            uri,
+            route: trail.route,
+            instance: trail.instance,
+            status,
+            bytes_in: trail.bytes_in,
+            bytes_out,
+            total: elapsed,
+            upstream: trail.upstream,
+        });
+    }
+    result
 }
 
 /// Rejects requests whose headers exceed the configured count or size.
@@ -252,7 +338,7 @@ async fn forward<B>(
     listener: Listener,
     req: Request<B>,
     started: Instant,
-    route_metrics: &mut Option<Arc<RouteMetrics>>,
+    trail: &mut Trail,
 ) -> Result<Response<Body>, ForwardError>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
@@ -263,7 +349,7 @@ where
     // One snapshot for both steps (a route and its endpoints from the same
     // catalogue), released before anything is awaited.
     let snapshot = shared.balancer.snapshot();
-    let target = route(shared, &snapshot, listener, &parts, route_metrics)?;
+    let target = route(shared, &snapshot, listener, &parts, trail)?;
     crate::otel::record_route(&target.service, &target.prefix);
     let (candidates, up) = pick(shared, &snapshot, &target.service)?;
     drop(snapshot);
@@ -271,12 +357,15 @@ where
     // inline it would grow (and cost a bigger copy on) every unary request.
     match choose(shared, &parts, &body, &target, candidates.first()) {
         Dispatch::Unary => {
-            dispatch_unary(shared, parts, body, &target, candidates, &up, started).await
+            dispatch_unary(
+                shared, parts, body, &target, candidates, &up, started, trail,
+            )
+            .await
         }
         Dispatch::Stream => {
             let streaming = candidates.filter(|e| e.streaming);
             Box::pin(dispatch_stream(
-                shared, &parts, body, &target, streaming, &up, started,
+                shared, &parts, body, &target, streaming, &up, started, trail,
             ))
             .await
         }
@@ -292,7 +381,7 @@ where
                 ));
             }
             Box::pin(dispatch_websocket(
-                shared, parts, &target, streaming, &up, started,
+                shared, parts, &target, streaming, &up, started, trail,
             ))
             .await
         }
@@ -411,11 +500,16 @@ fn route(
     snapshot: &Snapshot,
     listener: Listener,
     parts: &http::request::Parts,
-    route_metrics: &mut Option<Arc<RouteMetrics>>,
+    trail: &mut Trail,
 ) -> Result<Target, ForwardError> {
     let authority = crate::convert::authority(parts)?;
     let route = matched_route(snapshot, listener, authority, parts.uri.path())?;
-    *route_metrics = Some(route.metrics.clone());
+    if trail.metrics {
+        trail.route_metrics = Some(route.metrics.clone());
+    }
+    if trail.log {
+        trail.route = Some((route.service.clone(), route.prefix.clone()));
+    }
     Ok(Target::of(shared, route))
 }
 
@@ -589,6 +683,10 @@ fn budget_spent(service: &str) -> ForwardError {
 /// `balancer.connect_retries` times), or when it is idempotent and failed
 /// with `UNAVAILABLE` (up to `retry.max_attempts` attempts in all): the body
 /// is held whole, so it can be sent again as it was.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one request's parts, as the other dispatch steps take them"
+)]
 async fn dispatch_unary<B>(
     shared: &Shared,
     parts: http::request::Parts,
@@ -597,6 +695,7 @@ async fn dispatch_unary<B>(
     candidates: Candidates,
     up: &ServiceMetrics,
     started: Instant,
+    trail: &mut Trail,
 ) -> Result<Response<Body>, ForwardError>
 where
     B: http_body::Body<Data = Bytes>,
@@ -616,11 +715,16 @@ where
             "request body was not received within the route's timeout",
         )
     })??;
-    shared
-        .balancer
-        .metrics()
-        .request_bytes
-        .inc_by(body.len() as u64);
+    if trail.metrics {
+        shared
+            .balancer
+            .metrics()
+            .request_bytes
+            .inc_by(body.len() as u64);
+    }
+    if trail.log {
+        trail.bytes_in = Some(body.len() as u64);
+    }
     let respond_to = ResponseTarget::of(&parts);
     let meta = request_meta(shared, &parts, target, budget);
     let balancer = &shared.balancer;
@@ -651,7 +755,7 @@ where
                     (false, _) => err,
                 });
             }
-            up.retries.inc();
+            up.retry();
             if unsent {
                 unsent_retries += 1;
             }
@@ -673,8 +777,11 @@ where
         }
         let call = msg.attempt(remaining.as_millis().max(1) as u64);
         let _in_flight = ep.start();
+        if trail.log {
+            trail.instance = Some(ep.instance_id.clone());
+        }
         let span = crate::otel::Attempt::start(service, &ep.instance_id, "Send");
-        up.attempts.inc();
+        up.attempt();
         let attempt = Instant::now();
         let result = span
             .run(tokio::time::timeout_at(
@@ -695,7 +802,11 @@ where
                 return Err(timeout_error(service, budget));
             }
             Ok(Ok(resp)) => {
-                balancer.observe(&ep, attempt.elapsed());
+                let took = attempt.elapsed();
+                balancer.observe(&ep, took);
+                if trail.log {
+                    trail.upstream = Some(took);
+                }
                 let converted = response_from_wire(resp.into_inner(), respond_to);
                 if converted.is_err() {
                     up.failure(FailureKind::InvalidAnswer);
@@ -856,6 +967,10 @@ fn stream_failure(
 /// Step 5b: `Stream` - the body flows up as it arrives, the answer flows
 /// back as it is produced (stream.rs). A request whose body has started to
 /// go upstream is never tried on another instance.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one request's parts, as the other dispatch steps take them"
+)]
 async fn dispatch_stream<B>(
     shared: &Shared,
     parts: &http::request::Parts,
@@ -864,6 +979,7 @@ async fn dispatch_stream<B>(
     candidates: impl Iterator<Item = Arc<Endpoint>> + Send,
     up: &ServiceMetrics,
     started: Instant,
+    trail: &mut Trail,
 ) -> Result<Response<Body>, ForwardError>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static,
@@ -887,7 +1003,7 @@ where
             if !shared.balancer.withdraw_retry(service) {
                 return Err(budget_spent(service));
             }
-            up.retries.inc();
+            up.retry();
         }
         let remaining = ex
             .limits
@@ -895,10 +1011,14 @@ where
             .saturating_duration_since(Instant::now());
         let meta = request_meta(shared, parts, target, remaining);
         let head = request_to_wire(parts, Bytes::new(), None, &meta)?;
-        let frames = RequestFrames::new(head, slot.clone(), limit, ex.clone());
+        let frames = RequestFrames::new(head, slot.clone(), limit, ex.clone())
+            .counting(shared.balancer.metrics().request_byte_count());
         let in_flight = ep.start();
+        if trail.log {
+            trail.instance = Some(ep.instance_id.clone());
+        }
         let span = crate::otel::Attempt::start(service, &ep.instance_id, "Stream");
-        up.attempts.inc();
+        up.attempt();
         let attempt = Instant::now();
         let opened = span.run(open_stream(&ep, frames, &ex)).await;
         match &opened {
@@ -923,10 +1043,14 @@ where
                 };
                 shared.balancer.record(&ep, true);
                 observe_head(shared, &ep, &ex, attempt);
+                if trail.log {
+                    trail.upstream = Some(attempt.elapsed());
+                }
                 let drain = stream::is_event_stream(&headers)
                     .then(|| shared.draining.clone().cancelled_owned());
                 let body =
-                    StreamBody::new(first, s, ex, respond_to, drain, service.clone(), in_flight);
+                    StreamBody::new(first, s, ex, respond_to, drain, service.clone(), in_flight)
+                        .counting(shared.balancer.metrics().response_byte_count());
                 return Ok(stream::build_response(status, headers, body));
             }
             Ok(Err(status)) => {
@@ -960,6 +1084,7 @@ async fn dispatch_websocket(
     candidates: impl Iterator<Item = Arc<Endpoint>> + Send,
     up: &ServiceMetrics,
     started: Instant,
+    trail: &mut Trail,
 ) -> Result<Response<Body>, ForwardError> {
     let service = &target.service;
     let accept = crate::websocket::accept_key(&parts)?;
@@ -985,7 +1110,7 @@ async fn dispatch_websocket(
             if !shared.balancer.withdraw_retry(service) {
                 return Err(budget_spent(service));
             }
-            up.retries.inc();
+            up.retry();
         }
         let remaining = ex
             .limits
@@ -1007,14 +1132,20 @@ async fn dispatch_websocket(
             rx,
         );
         let in_flight = ep.start();
+        if trail.log {
+            trail.instance = Some(ep.instance_id.clone());
+        }
         let span = crate::otel::Attempt::start(service, &ep.instance_id, "Stream");
-        up.attempts.inc();
+        up.attempt();
         let attempt = Instant::now();
         let opened = span.run(open_stream(&ep, frames, &ex)).await;
         match &opened {
             Err(e) => span.outcome(&e.kind.code()),
             Ok(Ok(_)) => span.outcome(&"ok"),
             Ok(Err(status)) => span.outcome(&status.code()),
+        }
+        if trail.log {
+            trail.upstream = Some(attempt.elapsed());
         }
         match opened {
             Err(e) => {
@@ -1044,6 +1175,8 @@ async fn dispatch_websocket(
                             .extensions
                             .get::<crate::server::ConnectionSlot>()
                             .cloned(),
+                        bytes_in: shared.balancer.metrics().request_byte_count(),
+                        bytes_out: shared.balancer.metrics().response_byte_count(),
                     }
                     .run(),
                 );
@@ -1057,7 +1190,8 @@ async fn dispatch_websocket(
                 shared.balancer.record(&ep, true);
                 observe_head(shared, &ep, &ex, attempt);
                 let body =
-                    StreamBody::new(first, s, ex, respond_to, None, service.clone(), in_flight);
+                    StreamBody::new(first, s, ex, respond_to, None, service.clone(), in_flight)
+                        .counting(shared.balancer.metrics().response_byte_count());
                 return Ok(stream::build_response(status, headers, body));
             }
             Ok(Err(status)) => {

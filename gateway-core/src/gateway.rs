@@ -295,6 +295,22 @@ impl Gateway {
             config.timeouts.clone(),
             upstream_tls,
         );
+        // Before the first snapshot: per-service handles copy the setting.
+        balancer.metrics().set_enabled(config.metrics.enabled);
+        let access_log = config
+            .access_log
+            .enabled
+            .then(|| {
+                crate::access_log::AccessLog::start(
+                    &config.access_log,
+                    balancer.metrics().access_log_dropped.clone(),
+                )
+            })
+            .transpose()
+            .map_err(|e| ConfigError {
+                setting: "access_log.path",
+                reason: e.to_string(),
+            })?;
         let follow = balancer.follow(registry.as_ref());
         let api = RegistrationApi::new(
             registry.clone(),
@@ -312,6 +328,7 @@ impl Gateway {
             trusted_proxies: config.trusted_proxies.clone(),
             draining: CancellationToken::new(),
             relays: tokio_util::task::TaskTracker::new(),
+            access_log,
         });
         Ok(Self {
             config,

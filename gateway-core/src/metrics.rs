@@ -18,8 +18,9 @@
 //! client address.
 
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use prometheus_client::collector::Collector;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -134,17 +135,50 @@ const FAILURE_KINDS: [&str; 6] = [
 /// balancer's per-service state: a request does atomic adds only.
 #[derive(Debug)]
 pub struct ServiceMetrics {
-    /// Attempts sent to an instance (retries included).
-    pub attempts: Counter,
-    /// Attempts beyond the first (taken from the retry budget).
-    pub retries: Counter,
+    /// `[metrics] enabled` when the handles were made: off, every method
+    /// returns at once.
+    enabled: bool,
+    attempts: Counter,
+    retries: Counter,
     failures: [Counter; FAILURE_KINDS.len()],
 }
 
 impl ServiceMetrics {
+    /// Counts one attempt sent to an instance (retries included).
+    pub fn attempt(&self) {
+        if self.enabled {
+            self.attempts.inc();
+        }
+    }
+
+    /// Counts one attempt beyond the first (taken from the retry budget).
+    pub fn retry(&self) {
+        if self.enabled {
+            self.retries.inc();
+        }
+    }
+
     /// Counts one failed attempt.
     pub fn failure(&self, kind: FailureKind) {
-        self.failures[kind as usize].inc();
+        if self.enabled {
+            self.failures[kind as usize].inc();
+        }
+    }
+}
+
+/// Body bytes passing through a streamed exchange (`Stream`, SSE,
+/// WebSocket): one relaxed atomic add per chunk, nothing when metrics are
+/// off.
+#[derive(Debug, Clone, Default)]
+pub struct ByteCount(Option<Counter>);
+
+impl ByteCount {
+    /// Adds `n` bytes.
+    #[inline]
+    pub fn add(&self, n: usize) {
+        if let Some(c) = &self.0 {
+            c.inc_by(n as u64);
+        }
     }
 }
 
@@ -187,13 +221,16 @@ impl Drop for InFlightGuard<'_> {
 
 /// Every metric of one gateway, and the registry they are encoded from.
 pub struct Metrics {
+    /// `[metrics] enabled`: off, the request path skips all metric work
+    /// (the families stay registered, at zero).
+    enabled: AtomicBool,
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     request_duration: Family<RequestLabels, Histogram, fn() -> Histogram>,
     unrouted: RouteMetrics,
-    /// Request body bytes read (buffered requests).
+    /// Request body bytes read (buffered and streamed).
     pub request_bytes: Counter,
-    /// Response body bytes of answers whose length is known.
+    /// Response body bytes (known lengths, and streamed chunks as they pass).
     pub response_bytes: Counter,
     in_flight: Gauge,
     attempts: Family<ServiceLabel, Counter>,
@@ -221,6 +258,8 @@ pub struct Metrics {
     pub slow_connections: Counter,
     /// Registration propagation and Kafka consumer lag (own section below).
     pub discovery: DiscoveryMetrics,
+    /// Access log lines dropped because the writer fell behind.
+    pub access_log_dropped: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -238,7 +277,17 @@ impl Default for Metrics {
 impl Metrics {
     /// A registry with every family registered, all at zero.
     pub fn new() -> Self {
+        Self::with_collector(None)
+    }
+
+    /// [`Metrics::new`], plus `collector`, encoded on each scrape (the
+    /// balancer's per-instance in-flight gauge: read from the endpoints at
+    /// scrape time, so it costs the request path nothing).
+    pub fn with_collector(collector: Option<Box<dyn Collector>>) -> Self {
         let mut registry = Registry::with_prefix("gateway");
+        if let Some(c) = collector {
+            registry.register_collector(c);
+        }
         let requests = Family::<RequestLabels, Counter>::default();
         let request_duration =
             Family::<RequestLabels, Histogram, fn() -> Histogram>::new_with_constructor(
@@ -279,6 +328,12 @@ impl Metrics {
             refusal("too_many_connections"),
             refusal("slow_connection"),
         );
+        let access_log_dropped = Counter::default();
+        registry.register(
+            "access_log_dropped",
+            "Access log lines dropped because the writer fell behind",
+            access_log_dropped.clone(),
+        );
         registry.register(
             "requests",
             "HTTP requests answered by the forwarder",
@@ -291,12 +346,12 @@ impl Metrics {
         );
         registry.register(
             "request_body_bytes",
-            "Request body bytes read (buffered requests)",
+            "Request body bytes read (buffered, streamed and WebSocket)",
             request_bytes.clone(),
         );
         registry.register(
             "response_body_bytes",
-            "Response body bytes of answers whose length is known",
+            "Response body bytes (known lengths, streamed chunks, WebSocket messages)",
             response_bytes.clone(),
         );
         registry.register(
@@ -376,6 +431,7 @@ impl Metrics {
         );
         let discovery = DiscoveryMetrics::register(&mut registry);
         Self {
+            enabled: AtomicBool::new(true),
             registry,
             requests,
             request_duration,
@@ -402,7 +458,31 @@ impl Metrics {
             connections_refused,
             slow_connections,
             discovery,
+            access_log_dropped,
         }
+    }
+
+    /// Turns the request path's metric work on or off (`[metrics]
+    /// enabled`). Set at start-up, before the first snapshot: per-service
+    /// handles copy the setting when they are made.
+    pub fn set_enabled(&self, on: bool) {
+        self.enabled.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether the request path records metrics.
+    #[inline]
+    pub fn enabled(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
+    }
+
+    /// A counter of streamed request body bytes (a no-op when off).
+    pub fn request_byte_count(&self) -> ByteCount {
+        ByteCount(self.enabled().then(|| self.request_bytes.clone()))
+    }
+
+    /// A counter of streamed response body bytes (a no-op when off).
+    pub fn response_byte_count(&self) -> ByteCount {
+        ByteCount(self.enabled().then(|| self.response_bytes.clone()))
     }
 
     /// Counts a request in flight until the guard drops.
@@ -448,6 +528,7 @@ impl Metrics {
             service: service.to_owned(),
         };
         ServiceMetrics {
+            enabled: self.enabled(),
             attempts: self.attempts.get_or_create(&label).clone(),
             retries: self.retries.get_or_create(&label).clone(),
             failures: std::array::from_fn(|i| {
@@ -464,6 +545,9 @@ impl Metrics {
     /// Counts an ejection (`unreachable`: refused connections; otherwise
     /// failed calls).
     pub fn ejected(&self, unreachable: bool) {
+        if !self.enabled() {
+            return;
+        }
         self.ejections[usize::from(!unreachable)].inc();
     }
 

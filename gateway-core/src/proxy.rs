@@ -16,6 +16,7 @@ use tracing::Level;
 
 use crate::error::{ErrorKind, ForwardError};
 use crate::forward::Forward;
+use crate::metrics::Metrics;
 use crate::request_id::{RequestId, RequestIdLayer};
 use crate::routing::Listener;
 use crate::shared::Shared;
@@ -62,14 +63,9 @@ where
         )
         // The one edge where a classified error becomes a JSON response.
         .layer(ErrorEdgeLayer)
-        // Counts the requests shed below (an error path only: nothing is
-        // done for a request that gets through).
-        .map_err(move |e: BoxError| {
-            if e.is::<tower::load_shed::error::Overloaded>() {
-                metrics.shed.inc();
-            }
-            e
-        })
+        // Counts the requests shed below, in `gateway_refused_total` and
+        // (unrouted: routing happens below) in `gateway_requests_total`.
+        .layer(CountShedLayer { metrics, listener })
         // Shed instead of queueing when the gateway is at its concurrency
         // limit: a fast 503 beats a slow timeout under overload.
         .load_shed()
@@ -88,6 +84,96 @@ fn request_span<B>(req: &Request<B>) -> tracing::Span {
         uri = %req.uri(),
         request_id = req.extensions().get::<RequestId>().map(RequestId::as_str),
     )
+}
+
+/// Layer for [`CountShed`].
+#[derive(Clone)]
+pub struct CountShedLayer {
+    metrics: Arc<Metrics>,
+    listener: Listener,
+}
+
+impl<S> Layer<S> for CountShedLayer {
+    type Service = CountShed<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        CountShed {
+            inner,
+            metrics: self.metrics.clone(),
+            listener: self.listener,
+        }
+    }
+}
+
+/// Counts requests refused by the load shedder below it: the forwarder,
+/// which counts every other request, never sees them. With metrics off it
+/// passes requests through untouched (one branch).
+#[derive(Clone)]
+pub struct CountShed<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+    listener: Listener,
+}
+
+impl<S, B> Service<Request<B>> for CountShed<S>
+where
+    S: Service<Request<B>, Error = BoxError>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = CountShedFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let count = self.metrics.enabled().then(|| ShedNote {
+            metrics: self.metrics.clone(),
+            listener: self.listener,
+            method: crate::metrics::method_class(req.method()),
+        });
+        CountShedFuture {
+            inner: self.inner.call(req),
+            count,
+        }
+    }
+}
+
+/// What a shed request is counted as.
+pub struct ShedNote {
+    metrics: Arc<Metrics>,
+    listener: Listener,
+    method: usize,
+}
+
+pin_project_lite::pin_project! {
+    /// Response future of [`CountShed`].
+    pub struct CountShedFuture<F> {
+        #[pin]
+        inner: F,
+        count: Option<ShedNote>,
+    }
+}
+
+impl<F, R> Future for CountShedFuture<F>
+where
+    F: Future<Output = Result<R, BoxError>>,
+{
+    type Output = Result<R, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let out = std::task::ready!(this.inner.poll(cx));
+        if let (Err(e), Some(n)) = (&out, this.count.take())
+            && e.is::<tower::load_shed::error::Overloaded>()
+        {
+            n.metrics.shed.inc();
+            // Refused at once, before routing: no latency, no route.
+            let status = ErrorKind::Overloaded.status().as_u16();
+            n.metrics.request(None, n.listener, n.method, status, 0.0);
+        }
+        Poll::Ready(out)
+    }
 }
 
 /// Layer for [`ErrorEdge`].

@@ -30,4 +30,7 @@ pub struct Shared {
     /// WebSocket relays: upgraded connections leave hyper's graceful
     /// shutdown, so the drain waits for these (their close 1001) itself.
     pub relays: tokio_util::task::TaskTracker,
+    /// `[access_log]`: `None` when off (the request path then takes one
+    /// branch and allocates nothing for it).
+    pub access_log: Option<crate::access_log::AccessLog>,
 }

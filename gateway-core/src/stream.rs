@@ -35,6 +35,7 @@ use tracing::warn;
 use crate::balance::InFlight;
 use crate::convert::{ResponseTarget, response_headers, response_status};
 use crate::error::{ErrorKind, ForwardError};
+use crate::metrics::ByteCount;
 
 /// Shared by the request and response halves of one `Stream` exchange.
 pub(crate) struct Exchange {
@@ -228,6 +229,8 @@ pub(crate) struct RequestFrames<B> {
     /// Most body bytes streamed; 0 = no limit.
     max: u64,
     ex: Arc<Exchange>,
+    /// `gateway_request_body_bytes_total` (a no-op when metrics are off).
+    bytes: ByteCount,
 }
 
 impl<B> RequestFrames<B> {
@@ -246,7 +249,14 @@ impl<B> RequestFrames<B> {
             sent: 0,
             max,
             ex,
+            bytes: ByteCount::default(),
         }
+    }
+
+    /// Counts the body's chunks in `bytes` as they go upstream.
+    pub(crate) fn counting(mut self, bytes: ByteCount) -> Self {
+        self.bytes = bytes;
+        self
     }
 }
 
@@ -320,6 +330,7 @@ where
                                 return Poll::Pending;
                             }
                             this.ex.touch();
+                            this.bytes.add(data.len());
                             return Poll::Ready(Some(frame(stream_request::Frame::Body(
                                 BodyChunk { data },
                             ))));
@@ -403,6 +414,8 @@ pub(crate) struct StreamBody {
     drain: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
     service: Arc<str>,
     _in_flight: InFlight,
+    /// `gateway_response_body_bytes_total` (a no-op when metrics are off).
+    bytes: ByteCount,
 }
 
 impl StreamBody {
@@ -426,7 +439,14 @@ impl StreamBody {
             drain: drain.map(Box::pin),
             service,
             _in_flight: in_flight,
+            bytes: ByteCount::default(),
         }
+    }
+
+    /// Counts the body's chunks in `bytes` as they go to the client.
+    pub(crate) fn counting(mut self, bytes: ByteCount) -> Self {
+        self.bytes = bytes;
+        self
     }
 
     fn fail(&mut self, e: ForwardError) -> Poll<Option<Result<Frame<Bytes>, StreamAborted>>> {
@@ -458,6 +478,7 @@ impl http_body::Body for StreamBody {
             return this.fail(e);
         }
         if let Some(b) = this.first.take() {
+            this.bytes.add(b.len());
             return Poll::Ready(Some(Ok(Frame::data(b))));
         }
         if let Some(d) = this.drain.as_mut()
@@ -507,6 +528,7 @@ impl http_body::Body for StreamBody {
             match (this.phase, f.frame) {
                 (Phase::Body, Some(stream_response::Frame::Body(c))) => {
                     if !c.data.is_empty() {
+                        this.bytes.add(c.data.len());
                         return Poll::Ready(Some(Ok(Frame::data(c.data))));
                     }
                 }

@@ -171,6 +171,10 @@ pub(crate) struct Relay {
     /// The upgraded connection's place under `limits.max_connections`,
     /// held until the relay ends.
     pub slot: Option<crate::server::ConnectionSlot>,
+    /// Message bytes from the client (`gateway_request_body_bytes_total`).
+    pub bytes_in: crate::metrics::ByteCount,
+    /// Message bytes to the client (`gateway_response_body_bytes_total`).
+    pub bytes_out: crate::metrics::ByteCount,
 }
 
 /// How the relay ended, for the close sent to the client.
@@ -199,6 +203,8 @@ impl Relay {
             service,
             in_flight: _in_flight,
             slot: _slot,
+            bytes_in,
+            bytes_out,
         } = self;
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
@@ -222,6 +228,9 @@ impl Relay {
                     Some(Ok(m)) => {
                         ex.touch();
                         let is_close = matches!(m, Message::Close(_));
+                        if let Message::Text(_) | Message::Binary(_) = &m {
+                            bytes_in.add(m.len());
+                        }
                         if let Some(f) = client_frame(m) {
                             let f = StreamRequest { frame: Some(f) };
                             if to_backend.send(f).await.is_err() {
@@ -257,6 +266,7 @@ impl Relay {
                             if client_closed {
                                 continue;
                             }
+                            bytes_out.add(m.len());
                             if ws.send(m).await.is_err() {
                                 return;
                             }

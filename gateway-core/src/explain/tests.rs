@@ -129,6 +129,7 @@ fn shared(instances: &[Inst]) -> Shared {
         trusted_proxies: vec![],
         draining: Default::default(),
         relays: Default::default(),
+        access_log: None,
     }
 }
 

@@ -320,3 +320,60 @@ async fn malformed_answers_abort() {
         assert!(e.contains("malformed"), "{what}: {e}");
     }
 }
+
+/// Streamed bodies are counted chunk by chunk, both ways
+/// (`gateway_request_body_bytes_total`, `gateway_response_body_bytes_total`).
+#[tokio::test]
+async fn streamed_chunks_are_counted_in_the_body_byte_metrics() {
+    use http_body_util::BodyExt;
+    let metrics = crate::metrics::Metrics::new();
+    let ex = Exchange::new(Instant::now(), limits());
+    let body = body_of(vec![b"abc".to_vec(), vec![], b"defgh".to_vec()], None);
+    let frames = RequestFrames::new(ForwardingReq::default(), BodySlot::new(body), 0, ex)
+        .counting(metrics.request_byte_count());
+    assert_eq!(
+        frames.collect::<Vec<_>>().await.len(),
+        4,
+        "head, 2 chunks, end"
+    );
+    assert_eq!(metrics.request_bytes.get(), 8);
+
+    let ep = crate::balance::Endpoint::for_tests();
+    let target = ResponseTarget {
+        head_request: false,
+        trailers: false,
+    };
+    let ex = Exchange::new(Instant::now(), limits());
+    let answer = grpc_answer(
+        vec![
+            chunk_frame(b"hello".to_vec()),
+            chunk_frame(b" world".to_vec()),
+        ],
+        tonic::Code::Ok,
+    );
+    let body = StreamBody::new(
+        Bytes::from_static(b">"),
+        answer,
+        ex,
+        target,
+        None,
+        "svc".into(),
+        ep.start(),
+    )
+    .counting(metrics.response_byte_count());
+    assert_eq!(body.collect().await.unwrap().to_bytes(), ">hello world");
+    assert_eq!(metrics.response_bytes.get(), 12);
+
+    // Off: the counters are not touched.
+    metrics.set_enabled(false);
+    let ex = Exchange::new(Instant::now(), limits());
+    let frames = RequestFrames::new(
+        ForwardingReq::default(),
+        BodySlot::new(body_of(vec![b"xyz".to_vec()], None)),
+        0,
+        ex,
+    )
+    .counting(metrics.request_byte_count());
+    frames.collect::<Vec<_>>().await;
+    assert_eq!(metrics.request_bytes.get(), 8);
+}

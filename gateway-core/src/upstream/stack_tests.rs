@@ -262,6 +262,17 @@ fn gateway_with(
     config: BalancerConfig,
     timeouts: TimeoutConfig,
 ) -> Gateway {
+    gateway_limited(instances, config, timeouts, LimitsConfig::default(), true)
+}
+
+/// [`gateway_with`] with `limits`, and metrics on or off.
+fn gateway_limited(
+    instances: &[(&str, Behaviour)],
+    config: BalancerConfig,
+    timeouts: TimeoutConfig,
+    limits: LimitsConfig,
+    metrics: bool,
+) -> Gateway {
     let backends = Arc::new(Backends::default());
     for (address, behaviour) in instances {
         backends.add(address, *behaviour);
@@ -273,6 +284,7 @@ fn gateway_with(
         None,
         backends.connector(),
     );
+    balancer.metrics().set_enabled(metrics);
     balancer.apply(&Catalog {
         instances: instances.iter().map(|(a, _)| instance(a)).collect(),
         version: 1,
@@ -281,11 +293,12 @@ fn gateway_with(
         node_id: "test".into(),
         balancer: balancer.clone(),
         registry: Arc::new(MemoryRegistry::new()),
-        limits: LimitsConfig::default(),
+        limits,
         timeouts,
         trusted_proxies: vec![],
         draining: Default::default(),
         relays: Default::default(),
+        access_log: None,
     });
     Gateway {
         stack: HttpService::new(proxy_stack(shared, Listener::Public)),
@@ -635,7 +648,9 @@ async fn requests_are_counted_by_listener_service_route_method_and_status() {
     assert_eq!(get("gateway_requests_in_flight"), 0.0);
     // Each answer is the instance's address, "a:1".
     assert!(get("gateway_response_body_bytes_total") >= 12.0, "{text}");
-    assert_eq!(get("gateway_upstream_connections"), 1.0);
+    // Four calls are spread over `connections_per_instance` (2) connections
+    // (see connections_are_opened_lazily_up_to_connections_per_instance).
+    assert_eq!(get("gateway_upstream_connections"), 2.0);
     assert_eq!(get("gateway_registry_connected"), 1.0);
     assert!(text.ends_with("# EOF\n"));
 }
@@ -711,11 +726,12 @@ async fn a_timeout_is_counted_as_one_with_a_5xx() {
         Some(1.0)
     );
     // Two seconds on the paused clock: in the 2.5 s bucket, not the 1 s one.
+    // (prometheus-client prints `le` before the family's labels.)
     let bucket = |le: &str| {
         sample(
             &text,
             &format!(
-                r#"gateway_request_duration_seconds_bucket{{listener="public",service="svc",route="/svc",method="GET",status="5xx",le="{le}"}}"#
+                r#"gateway_request_duration_seconds_bucket{{le="{le}",listener="public",service="svc",route="/svc",method="GET",status="5xx"}}"#
             ),
         )
     };
@@ -724,4 +740,95 @@ async fn a_timeout_is_counted_as_one_with_a_5xx() {
         (Some(0.0), Some(1.0)),
         "{text}"
     );
+}
+
+/// Polls (yielding to the in-memory instances) until `done`.
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..100_000 {
+        if done() {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("never happened: {what}");
+}
+
+fn get_request(path: &str) -> Request<Body> {
+    Request::builder()
+        .uri(path)
+        .header("host", "gw.test")
+        .body(Body::empty())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn shed_requests_are_counted_as_requests_and_instances_show_their_in_flight() {
+    let g = gateway_limited(
+        &[("never:1", Behaviour::Never)],
+        round_robin(),
+        TimeoutConfig::default(),
+        LimitsConfig {
+            max_concurrent_requests: 1,
+            ..Default::default()
+        },
+        true,
+    );
+    let first = tokio::spawn(g.stack.clone().oneshot(get_request("/svc/x")));
+    until("the first call reached the instance", || {
+        g.backends.calls("never:1") == 1
+    })
+    .await;
+    let in_flight = r#"gateway_upstream_in_flight{service="svc",instance="never:1"}"#;
+    assert_eq!(sample(&scrape(&g), in_flight), Some(1.0));
+    // The only permit is taken: shed, before routing.
+    assert_eq!(call(&g, "POST", "/svc/y").await.0, 503);
+    let text = scrape(&g);
+    assert_eq!(
+        sample(
+            &text,
+            r#"gateway_requests_total{listener="public",service="",route="",method="POST",status="5xx"}"#
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, r#"gateway_refused_total{reason="overloaded"}"#),
+        Some(1.0)
+    );
+    first.abort();
+    let _ = first.await;
+    until("the aborted call left the instance", || {
+        endpoint(&g, "never:1").in_flight() == 0
+    })
+    .await;
+    assert_eq!(sample(&scrape(&g), in_flight), Some(0.0));
+}
+
+#[tokio::test]
+async fn metrics_off_leave_every_request_counter_at_zero() {
+    let g = gateway_limited(
+        &[
+            ("down:1", Behaviour::RefuseConnect),
+            ("up:2", Behaviour::Answer),
+        ],
+        round_robin(),
+        TimeoutConfig::default(),
+        LimitsConfig::default(),
+        false,
+    );
+    assert_eq!(call(&g, "POST", "/svc/x").await, (200, "up:2".into()));
+    assert_eq!(call(&g, "GET", "/nowhere").await.0, 404);
+    let text = scrape(&g);
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let value = line.rsplit(' ').next().unwrap();
+        // Scrape-time values (connections, registry, in-flight per
+        // instance) are still read; nothing the request path counts moved.
+        let read_at_scrape = ["gateway_upstream_connections", "gateway_registry_connected"]
+            .iter()
+            .any(|m| line.starts_with(m));
+        if !read_at_scrape && !line.starts_with("gateway_discovery_last_read_age_seconds") {
+            assert_eq!(value, "0", "{line}\n{text}");
+        }
+    }
+    assert!(!text.contains("gateway_requests_total{"), "{text}");
 }
