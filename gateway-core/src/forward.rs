@@ -841,7 +841,7 @@ where
                         balancer.observe(&ep, attempt.elapsed());
                         balancer.record(&ep, false);
                         if balancer.log_failure(&ep) {
-                            warn!(service = %service, instance = %ep.instance_id, code = ?status.code(), message = status.message(), failures = balancer.stats(&ep).failures, "Forwarded call failed.");
+                            warn!(service = %service, instance = %ep.instance_id, request_id = request_id(&parts), code = ?status.code(), message = status.message(), failures = balancer.stats(&ep).failures, "Forwarded call failed.");
                         } else {
                             debug!(service = %service, instance = %ep.instance_id, code = ?status.code(), message = status.message(), "Forwarded call failed.");
                         }
@@ -862,9 +862,20 @@ where
     }
 }
 
+/// The request's id (set by `RequestIdLayer`), as a log field: the admin
+/// UI's log pane shows it next to the warning.
+fn request_id(parts: &http::request::Parts) -> Option<&str> {
+    parts.extensions.get::<RequestId>().map(RequestId::as_str)
+}
+
 /// The clocks of a `Stream` exchange on `target`: the unary timeout for the
 /// head, the gateway's idle limit, the route's maximum duration.
-fn stream_exchange(shared: &Shared, target: &Target, started: Instant) -> Arc<Exchange> {
+fn stream_exchange(
+    shared: &Shared,
+    parts: &http::request::Parts,
+    target: &Target,
+    started: Instant,
+) -> Arc<Exchange> {
     Exchange::new(
         started,
         StreamLimits {
@@ -872,6 +883,7 @@ fn stream_exchange(shared: &Shared, target: &Target, started: Instant) -> Arc<Ex
             idle: shared.timeouts.stream_idle,
             max_deadline: started + target.max_duration,
         },
+        parts.extensions.get::<RequestId>().cloned(),
     )
 }
 
@@ -957,7 +969,7 @@ fn stream_failure(
     }
     shared.balancer.record(ep, false);
     if shared.balancer.log_failure(ep) {
-        warn!(service = %service, instance = %ep.instance_id, code = ?status.code(), message = status.message(), failures = shared.balancer.stats(ep).failures, "Forwarded stream failed before its head.");
+        warn!(service = %service, instance = %ep.instance_id, request_id = ex.rid(), code = ?status.code(), message = status.message(), failures = shared.balancer.stats(ep).failures, "Forwarded stream failed before its head.");
     } else {
         debug!(service = %service, instance = %ep.instance_id, code = ?status.code(), message = status.message(), "Forwarded stream failed before its head.");
     }
@@ -993,7 +1005,7 @@ where
             format!("request body is larger than {limit} bytes"),
         ));
     }
-    let ex = stream_exchange(shared, target, started);
+    let ex = stream_exchange(shared, &parts, target, started);
     let slot = BodySlot::new(body);
     let respond_to = ResponseTarget::of(parts);
     let mut last_err = None;
@@ -1037,7 +1049,7 @@ where
                     Err(e) => {
                         up.failure(FailureKind::InvalidAnswer);
                         shared.balancer.record(&ep, false);
-                        warn!(service = %service, instance = %ep.instance_id, error = %e, "Invalid stream head.");
+                        warn!(service = %service, instance = %ep.instance_id, request_id = ex.rid(), error = %e, "Invalid stream head.");
                         return Err(e);
                     }
                 };
@@ -1099,7 +1111,7 @@ async fn dispatch_websocket(
                 )
             })?,
     );
-    let ex = stream_exchange(shared, target, started);
+    let ex = stream_exchange(shared, &parts, target, started);
     // No body: the backend's answer is due at once.
     ex.request_complete();
     let respond_to = ResponseTarget::of(&parts);

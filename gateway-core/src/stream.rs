@@ -36,6 +36,7 @@ use crate::balance::InFlight;
 use crate::convert::{ResponseTarget, response_headers, response_status};
 use crate::error::{ErrorKind, ForwardError};
 use crate::metrics::ByteCount;
+use crate::request_id::RequestId;
 
 /// Shared by the request and response halves of one `Stream` exchange.
 pub(crate) struct Exchange {
@@ -51,6 +52,8 @@ pub(crate) struct Exchange {
     waker: AtomicWaker,
     /// Timing rules.
     pub(crate) limits: StreamLimits,
+    /// The request's id, for the warnings logged about the exchange.
+    pub(crate) request_id: Option<RequestId>,
 }
 
 /// The clocks of one `Stream` exchange.
@@ -65,7 +68,11 @@ pub(crate) struct StreamLimits {
 }
 
 impl Exchange {
-    pub(crate) fn new(started: Instant, limits: StreamLimits) -> Arc<Self> {
+    pub(crate) fn new(
+        started: Instant,
+        limits: StreamLimits,
+        request_id: Option<RequestId>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             started,
             last_activity_ms: AtomicU64::new(0),
@@ -73,7 +80,13 @@ impl Exchange {
             abort: Mutex::new(None),
             waker: AtomicWaker::new(),
             limits,
+            request_id,
         })
+    }
+
+    /// The request id as a log field.
+    pub(crate) fn rid(&self) -> Option<&str> {
+        self.request_id.as_ref().map(RequestId::as_str)
     }
 
     fn now_ms(&self) -> u64 {
@@ -474,7 +487,7 @@ impl http_body::Body for StreamBody {
             return Poll::Ready(None);
         }
         if let Poll::Ready(e) = this.ex.poll_end(&mut this.timer, false, cx) {
-            warn!(service = %this.service, error = %e, "Streamed response aborted.");
+            warn!(service = %this.service, request_id = this.ex.rid(), error = %e, "Streamed response aborted.");
             return this.fail(e);
         }
         if let Some(b) = this.first.take() {
@@ -513,7 +526,7 @@ impl http_body::Body for StreamBody {
                             status.message()
                         ),
                     );
-                    warn!(service = %this.service, code = ?status.code(), message = status.message(), "Backend failed mid-stream; aborting the response.");
+                    warn!(service = %this.service, request_id = this.ex.rid(), code = ?status.code(), message = status.message(), "Backend failed mid-stream; aborting the response.");
                     return this.fail(e);
                 }
                 Some(Ok(f)) => f,
@@ -537,7 +550,7 @@ impl http_body::Body for StreamBody {
                         Ok(t) => this.trailers = Some(t),
                         Err(e) => {
                             let e = invalid(&format!("response trailer {e}"));
-                            warn!(service = %this.service, error = %e, "Streamed response aborted.");
+                            warn!(service = %this.service, request_id = this.ex.rid(), error = %e, "Streamed response aborted.");
                             return this.fail(e);
                         }
                     }
@@ -555,7 +568,7 @@ impl http_body::Body for StreamBody {
                         None => "a frame of unknown kind",
                     };
                     let e = invalid(what);
-                    warn!(service = %this.service, error = %e, "Streamed response aborted.");
+                    warn!(service = %this.service, request_id = this.ex.rid(), error = %e, "Streamed response aborted.");
                     return this.fail(e);
                 }
             }

@@ -279,17 +279,17 @@ impl Relay {
                             } else if c.code <= u16::MAX as u32 && close_code_valid(code) {
                                 Some(close_frame(code, &c.reason))
                             } else {
-                                warn!(service = %service, code = c.code, "Backend sent an invalid WebSocket close code; closing with 1011.");
+                                warn!(service = %service, request_id = ex.rid(), code = c.code, "Backend sent an invalid WebSocket close code; closing with 1011.");
                                 Some(close_frame(1011, "invalid close code from the backend"))
                             }
                         }
                         Ok(None) => Some(close_frame(1000, "")),
                         Ok(Some(other)) => {
-                            warn!(service = %service, frame = ?other.frame.as_ref().map(kind), "Malformed frame on a WebSocket exchange; closing with 1011.");
+                            warn!(service = %service, request_id = ex.rid(), frame = ?other.frame.as_ref().map(kind), "Malformed frame on a WebSocket exchange; closing with 1011.");
                             Some(close_frame(1011, "malformed frame from the backend"))
                         }
                         Err(status) => {
-                            warn!(service = %service, code = ?status.code(), message = status.message(), "Backend failed a WebSocket exchange; closing with 1011.");
+                            warn!(service = %service, request_id = ex.rid(), code = ?status.code(), message = status.message(), "Backend failed a WebSocket exchange; closing with 1011.");
                             Some(close_frame(1011, "backend failed"))
                         }
                     };

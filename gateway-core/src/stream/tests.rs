@@ -29,7 +29,7 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let ex = Exchange::new(Instant::now(), limits());
+    let ex = Exchange::new(Instant::now(), limits(), None);
     let head = ForwardingReq {
         method: "POST".into(),
         ..Default::default()
@@ -131,7 +131,7 @@ async fn a_broken_client_body_aborts_and_never_ends() {
 async fn a_taken_body_is_not_retried() {
     let slot = BodySlot::new(body_of(vec![b"x".to_vec()], None));
     assert!(slot.untouched());
-    let ex = Exchange::new(Instant::now(), limits());
+    let ex = Exchange::new(Instant::now(), limits(), None);
     let mut first = Box::pin(RequestFrames::new(
         ForwardingReq::default(),
         slot.clone(),
@@ -157,6 +157,7 @@ async fn clocks_end_an_exchange_for_the_reason_that_comes_first() {
             idle: Duration::from_secs(10),
             max_deadline: start + Duration::from_secs(100),
         },
+        None,
     );
     // Before the body is complete, only idle and the maximum count.
     let e = ex.ended_before_head().await;
@@ -242,7 +243,7 @@ async fn client_sees(
     trailers_ok: bool,
 ) -> Result<(Vec<u8>, Option<HeaderMap>), String> {
     use http_body_util::BodyExt;
-    let ex = Exchange::new(Instant::now(), limits());
+    let ex = Exchange::new(Instant::now(), limits(), None);
     let ep = crate::balance::Endpoint::for_tests();
     let target = ResponseTarget {
         head_request: false,
@@ -327,7 +328,7 @@ async fn malformed_answers_abort() {
 async fn streamed_chunks_are_counted_in_the_body_byte_metrics() {
     use http_body_util::BodyExt;
     let metrics = crate::metrics::Metrics::new();
-    let ex = Exchange::new(Instant::now(), limits());
+    let ex = Exchange::new(Instant::now(), limits(), None);
     let body = body_of(vec![b"abc".to_vec(), vec![], b"defgh".to_vec()], None);
     let frames = RequestFrames::new(ForwardingReq::default(), BodySlot::new(body), 0, ex)
         .counting(metrics.request_byte_count());
@@ -343,7 +344,7 @@ async fn streamed_chunks_are_counted_in_the_body_byte_metrics() {
         head_request: false,
         trailers: false,
     };
-    let ex = Exchange::new(Instant::now(), limits());
+    let ex = Exchange::new(Instant::now(), limits(), None);
     let answer = grpc_answer(
         vec![
             chunk_frame(b"hello".to_vec()),
@@ -366,7 +367,7 @@ async fn streamed_chunks_are_counted_in_the_body_byte_metrics() {
 
     // Off: the counters are not touched.
     metrics.set_enabled(false);
-    let ex = Exchange::new(Instant::now(), limits());
+    let ex = Exchange::new(Instant::now(), limits(), None);
     let frames = RequestFrames::new(
         ForwardingReq::default(),
         BodySlot::new(body_of(vec![b"xyz".to_vec()], None)),
