@@ -1005,7 +1005,7 @@ where
             format!("request body is larger than {limit} bytes"),
         ));
     }
-    let ex = stream_exchange(shared, &parts, target, started);
+    let ex = stream_exchange(shared, parts, target, started);
     let slot = BodySlot::new(body);
     let respond_to = ResponseTarget::of(parts);
     let mut last_err = None;

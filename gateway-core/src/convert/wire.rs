@@ -12,17 +12,19 @@
 //!
 //! A message decodes to exactly what `request_to_wire` gives (tests and the
 //! `http_to_wire` fuzz target compare them), but its fields are laid out in
-//! three pieces so that a retry does not re-encode anything:
+//! pieces so that a retry does not re-encode anything:
 //!
 //! 1. `head`: fields 1-9 (method ... headers), then
 //! 2. `body` (field 10), then
-//! 3. `tail`: trailers (11) and the context (12) *without* `deadline_ms`,
-//!    then, per attempt, a second `context` (12) holding only `deadline_ms`.
+//! 3. the trailers (11), then
+//! 4. the context (12): its key and length are written per attempt, then
+//!    its fields without `deadline_ms` (encoded once), then `deadline_ms`
+//!    (5, the attempt's; left out when 0, as prost does).
 //!
-//! Protobuf merges the occurrences of a singular embedded message (proto3
-//! spec, "Merging"; prost, Go, Python and Java all do), so the backend sees
-//! one context with every field. A deadline of 0 (none) adds no second
-//! context, as prost leaves 0 out.
+//! The context is one occurrence of field 12. Protobuf says a decoder merges
+//! repeated occurrences of an embedded message, but not every one does
+//! (protobuf.js, under `@grpc/proto-loader`, keeps only the last), so the
+//! gateway never relies on it.
 
 use std::fmt::Write as _;
 
@@ -374,13 +376,11 @@ impl<'a> Fields<'a> {
         bytes_field(s, CTX_MATCHED_PREFIX, m.matched_prefix.as_bytes());
     }
 
-    /// Fields 11 and 12 (the context without its deadline).
-    fn tail(&self, s: &mut impl Sink) {
+    /// Field 11, the trailers.
+    fn trailers(&self, s: &mut impl Sink) {
         for (name, value) in self.trailers.into_iter().flatten() {
             header_field(s, TRAILERS, name.as_str(), value.as_bytes());
         }
-        delimited(s, CONTEXT, self.context_len);
-        self.context(s);
     }
 }
 
@@ -388,9 +388,12 @@ impl<'a> Fields<'a> {
 /// (see the module documentation for its layout).
 #[derive(Debug, Clone)]
 pub struct EncodedRequest {
-    /// Fields 1-9, then 11 and 12; `split` is where the body goes.
+    /// Fields 1-9, then 11, then the content of 12 without its key, length
+    /// and deadline; `split` is where the body goes, `context` where the
+    /// context's content starts.
     fixed: Bytes,
     split: usize,
+    context: usize,
     body: Bytes,
 }
 
@@ -407,15 +410,18 @@ impl EncodedRequest {
         let f = Fields::new(parts, trailers, meta)?;
         let mut head = Count(0);
         f.head(&mut head);
-        let mut tail = Count(0);
-        f.tail(&mut tail);
-        let mut buf = BytesMut::with_capacity(head.0 + tail.0);
+        let mut trailers = Count(0);
+        f.trailers(&mut trailers);
+        let len = head.0 + trailers.0 + f.context_len;
+        let mut buf = BytesMut::with_capacity(len);
         f.head(&mut buf);
-        f.tail(&mut buf);
-        debug_assert_eq!(buf.len(), head.0 + tail.0, "sizing and writing agree");
+        f.trailers(&mut buf);
+        f.context(&mut buf);
+        debug_assert_eq!(buf.len(), len, "sizing and writing agree");
         Ok(EncodedRequest {
             fixed: buf.freeze(),
             split: head.0,
+            context: head.0 + trailers.0,
             body,
         })
     }
@@ -455,20 +461,25 @@ pub struct Attempt {
 }
 
 impl Attempt {
+    /// Bytes of the context's content, this attempt's deadline included.
     fn context_len(&self) -> usize {
-        key_len(CTX_DEADLINE_MS) + encoded_len_varint(self.deadline_ms)
+        let deadline = if self.deadline_ms == 0 {
+            0
+        } else {
+            key_len(CTX_DEADLINE_MS) + encoded_len_varint(self.deadline_ms)
+        };
+        self.req.fixed.len() - self.req.context + deadline
     }
 
     /// Bytes of the protobuf message.
     pub fn encoded_len(&self) -> usize {
         let r = &self.req;
-        let ctx = if self.deadline_ms == 0 {
-            0
-        } else {
-            let len = self.context_len();
-            key_len(CONTEXT) + encoded_len_varint(len as u64) + len
-        };
-        r.fixed.len() + bytes_field_len(BODY, r.body.len()) + ctx
+        let ctx = self.context_len();
+        r.context
+            + bytes_field_len(BODY, r.body.len())
+            + key_len(CONTEXT)
+            + encoded_len_varint(ctx as u64)
+            + ctx
     }
 
     /// Writes the message: the body is the one copy.
@@ -476,9 +487,10 @@ impl Attempt {
         let r = &self.req;
         dst.put_slice(&r.fixed[..r.split]);
         bytes_field(dst, BODY, &r.body);
-        dst.put_slice(&r.fixed[r.split..]);
+        dst.put_slice(&r.fixed[r.split..r.context]);
+        delimited(dst, CONTEXT, self.context_len());
+        dst.put_slice(&r.fixed[r.context..]);
         if self.deadline_ms != 0 {
-            delimited(dst, CONTEXT, self.context_len());
             varint_field(dst, CTX_DEADLINE_MS, self.deadline_ms);
         }
     }

@@ -158,6 +158,54 @@ fn an_attempt_adds_its_deadline_to_the_context() {
     assert_eq!(a.req.fixed.as_ptr(), b.req.fixed.as_ptr());
 }
 
+/// The top-level field numbers of an encoded message, in order.
+fn field_numbers(mut buf: &[u8]) -> Vec<u32> {
+    use prost::encoding::{decode_key, decode_varint};
+    let mut out = Vec::new();
+    while !buf.is_empty() {
+        let (tag, wire) = decode_key(&mut buf).unwrap();
+        out.push(tag);
+        match wire {
+            WireType::Varint => {
+                decode_varint(&mut buf).unwrap();
+            }
+            WireType::LengthDelimited => {
+                let n = decode_varint(&mut buf).unwrap() as usize;
+                buf = &buf[n..];
+            }
+            other => panic!("unexpected wire type {other:?}"),
+        }
+    }
+    out
+}
+
+/// The context travels as one occurrence of field 12, whatever the
+/// deadline: protobuf.js (`@grpc/proto-loader`) keeps only the last
+/// occurrence of an embedded message instead of merging them, and a Node
+/// backend saw an empty request id behind the gateway when the deadline
+/// came as a second `context`.
+#[test]
+fn the_context_is_one_field_with_the_deadline_inside() {
+    let (p, trailers) = full_request();
+    let m = meta(true, Some(Duration::from_secs(30)), "10.1.2.3:4567");
+    let enc = EncodedRequest::encode(&p, Bytes::from_static(b"body"), Some(&trailers), &m).unwrap();
+    for deadline in [0u64, 1, 30_000] {
+        let bytes = enc.to_bytes(deadline);
+        let fields = field_numbers(&bytes);
+        assert_eq!(
+            fields.iter().filter(|&&f| f == CONTEXT).count(),
+            1,
+            "{fields:?}"
+        );
+        // Decoding only the last occurrence (as protobuf.js does) still
+        // gives every context field.
+        let ctx = ForwardingReq::decode(bytes).unwrap().context.unwrap();
+        assert_eq!(ctx.request_id, "rid-1");
+        assert_eq!(ctx.service, "svc");
+        assert_eq!(ctx.deadline_ms, deadline);
+    }
+}
+
 /// The codec frames exactly one message in a buffer of exactly its size.
 #[test]
 fn the_encoder_asks_for_exactly_the_frame() {
