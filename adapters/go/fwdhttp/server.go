@@ -27,6 +27,10 @@ type Route struct {
 	Stream bool `json:"stream"`
 	// TimeoutMs for the response head; 0 = the gateway's default.
 	TimeoutMs uint64 `json:"timeout_ms,omitempty"`
+	// MaxDurationMs bounds a whole streamed exchange; 0 = the gateway's default.
+	MaxDurationMs uint64 `json:"max_duration_ms,omitempty"`
+	// Hosts limits the route to these request hosts; empty = any host.
+	Hosts []string `json:"hosts,omitempty"`
 }
 
 // Config of a backend. The zero value serves on 127.0.0.1:0 without
