@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -142,8 +143,9 @@ var protos = map[pb.HttpVersion]struct {
 
 // newRequest builds the *http.Request a net/http server would have built
 // for req (already checked by checkRequest), reading its body from body.
-// The returned cancel releases the deadline's timer.
-func newRequest(ctx context.Context, req *pb.ForwardingReq, body io.ReadCloser, contentLength int64) (*http.Request, context.CancelFunc) {
+// The returned cancel releases the deadline's timer. errBadTarget: a target
+// net/http could not parse either (answer badTarget()).
+func newRequest(ctx context.Context, req *pb.ForwardingReq, body io.ReadCloser, contentLength int64) (*http.Request, context.CancelFunc, error) {
 	rc := req.GetContext()
 	if rc == nil {
 		rc = &pb.RequestContext{}
@@ -157,15 +159,17 @@ func newRequest(ctx context.Context, req *pb.ForwardingReq, body io.ReadCloser, 
 	ctx = context.WithValue(ctx, contextKey{}, rc)
 
 	target := req.GetPath()
-	if req.GetHasQuery() {
+	// A query without has_query is inconsistent; keep the query rather
+	// than lose it (the gateway always sets both).
+	if req.GetHasQuery() || req.GetQuery() != "" {
 		target += "?" + req.GetQuery()
 	}
 	u, err := url.ParseRequestURI(target)
 	if err != nil {
-		// A raw path net/url refuses (a bad %-escape): keep it as it came;
-		// r.RequestURI and r.URL.EscapedPath() still give the raw form.
-		u = &url.URL{Path: req.GetPath(), RawPath: req.GetPath(), RawQuery: req.GetQuery(),
-			ForceQuery: req.GetHasQuery() && req.GetQuery() == ""}
+		// A raw path net/url refuses (a bad %-escape): net/http's server
+		// answers 400 without calling the handler; so does the adapter.
+		cancel()
+		return nil, nil, errBadTarget
 	}
 	header := toHeader(req.GetHeaders())
 	// As net/http's server does: Host lives in r.Host, not in r.Header.
@@ -200,7 +204,18 @@ func newRequest(ctx context.Context, req *pb.ForwardingReq, body io.ReadCloser, 
 		// itself ended at the gateway, so the state is empty.
 		r.TLS = &tls.ConnectionState{}
 	}
-	return r.WithContext(ctx), cancel
+	return r.WithContext(ctx), cancel, nil
+}
+
+var errBadTarget = errors.New("invalid request target")
+
+// badTarget is net/http's own answer to a target it cannot parse.
+func badTarget() *pb.ForwardingResp {
+	return &pb.ForwardingResp{
+		Status:  http.StatusBadRequest,
+		Headers: []*pb.Header{{Name: "content-type", Value: []byte("text/plain; charset=utf-8")}},
+		Body:    []byte("400 Bad Request: invalid request target"),
+	}
 }
 
 // streamContentLength is the request's Content-Length header when it has

@@ -53,7 +53,7 @@ func TestNewRequestKeepsRawTargetHeadersAndContext(t *testing.T) {
 		Headers: hdr("x-a", "1", "x-b", "\xff", "x-a", "2"),
 		Context: &pb.RequestContext{RequestId: "r-1", ClientAddresses: []string{"10.0.0.1", "10.0.0.2:5"}, DeadlineMs: 1000},
 	}
-	r, cancel := newRequest(context.Background(), req, http.NoBody, 0)
+	r, cancel, _ := newRequest(context.Background(), req, http.NoBody, 0)
 	defer cancel()
 	if r.Method != "PURGE" || r.Host != "example.com" || r.Proto != "HTTP/2.0" || r.TLS == nil {
 		t.Errorf("method/host/proto/tls: %s %s %s %v", r.Method, r.Host, r.Proto, r.TLS)
@@ -80,7 +80,7 @@ func TestNewRequestKeepsRawTargetHeadersAndContext(t *testing.T) {
 
 func TestEmptyQueryIsNotNoQuery(t *testing.T) {
 	for _, hasQuery := range []bool{false, true} {
-		r, cancel := newRequest(context.Background(), &pb.ForwardingReq{Method: "GET", Path: "/a", HasQuery: hasQuery}, http.NoBody, 0)
+		r, cancel, _ := newRequest(context.Background(), &pb.ForwardingReq{Method: "GET", Path: "/a", HasQuery: hasQuery}, http.NoBody, 0)
 		cancel()
 		if r.URL.ForceQuery != hasQuery {
 			t.Errorf("has_query %v: ForceQuery %v", hasQuery, r.URL.ForceQuery)
@@ -89,7 +89,7 @@ func TestEmptyQueryIsNotNoQuery(t *testing.T) {
 }
 
 func TestHostHeaderMovesToRequestHost(t *testing.T) {
-	r, cancel := newRequest(context.Background(), &pb.ForwardingReq{Method: "GET", Path: "/", Headers: hdr("host", "h:1")}, http.NoBody, 0)
+	r, cancel, _ := newRequest(context.Background(), &pb.ForwardingReq{Method: "GET", Path: "/", Headers: hdr("host", "h:1")}, http.NoBody, 0)
 	defer cancel()
 	if r.Host != "h:1" || r.Header.Get("Host") != "" {
 		t.Errorf("host %q, header %v", r.Host, r.Header)
@@ -131,5 +131,12 @@ func TestNoContentTypeSniffingAndDefaultStatus(t *testing.T) {
 	m := w.message()
 	if m.Status != 200 || len(m.Headers) != 0 {
 		t.Errorf("expected 200 and no headers, got %d %v", m.Status, m.Headers)
+	}
+}
+
+func TestUnparseableTargetIsA400AsInNetHTTP(t *testing.T) {
+	_, _, err := newRequest(context.Background(), &pb.ForwardingReq{Method: "GET", Path: "/%zz"}, http.NoBody, 0)
+	if err != errBadTarget || badTarget().Status != 400 {
+		t.Errorf("expected errBadTarget, got %v", err)
 	}
 }

@@ -42,7 +42,10 @@ func (f *forwarding) Send(ctx context.Context, req *pb.ForwardingReq) (*pb.Forwa
 	if len(req.GetBody()) == 0 {
 		body = http.NoBody
 	}
-	r, cancel := newRequest(ctx, req, body, int64(len(req.GetBody())))
+	r, cancel, err := newRequest(ctx, req, body, int64(len(req.GetBody())))
+	if err != nil {
+		return badTarget(), nil
+	}
 	defer cancel()
 	// The body is whole already, so its trailers are known before the
 	// handler runs (net/http fills r.Trailer at EOF; here EOF is at hand).
@@ -90,7 +93,14 @@ func (f *forwarding) Stream(stream pb.ForwardingService_StreamServer) error {
 	}
 	body := &streamBody{stream: stream, buf: head.GetBody(), trailer: http.Header{}}
 	header := toHeader(head.GetHeaders())
-	r, cancel := newRequest(stream.Context(), head, body, streamContentLength(header))
+	r, cancel, err := newRequest(stream.Context(), head, body, streamContentLength(header))
+	if err != nil {
+		bad := badTarget()
+		if err := stream.Send(&pb.StreamResponse{Frame: &pb.StreamResponse_Head{Head: bad}}); err != nil {
+			return err
+		}
+		return stream.Send(&pb.StreamResponse{Frame: &pb.StreamResponse_End{End: &pb.StreamEnd{}}})
+	}
 	defer cancel()
 	r.Trailer = body.trailer
 	w := &streamResponse{response: newResponse(), stream: stream}
