@@ -36,9 +36,12 @@ else
   echo "skipped: no protoc (ADAPTER_GO_REGEN=1 installs it)"
 fi
 
-step "gofmt, go vet, go test"
+step "gofmt, go vet, go test (with -race when cgo works)"
 (cd "$ADAPTER" && unformatted="$(gofmt -l .)" && { [ -z "$unformatted" ] || { echo "gofmt needed: $unformatted" >&2; exit 1; }; })
-(cd "$ADAPTER" && go vet ./... && go test -count=1 ./...)
+# The race detector needs cgo (a C compiler); without one, plain go test.
+RACE=""
+[ "$(cd "$ADAPTER" && go env CGO_ENABLED)" = 1 ] && command -v "$(cd "$ADAPTER" && go env CC)" >/dev/null && RACE="-race"
+(cd "$ADAPTER" && go vet ./... && go test -count=1 $RACE ./...)
 
 step "the conformance kit"
 cargo build -q -p conformance --bin gateway-conformance
