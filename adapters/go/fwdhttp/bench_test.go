@@ -2,6 +2,7 @@ package fwdhttp
 
 import (
 	"context"
+	"io"
 	"net"
 	"net/http"
 	"syscall"
@@ -27,6 +28,29 @@ func (raw) Send(_ context.Context, req *pb.ForwardingReq) (*pb.ForwardingResp, e
 	}, nil
 }
 
+func (raw) Stream(s pb.ForwardingService_StreamServer) error {
+	first, err := s.Recv()
+	if err != nil {
+		return err
+	}
+	for { // to the half-close after `end`
+		if _, err := s.Recv(); err == io.EOF {
+			break
+		} else if err != nil {
+			return err
+		}
+	}
+	head := &pb.ForwardingResp{Status: 200, Headers: []*pb.Header{{Name: "content-type", Value: []byte("text/plain")}}}
+	if err := s.Send(&pb.StreamResponse{Frame: &pb.StreamResponse_Head{Head: head}}); err != nil {
+		return err
+	}
+	body := []byte("hello " + first.GetHead().GetPath())
+	if err := s.Send(&pb.StreamResponse{Frame: &pb.StreamResponse_Body{Body: &pb.BodyChunk{Data: body}}}); err != nil {
+		return err
+	}
+	return s.Send(&pb.StreamResponse{Frame: &pb.StreamResponse_End{End: &pb.StreamEnd{}}})
+}
+
 func hello(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "text/plain")
 	_, _ = w.Write([]byte("hello " + r.URL.EscapedPath()))
@@ -42,7 +66,11 @@ func cpu() time.Duration {
 // adds) over loopback gRPC, client and server in this process; cpu-ns/op
 // is the process's CPU time per request, so the difference between the
 // two benchmarks is the adapter's own cost.
-func benchSend(b *testing.B, srv pb.ForwardingServiceServer) {
+func benchSend(b *testing.B, srv pb.ForwardingServiceServer) { bench(b, srv, false) }
+
+// bench measures Send, or with stream the same exchange on Stream (head,
+// end, half-close; head, one body frame, end).
+func bench(b *testing.B, srv pb.ForwardingServiceServer, stream bool) {
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
@@ -65,14 +93,34 @@ func benchSend(b *testing.B, srv pb.ForwardingServiceServer) {
 		Context: &pb.RequestContext{RequestId: "r-1", ClientAddresses: []string{"127.0.0.1:5000"}, DeadlineMs: 30000},
 	}
 	ctx := context.Background()
-	if _, err := c.Send(ctx, req); err != nil { // connect outside the timing
+	call := func() error {
+		if !stream {
+			_, err := c.Send(ctx, req)
+			return err
+		}
+		s, err := c.Stream(ctx)
+		if err != nil {
+			return err
+		}
+		_ = s.Send(&pb.StreamRequest{Frame: &pb.StreamRequest_Head{Head: req}})
+		_ = s.Send(&pb.StreamRequest{Frame: &pb.StreamRequest_End{End: &pb.StreamEnd{}}})
+		_ = s.CloseSend()
+		for {
+			if _, err := s.Recv(); err == io.EOF {
+				return nil
+			} else if err != nil {
+				return err
+			}
+		}
+	}
+	if err := call(); err != nil { // connect outside the timing
 		b.Fatal(err)
 	}
 	b.ReportAllocs()
 	b.ResetTimer()
 	start := cpu()
 	for i := 0; i < b.N; i++ {
-		if _, err := c.Send(ctx, req); err != nil {
+		if err := call(); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -83,4 +131,10 @@ func BenchmarkSendRaw(b *testing.B) { benchSend(b, raw{}) }
 
 func BenchmarkSendAdapter(b *testing.B) {
 	benchSend(b, NewForwardingServer(http.HandlerFunc(hello)))
+}
+
+func BenchmarkStreamRaw(b *testing.B) { bench(b, raw{}, true) }
+
+func BenchmarkStreamAdapter(b *testing.B) {
+	bench(b, NewForwardingServer(http.HandlerFunc(hello)), true)
 }
