@@ -1,5 +1,6 @@
 package dev.forwarding.gateway.adapter;
 
+import io.grpc.Context;
 import io.grpc.stub.ServerCallStreamObserver;
 
 /**
@@ -18,6 +19,10 @@ final class Call {
     this.streaming = streaming;
     this.observer = observer;
     observer.setOnCancelHandler(this::cancel);
+    // gRPC runs a call's callbacks one at a time, so the cancel handler above cannot run while a
+    // Send handler blocks gRPC's thread; the call's Context is cancelled from the transport (and
+    // at the deadline) right away.
+    Context.current().addListener(ctx -> cancel(), Runnable::run);
     if (streaming) {
       observer.setOnReadyHandler(this::wake);
     }
