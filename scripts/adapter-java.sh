@@ -3,7 +3,8 @@
 # against its conformance server, directly over gRPC (--target) and through
 # the registration lifecycle (--backend-cmd).
 #
-#   scripts/adapter-java.sh
+#   scripts/adapter-java.sh           tests and the kit
+#   scripts/adapter-java.sh --bench   CPU per small Send request: adapter vs raw contract
 #
 # Idempotent and cached: Java and Maven come from Debian's packages only when
 # missing; Maven's dependencies (grpc-java, protobuf, protoc and the grpc
@@ -22,8 +23,8 @@ if ! command -v javac >/dev/null || ! command -v mvn >/dev/null; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jdk-headless maven >/dev/null
 fi
-java -version 2>&1 | head -1
-mvn -v 2>/dev/null | head -1
+java -version 2>&1 | sed -n 1p
+mvn -v 2>/dev/null | sed -n 1p
 
 MVN=(mvn -B --no-transfer-progress -f "$ADAPTER/pom.xml")
 
@@ -33,6 +34,30 @@ step "adapters/java: mvn test (JUnit 5), jar"
   -Dmdep.outputFile="$ADAPTER/target/classpath.txt" >/dev/null
 CP="$ADAPTER/target/classes:$ADAPTER/target/test-classes:$(cat "$ADAPTER/target/classpath.txt")"
 SERVER=(java -cp "$CP" dev.forwarding.gateway.conformance.ConformanceServer)
+
+if [ "${1:-}" = "--bench" ]; then
+  # Server CPU (user+sys from /proc) per request, for the same small answer served through the
+  # adapter and on the generated base directly; the client is another JVM, requests one at a
+  # time, after a warm-up that lets the JIT compile both paths.
+  N="${BENCH_REQUESTS:-50000}"
+  cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+  for mode in raw adapter raw adapter; do
+    BOUT="$ADAPTER/target/bench-$mode.out"
+    java -cp "$CP" dev.forwarding.gateway.bench.Hello "$mode" >"$BOUT" 2>/dev/null &
+    BPID=$!
+    for _ in $(seq 1 300); do grep -q '^READY ' "$BOUT" 2>/dev/null && break; sleep 0.1; done
+    BADDR="$(awk '/^READY /{print $2; exit}' "$BOUT")"
+    java -cp "$CP" dev.forwarding.gateway.bench.Load "$BADDR" 20000
+    before="$(cpu_ticks "$BPID")"
+    java -cp "$CP" dev.forwarding.gateway.bench.Load "$BADDR" "$N"
+    after="$(cpu_ticks "$BPID")"
+    kill "$BPID"; wait "$BPID" 2>/dev/null || true
+    hz="$(getconf CLK_TCK)"
+    awk -v t=$((after - before)) -v hz="$hz" -v n="$N" -v m="$mode" \
+      'BEGIN { printf "bench: %-7s %.1f us of server CPU per request (%d requests)\n", m, t * 1e6 / hz / n, n }'
+  done
+  exit 0
+fi
 
 step "conformance kit"
 cargo build -p conformance --bin gateway-conformance
