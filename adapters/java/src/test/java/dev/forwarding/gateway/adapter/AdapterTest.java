@@ -144,6 +144,29 @@ class AdapterTest {
   }
 
   @Test
+  void deadlineInterruptsABlockedSendHandler() throws Exception {
+    CompletableFuture<Throwable> seen = new CompletableFuture<>();
+    var stub =
+        start(
+            (rq, rs) -> {
+              try {
+                Thread.sleep(10_000);
+                seen.complete(null);
+              } catch (InterruptedException e) {
+                seen.complete(e);
+                throw e;
+              }
+            });
+    StatusRuntimeException e =
+        assertThrows(
+            StatusRuntimeException.class,
+            () -> stub.withDeadlineAfter(200, TimeUnit.MILLISECONDS).send(req().build()));
+    assertEquals(Status.Code.DEADLINE_EXCEEDED, e.getStatus().getCode());
+    // The handler blocks gRPC's thread for this call, so only the call's Context can tell it.
+    assertTrue(seen.get(5, TimeUnit.SECONDS) instanceof InterruptedException);
+  }
+
+  @Test
   void handlerFailureIsInternal() throws Exception {
     var stub =
         start(
