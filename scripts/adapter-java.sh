@@ -60,7 +60,7 @@ if [ "${1:-}" = "--bench" ]; then
 fi
 
 step "conformance kit"
-cargo build -p conformance --bin gateway-conformance
+cargo build --locked -p conformance --bin gateway-conformance
 TARGET_DIR="${CARGO_TARGET_DIR:-$REPO/target}"
 KIT="$TARGET_DIR/debug/gateway-conformance"
 
