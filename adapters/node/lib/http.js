@@ -65,6 +65,16 @@ function rawFields(fields) {
 }
 
 /**
+ * Sets rawHeaders (or, once `complete`, rawTrailers) and the parsed
+ * headers/trailers objects the way node's HTTP parser does, through
+ * IncomingMessage#_addHeaderLines: same joining of duplicates (", ",
+ * set-cookie as an array, first of single-valued fields).
+ */
+function setFields(msg, raw) {
+  if (raw.length) msg._addHeaderLines(raw, raw.length);
+}
+
+/**
  * Stands in for the TCP socket: what handlers read of it (peer address,
  * `encrypted` for req.protocol) and no-ops for what they call on it.
  * Nothing is ever written to it.
@@ -102,11 +112,12 @@ class ForwardedRequest extends http.IncomingMessage {
     this.httpVersionMajor = major;
     this.httpVersionMinor = minor;
     this.httpVersion = `${major}.${minor}`;
-    this.rawHeaders = rawFields(fwd.headers);
+    const raw = rawFields(fwd.headers);
     if (!fwd.headers.some((h) => h.name === 'host') && fwd.authority) {
       // HTTP/2 carries the authority as :authority; frameworks look for Host.
-      this.rawHeaders.push('host', fwd.authority);
+      raw.push('host', fwd.authority);
     }
+    setFields(this, raw);
     this.forwarding = { ...fwd, body: undefined, trailers: undefined };
     pinOverrides(this, ForwardedRequest.prototype);
   }
@@ -123,8 +134,8 @@ class ForwardedRequest extends http.IncomingMessage {
 
   /** The body is complete; the trailers are known. */
   endBody(trailers) {
-    this.rawTrailers = rawFields(trailers);
-    this.complete = true;
+    this.complete = true; // before setFields: complete means "these are trailers"
+    setFields(this, rawFields(trailers));
     this.push(null);
   }
 }

@@ -54,6 +54,7 @@ async function serve(listener, options = {}) {
     token,
     registration: extra = {},
     drainMs = 500,
+    shutdownGraceMs = 5000,
     handleSignals = true,
     log = (msg) => process.stderr.write(`[forwarding-adapter] ${msg}\n`),
     onError,
@@ -115,7 +116,12 @@ async function serve(listener, options = {}) {
           state.draining = true;
           for (const send of state.watchers) send();
           await new Promise((r) => setTimeout(r, drainMs));
-          await new Promise((r) => server.tryShutdown(() => r()));
+          // Calls still open (an SSE feed, a long poll) get shutdownGraceMs
+          // more, then are cancelled: a stream must not hold the exit forever.
+          await new Promise((r) => {
+            const t = setTimeout(() => { server.forceShutdown(); r(); }, shutdownGraceMs);
+            server.tryShutdown(() => { clearTimeout(t); r(); });
+          });
         })();
       }
       return stopping;
