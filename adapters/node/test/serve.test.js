@@ -19,6 +19,7 @@ const pkg = grpc.loadPackageDefinition(def);
 
 function app() {
   const a = express();
+  a.set('env', 'test'); // Express logs a handler's throw outside 'test'
   a.get('/hello', (req, res) => res.type('text').send(`hello ${req.query.name}`));
   a.get('/events', async (req, res) => {
     res.writeHead(200, { 'content-type': 'text/event-stream' });
