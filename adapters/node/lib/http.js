@@ -195,6 +195,11 @@ class ForwardedResponse extends http.ServerResponse {
       e.code = 'ERR_HTTP_INVALID_STATUS_CODE';
       throw e;
     }
+    if (statusCode < 200 && statusCode !== 101) {
+      // 1xx informational: not forwarded (the contract says so); the final
+      // answer still to come is a 200 unless the handler says otherwise.
+      return this; // its headers go with it
+    }
     this.statusCode = statusCode;
     if (reason) this.statusMessage = reason;
     if (Array.isArray(headers)) {
@@ -205,9 +210,6 @@ class ForwardedResponse extends http.ServerResponse {
       }
     } else if (headers) {
       for (const k of Object.keys(headers)) if (k) this.setHeader(k, headers[k]);
-    }
-    if (statusCode < 200 && statusCode !== 101) {
-      return this; // 1xx informational: not forwarded (the contract says so)
     }
     if (statusCode === 204 || statusCode === 304 || this.req.method === 'HEAD') this._hasBody = false;
     const fields = [];
@@ -225,7 +227,8 @@ class ForwardedResponse extends http.ServerResponse {
 
   // Node's own write path calls this; compression middleware does too.
   _implicitHeader() {
-    this.writeHead(this.statusCode);
+    const status = this.statusCode;
+    this.writeHead(status < 200 && status !== 101 ? 200 : status);
   }
 
   flushHeaders() {

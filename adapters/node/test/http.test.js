@@ -123,6 +123,15 @@ test('end(body) with no head yet announces the length, as node does', async () =
   assert.deepEqual(headerList(got), [['content-length', '5']]);
 });
 
+test('a 1xx head is dropped and the final answer still comes', async () => {
+  const got = await exchange((req, res) => {
+    res.writeHead(103, { link: '</a.css>; rel=preload' });
+    res.end('ok');
+  }, fwdReq());
+  assert.equal(got.head.status, 200);
+  assert.equal(text(got), 'ok');
+});
+
 test('HEAD and 204 answers carry no body', async () => {
   const head = await exchange((req, res) => res.end('ignored'), fwdReq({ method: 'HEAD' }));
   assert.equal(head.body.length, 0);
