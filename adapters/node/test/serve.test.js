@@ -208,3 +208,28 @@ test('lifecycle: register, renew, register again after a 404, deregister then dr
     registry.close();
   }
 });
+
+test('a Fastify app works through its request handler (app.routing)', async () => {
+  const Fastify = require('fastify');
+  const fastify = Fastify();
+  fastify.addHook('onRequest', async (req, reply) => { reply.header('x-hook', 'ran'); });
+  fastify.post('/items/:id', async (req) => ({ id: req.params.id, q: req.query.q, body: req.body }));
+  await fastify.ready();
+  const backend = await serve(fastify.routing, { handleSignals: false, log: () => {} });
+  const client = new pkg.forwarding.v1.ForwardingService(backend.address, grpc.credentials.createInsecure());
+  try {
+    const { err, resp } = await unary(client, 'Send', fwdReq({
+      method: 'POST', path: '/items/7', query: 'q=z', body: Buffer.from('{"a":1}'),
+      headers: [{ name: 'content-type', value: Buffer.from('application/json') },
+        { name: 'content-length', value: Buffer.from('7') }],
+    }));
+    assert.equal(err, null);
+    assert.equal(resp.status, 200);
+    assert.deepEqual(JSON.parse(resp.body), { id: '7', q: 'z', body: { a: 1 } });
+    assert.equal(resp.headers.find((h) => h.name === 'x-hook').value.toString(), 'ran');
+  } finally {
+    client.close();
+    backend.forceShutdown();
+    await fastify.close();
+  }
+});
