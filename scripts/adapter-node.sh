@@ -3,7 +3,8 @@
 # (cached: skipped while package-lock.json is unchanged), run its tests with
 # node's test runner, build the conformance kit, and run the kit against the
 # adapter's conformance server (an Express app served through the adapter):
-# the contract (`--target`) and the registration lifecycle (`--backend-cmd`).
+# the contract (`--target`) and the registration lifecycle (`--backend-cmd`),
+# then HTTP through the real `gateway` binary (test/gateway.test.js).
 #
 #   scripts/adapter-node.sh            everything; exit 1 on any failure
 #   scripts/adapter-node.sh --no-kit   install and unit/end-to-end tests only
@@ -78,7 +79,13 @@ step "gateway-conformance --backend-cmd (registration lifecycle)"
 (cd "$REPO" && "$KIT_BIN" --backend-cmd "node adapters/node/conformance/server.js --gateway {registry}") \
   | tee "$WORK/lifecycle.log" || status=1
 
+step "through a real gateway (HTTP -> gateway -> Express app over Send and Stream)"
+(cd "$REPO" && cargo build --quiet -p gateway-bin --bin gateway)
+(cd "$ADAPTER" && FORWARDING_GATEWAY_BIN="$TARGET_DIR/debug/gateway" node --test test/gateway.test.js) \
+  | tee "$WORK/gateway.log" || status=1
+
 step "summary (Node adapter)"
 echo "contract:  $(tail -n 1 "$WORK/target.log")"
 echo "lifecycle: $(tail -n 1 "$WORK/lifecycle.log")"
+echo "gateway:   $(grep -E '^# (pass|fail) ' "$WORK/gateway.log" | tr '\n' ' ')"
 exit "$status"
