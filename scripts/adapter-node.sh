@@ -87,5 +87,5 @@ step "through a real gateway (HTTP -> gateway -> Express app over Send and Strea
 step "summary (Node adapter)"
 echo "contract:  $(tail -n 1 "$WORK/target.log")"
 echo "lifecycle: $(tail -n 1 "$WORK/lifecycle.log")"
-echo "gateway:   $(grep -E '^# (pass|fail) ' "$WORK/gateway.log" | tr '\n' ' ')"
+echo "gateway:   $(awk '/^# pass /{p=$3} /^# fail /{f=$3} END{print p " passed, " f " failed"}' "$WORK/gateway.log")"
 exit "$status"

@@ -148,12 +148,25 @@ const kSink = Symbol('sink');
  * subclass's methods. So the overrides are also copied onto each instance,
  * where no prototype swap reaches them.
  */
+const pinned = new Map(); // prototype -> [methods], {accessors}
+
 function pinOverrides(obj, proto) {
-  for (const name of Object.getOwnPropertyNames(proto)) {
-    if (name === 'constructor') continue;
-    const d = Object.getOwnPropertyDescriptor(proto, name);
-    Object.defineProperty(obj, name, { ...d, enumerable: false });
+  let p = pinned.get(proto);
+  if (!p) {
+    const methods = [];
+    const accessors = {};
+    for (const name of Object.getOwnPropertyNames(proto)) {
+      if (name === 'constructor') continue;
+      const d = Object.getOwnPropertyDescriptor(proto, name);
+      if (typeof d.value === 'function') methods.push([name, d.value]);
+      else accessors[name] = { ...d, enumerable: false };
+    }
+    p = [methods, accessors];
+    pinned.set(proto, p);
   }
+  // Plain assignment keeps the object's fast shape; defineProperty would not.
+  for (const [name, fn] of p[0]) obj[name] = fn;
+  Object.defineProperties(obj, p[1]);
 }
 
 /**
