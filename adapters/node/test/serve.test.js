@@ -35,6 +35,11 @@ function app() {
     res.json({ n, trailers: req.rawTrailers });
   });
   a.get('/throws', () => { throw new Error('handler bug'); });
+  a.post('/too-large', (req, res) => res.status(413).json({ error: 'too large' })); // never reads the body
+  a.get('/slow', (req, res) => {
+    const t = setTimeout(() => res.end('late'), 5000);
+    res.on('close', () => { clearTimeout(t); a.locals.slowClosed = !res.writableFinished; });
+  });
   return a;
 }
 
@@ -138,6 +143,34 @@ test('a listener that throws fails only its call', async () => {
     assert.equal(err.code, grpc.status.INTERNAL);
     const again = await stream(client, [{ head: fwdReq() }, { end: {} }]);
     assert.equal(again.err.code, grpc.status.INTERNAL);
+  } finally {
+    client.close();
+    backend.forceShutdown();
+  }
+});
+
+test('Stream: an answer before the body is read (a 413 of its own) ends the call OK', async () => {
+  await withBackend(async ({ client }) => {
+    const frames = [{ head: fwdReq({ method: 'POST', path: '/too-large', has_query: false, query: '' }) }];
+    for (let i = 0; i < 20; i++) frames.push({ body: { data: Buffer.alloc(65536) } });
+    frames.push({ end: {} });
+    const { err, got } = await stream(client, frames);
+    assert.equal(err, null);
+    assert.equal(got[0].head.status, 413);
+  });
+});
+
+test('the deadline reaches the handler as close without finish', async () => {
+  const a = app();
+  const backend = await serve(a, { handleSignals: false, log: () => {} });
+  const client = new pkg.forwarding.v1.ForwardingService(backend.address, grpc.credentials.createInsecure());
+  try {
+    const r = await new Promise((resolve) => {
+      client.Send(fwdReq({ path: '/slow', has_query: false, query: '' }), { deadline: Date.now() + 200 }, (err) => resolve(err));
+    });
+    assert.equal(r.code, grpc.status.DEADLINE_EXCEEDED);
+    for (let i = 0; i < 50 && a.locals.slowClosed === undefined; i++) await new Promise((res) => setTimeout(res, 20));
+    assert.equal(a.locals.slowClosed, true);
   } finally {
     client.close();
     backend.forceShutdown();
