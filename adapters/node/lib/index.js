@@ -105,16 +105,22 @@ async function serve(listener, options = {}) {
       if (!stopping) {
         stopping = (async () => {
           log('shutting down: deregistering, then draining');
+          // As the Rust SDK: health says NOT_SERVING first, so a gateway
+          // that health-checks before it hears of the deregistration stops
+          // routing here too.
+          state.draining = true;
+          for (const send of state.watchers) send();
           if (reg) {
+            // Stop the renewal loop and let a call in flight land first, so
+            // a registration racing the shutdown cannot outlive the DELETE.
+            reg.stop();
+            await renewing;
             try {
               await reg.deregister();
             } catch (e) {
               log(`deregistering failed: ${e.message}`);
             }
-            await renewing;
           }
-          state.draining = true;
-          for (const send of state.watchers) send();
           await new Promise((r) => setTimeout(r, drainMs));
           // Calls still open (an SSE feed, a long poll) get shutdownGraceMs
           // more, then are cancelled: a stream must not hold the exit forever.
