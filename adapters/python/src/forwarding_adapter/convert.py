@@ -6,6 +6,7 @@ and the unit tests exercise them without a socket.
 
 from __future__ import annotations
 
+import io
 import re
 import urllib.parse
 from typing import Any, Iterable
@@ -127,8 +128,11 @@ def forwarding_extension(req: pb.ForwardingReq, trailers: list) -> dict[str, Any
     }
 
 
-def wsgi_environ(req: pb.ForwardingReq, body, trailers: list) -> dict[str, Any]:
-    """The PEP 3333 environ of a request; `body` is the wsgi.input stream.
+def wsgi_environ(req: pb.ForwardingReq, body: bytes, trailers: list) -> dict[str, Any]:
+    """The PEP 3333 environ of a request with its whole body.
+
+    CONTENT_LENGTH is the body's length (the gateway de-chunks, so a chunked
+    request has none of its own, and WSGI frameworks read no more than it).
 
     Header fields of one name are joined with ", " (CGI has one variable per
     name; `cookie` with "; "). The exact fields, in order, are in
@@ -152,7 +156,8 @@ def wsgi_environ(req: pb.ForwardingReq, body, trailers: list) -> dict[str, Any]:
         "SERVER_PROTOCOL": "HTTP/" + (version if "." in version else version + ".0"),
         "wsgi.version": (1, 0),
         "wsgi.url_scheme": scheme,
-        "wsgi.input": body,
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.input_terminated": True,
         "wsgi.errors": sys.stderr,
         "wsgi.multithread": True,
         "wsgi.multiprocess": False,
@@ -174,9 +179,10 @@ def wsgi_environ(req: pb.ForwardingReq, body, trailers: list) -> dict[str, Any]:
         if name == "content-type":
             env["CONTENT_TYPE"] = value
         elif name == "content-length":
-            env["CONTENT_LENGTH"] = value
+            pass  # the body's own length, below
         else:
             env["HTTP_" + name.upper().replace("-", "_")] = value
+    env["CONTENT_LENGTH"] = str(len(body))
     return env
 
 

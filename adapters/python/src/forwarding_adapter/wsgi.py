@@ -19,7 +19,6 @@ A WSGI thread cannot be interrupted: when the call is cancelled or its
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -130,7 +129,7 @@ class WsgiServicer(pb_grpc.ForwardingServiceServicer):
         except Malformed as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         cancelled = threading.Event()
-        environ = wsgi_environ(req, io.BytesIO(req.body), from_fields(req.trailers))
+        environ = wsgi_environ(req, req.body, from_fields(req.trailers))
         environ["forwarding.cancelled"] = cancelled
         resp = pb.ForwardingResp()
         parts: list[bytes] = []
@@ -161,7 +160,7 @@ class WsgiServicer(pb_grpc.ForwardingServiceServicer):
         except Malformed as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed Stream: {e}")
         cancelled = threading.Event()
-        environ = wsgi_environ(req, io.BytesIO(bytes(body)), trailers)
+        environ = wsgi_environ(req, bytes(body), trailers)
         del body
         environ["forwarding.cancelled"] = cancelled
         loop = asyncio.get_running_loop()
