@@ -254,3 +254,43 @@ def test_lifecycle_registers_renews_and_deregisters():
     assert reg["address"] == address and reg["streaming"] is True
     assert reg["routes"] == [{"path_prefix": "/hello"}, {"path_prefix": "/hello/events", "stream": True}]
     assert Registry.calls[-1][1] == f"/v1/registrations/hello/{reg['instance_id']}"
+
+
+async def bare_app(scope, receive, send):
+    """An ASGI app that ignores the lifespan scope (returns at once)."""
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 204, "headers": []})
+    await send({"type": "http.response.body", "body": b""})
+
+
+def test_an_app_without_lifespan_support_still_starts():
+    async def scenario(stub, _):
+        assert (await stub.Send(req())).status == 204
+    with_server(bare_app, scenario)
+
+
+def test_lifespan_startup_and_shutdown_run():
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    events = []
+
+    async def hello(request):
+        return PlainTextResponse(request.app.state.greeting)
+
+    import contextlib
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        app.state.greeting = "hi"
+        events.append("startup")
+        yield
+        events.append("shutdown")
+
+    request_app = Starlette(routes=[Route("/hello/world", hello)], lifespan=lifespan)
+
+    async def scenario(stub, _):
+        assert (await stub.Send(req())).body == b"hi"
+    with_server(request_app, scenario)
+    assert events == ["startup", "shutdown"]

@@ -106,6 +106,10 @@ class Lifespan:
             if self.mode == "on":
                 log.exception("ASGI lifespan failed")
             await self.outbox.put({"type": "lifespan.unsupported", "message": repr(e)})
+        else:
+            # An app that ignores the lifespan scope returns at once; one
+            # that finished its shutdown has answered already (ignored).
+            await self.outbox.put({"type": "lifespan.unsupported", "message": "the app returned"})
 
     async def _step(self, event: str) -> None:
         await self.inbox.put({"type": f"lifespan.{event}"})
