@@ -119,6 +119,12 @@ class Collected(Response):
                                  body=b"".join(self.parts), trailers=self.trailers)
 
 
+class CallEnded(Exception):
+    """A frame could not be written: the caller cancelled or went away.
+    Raised into the app from `send`, as an ASGI server raises OSError on a
+    closed connection."""
+
+
 class Streamed(Response):
     """Stream: every part is written to the call before `send` returns."""
 
@@ -126,14 +132,22 @@ class Streamed(Response):
         super().__init__()
         self.context = context
 
+    async def _write(self, frame: pb.StreamResponse) -> None:
+        try:
+            await self.context.write(frame)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            raise CallEnded(f"the call ended: {e!r}") from None
+
     async def on_start(self) -> None:
-        await self.context.write(pb.StreamResponse(head=pb.ForwardingResp(status=self.status, headers=self.headers)))
+        await self._write(pb.StreamResponse(head=pb.ForwardingResp(status=self.status, headers=self.headers)))
 
     async def on_body(self, data: bytes) -> None:
-        await self.context.write(pb.StreamResponse(body=pb.BodyChunk(data=bytes(data))))
+        await self._write(pb.StreamResponse(body=pb.BodyChunk(data=bytes(data))))
 
     async def on_end(self) -> None:
-        await self.context.write(pb.StreamResponse(end=pb.StreamEnd(trailers=self.trailers)))
+        await self._write(pb.StreamResponse(end=pb.StreamEnd(trailers=self.trailers)))
 
 
 class Failure(Exception):
@@ -160,6 +174,9 @@ async def run_app(app: ASGIApp, scope: dict, receive, response: Response, deadli
         if response.complete:
             return
         raise Failure(grpc.StatusCode.DEADLINE_EXCEEDED, f"the app did not answer within deadline_ms={deadline_ms}")
+    except CallEnded as e:
+        log.debug("%s", e)
+        raise Failure(grpc.StatusCode.CANCELLED, str(e)) from None
     except Exception as e:  # the app's own failure
         if response.complete:
             log.warning("app raised after its response was complete: %r", e)
