@@ -108,6 +108,9 @@ class WsgiServicer(pb_grpc.ForwardingServiceServicer):
         """Runs fn in the pool; ends the call at its deadline or cancellation."""
         loop = asyncio.get_running_loop()
         work = loop.run_in_executor(self.executor, fn)
+        # After a deadline or a cancellation nobody awaits the thread any
+        # more; its ending (Cancelled, as a rule) is expected, not an error.
+        work.add_done_callback(lambda f: f.cancelled() or f.exception())
         try:
             if deadline_ms:
                 await asyncio.wait_for(asyncio.shield(work), deadline_ms / 1000)
