@@ -294,3 +294,19 @@ def test_lifespan_startup_and_shutdown_run():
         assert (await stub.Send(req())).body == b"hi"
     with_server(request_app, scenario)
     assert events == ["startup", "shutdown"]
+
+
+def test_a_stop_while_the_gateway_is_unreachable_ends_the_start():
+    import socket
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    async def main():
+        stop = asyncio.Event()
+        server = Server(bare_app, Config(gateway=f"http://127.0.0.1:{port}", drain=0))
+        asyncio.get_running_loop().call_later(0.3, stop.set)
+        ready = []
+        await asyncio.wait_for(server.serve(stop, ready=ready.append), 5)
+        return ready
+    assert asyncio.run(main()) == []

@@ -209,12 +209,23 @@ class Server:
             self.executor.shutdown(wait=False, cancel_futures=True)
 
     async def serve(self, stop: asyncio.Event, ready=None) -> None:
-        await self.start()
-        if ready is not None:
-            ready(self.address)
+        """start(), wait for `stop`, stop(). A stop during start (the gateway
+        unreachable, registration retrying) ends the start too."""
+        starting = asyncio.ensure_future(self.start())
+        stopping = asyncio.ensure_future(stop.wait())
         try:
-            await stop.wait()
+            await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not starting.done():
+                log.info("stopped while starting")
+                return
+            starting.result()  # a start-up error (bind, refused registration) is raised
+            if ready is not None:
+                ready(self.address)
+            await stopping
         finally:
+            for task in (starting, stopping):
+                task.cancel()
+            await asyncio.gather(starting, stopping, return_exceptions=True)
             await self.stop()
 
 
