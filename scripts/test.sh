@@ -46,6 +46,21 @@ scripts/admin-ui-test.sh
 step "python example"
 python3 -m pytest -q examples/product-service-py
 
+# Backends in other languages: each script installs its toolchain's
+# dependencies from the registry (cached), runs the language's own tests and
+# the conformance kit (gateway-conformance) against the adapter.
+step "Python adapter (pytest, conformance kit)"
+scripts/adapter-python.sh
+
+step "Go adapter (go test, conformance kit)"
+scripts/adapter-go.sh
+
+step "Node adapter (node --test, conformance kit)"
+scripts/adapter-node.sh
+
+step "Java adapter (JUnit, conformance kit)"
+scripts/adapter-java.sh
+
 step "shipped HAProxy and compose configurations are valid"
 scripts/haproxy-check.sh haproxy/haproxy.cfg haproxy/haproxy.compose.cfg
 .deps/bin/docker-compose -f docker-compose.yml config -q
