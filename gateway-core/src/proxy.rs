@@ -75,7 +75,8 @@ where
 }
 
 /// The request's span: DEBUG, so it costs nothing unless a layer wants it
-/// (the log feed does, for `request_id`: `admin::LogFeed`).
+/// (`RUST_LOG=debug`); the admin log pane takes request ids from the
+/// warnings' own `request_id` field instead (`admin::LogFeed`).
 fn request_span<B>(req: &Request<B>) -> tracing::Span {
     tracing::debug_span!(
         target: crate::admin::REQUEST_SPAN_TARGET,
