@@ -88,15 +88,23 @@ impl Attempt {
         Attempt {}
     }
 
-    /// Runs `f` inside the attempt's span.
+    /// `f` inside the attempt's span (a disabled span when tracing is off).
+    ///
+    /// Not an `async fn`: one would keep `f` as its argument *and* as the
+    /// awaited value in its state, doubling the size of the unary request's
+    /// future (~8 KiB, copied into its box on every request).
+    #[cfg(feature = "otel")]
     #[inline]
-    pub(crate) async fn run<F: Future>(&self, f: F) -> F::Output {
-        #[cfg(feature = "otel")]
-        if let Some(span) = &self.span {
-            use tracing::Instrument;
-            return f.instrument(span.clone()).await;
-        }
-        f.await
+    pub(crate) fn run<F: Future>(&self, f: F) -> tracing::instrument::Instrumented<F> {
+        use tracing::Instrument;
+        f.instrument(self.span.clone().unwrap_or_else(tracing::Span::none))
+    }
+
+    /// `f` itself: without the `otel` feature there is no span.
+    #[cfg(not(feature = "otel"))]
+    #[inline]
+    pub(crate) fn run<F: Future>(&self, f: F) -> F {
+        f
     }
 
     /// Records how the attempt ended (`ok`, `timeout`, a gRPC code...).
