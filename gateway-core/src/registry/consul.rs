@@ -1316,6 +1316,16 @@ impl Registry for ConsulRegistry {
             let write = new_write_id();
             let agent = to_agent_write(&reg, &self.inner.config, &write)?;
             let client = &self.inner.client;
+            // Whether this instance is new is decided before the write: once
+            // the agent has it, the blocking query may bring it back into
+            // `services` before this task takes the lock again.
+            let known = {
+                let st = self.inner.lock();
+                st.services.get(&reg.service).is_some_and(|v| {
+                    v.iter()
+                        .any(|i| i.registration.instance_id == reg.instance_id)
+                })
+            };
             // Consul keeps a check's status when a service is registered
             // again, so an instance that restarted after its check went
             // critical would stay unrouted until the check next passes. A
@@ -1336,10 +1346,6 @@ impl Registry for ConsulRegistry {
             }
             client.register(&agent).await.map_err(unavailable)?;
             let mut st = self.inner.lock();
-            let known = st.services.get(&reg.service).is_some_and(|v| {
-                v.iter()
-                    .any(|i| i.registration.instance_id == reg.instance_id)
-            });
             let created = st
                 .owned
                 .insert(agent.id.clone(), (reg.clone(), write.clone()))
