@@ -847,7 +847,10 @@ type ForwardingReq struct {
 	Body []byte `protobuf:"bytes,10,opt,name=body,proto3" json:"body,omitempty"`
 	// Request trailers (HTTP/2, or HTTP/1.1 chunked trailers), in order.
 	Trailers []*Header `protobuf:"bytes,11,rep,name=trailers,proto3" json:"trailers,omitempty"`
-	// Request context: ids, client addresses, deadline.
+	// Request context: ids, client addresses, deadline. The gateway always
+	// sends it, as one occurrence of the field (decoders that keep only the
+	// last occurrence of an embedded message, such as protobuf.js, see it
+	// whole).
 	Context *RequestContext `protobuf:"bytes,12,opt,name=context,proto3" json:"context,omitempty"`
 	// Set only on a `Stream` head: "websocket" when the client asked to upgrade
 	// the connection to WebSocket (see `WebSocketMessage`); empty otherwise.
