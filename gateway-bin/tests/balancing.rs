@@ -500,3 +500,90 @@ async fn an_answer_with_more_than_1000_fields_is_a_502() {
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["error"]["code"], "upstream_invalid_response", "{v}");
 }
+
+/// The top-level field numbers of a protobuf message, in order.
+fn field_numbers(mut buf: &[u8]) -> Vec<u32> {
+    use prost::encoding::{WireType, decode_key, decode_varint};
+    let mut out = Vec::new();
+    while !buf.is_empty() {
+        let (tag, wire) = decode_key(&mut buf).unwrap();
+        out.push(tag);
+        match wire {
+            WireType::Varint => {
+                decode_varint(&mut buf).unwrap();
+            }
+            WireType::LengthDelimited => {
+                let n = decode_varint(&mut buf).unwrap() as usize;
+                buf = &buf[n..];
+            }
+            other => panic!("unexpected wire type {other:?}"),
+        }
+    }
+    out
+}
+
+/// forwarding.proto: the gateway sends `ForwardingReq.context` as one
+/// occurrence of field 12, so a decoder that keeps only the last occurrence
+/// (protobuf.js) sees it whole. Over real gRPC: the backend reads the raw
+/// message and answers, as JSON, how often field 12 came and what it held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_context_reaches_a_backend_as_one_field() {
+    use http_body_util::BodyExt as _;
+    use prost::Message as _;
+    let gw = GatewayProcess::start(&[], &[]).await;
+    let send = |body: bytes::Bytes| async move {
+        // One gRPC message: 1 byte flag, 4 bytes length, the message.
+        let msg = &body[5..];
+        let fields = field_numbers(msg);
+        let ctx = ForwardingReq::decode(msg).unwrap().context.unwrap();
+        let report = serde_json::json!({
+            "context_fields": fields.iter().filter(|&&f| f == 12).count(),
+            "request_id": ctx.request_id,
+            "deadline_ms": ctx.deadline_ms,
+        });
+        let answer = ForwardingResp {
+            status: 200,
+            body: report.to_string().into_bytes().into(),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let mut frame = vec![0u8];
+        frame.extend_from_slice(&(answer.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&answer);
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        let frames = futures_util::stream::iter([
+            Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(bytes::Bytes::from(frame))),
+            Ok(hyper::body::Frame::trailers(trailers)),
+        ]);
+        http::Response::builder()
+            .header("content-type", "application/grpc")
+            .body(axum::body::Body::new(http_body_util::StreamBody::new(
+                frames,
+            )))
+            .unwrap()
+    };
+    let app = axum::Router::new().route(
+        "/forwarding.v1.ForwardingService/Send",
+        axum::routing::post(move |body: axum::body::Body| async move {
+            send(body.collect().await.unwrap().to_bytes()).await
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    register_ttl(&gw, "raw", "raw-1", &addr).await;
+    gw.wait_routable("raw", 1).await;
+    let resp = gw
+        .http
+        .get(gw.url("/raw/x"))
+        .header("x-request-id", "ctx-once")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["context_fields"], 1, "{v}");
+    assert_eq!(v["request_id"], "ctx-once", "{v}");
+    assert!(v["deadline_ms"].as_u64().unwrap() > 0, "{v}");
+}
