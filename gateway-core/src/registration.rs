@@ -900,6 +900,7 @@ pub fn router(api: RegistrationApi) -> Router {
         .route("/v1/registrations/{service}/{instance_id}", axum::routing::delete(http_deregister))
         .route("/v1/registrations/{service}/{instance_id}/renew", post(http_renew))
         .route("/openapi.yaml", get(|| async { ([(header::CONTENT_TYPE, "application/yaml")], OPENAPI) }))
+        .merge(docs())
         .with_state(api)
         .fallback(|| async {
             (
@@ -907,6 +908,29 @@ pub fn router(api: RegistrationApi) -> Router {
                 axum::Json(json!({"error": {"code": "not_found", "message": "unknown registration API path"}})),
             )
         })
+}
+
+/// Where the registration listener serves Swagger UI (feature
+/// `swagger-ui`, on by default): `/docs` redirects to `/docs/`, the page.
+pub const DOCS_PATH: &str = "/docs";
+
+/// Swagger UI at [`DOCS_PATH`], showing `/openapi.yaml` (the one document,
+/// [`OPENAPI`]). Its HTML, JavaScript and CSS are compiled into the binary
+/// (`utoipa-swagger-ui`'s `vendored` feature), so the page needs no network:
+/// the online validator badge, Swagger UI's one outside call, is off.
+#[cfg(feature = "swagger-ui")]
+fn docs<S: Clone + Send + Sync + 'static>() -> Router<S> {
+    use utoipa_swagger_ui::{Config, SwaggerUi};
+    let config = Config::from("/openapi.yaml")
+        .validator_url("none")
+        .try_it_out_enabled(true);
+    SwaggerUi::new(DOCS_PATH).config(config).into()
+}
+
+/// Without the `swagger-ui` feature `/docs` is an unknown path (404).
+#[cfg(not(feature = "swagger-ui"))]
+fn docs<S: Clone + Send + Sync + 'static>() -> Router<S> {
+    Router::new()
 }
 
 /// The OpenAPI document of the HTTP/JSON registration API.
