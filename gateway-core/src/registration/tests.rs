@@ -840,3 +840,59 @@ async fn registry_proto_names_the_statuses_the_api_answers() {
     );
     assert!(sentence_with("outside the ranges").contains("INVALID_ARGUMENT"));
 }
+
+/// The values the document's schemas exclude with `not: {minimum, maximum}`
+/// (a lease under 100 ms, a check interval under 10 ms; 0 is the default)
+/// are the ones the code refuses, and the values just outside are taken.
+/// schemathesis found the document allowing them: it said so in prose only.
+#[tokio::test]
+async fn openapi_excluded_ranges_match_the_code() {
+    // The `not` range under a property key of the document.
+    let excluded = |key: &str| -> (u64, u64) {
+        let rest = OPENAPI.split(&format!("\n        {key}:\n")).nth(1).unwrap();
+        let block = rest.split("\n        default:").next().unwrap();
+        let not = block.split("\n          not:\n").nth(1).expect(key);
+        let num = |k: &str| -> u64 {
+            not.lines()
+                .find_map(|l| l.trim().strip_prefix(k))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap()
+        };
+        (num("minimum:"), num("maximum:"))
+    };
+    let r = router(api(None));
+    for (i, (key, template, field)) in [
+        ("lease_ms", r#""lease_ms":N"#, "registration.lease_ms"),
+        (
+            "interval_ms",
+            r#""health":{"interval_ms":N}"#,
+            "registration.health.interval_ms",
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (lo, hi) = excluded(key);
+        assert_eq!(lo, 1, "{key}: 0 is the default, not excluded");
+        let body = |v: u64| {
+            let extra = template.replace('N', &v.to_string());
+            format!(
+                r#"{{"service":"orders","instance_id":"x{i}-{v}","address":"127.0.0.1:1",{extra}}}"#
+            )
+        };
+        for v in [lo, hi] {
+            let (s, j) = call(&r, "PUT", "/v1/registrations", &body(v), None).await;
+            assert_eq!(
+                (s, j["error"]["field"].as_str()),
+                (StatusCode::BAD_REQUEST, Some(field)),
+                "{key}={v}: {j}"
+            );
+        }
+        for v in [0, hi + 1] {
+            let (s, j) = call(&r, "PUT", "/v1/registrations", &body(v), None).await;
+            assert_eq!(s, StatusCode::CREATED, "{key}={v}: {j}");
+        }
+    }
+}
