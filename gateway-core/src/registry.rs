@@ -220,7 +220,9 @@ pub fn validate_address(address: &str, allowed: &[IpNet]) -> Result<(), InvalidF
             let (host, port) = address
                 .rsplit_once(':')
                 .ok_or_else(|| invalid(field, format!("{address:?} is not host:port")))?;
-            let port_ok = port.parse::<u16>().is_ok_and(|p| p > 0);
+            // Digits only: `u16`'s parser also takes a leading '+'.
+            let port_ok = port.bytes().all(|b| b.is_ascii_digit())
+                && port.parse::<u16>().is_ok_and(|p| p > 0);
             let host_ok = !host.is_empty()
                 && host.len() <= 253
                 && host
