@@ -285,14 +285,16 @@ impl Registration {
                 return Err(invalid(format!("{f}.path_prefix"), "must start with '/'"));
             }
             let segments = match crate::routing::normalise(&r.path_prefix) {
-                Ok(s) if r.path_prefix.len() <= 1024 => s,
+                // Characters, as the document's maxLength counts.
+                Ok(s) if r.path_prefix.chars().count() <= 1024 => s,
                 _ => return Err(invalid(format!("{f}.path_prefix"), "is not a valid path")),
             };
             // Routing matches the normalised form; a prefix spelled
             // otherwise would be listed as one path and route another
             // ("/a/../b" routes "/b", "/x/.." everything).
             let canonical = format!("/{}", segments.join("/"));
-            if canonical != r.path_prefix {
+            // No '%' at all: "/a%zz" (no escape) would otherwise be taken.
+            if canonical != r.path_prefix || r.path_prefix.contains('%') {
                 return Err(invalid(
                     format!("{f}.path_prefix"),
                     format!(
