@@ -352,6 +352,14 @@ impl Registration {
             ));
         }
         let h = p.health.unwrap_or_default();
+        // For every kind, as the document's pattern says; kind `http` also
+        // needs one (below).
+        if !h.http_path.is_empty() && !h.http_path.starts_with('/') {
+            return Err(invalid(
+                "registration.health.http_path",
+                "must start with '/'",
+            ));
+        }
         let kind = match pb::health_check::Kind::try_from(h.kind) {
             Ok(pb::health_check::Kind::Unspecified | pb::health_check::Kind::Grpc) => {
                 CheckKind::Grpc {

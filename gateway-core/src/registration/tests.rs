@@ -849,7 +849,10 @@ async fn registry_proto_names_the_statuses_the_api_answers() {
 async fn openapi_excluded_ranges_match_the_code() {
     // The `not` range under a property key of the document.
     let excluded = |key: &str| -> (u64, u64) {
-        let rest = OPENAPI.split(&format!("\n        {key}:\n")).nth(1).unwrap();
+        let rest = OPENAPI
+            .split(&format!("\n        {key}:\n"))
+            .nth(1)
+            .unwrap();
         let block = rest.split("\n        default:").next().unwrap();
         let not = block.split("\n          not:\n").nth(1).expect(key);
         let num = |k: &str| -> u64 {
@@ -908,9 +911,14 @@ async fn address_is_what_the_openapi_pattern_says() {
     let put = |i: usize, a: &str| {
         format!(r#"{{"service":"orders","instance_id":"a{i}","address":"{a}"}}"#)
     };
-    for (i, a) in ["127.0.0.1:1", "[::1]:65535", "orders.internal:0080", "h-1:80"]
-        .into_iter()
-        .enumerate()
+    for (i, a) in [
+        "127.0.0.1:1",
+        "[::1]:65535",
+        "orders.internal:0080",
+        "h-1:80",
+    ]
+    .into_iter()
+    .enumerate()
     {
         let (s, j) = call(&r, "PUT", "/v1/registrations", &put(i, a), None).await;
         assert_eq!(s, StatusCode::CREATED, "{a}: {j}");
@@ -951,7 +959,16 @@ async fn path_prefix_is_what_the_openapi_pattern_says() {
         assert_eq!(s, StatusCode::CREATED, "{p}: {j}");
     }
     let too_long = format!("/{}", "a".repeat(1024));
-    for p in ["//", "/a/", "/.", "/..", "/a%20", "/a%zz", "/%", too_long.as_str()] {
+    for p in [
+        "//",
+        "/a/",
+        "/.",
+        "/..",
+        "/a%20",
+        "/a%zz",
+        "/%",
+        too_long.as_str(),
+    ] {
         let (s, j) = call(&r, "PUT", "/v1/registrations", &put(99, p), None).await;
         assert_eq!(
             (s, j["error"]["field"].as_str()),
@@ -960,6 +977,51 @@ async fn path_prefix_is_what_the_openapi_pattern_says() {
                 Some("registration.routes[0].path_prefix")
             ),
             "{p}: {j}"
+        );
+    }
+}
+
+/// `health.http_path` is what the document says: required for kind `http`
+/// (its `anyOf`), and empty or starting with '/' for every kind (its
+/// pattern). schemathesis found the document taking kind `http` with an
+/// empty or relative path, and the code took a relative path for the other
+/// kinds.
+#[tokio::test]
+async fn http_path_is_what_the_openapi_schema_says() {
+    assert!(OPENAPI.contains("pattern: '^(/[\\s\\S]*)?$'"));
+    assert!(OPENAPI.contains("        - required: [http_path]\n"));
+    let r = router(api(None));
+    let put = |i: usize, health: serde_json::Value| {
+        serde_json::json!({"service": "orders", "instance_id": format!("h{i}"),
+            "address": "127.0.0.1:1", "health": health})
+        .to_string()
+    };
+    let ok = [
+        serde_json::json!({"kind": "http", "http_path": "/healthz"}),
+        serde_json::json!({"kind": "grpc", "http_path": ""}),
+        serde_json::json!({"kind": "ttl", "http_path": "/x"}),
+        serde_json::json!({"kind": null}),
+    ];
+    for (i, h) in ok.into_iter().enumerate() {
+        let (s, j) = call(&r, "PUT", "/v1/registrations", &put(i, h.clone()), None).await;
+        assert_eq!(s, StatusCode::CREATED, "{h}: {j}");
+    }
+    let bad = [
+        serde_json::json!({"kind": "http"}),
+        serde_json::json!({"kind": "http", "http_path": ""}),
+        serde_json::json!({"kind": "http", "http_path": "healthz"}),
+        serde_json::json!({"kind": "grpc", "http_path": "healthz"}),
+        serde_json::json!({"http_path": "x"}),
+    ];
+    for h in bad {
+        let (s, j) = call(&r, "PUT", "/v1/registrations", &put(99, h.clone()), None).await;
+        assert_eq!(
+            (s, j["error"]["field"].as_str()),
+            (
+                StatusCode::BAD_REQUEST,
+                Some("registration.health.http_path")
+            ),
+            "{h}: {j}"
         );
     }
 }
