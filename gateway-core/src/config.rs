@@ -60,6 +60,54 @@ pub struct GatewayConfig {
     pub access_log: AccessLogConfig,
     /// The admin listener's UI: the other replicas it shows.
     pub admin: AdminConfig,
+    /// `[[rate_limits]]`: the operator's rate-limit policies, matched by
+    /// service and route prefix. Only this file sets them: a registering
+    /// service cannot add, change or lift one. Empty = no limit.
+    pub rate_limits: Vec<RateLimitPolicy>,
+}
+
+/// One `[[rate_limits]]` entry: a token bucket per key on the routes of
+/// `service` at or under `prefix`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitPolicy {
+    /// The service whose routes are limited (its registered name).
+    pub service: String,
+    /// A route prefix (`/orders`): the policy covers the service's routes
+    /// whose prefix is this one or lies under it, matched on whole
+    /// segments. Absent = every route of the service. When several
+    /// policies match a route, the longest prefix wins.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// Requests allowed per `per`, sustained.
+    pub rate: u32,
+    /// The window `rate` is counted over ("1s", "1m").
+    #[serde(with = "humantime_serde")]
+    pub per: Duration,
+    /// Requests allowed at once, after a quiet spell. Default: `rate`.
+    #[serde(default)]
+    pub burst: Option<u32>,
+    /// Who gets a bucket of their own.
+    #[serde(default)]
+    pub key: RateLimitKey,
+    /// With `key = "header"`: the header whose value is the key. A request
+    /// without it is keyed by its client address.
+    #[serde(default)]
+    pub header: Option<String>,
+}
+
+/// Whose requests share one bucket.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RateLimitKey {
+    /// The client's address: the TCP peer, or the last `X-Forwarded-For`
+    /// entry when the peer is one of `trusted_proxies`.
+    #[default]
+    Client,
+    /// The value of `header` (an API key, a tenant id).
+    Header,
+    /// One bucket for the whole route, every client together.
+    Route,
 }
 
 /// `[admin]`: how the admin UI finds the other replicas.
@@ -176,6 +224,7 @@ impl Default for GatewayConfig {
             metrics: MetricsConfig::default(),
             access_log: AccessLogConfig::default(),
             admin: AdminConfig::default(),
+            rate_limits: Vec::new(),
             tls: None,
             upstream_tls: None,
         }
@@ -835,6 +884,101 @@ pub struct ConfigError {
 }
 
 impl GatewayConfig {
+    /// `[[rate_limits]]`: each entry sound on its own, and no two with the
+    /// same service and prefix (which would win is not obvious).
+    fn validate_rate_limits(&self) -> Result<(), ConfigError> {
+        let err = |setting, i: usize, reason: String| {
+            Err(ConfigError {
+                setting,
+                reason: format!("entry {i}: {reason}"),
+            })
+        };
+        for (i, p) in self.rate_limits.iter().enumerate() {
+            if ScopedToken::bad_pattern(&p.service).is_some() || p.service.ends_with('*') {
+                return err(
+                    "rate_limits.service",
+                    i,
+                    format!("{:?} is not a service name", p.service),
+                );
+            }
+            if let Some(prefix) = &p.prefix {
+                // The written form must be the one routing matches, as for
+                // a registered route: "/a/../b" would read as one prefix
+                // and limit another.
+                let canonical = crate::routing::normalise(prefix)
+                    .ok()
+                    .filter(|_| prefix.starts_with('/'))
+                    .map(|s| crate::routing::canonical(&s));
+                if canonical.as_deref() != Some(prefix.as_str()) {
+                    return err(
+                        "rate_limits.prefix",
+                        i,
+                        format!(
+                            "{prefix:?} is not a normalised route prefix such as /orders (no empty, '.' or '..' segments, no percent-encoding, no trailing '/')"
+                        ),
+                    );
+                }
+            }
+            if p.rate == 0 {
+                return err("rate_limits.rate", i, "must be greater than 0".into());
+            }
+            if p.per.is_zero() || p.per > Duration::from_secs(86_400) {
+                return err("rate_limits.per", i, "must be between 1ns and 24h".into());
+            }
+            if p.per.as_nanos() / u128::from(p.rate) == 0 {
+                return err(
+                    "rate_limits.rate",
+                    i,
+                    "more than one request per nanosecond cannot be timed".into(),
+                );
+            }
+            if p.burst == Some(0) {
+                return err("rate_limits.burst", i, "must be greater than 0".into());
+            }
+            match (p.key, &p.header) {
+                (RateLimitKey::Header, None) => {
+                    return err(
+                        "rate_limits.header",
+                        i,
+                        "key = \"header\" needs the header's name".into(),
+                    );
+                }
+                (RateLimitKey::Header, Some(h))
+                    if http::HeaderName::try_from(h.as_str()).is_err() =>
+                {
+                    return err(
+                        "rate_limits.header",
+                        i,
+                        format!("{h:?} is not a header name"),
+                    );
+                }
+                (RateLimitKey::Client | RateLimitKey::Route, Some(_)) => {
+                    return err(
+                        "rate_limits.header",
+                        i,
+                        "only used with key = \"header\"".into(),
+                    );
+                }
+                _ => {}
+            }
+            let whole = |q: &RateLimitPolicy| q.prefix.as_deref().unwrap_or("/").to_owned();
+            if self.rate_limits[..i]
+                .iter()
+                .any(|q| q.service == p.service && whole(q) == whole(p))
+            {
+                return err(
+                    "rate_limits.prefix",
+                    i,
+                    format!(
+                        "a second policy for service {} with the same prefix",
+                        p.service
+                    ),
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Rejects conflicting or out-of-range settings, naming the setting.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let err = |setting, reason: &str| {
@@ -940,6 +1084,7 @@ impl GatewayConfig {
             return err("registration.token", "must not be empty (omit it instead)");
         }
         self.registration.validate_tokens()?;
+        self.validate_rate_limits()?;
         if let Some(c) = &self.consul {
             if !(c.address.starts_with("http://") || c.address.starts_with("https://")) {
                 return err("consul.address", "must be an http:// or https:// URL");
@@ -1238,5 +1383,59 @@ mod tests {
         let mut c = GatewayConfig::default();
         c.admin.peer_timeout = Duration::ZERO;
         assert_eq!(c.validate().unwrap_err().setting, "admin.peer_timeout");
+    }
+
+    #[test]
+    fn rate_limit_policies_are_validated_naming_the_setting() {
+        let ok = "[[rate_limits]]\nservice = \"orders\"\nprefix = \"/orders/new\"\nrate = 10\nper = \"1s\"\nburst = 20\nkey = \"header\"\nheader = \"x-api-key\"\n";
+        let c: GatewayConfig = toml::from_str(ok).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.rate_limits[0].key, RateLimitKey::Header);
+        let cases = [
+            (
+                "service = \"Orders\"\nrate = 1\nper = \"1s\"",
+                "rate_limits.service",
+            ),
+            (
+                "service = \"a\"\nprefix = \"/a/\"\nrate = 1\nper = \"1s\"",
+                "rate_limits.prefix",
+            ),
+            (
+                "service = \"a\"\nprefix = \"/a/../b\"\nrate = 1\nper = \"1s\"",
+                "rate_limits.prefix",
+            ),
+            (
+                "service = \"a\"\nrate = 0\nper = \"1s\"",
+                "rate_limits.rate",
+            ),
+            ("service = \"a\"\nrate = 1\nper = \"0s\"", "rate_limits.per"),
+            (
+                "service = \"a\"\nrate = 1\nper = \"1s\"\nburst = 0",
+                "rate_limits.burst",
+            ),
+            (
+                "service = \"a\"\nrate = 1\nper = \"1s\"\nkey = \"header\"",
+                "rate_limits.header",
+            ),
+            (
+                "service = \"a\"\nrate = 1\nper = \"1s\"\nheader = \"x-k\"",
+                "rate_limits.header",
+            ),
+        ];
+        for (entry, setting) in cases {
+            let c: GatewayConfig = toml::from_str(&format!("[[rate_limits]]\n{entry}\n")).unwrap();
+            assert_eq!(c.validate().unwrap_err().setting, setting, "{entry}");
+        }
+        // Two policies for the same service and prefix.
+        let twice = "[[rate_limits]]\nservice = \"a\"\nrate = 1\nper = \"1s\"\n[[rate_limits]]\nservice = \"a\"\nprefix = \"/\"\nrate = 2\nper = \"1s\"\n";
+        let c: GatewayConfig = toml::from_str(twice).unwrap();
+        assert_eq!(c.validate().unwrap_err().setting, "rate_limits.prefix");
+        // An unknown field is a parse error, not a silently ignored policy.
+        assert!(
+            toml::from_str::<GatewayConfig>(
+                "[[rate_limits]]\nservice = \"a\"\nrate = 1\nper = \"1s\"\nlimit = 3\n"
+            )
+            .is_err()
+        );
     }
 }

@@ -71,6 +71,8 @@ pub enum ErrorKind {
     /// The listener is at `limits.max_connections` (or the client's address
     /// at `limits.max_connections_per_ip`).
     TooManyConnections,
+    /// A `[[rate_limits]]` policy of the route refused the request.
+    RateLimited,
 }
 
 impl ErrorKind {
@@ -92,6 +94,7 @@ impl ErrorKind {
             ErrorKind::BadRequestFraming => "bad_request_framing",
             ErrorKind::InvalidHost => "invalid_host",
             ErrorKind::TooManyConnections => "too_many_connections",
+            ErrorKind::RateLimited => "rate_limited",
         }
     }
 
@@ -113,6 +116,7 @@ impl ErrorKind {
             | ErrorKind::UpstreamInvalidResponse => StatusCode::BAD_GATEWAY,
             ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::WebSocketUnsupported => StatusCode::NOT_IMPLEMENTED,
+            ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -125,7 +129,8 @@ impl ErrorKind {
             | ErrorKind::HeadersTooLarge
             | ErrorKind::ClientBody
             | ErrorKind::BadRequestFraming
-            | ErrorKind::InvalidHost => Source::Client,
+            | ErrorKind::InvalidHost
+            | ErrorKind::RateLimited => Source::Client,
             ErrorKind::UpstreamConnect
             | ErrorKind::UpstreamFailed
             | ErrorKind::UpstreamInvalidResponse
@@ -155,6 +160,9 @@ pub struct ForwardError {
     /// Safe to show to the client: names the problem, never leaks internals
     /// beyond the service name.
     pub message: Cow<'static, str>,
+    /// Fields the answer carries besides the standard ones (a rate limit's
+    /// `Retry-After` and `RateLimit`); boxed, so the common error stays small.
+    pub headers: Option<Box<http::HeaderMap>>,
 }
 
 impl ForwardError {
@@ -163,7 +171,15 @@ impl ForwardError {
         Self {
             kind,
             message: message.into(),
+            headers: None,
         }
+    }
+
+    /// The same error, answered with `headers` too (they override the
+    /// standard ones of the same name).
+    pub fn with_headers(mut self, headers: http::HeaderMap) -> Self {
+        self.headers = Some(Box::new(headers));
+        self
     }
 
     /// The one place a failure becomes a response: status from the kind, a
@@ -184,6 +200,13 @@ impl ForwardError {
         }
         if self.kind.closes_connection() {
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if let Some(extra) = self.headers {
+            for (name, value) in extra.into_iter() {
+                if let Some(name) = name {
+                    h.insert(name, value);
+                }
+            }
         }
         resp
     }
@@ -309,6 +332,7 @@ mod tests {
             (BadRequestFraming, 400),
             (InvalidHost, 400),
             (TooManyConnections, 503),
+            (RateLimited, 429),
         ];
         for (k, s) in expect {
             assert_eq!(k.status().as_u16(), s, "{k:?}");

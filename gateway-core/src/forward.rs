@@ -351,21 +351,72 @@ where
     let snapshot = shared.balancer.snapshot();
     let target = route(shared, &snapshot, listener, &parts, trail)?;
     crate::otel::record_route(&target.service, &target.prefix);
+    let admitted = limit(shared, &parts, &target)?;
     let (candidates, up) = pick(shared, &snapshot, &target.service)?;
     drop(snapshot);
+    let mut result = dispatch(
+        shared, parts, body, &target, candidates, &up, started, trail,
+    )
+    .await;
+    if let (Some(a), Ok(resp)) = (admitted, &mut result) {
+        a.write(resp.headers_mut());
+    }
+    result
+}
+
+/// Step 2b: the route's rate limit, if a `[[rate_limits]]` policy covers it
+/// (after routing: the policy is chosen by service and route prefix).
+fn limit<'s>(
+    shared: &'s Shared,
+    parts: &http::request::Parts,
+    target: &Target,
+) -> Result<Option<crate::ratelimit::Admitted<'s>>, ForwardError> {
+    let Some(limits) = &shared.rate_limits else {
+        return Ok(None);
+    };
+    let peer = parts.extensions.get::<PeerAddr>().map(|p| p.0.ip());
+    limits
+        .check(
+            &target.service,
+            &target.prefix,
+            parts,
+            peer,
+            &shared.trusted_proxies,
+        )
+        .inspect_err(|_| {
+            let m = shared.balancer.metrics();
+            if m.enabled() {
+                m.rate_limited.inc();
+            }
+        })
+}
+
+/// Step 4b: send the request as [`choose`] says.
+#[allow(clippy::too_many_arguments)]
+async fn dispatch<B>(
+    shared: &Shared,
+    parts: http::request::Parts,
+    body: B,
+    target: &Target,
+    candidates: Candidates,
+    up: &Arc<ServiceMetrics>,
+    started: Instant,
+    trail: &mut Trail,
+) -> Result<Response<Body>, ForwardError>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     // The streaming dispatches are boxed: their state is large, and kept
     // inline it would grow (and cost a bigger copy on) every unary request.
-    match choose(shared, &parts, &body, &target, candidates.first()) {
+    match choose(shared, &parts, &body, target, candidates.first()) {
         Dispatch::Unary => {
-            dispatch_unary(
-                shared, parts, body, &target, candidates, &up, started, trail,
-            )
-            .await
+            dispatch_unary(shared, parts, body, target, candidates, up, started, trail).await
         }
         Dispatch::Stream => {
             let streaming = candidates.filter(|e| e.streaming);
             Box::pin(dispatch_stream(
-                shared, &parts, body, &target, streaming, &up, started, trail,
+                shared, &parts, body, target, streaming, up, started, trail,
             ))
             .await
         }
@@ -381,7 +432,7 @@ where
                 ));
             }
             Box::pin(dispatch_websocket(
-                shared, parts, &target, streaming, &up, started, trail,
+                shared, parts, target, streaming, up, started, trail,
             ))
             .await
         }

@@ -329,7 +329,24 @@ impl Gateway {
             draining: CancellationToken::new(),
             relays: tokio_util::task::TaskTracker::new(),
             access_log,
+            rate_limits: crate::ratelimit::RateLimits::new(&config.rate_limits).map(Arc::new),
         });
+        if let Some(limits) = &shared.rate_limits {
+            // Idle clients' buckets are dropped; the task ends with the
+            // gateway (it holds only a weak reference).
+            let limits = Arc::downgrade(limits);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    match limits.upgrade() {
+                        Some(l) => l.housekeep(),
+                        None => break,
+                    }
+                }
+            });
+        }
         Ok(Self {
             config,
             shared,

@@ -40,6 +40,7 @@ pub mod health;
 pub mod metrics;
 pub mod otel;
 pub mod proxy;
+pub mod ratelimit;
 pub mod registration;
 pub mod registry;
 pub mod request_id;

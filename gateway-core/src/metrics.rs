@@ -254,6 +254,8 @@ pub struct Metrics {
     pub headers_too_large: Counter,
     /// Connections refused over a connection limit (all listeners).
     pub connections_refused: Counter,
+    /// 429 answers: a `[[rate_limits]]` policy refused the request.
+    pub rate_limited: Counter,
     /// Connections closed for being slow (header/body/idle timers).
     pub slow_connections: Counter,
     /// Registration propagation and Kafka consumer lag (own section below).
@@ -328,6 +330,7 @@ impl Metrics {
             refusal("too_many_connections"),
             refusal("slow_connection"),
         );
+        let rate_limited = refusal("rate_limited");
         let access_log_dropped = Counter::default();
         registry.register(
             "access_log_dropped",
@@ -456,6 +459,7 @@ impl Metrics {
             body_too_large,
             headers_too_large,
             connections_refused,
+            rate_limited,
             slow_connections,
             discovery,
             access_log_dropped,

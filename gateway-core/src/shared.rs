@@ -33,4 +33,7 @@ pub struct Shared {
     /// `[access_log]`: `None` when off (the request path then takes one
     /// branch and allocates nothing for it).
     pub access_log: Option<crate::access_log::AccessLog>,
+    /// `[[rate_limits]]`: `None` when no policy is configured (one branch
+    /// on the request path).
+    pub rate_limits: Option<Arc<crate::ratelimit::RateLimits>>,
 }

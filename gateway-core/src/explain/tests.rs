@@ -130,6 +130,7 @@ fn shared(instances: &[Inst]) -> Shared {
         draining: Default::default(),
         relays: Default::default(),
         access_log: None,
+        rate_limits: None,
     }
 }
 

@@ -299,6 +299,7 @@ fn gateway_limited(
         draining: Default::default(),
         relays: Default::default(),
         access_log: None,
+        rate_limits: None,
     });
     Gateway {
         stack: HttpService::new(proxy_stack(shared, Listener::Public)),

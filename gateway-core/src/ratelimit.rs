@@ -1,0 +1,398 @@
+//! Rate limits: the operator's `[[rate_limits]]` policies, a token bucket
+//! (GCRA, `governor`'s keyed limiter) per policy and key, checked right
+//! after routing because a policy is chosen by the matched route.
+//!
+//! The answers carry the `RateLimit-Policy` and `RateLimit` fields of
+//! draft-ietf-httpapi-ratelimit-headers-09 (structured fields, a named
+//! policy): `RateLimit-Policy: "orders-0";q=10;w=1` and
+//! `RateLimit: "orders-0";r=3;t=1`. A refusal is a 429 `rate_limited` with
+//! `Retry-After`.
+//!
+//! Cost: a route of a service with no policy pays one failed scan of a
+//! short slice; a limited route hashes a `Copy` key (the client address
+//! or a 64-bit hash of the header's value: no allocation) into governor's
+//! sharded map. The map forgets idle keys in [`RateLimits::housekeep`].
+
+use std::hash::BuildHasher;
+use std::net::{IpAddr, Ipv4Addr};
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::{Quota, RateLimiter};
+use http::{HeaderMap, HeaderName, HeaderValue, header};
+use ipnet::IpNet;
+
+use crate::config::{RateLimitKey, RateLimitPolicy};
+use crate::error::{ErrorKind, ForwardError};
+
+/// `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers-09).
+pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+/// `RateLimit` (draft-ietf-httpapi-ratelimit-headers-09).
+pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+/// Whose requests share a bucket. `Copy` and small: a lookup allocates
+/// nothing (the map allocates only when it first sees a key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum BucketKey {
+    Route,
+    Addr(IpAddr),
+    /// A header value, hashed with a per-process random key so a client
+    /// cannot aim a collision at another's bucket.
+    Hashed(u64),
+}
+
+type Keyed = RateLimiter<
+    BucketKey,
+    DefaultKeyedStateStore<BucketKey>,
+    DefaultClock,
+    StateInformationMiddleware,
+>;
+
+/// One policy's buckets.
+struct Limiter {
+    service: Box<str>,
+    /// Canonical route prefix ("/" = every route of the service).
+    prefix: Box<str>,
+    key: RateLimitKey,
+    header: Option<HeaderName>,
+    buckets: Keyed,
+    clock: DefaultClock,
+    hasher: std::collections::hash_map::RandomState,
+    burst: u32,
+    /// Time for one token to come back.
+    period: Duration,
+    /// `"name";q=..;w=..`, built once (a clone is a reference count).
+    policy: HeaderValue,
+    /// The policy's name in `RateLimit`, quoted.
+    name: Box<str>,
+}
+
+/// Every configured policy (see module docs).
+pub struct RateLimits {
+    /// Longest prefix first, so the first match is the most specific.
+    limiters: Box<[Limiter]>,
+}
+
+/// A request let through: what its response tells the client.
+pub(crate) struct Admitted<'a> {
+    limiter: &'a Limiter,
+    remaining: u32,
+}
+
+impl RateLimits {
+    /// The limiters of validated policies; `None` when there are none (the
+    /// request path then takes one branch).
+    pub fn new(policies: &[RateLimitPolicy]) -> Option<Self> {
+        if policies.is_empty() {
+            return None;
+        }
+        let mut limiters: Vec<Limiter> = policies
+            .iter()
+            .enumerate()
+            .map(|(i, p)| Limiter::new(i, p))
+            .collect();
+        limiters.sort_by_key(|l| std::cmp::Reverse(l.prefix.len()));
+        Some(Self {
+            limiters: limiters.into(),
+        })
+    }
+
+    /// Takes a token for a request routed to `service` at `route_prefix`,
+    /// or refuses it with a 429 that carries `Retry-After` and the
+    /// `RateLimit` fields. `Ok(None)`: no policy covers the route.
+    pub(crate) fn check(
+        &self,
+        service: &str,
+        route_prefix: &str,
+        parts: &http::request::Parts,
+        peer: Option<IpAddr>,
+        trusted_proxies: &[IpNet],
+    ) -> Result<Option<Admitted<'_>>, ForwardError> {
+        let Some(limiter) = self
+            .limiters
+            .iter()
+            .find(|l| &*l.service == service && covers(&l.prefix, route_prefix))
+        else {
+            return Ok(None);
+        };
+        let key = limiter.key_of(parts, peer, trusted_proxies);
+        match limiter.buckets.check_key(&key) {
+            Ok(state) => Ok(Some(Admitted {
+                limiter,
+                remaining: state.remaining_burst_capacity(),
+            })),
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(limiter.clock.now());
+                Err(limiter.refusal(service, wait))
+            }
+        }
+    }
+
+    /// Forgets keys whose buckets are full again (an idle client costs no
+    /// memory); the gateway calls it every minute.
+    pub fn housekeep(&self) {
+        for l in self.limiters.iter() {
+            l.buckets.retain_recent();
+            l.buckets.shrink_to_fit();
+        }
+    }
+
+    /// Keys held, over all policies (tests and diagnostics).
+    pub fn keys(&self) -> usize {
+        self.limiters.iter().map(|l| l.buckets.len()).sum()
+    }
+}
+
+/// Whether a policy at `policy` covers a route at `route`: the same prefix
+/// or one under it, on whole segments (both canonical).
+fn covers(policy: &str, route: &str) -> bool {
+    policy == "/"
+        || route
+            .strip_prefix(policy)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// Whole seconds, rounded up: a client told 0 would come back too early.
+fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+impl Limiter {
+    fn new(i: usize, p: &RateLimitPolicy) -> Self {
+        // Validation guarantees rate > 0, burst > 0 and per / rate >= 1ns.
+        let rate = p.rate.max(1);
+        let burst = p.burst.unwrap_or(rate).max(1);
+        let period = (p.per / rate).max(Duration::from_nanos(1));
+        let quota = Quota::with_period(period)
+            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+            .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN));
+        let clock = DefaultClock::default();
+        let buckets = RateLimiter::dashmap_with_clock(quota, clock.clone())
+            .with_middleware::<StateInformationMiddleware>();
+        let name = format!("\"{}-{i}\"", p.service);
+        // q tokens per w seconds: the bucket's size over the time it takes
+        // to fill, so `r` never exceeds `q`.
+        let window = ceil_secs(period * burst).max(1);
+        let policy = HeaderValue::from_str(&format!("{name};q={burst};w={window}"))
+            .unwrap_or_else(|_| HeaderValue::from_static("\"default\""));
+        Self {
+            service: p.service.as_str().into(),
+            prefix: p.prefix.as_deref().unwrap_or("/").into(),
+            key: p.key,
+            header: p
+                .header
+                .as_deref()
+                .and_then(|h| HeaderName::try_from(h).ok()),
+            buckets,
+            clock,
+            hasher: Default::default(),
+            burst,
+            period,
+            policy,
+            name: name.into(),
+        }
+    }
+
+    /// The bucket a request draws from. A JWT claim (issue 12, item 2)
+    /// becomes one more arm here, hashed like a header.
+    fn key_of(
+        &self,
+        parts: &http::request::Parts,
+        peer: Option<IpAddr>,
+        trusted: &[IpNet],
+    ) -> BucketKey {
+        match (self.key, &self.header) {
+            (RateLimitKey::Route, _) => BucketKey::Route,
+            (RateLimitKey::Header, Some(h)) => match parts.headers.get(h) {
+                Some(v) => BucketKey::Hashed(self.hasher.hash_one(v.as_bytes())),
+                None => BucketKey::Addr(client_addr(parts, peer, trusted)),
+            },
+            _ => BucketKey::Addr(client_addr(parts, peer, trusted)),
+        }
+    }
+
+    fn refusal(&self, service: &str, wait: Duration) -> ForwardError {
+        let secs = ceil_secs(wait).max(1);
+        let mut h = HeaderMap::with_capacity(3);
+        h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        h.insert(RATELIMIT_POLICY, self.policy.clone());
+        if let Ok(v) = HeaderValue::from_str(&format!("{};r=0;t={secs}", self.name)) {
+            h.insert(RATELIMIT, v);
+        }
+        ForwardError::new(
+            ErrorKind::RateLimited,
+            format!("rate limit of service {service} reached; retry in {secs}s"),
+        )
+        .with_headers(h)
+    }
+}
+
+impl Admitted<'_> {
+    /// Tells the client its policy and what is left (a successful answer).
+    pub(crate) fn write(&self, headers: &mut HeaderMap) {
+        let l = self.limiter;
+        // Full again once every spent token is back.
+        let t = ceil_secs(l.period * l.burst.saturating_sub(self.remaining));
+        headers.insert(RATELIMIT_POLICY, l.policy.clone());
+        if let Ok(v) = HeaderValue::from_str(&format!("{};r={};t={t}", l.name, self.remaining)) {
+            headers.insert(RATELIMIT, v);
+        }
+    }
+}
+
+/// The client's address: the last `X-Forwarded-For` entry when the peer is
+/// a trusted proxy (the one that proxy saw), else the peer. Parsed in place.
+fn client_addr(parts: &http::request::Parts, peer: Option<IpAddr>, trusted: &[IpNet]) -> IpAddr {
+    let Some(peer) = peer else {
+        return IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+    };
+    if !trusted.iter().any(|n| n.contains(&peer)) {
+        return peer;
+    }
+    parts
+        .headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .next_back()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(peer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(toml_text: &str) -> RateLimitPolicy {
+        toml::from_str(toml_text).unwrap()
+    }
+
+    fn parts(headers: &[(&str, &str)]) -> http::request::Parts {
+        let mut b = http::Request::builder();
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    const PEER: Option<IpAddr> = Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)));
+
+    #[test]
+    fn a_burst_is_allowed_then_refused_with_the_headers() {
+        let rl = RateLimits::new(&[policy(
+            "service = \"orders\"\nrate = 2\nper = \"1m\"\nburst = 3",
+        )])
+        .unwrap();
+        let p = parts(&[]);
+        let mut remaining = vec![];
+        for _ in 0..3 {
+            let a = rl
+                .check("orders", "/orders", &p, PEER, &[])
+                .unwrap()
+                .unwrap();
+            remaining.push(a.remaining);
+        }
+        assert_eq!(remaining, [2, 1, 0]);
+        let err = match rl.check("orders", "/orders", &p, PEER, &[]) {
+            Err(e) => e,
+            Ok(_) => panic!("the fourth request must be refused"),
+        };
+        assert_eq!(err.kind, ErrorKind::RateLimited);
+        let resp = err.into_response(Some("r-1"));
+        assert_eq!(resp.status(), 429);
+        let h = resp.headers();
+        // One token every 30 s.
+        assert_eq!(h["retry-after"], "30");
+        assert_eq!(h["ratelimit-policy"], "\"orders-0\";q=3;w=90");
+        assert_eq!(h["ratelimit"], "\"orders-0\";r=0;t=30");
+        assert_eq!(h["content-type"], "application/json");
+    }
+
+    #[test]
+    fn success_headers_say_what_is_left() {
+        let rl = RateLimits::new(&[policy("service = \"a\"\nrate = 10\nper = \"10s\"")]).unwrap();
+        let a = rl.check("a", "/", &parts(&[]), PEER, &[]).unwrap().unwrap();
+        let mut h = HeaderMap::new();
+        a.write(&mut h);
+        assert_eq!(h["ratelimit-policy"], "\"a-0\";q=10;w=10");
+        assert_eq!(h["ratelimit"], "\"a-0\";r=9;t=1");
+    }
+
+    #[test]
+    fn clients_have_buckets_of_their_own() {
+        let rl = RateLimits::new(&[policy("service = \"a\"\nrate = 1\nper = \"1h\"")]).unwrap();
+        let p = parts(&[]);
+        let other = Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 8)));
+        assert!(rl.check("a", "/x", &p, PEER, &[]).is_ok());
+        assert!(rl.check("a", "/x", &p, PEER, &[]).is_err());
+        assert!(rl.check("a", "/x", &p, other, &[]).is_ok());
+        assert_eq!(rl.keys(), 2);
+    }
+
+    #[test]
+    fn behind_a_trusted_proxy_the_forwarded_client_is_the_key() {
+        let rl = RateLimits::new(&[policy("service = \"a\"\nrate = 1\nper = \"1h\"")]).unwrap();
+        let trusted: Vec<IpNet> = vec!["192.0.2.0/24".parse().unwrap()];
+        let c1 = parts(&[("x-forwarded-for", "203.0.113.9, 198.51.100.1")]);
+        let c2 = parts(&[("x-forwarded-for", "198.51.100.2")]);
+        assert!(rl.check("a", "/", &c1, PEER, &trusted).is_ok());
+        assert!(rl.check("a", "/", &c1, PEER, &trusted).is_err());
+        assert!(rl.check("a", "/", &c2, PEER, &trusted).is_ok());
+        // Untrusted peer: its forwarded header is not believed.
+        let rl = RateLimits::new(&[policy("service = \"a\"\nrate = 1\nper = \"1h\"")]).unwrap();
+        assert!(rl.check("a", "/", &c1, PEER, &[]).is_ok());
+        assert!(rl.check("a", "/", &c2, PEER, &[]).is_err());
+    }
+
+    #[test]
+    fn header_keys_and_their_fallback() {
+        let rl = RateLimits::new(&[policy(
+            "service = \"a\"\nrate = 1\nper = \"1h\"\nkey = \"header\"\nheader = \"x-api-key\"",
+        )])
+        .unwrap();
+        let k1 = parts(&[("x-api-key", "one")]);
+        let k2 = parts(&[("x-api-key", "two")]);
+        assert!(rl.check("a", "/", &k1, PEER, &[]).is_ok());
+        assert!(rl.check("a", "/", &k1, PEER, &[]).is_err());
+        assert!(rl.check("a", "/", &k2, PEER, &[]).is_ok());
+        // No header: the client's address.
+        assert!(rl.check("a", "/", &parts(&[]), PEER, &[]).is_ok());
+        assert!(rl.check("a", "/", &parts(&[]), PEER, &[]).is_err());
+    }
+
+    #[test]
+    fn the_longest_prefix_wins_on_whole_segments() {
+        let rl = RateLimits::new(&[
+            policy("service = \"a\"\nrate = 100\nper = \"1s\""),
+            policy("service = \"a\"\nprefix = \"/login\"\nrate = 1\nper = \"1h\"\nkey = \"route\""),
+        ])
+        .unwrap();
+        let p = parts(&[]);
+        assert!(rl.check("a", "/login", &p, PEER, &[]).is_ok());
+        assert!(rl.check("a", "/login/sso", &p, PEER, &[]).is_err());
+        // "/loginx" is not under "/login": the service-wide policy.
+        assert!(rl.check("a", "/loginx", &p, PEER, &[]).is_ok());
+        assert!(rl.check("a", "/loginx", &p, PEER, &[]).is_ok());
+        // Another service: no policy.
+        assert!(rl.check("b", "/login", &p, PEER, &[]).unwrap().is_none());
+    }
+
+    #[test]
+    fn idle_keys_are_forgotten() {
+        let rl = RateLimits::new(&[policy("service = \"a\"\nrate = 1000\nper = \"1ms\"")]).unwrap();
+        assert!(rl.check("a", "/", &parts(&[]), PEER, &[]).is_ok());
+        assert_eq!(rl.keys(), 1);
+        std::thread::sleep(Duration::from_millis(5));
+        rl.housekeep();
+        assert_eq!(rl.keys(), 0);
+    }
+
+    #[test]
+    fn no_policy_no_limiter() {
+        assert!(RateLimits::new(&[]).is_none());
+    }
+}
