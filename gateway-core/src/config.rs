@@ -73,10 +73,11 @@ pub struct GatewayConfig {
 pub struct RateLimitPolicy {
     /// The service whose routes are limited (its registered name).
     pub service: String,
-    /// A route prefix (`/orders`): the policy covers the service's routes
-    /// whose prefix is this one or lies under it, matched on whole
-    /// segments. Absent = every route of the service. When several
-    /// policies match a route, the longest prefix wins.
+    /// A path prefix (`/orders/login`), in normalised form: the policy
+    /// covers the service's requests whose route prefix, or else whose
+    /// normalised path, is this one or lies under it, on whole segments.
+    /// Absent = every route of the service. When several policies match,
+    /// the longest prefix wins.
     #[serde(default)]
     pub prefix: Option<String>,
     /// Requests allowed per `per`, sustained.

@@ -111,11 +111,11 @@ impl RateLimits {
         peer: Option<IpAddr>,
         trusted_proxies: &[IpNet],
     ) -> Result<Option<Admitted<'_>>, ForwardError> {
-        let Some(limiter) = self
-            .limiters
-            .iter()
-            .find(|l| &*l.service == service && covers(&l.prefix, route_prefix))
-        else {
+        let Some(limiter) = self.limiters.iter().find(|l| {
+            &*l.service == service
+                && (covers(&l.prefix, route_prefix)
+                    || (covers(route_prefix, &l.prefix) && path_under(&l.prefix, parts)))
+        }) else {
             return Ok(None);
         };
         let key = limiter.key_of(parts, peer, trusted_proxies);
@@ -153,6 +153,15 @@ fn covers(policy: &str, route: &str) -> bool {
         || route
             .strip_prefix(policy)
             .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// Whether the request's path, normalised as routing normalises it (so no
+/// spelling such as `//login` or `/%6cogin` slips past), lies at or under
+/// `policy`: for a policy deeper than the route it falls on. Allocates, but
+/// only for such policies.
+fn path_under(policy: &str, parts: &http::request::Parts) -> bool {
+    crate::routing::normalise(parts.uri.path())
+        .is_ok_and(|s| covers(policy, &crate::routing::canonical(&s)))
 }
 
 /// Whole seconds, rounded up: a client told 0 would come back too early.
@@ -377,6 +386,30 @@ mod tests {
         // "/loginx" is not under "/login": the service-wide policy.
         assert!(rl.check("a", "/loginx", &p, PEER, &[]).is_ok());
         assert!(rl.check("a", "/loginx", &p, PEER, &[]).is_ok());
+        // A policy deeper than the route: the normalised path decides.
+        let deep = |path: &str| {
+            let mut p = parts(&[]);
+            p.uri = path.parse().unwrap();
+            p
+        };
+        let rl2 = RateLimits::new(&[policy(
+            "service = \"a\"\nprefix = \"/a/login\"\nrate = 1\nper = \"1h\"\nkey = \"route\"",
+        )])
+        .unwrap();
+        assert!(
+            rl2.check("a", "/a", &deep("/a/other"), PEER, &[])
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            rl2.check("a", "/a", &deep("/a/login"), PEER, &[])
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            rl2.check("a", "/a", &deep("//a/./%6cogin/x"), PEER, &[])
+                .is_err()
+        );
         // Another service: no policy.
         assert!(rl.check("b", "/login", &p, PEER, &[]).unwrap().is_none());
     }
