@@ -5,7 +5,7 @@
 # keep-alive connections. Prints instructions per request and the functions
 # with the most inclusive instructions per request; keeps the callgrind file.
 #
-#   scripts/profile.sh [--no-build] [--requests N] [--out DIR] [--observability]
+#   scripts/profile.sh [--no-build] [--requests N] [--out DIR] [--observability] [--rate-limit]
 #
 # --observability: the same build three times - `[metrics] enabled = false`,
 # the default (metrics on), and metrics plus `[access_log]` to a file - and
@@ -13,17 +13,23 @@
 #   metrics cost: +X.X% instructions/request (target <= 5%) PASS|MISS
 #   access log cost: +X.X% instructions/request over metrics on
 #
+# --rate-limit: the same build with no policy, then with a `[[rate_limits]]`
+# policy on the route keyed by client address (high enough never to refuse),
+# and prints what the local limit check costs per request:
+#   rate limit cost: +N instructions/request (+X.X%)
+#
 # Then: callgrind_annotate --inclusive=yes DIR/callgrind.out.* | less
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-BUILD=1 REQS=10000 OUT="" COMPARE=0
+BUILD=1 REQS=10000 OUT="" COMPARE=0 RATE=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --no-build) BUILD=0 ;;
     --requests) REQS="${2:?}"; shift ;;
     --out) OUT="${2:?}"; shift ;;
     --observability) COMPARE=1 ;;
-    *) echo "usage: scripts/profile.sh [--no-build] [--requests N] [--out DIR] [--observability]" >&2; exit 2 ;;
+    --rate-limit) RATE=1 ;;
+    *) echo "usage: scripts/profile.sh [--no-build] [--requests N] [--out DIR] [--observability] [--rate-limit]" >&2; exit 2 ;;
   esac
   shift
 done
@@ -86,6 +92,15 @@ if [ "$COMPARE" = 1 ]; then
   awk -v on="$on" -v l="$logged" 'BEGIN {
     printf "access log cost: %+.1f%% instructions/request over metrics on (%d with the log to a file)\n", (l - on) * 100 / on, l }'
   echo "access log lines written: $(wc -l <"$WORK/access.log")"
+  exit 0
+fi
+
+if [ "$RATE" = 1 ]; then
+  printf '[[rate_limits]]\nservice = "bench"\nrate = 1000000000\nper = "1s"\nkey = "client"\n' >"$WORK/rate-limit.toml"
+  profile no-limit; none=$PER_REQUEST
+  profile rate-limit --config "$WORK/rate-limit.toml"; limited=$PER_REQUEST
+  awk -v a="$none" -v b="$limited" 'BEGIN {
+    printf "rate limit cost: %+d instructions/request (%+.1f%%; %d with the limit, %d without)\n", b - a, (b - a) * 100 / a, b, a }'
   exit 0
 fi
 
