@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the external programs the integration tests need into $REPO/.deps/.
 #
-#   scripts/install-deps.sh [haproxy|consul|kafka|compose|python|valgrind|protoc|chromium|otelcol|prometheus|all]...
+#   scripts/install-deps.sh [haproxy|consul|kafka|compose|python|valgrind|protoc|chromium|otelcol|prometheus|redis|all]...
 #
 # Idempotent: a component that is already installed is skipped quickly.
 # Nothing is installed system-wide except the Debian packages `haproxy`,
@@ -42,7 +42,7 @@ say() { printf '[install-deps] %s\n' "$*"; }
 die() { printf '[install-deps] ERROR: %s\n' "$*" >&2; exit 1; }
 
 usage() {
-  echo "usage: $0 [haproxy|consul|kafka|compose|python|valgrind|protoc|chromium|otelcol|prometheus|all]..." >&2
+  echo "usage: $0 [haproxy|consul|kafka|compose|python|valgrind|protoc|chromium|otelcol|prometheus|redis|all]..." >&2
   exit 2
 }
 
@@ -226,6 +226,23 @@ install_prometheus() {
     /etc/init.d/prometheus stop >/dev/null 2>&1 || true
   fi
   prometheus --version >/dev/null 2>&1 || die "prometheus: 'prometheus --version' failed"
+}
+
+# redis-server (Debian `redis-server`): the store of the cluster-wide rate
+# limit. Tests run the binary as their own process on a free 127.0.0.1 port
+# with no persistence; the package's system service is stopped and disabled
+# (it would hold port 6379 and is never what a test talks to).
+install_redis() {
+  apt_install redis-server redis-server
+  if command -v update-rc.d >/dev/null 2>&1; then update-rc.d redis-server disable >/dev/null 2>&1 || true; fi
+  if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+    systemctl disable --now redis-server >/dev/null 2>&1 || true
+  fi
+  if [ -x /etc/init.d/redis-server ] && /etc/init.d/redis-server status >/dev/null 2>&1; then
+    say "redis-server: stopping the system redis-server service"
+    /etc/init.d/redis-server stop >/dev/null 2>&1 || true
+  fi
+  redis-server --version >/dev/null 2>&1 || die "redis-server: 'redis-server --version' failed"
 }
 
 # link NAME TARGET  (TARGET relative to $DEPS)
@@ -485,7 +502,7 @@ want=()
 for arg in "$@"; do
   case "$arg" in
     all) want+=(haproxy consul compose kafka python otelcol) ;;
-    haproxy|consul|compose|kafka|python|valgrind|protoc|chromium|otelcol|prometheus) want+=("$arg") ;;
+    haproxy|consul|compose|kafka|python|valgrind|protoc|chromium|otelcol|prometheus|redis) want+=("$arg") ;;
     -h|--help) usage ;;
     *) echo "unknown component: $arg" >&2; usage ;;
   esac

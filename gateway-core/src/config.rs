@@ -64,6 +64,44 @@ pub struct GatewayConfig {
     /// service and route prefix. Only this file sets them: a registering
     /// service cannot add, change or lift one. Empty = no limit.
     pub rate_limits: Vec<RateLimitPolicy>,
+    /// `[rate_limit_store]`: the Redis that policies with
+    /// `scope = "cluster"` count in, shared by every replica. Absent = only
+    /// local policies are allowed.
+    pub rate_limit_store: Option<RateLimitStoreConfig>,
+}
+
+/// `[rate_limit_store]`: where cluster-wide rate limits are counted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitStoreConfig {
+    /// `redis://host:port[/db]`.
+    pub redis: String,
+    /// Longest wait for Redis (connect or answer) before the request is let
+    /// through unlimited (fail open, logged and counted).
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for RateLimitStoreConfig {
+    fn default() -> Self {
+        Self {
+            redis: "redis://127.0.0.1:6379".into(),
+            timeout: Duration::from_millis(50),
+        }
+    }
+}
+
+/// Where a policy's counts live.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RateLimitScope {
+    /// In this gateway's memory: a token bucket per key (the default; with
+    /// N replicas a client may get N times the rate).
+    #[default]
+    Local,
+    /// In `[rate_limit_store]`'s Redis, shared by every replica: a fixed
+    /// window of `per` allowing `rate` requests per key.
+    Cluster,
 }
 
 /// One `[[rate_limits]]` entry: a token bucket per key on the routes of
@@ -95,6 +133,9 @@ pub struct RateLimitPolicy {
     /// without it is keyed by its client address.
     #[serde(default)]
     pub header: Option<String>,
+    /// `local` (default) or `cluster` (counted in `[rate_limit_store]`).
+    #[serde(default)]
+    pub scope: RateLimitScope,
 }
 
 /// Whose requests share one bucket.
@@ -226,6 +267,7 @@ impl Default for GatewayConfig {
             access_log: AccessLogConfig::default(),
             admin: AdminConfig::default(),
             rate_limits: Vec::new(),
+            rate_limit_store: None,
             tls: None,
             upstream_tls: None,
         }
@@ -894,6 +936,20 @@ impl GatewayConfig {
                 reason: format!("entry {i}: {reason}"),
             })
         };
+        if let Some(store) = &self.rate_limit_store {
+            if !(store.redis.starts_with("redis://") || store.redis.starts_with("rediss://")) {
+                return Err(ConfigError {
+                    setting: "rate_limit_store.redis",
+                    reason: format!("{:?} is not a redis:// URL", store.redis),
+                });
+            }
+            if store.timeout.is_zero() {
+                return Err(ConfigError {
+                    setting: "rate_limit_store.timeout",
+                    reason: "must be greater than 0".into(),
+                });
+            }
+        }
         for (i, p) in self.rate_limits.iter().enumerate() {
             if ScopedToken::bad_pattern(&p.service).is_some() || p.service.ends_with('*') {
                 return err(
@@ -932,6 +988,22 @@ impl GatewayConfig {
                     i,
                     "more than one request per nanosecond cannot be timed".into(),
                 );
+            }
+            if p.scope == RateLimitScope::Cluster {
+                if self.rate_limit_store.is_none() {
+                    return err(
+                        "rate_limits.scope",
+                        i,
+                        "scope = \"cluster\" needs [rate_limit_store]".into(),
+                    );
+                }
+                if !cfg!(feature = "redis") {
+                    return err(
+                        "rate_limits.scope",
+                        i,
+                        "scope = \"cluster\" needs gateway-core's `redis` feature".into(),
+                    );
+                }
             }
             if p.burst == Some(0) {
                 return err("rate_limits.burst", i, "must be greater than 0".into());

@@ -351,7 +351,7 @@ where
     let snapshot = shared.balancer.snapshot();
     let target = route(shared, &snapshot, listener, &parts, trail)?;
     crate::otel::record_route(&target.service, &target.prefix);
-    let admitted = limit(shared, &parts, &target)?;
+    let admitted = limit(shared, &parts, &target).await?;
     let (candidates, up) = pick(shared, &snapshot, &target.service)?;
     drop(snapshot);
     let mut result = dispatch(
@@ -365,30 +365,43 @@ where
 }
 
 /// Step 2b: the route's rate limit, if a `[[rate_limits]]` policy covers it
-/// (after routing: the policy is chosen by service and route prefix).
-fn limit<'s>(
+/// (after routing: the policy is chosen by service and route prefix). A
+/// local policy answers at once; a cluster one asks Redis.
+async fn limit<'s>(
     shared: &'s Shared,
     parts: &http::request::Parts,
     target: &Target,
 ) -> Result<Option<crate::ratelimit::Admitted<'s>>, ForwardError> {
+    use crate::ratelimit::Verdict;
     let Some(limits) = &shared.rate_limits else {
         return Ok(None);
     };
     let peer = parts.extensions.get::<PeerAddr>().map(|p| p.0.ip());
-    limits
-        .check(
-            &target.service,
-            &target.prefix,
-            parts,
-            peer,
-            &shared.trusted_proxies,
-        )
-        .inspect_err(|_| {
-            let m = shared.balancer.metrics();
-            if m.enabled() {
-                m.rate_limited.inc();
-            }
-        })
+    let verdict = limits.check(
+        &target.service,
+        &target.prefix,
+        parts,
+        peer,
+        &shared.trusted_proxies,
+    );
+    let decided = match verdict {
+        Ok(Verdict::Unlimited) => Ok(None),
+        Ok(Verdict::Admitted(a)) => Ok(Some(a)),
+        #[cfg(feature = "redis")]
+        Ok(Verdict::Cluster(limiter, key)) => {
+            limits.check_cluster(limiter, key, &target.service).await
+        }
+        #[cfg(not(feature = "redis"))]
+        Ok(Verdict::Cluster(..)) => Ok(None),
+        Err(e) => Err(e),
+    };
+    if decided.is_err() {
+        let m = shared.balancer.metrics();
+        if m.enabled() {
+            m.rate_limited.inc();
+        }
+    }
+    decided
 }
 
 /// Step 4b: send the request as [`choose`] says.

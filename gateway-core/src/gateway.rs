@@ -311,6 +311,12 @@ impl Gateway {
                 setting: "access_log.path",
                 reason: e.to_string(),
             })?;
+        let rate_limits = crate::ratelimit::RateLimits::new(
+            &config.rate_limits,
+            config.rate_limit_store.as_ref(),
+            balancer.metrics().rate_limit_store_errors.clone(),
+        )?
+        .map(Arc::new);
         let follow = balancer.follow(registry.as_ref());
         let api = RegistrationApi::new(
             registry.clone(),
@@ -329,7 +335,7 @@ impl Gateway {
             draining: CancellationToken::new(),
             relays: tokio_util::task::TaskTracker::new(),
             access_log,
-            rate_limits: crate::ratelimit::RateLimits::new(&config.rate_limits).map(Arc::new),
+            rate_limits,
         });
         if let Some(limits) = &shared.rate_limits {
             // Idle clients' buckets are dropped; the task ends with the

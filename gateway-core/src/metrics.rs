@@ -256,6 +256,9 @@ pub struct Metrics {
     pub connections_refused: Counter,
     /// 429 answers: a `[[rate_limits]]` policy refused the request.
     pub rate_limited: Counter,
+    /// Requests a cluster rate limit let through unchecked because its
+    /// Redis did not answer (fail open).
+    pub rate_limit_store_errors: Counter,
     /// Connections closed for being slow (header/body/idle timers).
     pub slow_connections: Counter,
     /// Registration propagation and Kafka consumer lag (own section below).
@@ -332,6 +335,12 @@ impl Metrics {
         );
         let rate_limited = refusal("rate_limited");
         let access_log_dropped = Counter::default();
+        let rate_limit_store_errors = Counter::default();
+        registry.register(
+            "rate_limit_store_errors",
+            "Requests let through unchecked by a cluster rate limit because its store did not answer",
+            rate_limit_store_errors.clone(),
+        );
         registry.register(
             "access_log_dropped",
             "Access log lines dropped because the writer fell behind",
@@ -460,6 +469,7 @@ impl Metrics {
             headers_too_large,
             connections_refused,
             rate_limited,
+            rate_limit_store_errors,
             slow_connections,
             discovery,
             access_log_dropped,

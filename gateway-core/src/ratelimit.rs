@@ -12,6 +12,13 @@
 //! short slice; a limited route hashes a `Copy` key (the client address
 //! or a 64-bit hash of the header's value: no allocation) into governor's
 //! sharded map. The map forgets idle keys in [`RateLimits::housekeep`].
+//!
+//! A policy with `scope = "cluster"` is counted in Redis instead
+//! ([`cluster`]): one fixed window per key shared by every replica. When
+//! Redis cannot answer within `rate_limit_store.timeout` the request goes
+//! through (fail open: an outage of the limiter's store must not take the
+//! API down), with a warning when the store goes away and
+//! `gateway_rate_limit_store_errors_total` counting every such request.
 
 use std::hash::BuildHasher;
 use std::net::{IpAddr, Ipv4Addr};
@@ -25,7 +32,7 @@ use governor::{Quota, RateLimiter};
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 use ipnet::IpNet;
 
-use crate::config::{RateLimitKey, RateLimitPolicy};
+use crate::config::{RateLimitKey, RateLimitPolicy, RateLimitScope};
 use crate::error::{ErrorKind, ForwardError};
 
 /// `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers-09).
@@ -44,6 +51,9 @@ enum BucketKey {
     Hashed(u64),
 }
 
+#[cfg(feature = "redis")]
+pub mod cluster;
+
 type Keyed = RateLimiter<
     BucketKey,
     DefaultKeyedStateStore<BucketKey>,
@@ -52,13 +62,19 @@ type Keyed = RateLimiter<
 >;
 
 /// One policy's buckets.
-struct Limiter {
+pub(crate) struct Limiter {
     service: Box<str>,
     /// Canonical route prefix ("/" = every route of the service).
     prefix: Box<str>,
     key: RateLimitKey,
     header: Option<HeaderName>,
-    buckets: Keyed,
+    /// Local buckets; `None` for a cluster policy.
+    buckets: Option<Keyed>,
+    /// A cluster policy's window and allowance.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    rate: u32,
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    per: Duration,
     clock: DefaultClock,
     hasher: std::collections::hash_map::RandomState,
     burst: u32,
@@ -74,20 +90,42 @@ struct Limiter {
 pub struct RateLimits {
     /// Longest prefix first, so the first match is the most specific.
     limiters: Box<[Limiter]>,
+    #[cfg(feature = "redis")]
+    cluster: Option<cluster::Cluster>,
 }
 
 /// A request let through: what its response tells the client.
 pub(crate) struct Admitted<'a> {
     limiter: &'a Limiter,
     remaining: u32,
+    /// Seconds until the bucket is full (local) or the window ends.
+    reset: u64,
+}
+
+/// What [`RateLimits::check`] decided without waiting.
+pub(crate) enum Verdict<'a> {
+    /// No policy covers the route.
+    Unlimited,
+    /// A local policy let the request through.
+    Admitted(Admitted<'a>),
+    /// A cluster policy: ask Redis ([`RateLimits::check_cluster`]).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    Cluster(&'a Limiter, Vec<u8>),
 }
 
 impl RateLimits {
     /// The limiters of validated policies; `None` when there are none (the
     /// request path then takes one branch).
-    pub fn new(policies: &[RateLimitPolicy]) -> Option<Self> {
+    ///
+    /// `store` and `store_errors` serve the cluster policies (validation
+    /// guarantees a store when there is one).
+    pub fn new(
+        policies: &[RateLimitPolicy],
+        store: Option<&crate::config::RateLimitStoreConfig>,
+        store_errors: prometheus_client::metrics::counter::Counter,
+    ) -> Result<Option<Self>, crate::config::ConfigError> {
         if policies.is_empty() {
-            return None;
+            return Ok(None);
         }
         let mut limiters: Vec<Limiter> = policies
             .iter()
@@ -95,9 +133,20 @@ impl RateLimits {
             .map(|(i, p)| Limiter::new(i, p))
             .collect();
         limiters.sort_by_key(|l| std::cmp::Reverse(l.prefix.len()));
-        Some(Self {
+        #[cfg(feature = "redis")]
+        let cluster = match store {
+            Some(store) if limiters.iter().any(|l| l.buckets.is_none()) => {
+                Some(cluster::Cluster::new(store, store_errors)?)
+            }
+            _ => None,
+        };
+        #[cfg(not(feature = "redis"))]
+        let _ = (store, store_errors);
+        Ok(Some(Self {
             limiters: limiters.into(),
-        })
+            #[cfg(feature = "redis")]
+            cluster,
+        }))
     }
 
     /// Takes a token for a request routed to `service` at `route_prefix`,
@@ -110,20 +159,29 @@ impl RateLimits {
         parts: &http::request::Parts,
         peer: Option<IpAddr>,
         trusted_proxies: &[IpNet],
-    ) -> Result<Option<Admitted<'_>>, ForwardError> {
+    ) -> Result<Verdict<'_>, ForwardError> {
         let Some(limiter) = self.limiters.iter().find(|l| {
             &*l.service == service
                 && (covers(&l.prefix, route_prefix)
                     || (covers(route_prefix, &l.prefix) && path_under(&l.prefix, parts)))
         }) else {
-            return Ok(None);
+            return Ok(Verdict::Unlimited);
         };
         let key = limiter.key_of(parts, peer, trusted_proxies);
-        match limiter.buckets.check_key(&key) {
-            Ok(state) => Ok(Some(Admitted {
-                limiter,
-                remaining: state.remaining_burst_capacity(),
-            })),
+        let Some(buckets) = &limiter.buckets else {
+            return Ok(Verdict::Cluster(limiter, limiter.cluster_key(key, parts)));
+        };
+        match buckets.check_key(&key) {
+            Ok(state) => {
+                let remaining = state.remaining_burst_capacity();
+                // Full again once every spent token is back.
+                let spent = limiter.burst.saturating_sub(remaining);
+                Ok(Verdict::Admitted(Admitted {
+                    limiter,
+                    remaining,
+                    reset: ceil_secs(limiter.period * spent),
+                }))
+            }
             Err(not_until) => {
                 let wait = not_until.wait_time_from(limiter.clock.now());
                 Err(limiter.refusal(service, wait))
@@ -131,18 +189,47 @@ impl RateLimits {
         }
     }
 
+    /// The Redis half of [`Self::check`] for a cluster policy: `Ok(None)`
+    /// when the store could not answer (fail open).
+    #[cfg(feature = "redis")]
+    pub(crate) async fn check_cluster<'a>(
+        &'a self,
+        limiter: &'a Limiter,
+        key: Vec<u8>,
+        service: &str,
+    ) -> Result<Option<Admitted<'a>>, ForwardError> {
+        let Some(cluster) = &self.cluster else {
+            return Ok(None);
+        };
+        let Some((count, ttl)) = cluster.hit(&key, limiter.per).await else {
+            return Ok(None);
+        };
+        if count > u64::from(limiter.rate) {
+            return Err(limiter.refusal(service, ttl));
+        }
+        Ok(Some(Admitted {
+            limiter,
+            remaining: limiter.rate.saturating_sub(count as u32),
+            reset: ceil_secs(ttl),
+        }))
+    }
+
     /// Forgets keys whose buckets are full again (an idle client costs no
     /// memory); the gateway calls it every minute.
     pub fn housekeep(&self) {
-        for l in self.limiters.iter() {
-            l.buckets.retain_recent();
-            l.buckets.shrink_to_fit();
+        for b in self.limiters.iter().filter_map(|l| l.buckets.as_ref()) {
+            b.retain_recent();
+            b.shrink_to_fit();
         }
     }
 
     /// Keys held, over all policies (tests and diagnostics).
     pub fn keys(&self) -> usize {
-        self.limiters.iter().map(|l| l.buckets.len()).sum()
+        self.limiters
+            .iter()
+            .filter_map(|l| l.buckets.as_ref())
+            .map(|b| b.len())
+            .sum()
     }
 }
 
@@ -179,13 +266,20 @@ impl Limiter {
             .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
             .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN));
         let clock = DefaultClock::default();
-        let buckets = RateLimiter::dashmap_with_clock(quota, clock.clone())
-            .with_middleware::<StateInformationMiddleware>();
+        let local = p.scope == RateLimitScope::Local;
+        let buckets = local.then(|| {
+            RateLimiter::dashmap_with_clock(quota, clock.clone())
+                .with_middleware::<StateInformationMiddleware>()
+        });
         let name = format!("\"{}-{i}\"", p.service);
-        // q tokens per w seconds: the bucket's size over the time it takes
-        // to fill, so `r` never exceeds `q`.
-        let window = ceil_secs(period * burst).max(1);
-        let policy = HeaderValue::from_str(&format!("{name};q={burst};w={window}"))
+        // Local: q tokens per w seconds, the bucket's size over the time it
+        // takes to fill, so `r` never exceeds `q`. Cluster: the window.
+        let (q, window) = if local {
+            (burst, ceil_secs(period * burst).max(1))
+        } else {
+            (rate, ceil_secs(p.per).max(1))
+        };
+        let policy = HeaderValue::from_str(&format!("{name};q={q};w={window}"))
             .unwrap_or_else(|_| HeaderValue::from_static("\"default\""));
         Self {
             service: p.service.as_str().into(),
@@ -196,6 +290,8 @@ impl Limiter {
                 .as_deref()
                 .and_then(|h| HeaderName::try_from(h).ok()),
             buckets,
+            rate,
+            per: p.per,
             clock,
             hasher: Default::default(),
             burst,
@@ -223,6 +319,23 @@ impl Limiter {
         }
     }
 
+    /// The Redis key of a cluster policy: the same on every replica, so the
+    /// header value itself rather than this process's keyed hash.
+    fn cluster_key(&self, key: BucketKey, parts: &http::request::Parts) -> Vec<u8> {
+        let mut k = format!("fgw:rl:{}:", self.name.trim_matches('"')).into_bytes();
+        match key {
+            BucketKey::Route => k.extend_from_slice(b"route"),
+            BucketKey::Addr(a) => k.extend_from_slice(a.to_string().as_bytes()),
+            BucketKey::Hashed(_) => {
+                k.extend_from_slice(b"h:");
+                if let Some(v) = self.header.as_ref().and_then(|h| parts.headers.get(h)) {
+                    k.extend_from_slice(v.as_bytes());
+                }
+            }
+        }
+        k
+    }
+
     fn refusal(&self, service: &str, wait: Duration) -> ForwardError {
         let secs = ceil_secs(wait).max(1);
         let mut h = HeaderMap::with_capacity(3);
@@ -243,10 +356,9 @@ impl Admitted<'_> {
     /// Tells the client its policy and what is left (a successful answer).
     pub(crate) fn write(&self, headers: &mut HeaderMap) {
         let l = self.limiter;
-        // Full again once every spent token is back.
-        let t = ceil_secs(l.period * l.burst.saturating_sub(self.remaining));
         headers.insert(RATELIMIT_POLICY, l.policy.clone());
-        if let Ok(v) = HeaderValue::from_str(&format!("{};r={};t={t}", l.name, self.remaining)) {
+        let (r, t) = (self.remaining, self.reset);
+        if let Ok(v) = HeaderValue::from_str(&format!("{};r={r};t={t}", l.name)) {
             headers.insert(RATELIMIT, v);
         }
     }
@@ -280,6 +392,27 @@ mod tests {
         toml::from_str(toml_text).unwrap()
     }
 
+    impl RateLimits {
+        fn local(policies: &[RateLimitPolicy]) -> Option<Self> {
+            Self::new(policies, None, Default::default()).unwrap()
+        }
+    }
+
+    impl<'a> Verdict<'a> {
+        fn is_none(&self) -> bool {
+            matches!(self, Verdict::Unlimited)
+        }
+        fn is_some(&self) -> bool {
+            !self.is_none()
+        }
+        fn unwrap(self) -> Admitted<'a> {
+            match self {
+                Verdict::Admitted(a) => a,
+                _ => panic!("not admitted locally"),
+            }
+        }
+    }
+
     fn parts(headers: &[(&str, &str)]) -> http::request::Parts {
         let mut b = http::Request::builder();
         for (k, v) in headers {
@@ -292,7 +425,7 @@ mod tests {
 
     #[test]
     fn a_burst_is_allowed_then_refused_with_the_headers() {
-        let rl = RateLimits::new(&[policy(
+        let rl = RateLimits::local(&[policy(
             "service = \"orders\"\nrate = 2\nper = \"1m\"\nburst = 3",
         )])
         .unwrap();
@@ -323,7 +456,7 @@ mod tests {
 
     #[test]
     fn success_headers_say_what_is_left() {
-        let rl = RateLimits::new(&[policy("service = \"a\"\nrate = 10\nper = \"10s\"")]).unwrap();
+        let rl = RateLimits::local(&[policy("service = \"a\"\nrate = 10\nper = \"10s\"")]).unwrap();
         let a = rl.check("a", "/", &parts(&[]), PEER, &[]).unwrap().unwrap();
         let mut h = HeaderMap::new();
         a.write(&mut h);
@@ -333,7 +466,7 @@ mod tests {
 
     #[test]
     fn clients_have_buckets_of_their_own() {
-        let rl = RateLimits::new(&[policy("service = \"a\"\nrate = 1\nper = \"1h\"")]).unwrap();
+        let rl = RateLimits::local(&[policy("service = \"a\"\nrate = 1\nper = \"1h\"")]).unwrap();
         let p = parts(&[]);
         let other = Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 8)));
         assert!(rl.check("a", "/x", &p, PEER, &[]).is_ok());
@@ -344,7 +477,7 @@ mod tests {
 
     #[test]
     fn behind_a_trusted_proxy_the_forwarded_client_is_the_key() {
-        let rl = RateLimits::new(&[policy("service = \"a\"\nrate = 1\nper = \"1h\"")]).unwrap();
+        let rl = RateLimits::local(&[policy("service = \"a\"\nrate = 1\nper = \"1h\"")]).unwrap();
         let trusted: Vec<IpNet> = vec!["192.0.2.0/24".parse().unwrap()];
         let c1 = parts(&[("x-forwarded-for", "203.0.113.9, 198.51.100.1")]);
         let c2 = parts(&[("x-forwarded-for", "198.51.100.2")]);
@@ -352,14 +485,14 @@ mod tests {
         assert!(rl.check("a", "/", &c1, PEER, &trusted).is_err());
         assert!(rl.check("a", "/", &c2, PEER, &trusted).is_ok());
         // Untrusted peer: its forwarded header is not believed.
-        let rl = RateLimits::new(&[policy("service = \"a\"\nrate = 1\nper = \"1h\"")]).unwrap();
+        let rl = RateLimits::local(&[policy("service = \"a\"\nrate = 1\nper = \"1h\"")]).unwrap();
         assert!(rl.check("a", "/", &c1, PEER, &[]).is_ok());
         assert!(rl.check("a", "/", &c2, PEER, &[]).is_err());
     }
 
     #[test]
     fn header_keys_and_their_fallback() {
-        let rl = RateLimits::new(&[policy(
+        let rl = RateLimits::local(&[policy(
             "service = \"a\"\nrate = 1\nper = \"1h\"\nkey = \"header\"\nheader = \"x-api-key\"",
         )])
         .unwrap();
@@ -375,7 +508,7 @@ mod tests {
 
     #[test]
     fn the_longest_prefix_wins_on_whole_segments() {
-        let rl = RateLimits::new(&[
+        let rl = RateLimits::local(&[
             policy("service = \"a\"\nrate = 100\nper = \"1s\""),
             policy("service = \"a\"\nprefix = \"/login\"\nrate = 1\nper = \"1h\"\nkey = \"route\""),
         ])
@@ -392,7 +525,7 @@ mod tests {
             p.uri = path.parse().unwrap();
             p
         };
-        let rl2 = RateLimits::new(&[policy(
+        let rl2 = RateLimits::local(&[policy(
             "service = \"a\"\nprefix = \"/a/login\"\nrate = 1\nper = \"1h\"\nkey = \"route\"",
         )])
         .unwrap();
@@ -416,7 +549,8 @@ mod tests {
 
     #[test]
     fn idle_keys_are_forgotten() {
-        let rl = RateLimits::new(&[policy("service = \"a\"\nrate = 1000\nper = \"1ms\"")]).unwrap();
+        let rl =
+            RateLimits::local(&[policy("service = \"a\"\nrate = 1000\nper = \"1ms\"")]).unwrap();
         assert!(rl.check("a", "/", &parts(&[]), PEER, &[]).is_ok());
         assert_eq!(rl.keys(), 1);
         std::thread::sleep(Duration::from_millis(5));
@@ -426,6 +560,6 @@ mod tests {
 
     #[test]
     fn no_policy_no_limiter() {
-        assert!(RateLimits::new(&[]).is_none());
+        assert!(RateLimits::local(&[]).is_none());
     }
 }
