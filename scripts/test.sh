@@ -19,7 +19,7 @@ step() { printf '\n==> %s\n' "$*"; }
 export CARGO_TERM_COLOR=never RUST_BACKTRACE=1
 
 step "dependencies"
-scripts/install-deps.sh python haproxy consul kafka compose otelcol prometheus chromium
+scripts/install-deps.sh python haproxy consul kafka compose otelcol prometheus chromium redis
 
 step "rustfmt"
 cargo fmt --all -- --check
