@@ -341,7 +341,7 @@ impl Limiter {
         let mut h = HeaderMap::with_capacity(3);
         h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         h.insert(RATELIMIT_POLICY, self.policy.clone());
-        if let Ok(v) = HeaderValue::from_str(&format!("{};r=0;t={secs}", self.name)) {
+        if let Some(v) = ratelimit_value(&self.name, 0, secs) {
             h.insert(RATELIMIT, v);
         }
         ForwardError::new(
@@ -357,11 +357,36 @@ impl Admitted<'_> {
     pub(crate) fn write(&self, headers: &mut HeaderMap) {
         let l = self.limiter;
         headers.insert(RATELIMIT_POLICY, l.policy.clone());
-        let (r, t) = (self.remaining, self.reset);
-        if let Ok(v) = HeaderValue::from_str(&format!("{};r={r};t={t}", l.name)) {
+        if let Some(v) = ratelimit_value(&l.name, u64::from(self.remaining), self.reset) {
             headers.insert(RATELIMIT, v);
         }
     }
+}
+
+/// `"name";r=<r>;t=<t>`, written by hand: `format!` cost more than the
+/// limit check itself on every admitted request (BENCHMARKS.md, issue 12).
+fn ratelimit_value(name: &str, r: u64, t: u64) -> Option<HeaderValue> {
+    let mut v = Vec::with_capacity(name.len() + 46);
+    v.extend_from_slice(name.as_bytes());
+    v.extend_from_slice(b";r=");
+    push_decimal(&mut v, r);
+    v.extend_from_slice(b";t=");
+    push_decimal(&mut v, t);
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(v)).ok()
+}
+
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
 /// The client's address: the last `X-Forwarded-For` entry when the peer is
@@ -556,6 +581,14 @@ mod tests {
         std::thread::sleep(Duration::from_millis(5));
         rl.housekeep();
         assert_eq!(rl.keys(), 0);
+    }
+
+    #[test]
+    fn the_ratelimit_value_is_written_as_format_would() {
+        for (r, t) in [(0, 0), (7, 30), (u64::MAX, 1_000_000)] {
+            let v = ratelimit_value("\"a-0\"", r, t).unwrap();
+            assert_eq!(v, format!("\"a-0\";r={r};t={t}").as_str());
+        }
     }
 
     #[test]
