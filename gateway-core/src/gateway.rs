@@ -337,11 +337,14 @@ impl Gateway {
             access_log,
             rate_limits,
         });
-        if let Some(limits) = &shared.rate_limits {
+        // `new` is not async: an embedder may call it outside a runtime,
+        // where the buckets are then never trimmed rather than a panic.
+        if let (Some(limits), Ok(rt)) = (&shared.rate_limits, tokio::runtime::Handle::try_current())
+        {
             // Idle clients' buckets are dropped; the task ends with the
             // gateway (it holds only a weak reference).
             let limits = Arc::downgrade(limits);
-            tokio::spawn(async move {
+            rt.spawn(async move {
                 let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
                 tick.tick().await;
                 loop {
