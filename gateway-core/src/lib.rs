@@ -39,6 +39,7 @@ pub mod gateway;
 pub mod health;
 pub mod metrics;
 pub mod otel;
+pub(crate) mod policy;
 pub mod proxy;
 pub mod ratelimit;
 pub mod registration;

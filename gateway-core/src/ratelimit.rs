@@ -34,6 +34,7 @@ use ipnet::IpNet;
 
 use crate::config::{RateLimitKey, RateLimitPolicy, RateLimitScope};
 use crate::error::{ErrorKind, ForwardError};
+use crate::policy::{covers, path_under};
 
 /// `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers-09).
 pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
@@ -231,24 +232,6 @@ impl RateLimits {
             .map(|b| b.len())
             .sum()
     }
-}
-
-/// Whether a policy at `policy` covers a route at `route`: the same prefix
-/// or one under it, on whole segments (both canonical).
-fn covers(policy: &str, route: &str) -> bool {
-    policy == "/"
-        || route
-            .strip_prefix(policy)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-}
-
-/// Whether the request's path, normalised as routing normalises it (so no
-/// spelling such as `//login` or `/%6cogin` slips past), lies at or under
-/// `policy`: for a policy deeper than the route it falls on. Allocates, but
-/// only for such policies.
-fn path_under(policy: &str, parts: &http::request::Parts) -> bool {
-    crate::routing::normalise(parts.uri.path())
-        .is_ok_and(|s| covers(policy, &crate::routing::canonical(&s)))
 }
 
 /// Whole seconds, rounded up: a client told 0 would come back too early.
