@@ -352,7 +352,14 @@ where
     let target = route(shared, &snapshot, listener, &parts, trail)?;
     crate::otel::record_route(&target.service, &target.prefix);
     let admitted = limit(shared, &parts, &target).await?;
-    let (candidates, up) = pick(shared, &snapshot, &target.service)?;
+    let (candidates, up, pinned) = match shared.canary.as_ref().and_then(|c| c.get(&target.service))
+    {
+        None => pick(shared, &snapshot, &target.service).map(|(c, up)| (c, up, None))?,
+        Some(canary) => {
+            crate::canary::pick(shared, canary, &snapshot, &target.service, &parts.headers)
+                .map(|p| (p.candidates, p.metrics, p.set_cookie))?
+        }
+    };
     drop(snapshot);
     let mut result = dispatch(
         shared, parts, body, &target, candidates, &up, started, trail,
@@ -360,6 +367,9 @@ where
     .await;
     if let (Some(a), Ok(resp)) = (admitted, &mut result) {
         a.write(resp.headers_mut());
+    }
+    if let (Some(cookie), Ok(resp)) = (pinned, &mut result) {
+        resp.headers_mut().append(header::SET_COOKIE, cookie);
     }
     result
 }

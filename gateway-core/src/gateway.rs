@@ -336,6 +336,7 @@ impl Gateway {
             relays: tokio_util::task::TaskTracker::new(),
             access_log,
             rate_limits,
+            canary: crate::canary::Canaries::new(&config.canary).map(Arc::new),
         });
         // `new` is not async: an embedder may call it outside a runtime,
         // where the buckets are then never trimmed rather than a panic.
