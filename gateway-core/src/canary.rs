@@ -86,10 +86,13 @@ struct Groups {
     /// cannot be fooled by a reused address).
     endpoints: Arc<[Arc<Endpoint>]>,
     /// Every version found, sorted by name, with its instances.
-    versions: Box<[(Box<str>, Arc<[Arc<Endpoint>]>)]>,
+    versions: Box<[(Box<str>, EndpointList)]>,
     /// Sticky hashes: (hash, index in `endpoints`, (version, index in it)).
     pins: Box<[Pin]>,
 }
+
+/// A list of endpoints as the balancer selects among them.
+type EndpointList = Arc<[Arc<Endpoint>]>;
 
 struct Pin {
     hash: u64,
