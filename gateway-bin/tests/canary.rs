@@ -145,7 +145,7 @@ async fn weights_split_versions_and_shift_at_run_time() {
     let gw = gateway().await;
     let _a1 = backend(&gw, "cnry", "a1", "v1", false).await;
     let _a2 = backend(&gw, "cnry", "a2", "v1", true).await;
-    let _b1 = backend(&gw, "cnry", "b1", "v2", false).await;
+    let b1 = backend(&gw, "cnry", "b1", "v2", false).await;
     gw.wait_routable("cnry", 3).await;
 
     // 90/10.
@@ -216,6 +216,23 @@ async fn weights_split_versions_and_shift_at_run_time() {
     assert_eq!(body["error"]["code"], "not_found");
     let counts = spread(&gw, "/cnry/x", None, 50).await;
     assert_eq!(counts.get("b1"), Some(&50), "{counts:?}");
+
+    // v2 gone: its share goes to v1, its header is ignored; with only v2
+    // weighted, 503.
+    let (status, _) = put_weights(&gw, "cnry", r#"{"weights":{"v1":10,"v2":90}}"#).await;
+    assert_eq!(status, 200);
+    b1.stop().await;
+    gw.wait_routable("cnry", 2).await;
+    let counts = spread(&gw, "/cnry/x", None, 100).await;
+    assert_eq!(counts.get("b1"), None, "{counts:?}");
+    let counts = spread(&gw, "/cnry/x", Some(("x-canary", "v2")), 20).await;
+    assert_eq!(counts.get("b1"), None, "{counts:?}");
+    let (status, _) = put_weights(&gw, "cnry", r#"{"weights":{"v2":1}}"#).await;
+    assert_eq!(status, 200);
+    let r = gw.http.get(gw.url("/cnry/x")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "no_healthy_instance", "{body}");
 }
 
 /// The `gw-sticky` value of a `Set-Cookie` header, if any.
