@@ -91,6 +91,7 @@ fn route_json(r: &Route) -> Value {
         "stream": r.stream,
         "timeout_ms": r.timeout.map(|t| t.as_millis() as u64),
         "max_duration_ms": r.max_duration.map(|t| t.as_millis() as u64),
+        "strip_prefix": r.strip_prefix,
     })
 }
 
