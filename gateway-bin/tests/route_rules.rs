@@ -164,6 +164,21 @@ async fn paths_and_headers_as_the_operator_says() {
     assert_eq!(v["path"], "/v2/1?q=2");
     assert_eq!(v["x-forwarded-prefix"], "/old");
 
+    // Admin explain shows the rule and the path the backend gets.
+    let v = support::get_json(
+        &gw.http,
+        &format!(
+            "http://{}/admin/explain?method=GET&host=gw.example&path=/product/1%3Fa%3Db",
+            gw.admin
+        ),
+    )
+    .await;
+    assert_eq!(
+        v["route"]["rule"]["matched"]["service"], "rr-products",
+        "{v}"
+    );
+    assert_eq!(v["route"]["rule"]["backend_path"], "/1?a=b", "{v}");
+
     // The operator's `strip_prefix = false` wins over the hint.
     let v = seen(&gw, "/kept/1").await;
     assert_eq!(v["path"], "/kept/1");

@@ -622,6 +622,38 @@ pub(crate) fn rewrite(
     Ok(())
 }
 
+/// What admin explain shows of step 2a and 3a for a request: the rule that
+/// covers it (`null`: none), the path and query the backend would get and
+/// the body limit; `target` gets the rule's limits, as on the request path.
+pub(crate) fn explain(
+    rules: Option<&RouteRules>,
+    parts: &Parts,
+    target: &mut Target,
+) -> serde_json::Value {
+    let matched = match apply(rules, parts, target) {
+        Ok(Applied::Forward(m)) => m,
+        Ok(Applied::Answered(_)) | Err(_) => None,
+    };
+    let (mut sent, ()) = http::Request::new(()).into_parts();
+    sent.method = parts.method.clone();
+    sent.uri = parts.uri.clone();
+    sent.headers = parts.headers.clone();
+    let backend_path = rewrite(matched.as_ref(), &mut sent, target).ok().map(|()| {
+        sent.uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned()
+    });
+    serde_json::json!({
+        "matched": matched.as_ref().map(|m| serde_json::json!({
+            "service": &*m.rule.scope.service,
+            "prefix": &*m.rule.scope.prefix,
+        })),
+        "backend_path": backend_path,
+        "max_body_bytes": target.max_body_bytes,
+    })
+}
+
 impl Answer<'_> {
     /// The rule's edits on the answer's head (unary or streamed).
     pub(crate) fn apply(&self, h: &mut HeaderMap) {

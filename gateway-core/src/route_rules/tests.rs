@@ -397,3 +397,16 @@ fn no_rules_cost_nothing() {
         Applied::Forward(None)
     ));
 }
+
+#[test]
+fn the_readme_example_is_a_valid_rule() {
+    let readme = include_str!("../../../README.md");
+    let section = &readme[readme.find("### Route rules").expect("section")..];
+    let start = section.find("```toml\n").expect("example") + "```toml\n".len();
+    let example = &section[start..start + section[start..].find("```").unwrap()];
+    let r = rules(example).expect("valid");
+    let mut t = target("products", "/product", false);
+    assert_eq!(sent(Some(&r), &mut t, "/product/1").0, "/1");
+    assert_eq!(t.timeout, Duration::from_secs(5));
+    assert_eq!(t.max_body_bytes, 1_048_576);
+}
