@@ -36,4 +36,7 @@ pub struct Shared {
     /// `[[rate_limits]]`: `None` when no policy is configured (one branch
     /// on the request path).
     pub rate_limits: Option<Arc<crate::ratelimit::RateLimits>>,
+    /// `[[routes]]`: `None` when no rule is configured (one branch on the
+    /// request path, with the registration's `strip_prefix` hint).
+    pub route_rules: Option<Arc<crate::route_rules::RouteRules>>,
 }

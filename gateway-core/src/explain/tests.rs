@@ -83,6 +83,7 @@ fn view(i: &Inst, port: u16) -> InstanceView {
                 timeout: None,
                 stream: false,
                 max_duration: None,
+                strip_prefix: false,
             }],
             visibility: i.visibility,
             tags: vec![],
@@ -131,6 +132,7 @@ fn shared(instances: &[Inst]) -> Shared {
         relays: Default::default(),
         access_log: None,
         rate_limits: None,
+        route_rules: None,
     }
 }
 

@@ -222,6 +222,7 @@ fn instance(address: &str) -> InstanceView {
                 timeout: Some(Duration::from_secs(2)),
                 stream: false,
                 max_duration: None,
+                strip_prefix: false,
             }],
             visibility: Visibility::Public,
             tags: vec![],
@@ -300,6 +301,7 @@ fn gateway_limited(
         relays: Default::default(),
         access_log: None,
         rate_limits: None,
+        route_rules: None,
     });
     Gateway {
         stack: HttpService::new(proxy_stack(shared, Listener::Public)),
