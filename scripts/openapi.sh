@@ -19,7 +19,9 @@
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
-DEPS="${DEPS_DIR:-$REPO/.deps}"
+# Resolved: a venv records its own path in its scripts, so one made through
+# a symlinked .deps (a git worktree) must not be taken for this one.
+DEPS="$(realpath -m "${DEPS_DIR:-$REPO/.deps}")"
 VENV="$DEPS/openapi-venv"
 SPEC="$REPO/openapi/registry.v1.yaml"
 SCHEMATHESIS_VERSION=4.32.5
@@ -30,14 +32,15 @@ install() {
   mkdir -p "$DEPS"
   exec 8>"$DEPS/.openapi-venv.lock"
   flock 8
-  local want="schemathesis==$SCHEMATHESIS_VERSION openapi-spec-validator==$VALIDATOR_VERSION"
+  local want="schemathesis==$SCHEMATHESIS_VERSION openapi-spec-validator==$VALIDATOR_VERSION in $VENV"
   if [ -x "$VENV/bin/python" ] && [ "$(cat "$VENV/.installed" 2>/dev/null)" = "$want" ]; then
     return
   fi
   say "installing $want into $VENV"
+  rm -rf "$VENV"
   python3 -m venv "$VENV"
   # shellcheck disable=SC2086
-  "$VENV/bin/pip" install -q $want
+  "$VENV/bin/pip" install -q ${want% in *}
   echo "$want" >"$VENV/.installed"
 }
 

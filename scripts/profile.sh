@@ -5,7 +5,7 @@
 # keep-alive connections. Prints instructions per request and the functions
 # with the most inclusive instructions per request; keeps the callgrind file.
 #
-#   scripts/profile.sh [--no-build] [--requests N] [--out DIR] [--observability] [--rate-limit]
+#   scripts/profile.sh [--no-build] [--requests N] [--out DIR] [--observability] [--rate-limit] [--route-rules]
 #
 # --observability: the same build three times - `[metrics] enabled = false`,
 # the default (metrics on), and metrics plus `[access_log]` to a file - and
@@ -18,10 +18,15 @@
 # and prints what the local limit check costs per request:
 #   rate limit cost: +N instructions/request (+X.X%)
 #
+# --route-rules: the same build with no `[[routes]]`, then with a rule on the
+# route that strips its prefix and adds a request and a response header, and
+# prints what the rule costs per request:
+#   route rule cost: +N instructions/request (+X.X%)
+#
 # Then: callgrind_annotate --inclusive=yes DIR/callgrind.out.* | less
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-BUILD=1 REQS=10000 OUT="" COMPARE=0 RATE=0
+BUILD=1 REQS=10000 OUT="" COMPARE=0 RATE=0 ROUTES=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --no-build) BUILD=0 ;;
@@ -29,7 +34,8 @@ while [ $# -gt 0 ]; do
     --out) OUT="${2:?}"; shift ;;
     --observability) COMPARE=1 ;;
     --rate-limit) RATE=1 ;;
-    *) echo "usage: scripts/profile.sh [--no-build] [--requests N] [--out DIR] [--observability] [--rate-limit]" >&2; exit 2 ;;
+    --route-rules) ROUTES=1 ;;
+    *) echo "usage: scripts/profile.sh [--no-build] [--requests N] [--out DIR] [--observability] [--rate-limit] [--route-rules]" >&2; exit 2 ;;
   esac
   shift
 done
@@ -101,6 +107,16 @@ if [ "$RATE" = 1 ]; then
   profile rate-limit --config "$WORK/rate-limit.toml"; limited=$PER_REQUEST
   awk -v a="$none" -v b="$limited" 'BEGIN {
     printf "rate limit cost: %+d instructions/request (%+.1f%%; %d with the limit, %d without)\n", b - a, (b - a) * 100 / a, b, a }'
+  exit 0
+fi
+
+if [ "$ROUTES" = 1 ]; then
+  # bench-backend answers any path, so the stripped /x is served alike.
+  printf '[[routes]]\nservice = "bench"\nstrip_prefix = true\nrequest_headers = { add = { "x-from-gateway" = "1" } }\nresponse_headers = { add = { "x-frame-options" = "DENY" } }\n' >"$WORK/route-rule.toml"
+  profile no-rule; none=$PER_REQUEST
+  profile route-rule --config "$WORK/route-rule.toml"; ruled=$PER_REQUEST
+  awk -v a="$none" -v b="$ruled" 'BEGIN {
+    printf "route rule cost: %+d instructions/request (%+.1f%%; %d with the rule, %d without)\n", b - a, (b - a) * 100 / a, b, a }'
   exit 0
 fi
 

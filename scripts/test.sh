@@ -40,6 +40,9 @@ cargo build --locked -p order-service
 step "cargo test (unit, property, integration)"
 cargo test --workspace --locked
 
+step "OpenAPI document: validator, and schemathesis against the live registration listener"
+GATEWAY_BIN="$REPO/target/debug/gateway" scripts/openapi.sh
+
 step "admin UI in headless Chromium (installs chromium and playwright-core when missing)"
 scripts/admin-ui-test.sh
 

@@ -498,8 +498,9 @@ impl Balancer {
         // (service, prefix, sorted hosts) -> timeout: instances of one
         // service registering the same route share one entry.
         type RouteKey = (Arc<str>, String, Vec<String>);
-        // Value: (timeout, stream, max duration); `stream` if any instance asks.
-        let mut routes: HashMap<RouteKey, (Option<Duration>, bool, Option<Duration>)> =
+        // Value: (timeout, stream, max duration, strip_prefix); `stream` and
+        // `strip_prefix` if any instance asks.
+        let mut routes: HashMap<RouteKey, (Option<Duration>, bool, Option<Duration>, bool)> =
             HashMap::new();
         let mut visibility: HashMap<Arc<str>, Visibility> = HashMap::new();
         for inst in &catalog.instances {
@@ -543,8 +544,11 @@ impl Balancer {
                 hosts.sort();
                 let e = routes
                     .entry((service.clone(), rt.path_prefix.clone(), hosts))
-                    .or_insert((rt.timeout, false, rt.max_duration));
+                    .or_insert((rt.timeout, false, rt.max_duration, false));
                 e.1 |= rt.stream;
+                // As `stream`: one instance asking is enough (a rolling
+                // upgrade that adds it switches the route when it starts).
+                e.3 |= rt.strip_prefix;
             }
             if inst.health == Health::Failing {
                 continue;
@@ -585,7 +589,7 @@ impl Balancer {
             .collect();
         let route_list =
             routes.into_iter().filter_map(
-                |((svc, prefix, hosts), (timeout, stream, max_duration))| {
+                |((svc, prefix, hosts), (timeout, stream, max_duration, strip_prefix))| {
                     let vis = visibility.get(&svc).copied().unwrap_or(Visibility::Public);
                     Route::new(svc.clone(), &prefix, &hosts, timeout, vis)
                 .map_err(|e| warn!(service = %svc, prefix = %prefix, error = %e, "Route skipped."))
@@ -593,6 +597,7 @@ impl Balancer {
                 .map(|mut r| {
                     r.stream = stream;
                     r.max_duration = max_duration;
+                    r.strip_prefix = strip_prefix;
                     r
                 })
                 },

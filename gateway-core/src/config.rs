@@ -68,6 +68,11 @@ pub struct GatewayConfig {
     /// `scope = "cluster"` count in, shared by every replica. Absent = only
     /// local policies are allowed.
     pub rate_limit_store: Option<RateLimitStoreConfig>,
+    /// `[[routes]]`: the operator's route rules (path rewriting, header
+    /// edits, CORS, body limit, timeout), matched by service and route
+    /// prefix. A registration may only hint `strip_prefix`; a rule here
+    /// wins over it. Empty = requests go as registered.
+    pub routes: Vec<RouteRule>,
     /// `[[canary]]`: weighted traffic split between the versions of a
     /// service's instances, with header/cookie overrides and sticky
     /// sessions. At most one entry per service. Empty = every instance
@@ -197,6 +202,95 @@ pub enum RateLimitKey {
     Route,
 }
 
+/// One `[[routes]]` entry: what the gateway changes on the requests and
+/// answers of `service`'s routes at or under `prefix` (route_rules.rs).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteRule {
+    /// The service whose routes the rule covers (its registered name).
+    pub service: String,
+    /// A path prefix in normalised form, matched as `[[rate_limits]]`
+    /// prefixes are (policy.rs); absent = every route of the service. When
+    /// several rules match, the longest prefix wins.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// `true`: the backend sees the path without the matched route's prefix
+    /// (`/1` for `/product/1`), with `X-Forwarded-Prefix: /product`.
+    /// `false`: the path as the client sent it, even if the registration
+    /// asks for `strip_prefix`. Absent = the registration's hint.
+    #[serde(default)]
+    pub strip_prefix: Option<bool>,
+    /// Replace the matched route's prefix with this one (`/v2`: `/product/1`
+    /// goes as `/v2/1`), with `X-Forwarded-Prefix`. Excludes `strip_prefix`.
+    #[serde(default)]
+    pub rewrite_prefix: Option<String>,
+    /// Header edits on the request sent to the backend.
+    #[serde(default)]
+    pub request_headers: HeaderEdits,
+    /// Header edits on the answer sent to the client.
+    #[serde(default)]
+    pub response_headers: HeaderEdits,
+    /// Largest request body on these routes, in bytes, buffered or streamed
+    /// (413 above it). Absent = `limits.max_body_bytes` (buffered) and
+    /// `limits.max_stream_body_bytes` (streamed).
+    #[serde(default)]
+    pub max_body_bytes: Option<usize>,
+    /// Time for the exchange with the backend (as a registration's
+    /// `timeout_ms`, which it overrides). Absent = the route's own.
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// `[routes.cors]`: the gateway answers CORS preflights and sets the
+    /// `Access-Control-*` headers itself. Absent = requests and answers pass
+    /// as they are (a backend may do CORS itself).
+    #[serde(default)]
+    pub cors: Option<CorsConfig>,
+}
+
+/// Header edits of one direction: `remove` first, then `add`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HeaderEdits {
+    /// Fields set, replacing any the message had (a client cannot forge
+    /// one the operator sets).
+    pub add: std::collections::BTreeMap<String, String>,
+    /// Fields removed.
+    pub remove: Vec<String>,
+}
+
+/// `[routes.cors]`: who may call the routes from a browser.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CorsConfig {
+    /// Origins allowed (`https://app.example`, scheme, host and port as the
+    /// browser sends them), or `["*"]` for any.
+    pub allow_origins: Vec<String>,
+    /// Methods a preflight may ask for. Default: GET, HEAD, POST.
+    pub allow_methods: Vec<String>,
+    /// Request headers a preflight may ask for (`["*"]`: any).
+    pub allow_headers: Vec<String>,
+    /// Response headers a page may read beyond the CORS-safelisted ones.
+    pub expose_headers: Vec<String>,
+    /// How long a browser may cache a preflight's answer.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Option<Duration>,
+    /// Whether a page may send cookies / read answers to credentialed
+    /// requests. Not with `allow_origins = ["*"]`.
+    pub allow_credentials: bool,
+}
+
+impl Default for CorsConfig {
+    fn default() -> Self {
+        Self {
+            allow_origins: Vec::new(),
+            allow_methods: vec!["GET".into(), "HEAD".into(), "POST".into()],
+            allow_headers: Vec::new(),
+            expose_headers: Vec::new(),
+            max_age: None,
+            allow_credentials: false,
+        }
+    }
+}
+
 /// `[admin]`: how the admin UI finds the other replicas.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -312,6 +406,7 @@ impl Default for GatewayConfig {
             access_log: AccessLogConfig::default(),
             admin: AdminConfig::default(),
             rate_limits: Vec::new(),
+            routes: Vec::new(),
             rate_limit_store: None,
             canary: Vec::new(),
             tls: None,
@@ -655,7 +750,7 @@ impl ScopedToken {
     }
 
     /// Why a service pattern is malformed, if it is.
-    fn bad_pattern(p: &str) -> Option<&'static str> {
+    pub(crate) fn bad_pattern(p: &str) -> Option<&'static str> {
         let name = p.strip_suffix('*').unwrap_or(p);
         let chars_ok = name
             .bytes()
@@ -1054,6 +1149,12 @@ impl GatewayConfig {
         Ok(())
     }
 
+    /// `[[routes]]`: each rule sound on its own (route_rules.rs compiles
+    /// them), no two with the same service and prefix.
+    fn validate_routes(&self) -> Result<(), ConfigError> {
+        crate::route_rules::RouteRules::new(&self.routes).map(|_| ())
+    }
+
     /// `[[rate_limits]]`: each entry sound on its own, and no two with the
     /// same service and prefix (which would win is not obvious).
     fn validate_rate_limits(&self) -> Result<(), ConfigError> {
@@ -1286,6 +1387,7 @@ impl GatewayConfig {
         self.registration.validate_tokens()?;
         self.validate_rate_limits()?;
         self.validate_canary()?;
+        self.validate_routes()?;
         if let Some(c) = &self.consul {
             if !(c.address.starts_with("http://") || c.address.starts_with("https://")) {
                 return err("consul.address", "must be an http:// or https:// URL");

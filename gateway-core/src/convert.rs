@@ -30,7 +30,7 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 /// Hop-by-hop header fields: meaningful for one connection only, never
 /// forwarded (RFC 9110 7.6.1, plus the legacy `Keep-Alive` and
 /// `Proxy-Connection`).
-fn is_hop_by_hop(name: &HeaderName) -> bool {
+pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
     name == header::CONNECTION
         || name == KEEP_ALIVE
         || name == PROXY_CONNECTION

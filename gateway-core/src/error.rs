@@ -73,6 +73,9 @@ pub enum ErrorKind {
     TooManyConnections,
     /// A `[[rate_limits]]` policy of the route refused the request.
     RateLimited,
+    /// A CORS preflight for an origin, method or header the route's
+    /// `[routes.cors]` does not allow.
+    CorsRefused,
 }
 
 impl ErrorKind {
@@ -95,6 +98,7 @@ impl ErrorKind {
             ErrorKind::InvalidHost => "invalid_host",
             ErrorKind::TooManyConnections => "too_many_connections",
             ErrorKind::RateLimited => "rate_limited",
+            ErrorKind::CorsRefused => "cors_refused",
         }
     }
 
@@ -117,6 +121,7 @@ impl ErrorKind {
             ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::WebSocketUnsupported => StatusCode::NOT_IMPLEMENTED,
             ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ErrorKind::CorsRefused => StatusCode::FORBIDDEN,
         }
     }
 
@@ -130,7 +135,8 @@ impl ErrorKind {
             | ErrorKind::ClientBody
             | ErrorKind::BadRequestFraming
             | ErrorKind::InvalidHost
-            | ErrorKind::RateLimited => Source::Client,
+            | ErrorKind::RateLimited
+            | ErrorKind::CorsRefused => Source::Client,
             ErrorKind::UpstreamConnect
             | ErrorKind::UpstreamFailed
             | ErrorKind::UpstreamInvalidResponse

@@ -91,6 +91,7 @@ fn route_json(r: &Route) -> Value {
         "stream": r.stream,
         "timeout_ms": r.timeout.map(|t| t.as_millis() as u64),
         "max_duration_ms": r.max_duration.map(|t| t.as_millis() as u64),
+        "strip_prefix": r.strip_prefix,
     })
 }
 
@@ -242,7 +243,10 @@ pub fn explain(shared: &Shared, q: &ExplainQuery) -> Result<Value, BadParameter>
         )
     });
     out["route"] = rj;
-    let target = Target::of(shared, route);
+    let mut target = Target::of(shared, route);
+    // `[[routes]]`: the rule, the path the backend would get, the limits.
+    out["route"]["rule"] =
+        crate::route_rules::explain(shared.route_rules.as_deref(), &parts, &mut target);
     out["route"]["effective_timeout_ms"] = json!(target.timeout.as_millis() as u64);
     out["route"]["effective_max_duration_ms"] = json!(target.max_duration.as_millis() as u64);
 

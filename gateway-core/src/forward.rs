@@ -319,6 +319,14 @@ pub(crate) struct Target {
     pub(crate) stream: bool,
     /// Longest `Stream` exchange.
     pub(crate) max_duration: Duration,
+    /// The registration asks for its prefix stripped (route_rules.rs).
+    pub(crate) strip_prefix: bool,
+    /// Largest buffered request body (`limits.max_body_bytes`, or the
+    /// route's `[[routes]]` rule).
+    pub(crate) max_body_bytes: usize,
+    /// Largest streamed request body, 0 = none (`limits.max_stream_body_bytes`,
+    /// or the route's rule).
+    pub(crate) max_stream_body_bytes: u64,
 }
 
 /// How one request is sent upstream.
@@ -344,14 +352,23 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     admit(&parts, &shared.limits)?;
     // One snapshot for both steps (a route and its endpoints from the same
     // catalogue), released before anything is awaited.
     let snapshot = shared.balancer.snapshot();
-    let target = route(shared, &snapshot, listener, &parts, trail)?;
+    let mut target = route(shared, &snapshot, listener, &parts, trail)?;
     crate::otel::record_route(&target.service, &target.prefix);
+    let rules = match crate::route_rules::apply(shared.route_rules.as_deref(), &parts, &mut target)?
+    {
+        crate::route_rules::Applied::Answered(preflight) => return Ok(preflight),
+        crate::route_rules::Applied::Forward(rules) => rules,
+    };
     let admitted = limit(shared, &parts, &target).await?;
+    // Last before dispatch: every policy above matched the client's path.
+    if rules.is_some() || target.strip_prefix {
+        crate::route_rules::rewrite(rules.as_ref(), &mut parts, &target)?;
+    }
     let (candidates, up, pinned) = match shared.canary.as_ref().and_then(|c| c.get(&target.service))
     {
         None => pick(shared, &snapshot, &target.service).map(|(c, up)| (c, up, None))?,
@@ -367,6 +384,9 @@ where
     .await;
     if let (Some(a), Ok(resp)) = (admitted, &mut result) {
         a.write(resp.headers_mut());
+    }
+    if let (Some(r), Ok(resp)) = (rules, &mut result) {
+        r.apply(resp.headers_mut());
     }
     if let (Some(cookie), Ok(resp)) = (pinned, &mut result) {
         resp.headers_mut().append(header::SET_COOKIE, cookie);
@@ -611,6 +631,9 @@ impl Target {
             timeout: route.timeout.unwrap_or(shared.timeouts.request),
             stream: route.stream,
             max_duration: route.max_duration.unwrap_or(shared.timeouts.stream_max),
+            strip_prefix: route.strip_prefix,
+            max_body_bytes: shared.limits.max_body_bytes,
+            max_stream_body_bytes: shared.limits.max_stream_body_bytes,
         }
     }
 }
@@ -780,7 +803,7 @@ where
     let deadline = started + budget;
     let (body, trailers) = tokio::time::timeout_at(
         deadline,
-        read_body(body, shared.limits.max_body_bytes, declared_length(&parts)),
+        read_body(body, target.max_body_bytes, declared_length(&parts)),
     )
     .await
     .map_err(|_| {
@@ -1072,7 +1095,7 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let service = &target.service;
-    let limit = shared.limits.max_stream_body_bytes;
+    let limit = target.max_stream_body_bytes;
     if limit > 0 && declared_length(parts).is_some_and(|n| n > limit) {
         return Err(ForwardError::new(
             ErrorKind::BodyTooLarge,

@@ -317,6 +317,7 @@ impl Gateway {
             balancer.metrics().rate_limit_store_errors.clone(),
         )?
         .map(Arc::new);
+        let route_rules = crate::route_rules::RouteRules::new(&config.routes)?.map(Arc::new);
         let follow = balancer.follow(registry.as_ref());
         let api = RegistrationApi::new(
             registry.clone(),
@@ -337,6 +338,7 @@ impl Gateway {
             access_log,
             rate_limits,
             canary: crate::canary::Canaries::new(&config.canary).map(Arc::new),
+            route_rules,
         });
         // `new` is not async: an embedder may call it outside a runtime,
         // where the buckets are then never trimmed rather than a panic.

@@ -46,6 +46,7 @@ pub mod ratelimit;
 pub mod registration;
 pub mod registry;
 pub mod request_id;
+pub mod route_rules;
 pub mod routing;
 pub mod server;
 pub mod shared;

@@ -546,6 +546,8 @@ pub(crate) struct RouteJson {
     pub stream: bool,
     /// Longest `Stream` exchange in ms (0 = default).
     pub max_duration_ms: u64,
+    /// The backend sees the path without the prefix (a hint).
+    pub strip_prefix: bool,
 }
 
 /// JSON form of a health check.
@@ -700,6 +702,7 @@ impl RegistrationJson {
                     timeout_ms: r.timeout_ms,
                     stream: r.stream,
                     max_duration_ms: r.max_duration_ms,
+                    strip_prefix: r.strip_prefix,
                 })
                 .collect(),
             visibility: visibility as i32,
@@ -732,7 +735,7 @@ pub(crate) fn registration_to_json(r: &pb::Registration) -> serde_json::Value {
         "service": r.service,
         "instance_id": r.instance_id,
         "address": r.address,
-        "routes": r.routes.iter().map(|rt| json!({"path_prefix": rt.path_prefix, "hosts": rt.hosts, "timeout_ms": rt.timeout_ms, "stream": rt.stream, "max_duration_ms": rt.max_duration_ms})).collect::<Vec<_>>(),
+        "routes": r.routes.iter().map(|rt| json!({"path_prefix": rt.path_prefix, "hosts": rt.hosts, "timeout_ms": rt.timeout_ms, "stream": rt.stream, "max_duration_ms": rt.max_duration_ms, "strip_prefix": rt.strip_prefix})).collect::<Vec<_>>(),
         "visibility": vis,
         "tags": r.tags,
         "metadata": r.metadata.iter().collect::<BTreeMap<_, _>>(),

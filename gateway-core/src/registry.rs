@@ -91,6 +91,10 @@ pub struct RouteSpec {
     /// gateway's `timeouts.stream_max`.
     #[serde(default, with = "humantime_serde")]
     pub max_duration: Option<Duration>,
+    /// The backend is sent the path without `path_prefix` (a hint the
+    /// operator's `[[routes]]` may override).
+    #[serde(default)]
+    pub strip_prefix: bool,
 }
 
 /// A validated registration of one instance.
@@ -318,6 +322,7 @@ impl Registration {
                 path_prefix: r.path_prefix,
                 hosts: r.hosts,
                 stream: r.stream,
+                strip_prefix: r.strip_prefix,
             });
         }
         if routes.is_empty() {
@@ -327,6 +332,7 @@ impl Registration {
                 timeout: None,
                 stream: false,
                 max_duration: None,
+                strip_prefix: false,
             });
         }
         let visibility = match pb::Visibility::try_from(p.visibility) {
@@ -463,6 +469,7 @@ impl Registration {
                     timeout_ms: r.timeout.map(d).unwrap_or(0),
                     stream: r.stream,
                     max_duration_ms: r.max_duration.map(d).unwrap_or(0),
+                    strip_prefix: r.strip_prefix,
                 })
                 .collect(),
             visibility: match self.visibility {

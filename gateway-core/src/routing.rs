@@ -95,6 +95,9 @@ pub struct Route {
     pub stream: bool,
     /// Longest `Stream` exchange; `None` = the gateway's default.
     pub max_duration: Option<Duration>,
+    /// The registration's hint: the backend sees the path without the
+    /// prefix (a `[[routes]]` rule that says otherwise wins).
+    pub strip_prefix: bool,
     /// Request metric handles of this route (filled on first use).
     pub metrics: Arc<crate::metrics::RouteMetrics>,
 }
@@ -126,6 +129,7 @@ impl Route {
             visibility,
             stream: false,
             max_duration: None,
+            strip_prefix: false,
         })
     }
 

@@ -39,4 +39,7 @@ pub struct Shared {
     /// `[[canary]]`: `None` when no policy is configured (one branch on
     /// the request path).
     pub canary: Option<Arc<crate::canary::Canaries>>,
+    /// `[[routes]]`: `None` when no rule is configured (one branch on the
+    /// request path, with the registration's `strip_prefix` hint).
+    pub route_rules: Option<Arc<crate::route_rules::RouteRules>>,
 }

@@ -829,6 +829,14 @@ type ForwardingReq struct {
 	Authority string `protobuf:"bytes,4,opt,name=authority,proto3" json:"authority,omitempty"`
 	// Path exactly as received, percent-encoding untouched, without the query
 	// (e.g. "/orders/a%2Fb"). Routing uses a normalised copy; this is the raw one.
+	// The path is the client's unless the operator (a `[[routes]]` rule's
+	// `strip_prefix` / `rewrite_prefix`) or the registration (`Route.strip_prefix`)
+	// asked for the route's prefix to be stripped or replaced: then it is the
+	// rest of the path below the matched prefix ("/1" for "/product/1", "/"
+	// for "/product"), behind the replacement if any, and the `headers` carry
+	// `x-forwarded-prefix` with the prefix the client used ("/product").
+	// The rest is the client's spelling when it has nothing to normalise, else
+	// rebuilt from the normalised segments. `query` is unchanged either way.
 	Path string `protobuf:"bytes,5,opt,name=path,proto3" json:"path,omitempty"`
 	// Query exactly as received, without the leading '?'; empty when none.
 	Query string `protobuf:"bytes,6,opt,name=query,proto3" json:"query,omitempty"`
@@ -841,7 +849,8 @@ type ForwardingReq struct {
 	// Upgrade, Proxy-Authorization... and those named in Connection) are
 	// removed, as RFC 9110 section 7.6.1 requires of a proxy. The gateway adds
 	// `x-forwarded-for`, `x-forwarded-proto`, `x-forwarded-host` and
-	// `x-request-id`.
+	// `x-request-id` (and `x-forwarded-prefix` when the path was rewritten, see
+	// `path`); an operator's `[[routes]]` rule may remove or set other headers.
 	Headers []*Header `protobuf:"bytes,9,rep,name=headers,proto3" json:"headers,omitempty"`
 	// The request body, de-chunked. Empty when none.
 	Body []byte `protobuf:"bytes,10,opt,name=body,proto3" json:"body,omitempty"`

@@ -14,6 +14,7 @@ fn inst(id: &str, port: u16, health: Health, weight: u32) -> InstanceView {
                 timeout: None,
                 stream: false,
                 max_duration: None,
+                strip_prefix: false,
             }],
             visibility: Visibility::Public,
             tags: vec![],

@@ -27,6 +27,7 @@ fn inst(id: &str, port: u16, version: Option<Result<&str, &str>>) -> InstanceVie
                 timeout: None,
                 stream: false,
                 max_duration: None,
+                strip_prefix: false,
             }],
             visibility: Visibility::Public,
             tags,

@@ -83,6 +83,7 @@ fn view(i: &Inst, port: u16) -> InstanceView {
                 timeout: None,
                 stream: false,
                 max_duration: None,
+                strip_prefix: false,
             }],
             visibility: i.visibility,
             tags: vec![],
@@ -132,6 +133,7 @@ fn shared(instances: &[Inst]) -> Shared {
         access_log: None,
         rate_limits: None,
         canary: None,
+        route_rules: None,
     }
 }
 

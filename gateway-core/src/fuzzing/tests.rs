@@ -167,6 +167,7 @@ fn write_protobuf_seeds() {
             timeout_ms: 2_000,
             stream: true,
             max_duration_ms: 60_000,
+            strip_prefix: true,
         }],
         visibility: pb::Visibility::Internal as i32,
         tags: vec!["v1".into()],

@@ -114,6 +114,9 @@ struct MetaRoute {
     /// max duration, ms
     #[serde(default, skip_serializing_if = "Option::is_none")]
     m: Option<u64>,
+    /// `strip_prefix = true`
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    x: bool,
 }
 
 /// Check timings as stored in `gw-timing`, in ms.
@@ -214,6 +217,7 @@ pub fn to_agent_registration(
             t: r.timeout.map(|t| t.as_millis() as u64),
             s: r.stream,
             m: r.max_duration.map(|t| t.as_millis() as u64),
+            x: r.strip_prefix,
         })
         .map_err(|e| rejected(e.to_string()))?;
         meta.insert(format!("{META_ROUTE}{i}"), v);
@@ -355,6 +359,7 @@ pub fn entry_to_view(e: &ServiceEntry) -> InstanceView {
                 timeout: r.t.filter(|t| *t > 0).map(Duration::from_millis),
                 stream: r.s,
                 max_duration: r.m.filter(|t| *t > 0).map(Duration::from_millis),
+                strip_prefix: r.x,
             }),
             _ => {
                 warn!(service = %s.service, id = %s.id, key = %k, "Malformed route metadata skipped.")
@@ -368,6 +373,7 @@ pub fn entry_to_view(e: &ServiceEntry) -> InstanceView {
             timeout: None,
             stream: false,
             max_duration: None,
+            strip_prefix: false,
         });
     }
     let visibility = match meta.get(META_VISIBILITY).map(String::as_str) {

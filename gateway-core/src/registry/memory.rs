@@ -323,6 +323,7 @@ mod tests {
                 timeout: None,
                 stream: false,
                 max_duration: None,
+                strip_prefix: false,
             }],
             visibility: Visibility::Public,
             tags: vec![],

@@ -286,3 +286,26 @@ fn tls_fields_are_validated_and_round_trip() {
         "registration.tls_server_name"
     );
 }
+
+/// The `strip_prefix` hint survives validation and the wire form Kafka
+/// sync carries (`to_proto`), and is off unless asked for.
+#[test]
+fn the_strip_prefix_hint_round_trips() {
+    let routes = vec![
+        pb::Route {
+            path_prefix: "/product".into(),
+            strip_prefix: true,
+            ..Default::default()
+        },
+        pb::Route {
+            path_prefix: "/other".into(),
+            ..Default::default()
+        },
+    ];
+    let r = Registration::from_proto(pb::Registration { routes, ..reg() }, &policy()).unwrap();
+    assert!(r.routes[0].strip_prefix);
+    assert!(!r.routes[1].strip_prefix);
+    let wire = r.to_proto();
+    assert!(wire.routes[0].strip_prefix && !wire.routes[1].strip_prefix);
+    assert_eq!(Registration::from_proto(wire, &policy()).unwrap(), r);
+}

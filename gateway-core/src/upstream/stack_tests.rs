@@ -222,6 +222,7 @@ fn instance(address: &str) -> InstanceView {
                 timeout: Some(Duration::from_secs(2)),
                 stream: false,
                 max_duration: None,
+                strip_prefix: false,
             }],
             visibility: Visibility::Public,
             tags: vec![],
@@ -301,6 +302,7 @@ fn gateway_limited(
         access_log: None,
         rate_limits: None,
         canary: None,
+        route_rules: None,
     });
     Gateway {
         stack: HttpService::new(proxy_stack(shared, Listener::Public)),

@@ -13,6 +13,7 @@ fn reg() -> Registration {
                 timeout: Some(Duration::from_millis(250)),
                 stream: false,
                 max_duration: None,
+                strip_prefix: false,
             },
             RouteSpec {
                 path_prefix: "/o".into(),
@@ -20,6 +21,7 @@ fn reg() -> Registration {
                 timeout: None,
                 stream: false,
                 max_duration: None,
+                strip_prefix: true,
             },
         ],
         visibility: Visibility::Internal,
@@ -101,6 +103,7 @@ fn more_than_ten_routes_read_back_in_their_order() {
             timeout: None,
             stream: false,
             max_duration: None,
+            strip_prefix: false,
         })
         .collect();
     let agent = to_agent_registration(&r, &ConsulConfig::default()).unwrap();
