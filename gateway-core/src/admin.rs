@@ -325,6 +325,40 @@ async fn metrics(State(s): State<AdminState>) -> Response {
         .into_response()
 }
 
+/// `GET /admin/canary`: every `[[canary]]` policy with its weights in force.
+async fn canary_list(State(s): State<AdminState>) -> Response {
+    let snap = s.shared.balancer.snapshot();
+    match &s.shared.canary {
+        Some(c) => axum::Json(c.to_json(&snap)).into_response(),
+        None => axum::Json(json!({"canary": []})).into_response(),
+    }
+}
+
+/// `PUT /admin/canary/<service>` with `{"weights": {"v1": 50, "v2": 50}}`:
+/// changes this replica's weights (see `canary.rs`).
+async fn canary_put(
+    State(s): State<AdminState>,
+    axum::extract::Path(service): axum::extract::Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let result = match &s.shared.canary {
+        Some(c) => c.put_weights(&service, &body),
+        None => Err((
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("service {service:?} has no [[canary]] policy"),
+        )),
+    };
+    match result {
+        Ok(v) => axum::Json(v).into_response(),
+        Err((status, code, message)) => (
+            status,
+            axum::Json(json!({"error": {"code": code, "message": message}})),
+        )
+            .into_response(),
+    }
+}
+
 /// Rejected registration calls since start (a client with a wrong or
 /// out-of-scope token shows up here as well as in the log).
 fn registration_counters(api: &RegistrationApi) -> serde_json::Value {
@@ -355,6 +389,8 @@ pub fn router(
         .route("/admin/events", get(event_stream))
         .route("/admin/replicas", get(replicas))
         .route("/metrics", get(metrics))
+        .route("/admin/canary", get(canary_list))
+        .route("/admin/canary/{service}", axum::routing::put(canary_put))
         .with_state(AdminState {
             shared,
             readiness,

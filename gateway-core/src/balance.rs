@@ -83,6 +83,15 @@ const EJECTED_FAILING: u8 = 2;
 /// connection (see [`Balancer::eject`]).
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(250);
 
+/// What a registration says about an instance beyond how to reach it.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Labels {
+    /// Free-form metadata.
+    pub metadata: std::collections::BTreeMap<String, String>,
+    /// Free-form tags.
+    pub tags: Box<[String]>,
+}
+
 /// One instance the gateway can send to.
 #[derive(Debug)]
 pub struct Endpoint {
@@ -96,6 +105,9 @@ pub struct Endpoint {
     pub weight: u32,
     /// The instance implements `ForwardingService.Stream`.
     pub streaming: bool,
+    /// Its registration's metadata and tags (a `[[canary]]` reads the
+    /// instance's version there); a change makes a new endpoint.
+    pub labels: Arc<Labels>,
     /// Its HTTP/2 connections, each dialled on first use: an instance that
     /// never gets a request costs no connection and no task (10,000
     /// registered instances cost 10,000 small structs, not sockets).
@@ -146,6 +158,7 @@ impl Endpoint {
             address: address.into(),
             weight: 100,
             streaming: false,
+            labels: Arc::default(),
             pool,
             tls: (false, None),
             in_flight: AtomicU32::new(0),
@@ -551,6 +564,8 @@ impl Balancer {
                         && e.streaming == r.streaming
                         && e.tls.0 == r.tls
                         && e.tls.1 == r.tls_server_name
+                        && e.labels.metadata == r.metadata
+                        && *e.labels.tags == *r.tags
                 })
                 .map(|e| (*e).clone());
             let ep = match reused {
@@ -678,6 +693,10 @@ impl Balancer {
         Ok(Arc::new(Endpoint {
             weight: r.weight.max(1),
             streaming: r.streaming,
+            labels: Arc::new(Labels {
+                metadata: r.metadata.clone(),
+                tags: r.tags.clone().into(),
+            }),
             tls: (r.tls, r.tls_server_name.clone()),
             ..Endpoint::new(service, r.instance_id.as_str(), r.address.as_str(), pool)
         }))
@@ -689,15 +708,21 @@ impl Balancer {
     }
 
     fn health_at(&self, service: &ServiceEndpoints, now: u64) -> ServiceHealth {
+        self.health_of(&service.endpoints, now)
+    }
+
+    /// [`Balancer::health_at`] of a list of endpoints (a service's, or the
+    /// part of it a `[[canary]]` chose).
+    fn health_of(&self, all: &[Arc<Endpoint>], now: u64) -> ServiceHealth {
         let (mut unreachable, mut failing) = (0, 0);
-        for e in service.endpoints.iter() {
+        for e in all {
             match e.ejection(now) {
                 Some(Ejection::Unreachable) => unreachable += 1,
                 Some(Ejection::Failing) => failing += 1,
                 None => {}
             }
         }
-        let n = service.endpoints.len();
+        let n = all.len();
         let ejected = unreachable + failing;
         let panic = n > 0
             && ejected > 0
@@ -714,11 +739,15 @@ impl Balancer {
     /// [`Balancer::explain`] share, so an explanation cannot drift from
     /// what requests get.
     fn gate(&self, service: &ServiceEndpoints, now: u64) -> Result<Gate, NoEndpoint> {
-        let all = &service.endpoints;
+        self.gate_of(&service.endpoints, now)
+    }
+
+    /// [`Balancer::gate`] of a list of endpoints.
+    fn gate_of(&self, all: &[Arc<Endpoint>], now: u64) -> Result<Gate, NoEndpoint> {
         if all.is_empty() {
             return Err(NoEndpoint::NoneHealthy);
         }
-        let health = self.health_at(service, now);
+        let health = self.health_of(all, now);
         if health.unreachable == all.len() {
             return Err(NoEndpoint::AllEjected);
         }
@@ -771,12 +800,23 @@ impl Balancer {
     /// retry may fall back to, found as the retry asks (see [`Candidates`]).
     /// Counts the request in the service's retry budget. Allocates nothing.
     pub fn select(&self, service: &ServiceEndpoints) -> Result<Candidates, NoEndpoint> {
-        let all = &service.endpoints;
+        self.select_in(service, &service.endpoints)
+    }
+
+    /// [`Balancer::select`] among `all`, a part of `service`'s endpoints
+    /// (a `[[canary]]` version's instances): ejections, panic mode and the
+    /// strategy apply to that part alone; the retry budget and the
+    /// round-robin counter are the service's.
+    pub fn select_in(
+        &self,
+        service: &ServiceEndpoints,
+        all: &Arc<[Arc<Endpoint>]>,
+    ) -> Result<Candidates, NoEndpoint> {
         let Gate {
             filter,
             usable_count,
             ..
-        } = self.gate(service, self.now_ms())?;
+        } = self.gate_of(all, self.now_ms())?;
         service.budget.deposit();
         let n = all.len();
         let usable = |i: usize| usable(&all[i], filter);
@@ -813,6 +853,34 @@ impl Balancer {
         Ok(Candidates {
             endpoints: all.clone(),
             first,
+            offset: 0,
+            left: self.candidates_wanted().min(usable_count),
+            filter,
+        })
+    }
+
+    /// Candidates that start with `all[index]` (a sticky session's
+    /// instance), then fall back as [`Balancer::select_in`]'s would; `None`
+    /// when that instance may not take traffic now (ejected, or its part
+    /// cannot take any), so the caller picks anew.
+    pub fn pinned(
+        &self,
+        service: &ServiceEndpoints,
+        all: &Arc<[Arc<Endpoint>]>,
+        index: usize,
+    ) -> Option<Candidates> {
+        let Gate {
+            filter,
+            usable_count,
+            ..
+        } = self.gate_of(all, self.now_ms()).ok()?;
+        if !all.get(index).is_some_and(|e| usable(e, filter)) {
+            return None;
+        }
+        service.budget.deposit();
+        Some(Candidates {
+            endpoints: all.clone(),
+            first: index,
             offset: 0,
             left: self.candidates_wanted().min(usable_count),
             filter,

@@ -73,6 +73,51 @@ pub struct GatewayConfig {
     /// prefix. A registration may only hint `strip_prefix`; a rule here
     /// wins over it. Empty = requests go as registered.
     pub routes: Vec<RouteRule>,
+    /// `[[canary]]`: weighted traffic split between the versions of a
+    /// service's instances, with header/cookie overrides and sticky
+    /// sessions. At most one entry per service. Empty = every instance
+    /// takes traffic as the balancer picks (today's path).
+    pub canary: Vec<CanaryPolicy>,
+}
+
+/// One `[[canary]]` entry (see `gateway-core/src/canary.rs`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryPolicy {
+    /// The service whose instances are split by version.
+    pub service: String,
+    /// Where an instance's version is read: its registration's
+    /// `metadata[version_key]`, else a tag `<version_key>=<v>`.
+    #[serde(default = "default_version_key")]
+    pub version_key: String,
+    /// Relative share of requests per version (`{ v1 = 90, v2 = 10 }`):
+    /// non-negative, not all zero. Instances of a version not listed get
+    /// no traffic (except through `header` / `cookie`). May be left out
+    /// only with `sticky_cookie` (sticky sessions without a split).
+    #[serde(default)]
+    pub weights: std::collections::BTreeMap<String, i64>,
+    /// A request header naming the version to use (`v2`), or `1` / `true`
+    /// for the canary (the smallest weight).
+    #[serde(default)]
+    pub header: Option<String>,
+    /// The same from a cookie of this name.
+    #[serde(default)]
+    pub cookie: Option<String>,
+    /// Pins a client to an instance with this cookie, set on the first
+    /// answer (`HttpOnly; Path=/; Max-Age=<sticky_ttl>`).
+    #[serde(default)]
+    pub sticky_cookie: Option<String>,
+    /// How long the browser keeps the sticky cookie.
+    #[serde(default = "default_sticky_ttl", with = "humantime_serde")]
+    pub sticky_ttl: Duration,
+}
+
+fn default_version_key() -> String {
+    "version".into()
+}
+
+fn default_sticky_ttl() -> Duration {
+    Duration::from_secs(3600)
 }
 
 /// `[rate_limit_store]`: where cluster-wide rate limits are counted.
@@ -363,6 +408,7 @@ impl Default for GatewayConfig {
             rate_limits: Vec::new(),
             routes: Vec::new(),
             rate_limit_store: None,
+            canary: Vec::new(),
             tls: None,
             upstream_tls: None,
         }
@@ -1022,6 +1068,87 @@ pub struct ConfigError {
 }
 
 impl GatewayConfig {
+    /// `[[canary]]`: each entry sound on its own, one per service.
+    fn validate_canary(&self) -> Result<(), ConfigError> {
+        let err = |setting, i: usize, reason: String| {
+            Err(ConfigError {
+                setting,
+                reason: format!("entry {i}: {reason}"),
+            })
+        };
+        for (i, p) in self.canary.iter().enumerate() {
+            if !crate::registry::valid_service_name(&p.service) {
+                return err(
+                    "canary.service",
+                    i,
+                    format!("{:?} is not a service name", p.service),
+                );
+            }
+            if self.canary[..i].iter().any(|q| q.service == p.service) {
+                return err(
+                    "canary.service",
+                    i,
+                    format!("service {:?} has another [[canary]] entry", p.service),
+                );
+            }
+            if p.version_key.is_empty() || p.version_key.contains('=') {
+                return err(
+                    "canary.version_key",
+                    i,
+                    "must be a non-empty metadata key without '='".into(),
+                );
+            }
+            if p.weights.is_empty() && p.sticky_cookie.is_none() {
+                return err(
+                    "canary.weights",
+                    i,
+                    "required (e.g. { v1 = 90, v2 = 10 }) unless sticky_cookie is set".into(),
+                );
+            }
+            if !p.weights.is_empty()
+                && let Err(e) = crate::canary::check_weights(&p.weights)
+            {
+                return err("canary.weights", i, e);
+            }
+            if let Some(h) = &p.header
+                && http::HeaderName::from_bytes(h.as_bytes()).is_err()
+            {
+                return err(
+                    "canary.header",
+                    i,
+                    format!("{h:?} is not a valid header name"),
+                );
+            }
+            for (setting, name) in [
+                ("canary.cookie", &p.cookie),
+                ("canary.sticky_cookie", &p.sticky_cookie),
+            ] {
+                if let Some(c) = name
+                    && !crate::canary::valid_cookie_name(c)
+                {
+                    return err(
+                        setting,
+                        i,
+                        format!("{c:?} is not a valid cookie name (an RFC 6265 token)"),
+                    );
+                }
+            }
+            if p.cookie.is_some() && p.cookie == p.sticky_cookie {
+                return err(
+                    "canary.sticky_cookie",
+                    i,
+                    "must differ from `cookie`".into(),
+                );
+            }
+            if p.sticky_ttl < Duration::from_secs(1)
+                || p.sticky_ttl > Duration::from_secs(400 * 86_400)
+            {
+                return err("canary.sticky_ttl", i, "must be between 1s and 400d".into());
+            }
+        }
+        Ok(())
+    }
+
     /// `[[routes]]`: each rule sound on its own (route_rules.rs compiles
     /// them), no two with the same service and prefix.
     fn validate_routes(&self) -> Result<(), ConfigError> {
@@ -1259,6 +1386,7 @@ impl GatewayConfig {
         }
         self.registration.validate_tokens()?;
         self.validate_rate_limits()?;
+        self.validate_canary()?;
         self.validate_routes()?;
         if let Some(c) = &self.consul {
             if !(c.address.starts_with("http://") || c.address.starts_with("https://")) {
@@ -1612,5 +1740,70 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn canary_policies_are_validated_naming_the_setting() {
+        let ok = "[[canary]]\nservice = \"todos\"\nweights = { v1 = 90, v2 = 10 }\nheader = \"x-canary\"\ncookie = \"canary\"\nsticky_cookie = \"gw-sticky\"\nsticky_ttl = \"1h\"\n";
+        let c: GatewayConfig = toml::from_str(ok).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.canary[0].version_key, "version");
+        assert_eq!(c.canary[0].sticky_ttl, Duration::from_secs(3600));
+        let cases = [
+            (
+                "service = \"Todos\"\nweights = { v1 = 1 }",
+                "canary.service",
+                "",
+            ),
+            (
+                "service = \"t\"\nweights = { v1 = -1, v2 = 5 }",
+                "canary.weights",
+                "\"v1\"",
+            ),
+            (
+                "service = \"t\"\nweights = { v1 = 0, v2 = 0 }",
+                "canary.weights",
+                "all 0",
+            ),
+            ("service = \"t\"", "canary.weights", "required"),
+            (
+                "service = \"t\"\nweights = { v1 = 1 }\nheader = \"x canary\"",
+                "canary.header",
+                "",
+            ),
+            (
+                "service = \"t\"\nweights = { v1 = 1 }\ncookie = \"a;b\"",
+                "canary.cookie",
+                "",
+            ),
+            (
+                "service = \"t\"\nweights = { v1 = 1 }\nsticky_cookie = \"a b\"",
+                "canary.sticky_cookie",
+                "",
+            ),
+            (
+                "service = \"t\"\nweights = { v1 = 1 }\nversion_key = \"\"",
+                "canary.version_key",
+                "",
+            ),
+            (
+                "service = \"t\"\nsticky_cookie = \"s\"\nsticky_ttl = \"0s\"",
+                "canary.sticky_ttl",
+                "",
+            ),
+        ];
+        for (entry, setting, says) in cases {
+            let c: GatewayConfig = toml::from_str(&format!("[[canary]]\n{entry}\n")).unwrap();
+            let e = c.validate().unwrap_err();
+            assert_eq!(e.setting, setting, "{entry}");
+            assert!(e.reason.contains(says), "{entry}: {e}");
+        }
+        // Sticky sessions alone need no weights.
+        let c: GatewayConfig =
+            toml::from_str("[[canary]]\nservice = \"t\"\nsticky_cookie = \"s\"\n").unwrap();
+        c.validate().unwrap();
+        let twice = "[[canary]]\nservice = \"t\"\nweights = { v1 = 1 }\n[[canary]]\nservice = \"t\"\nweights = { v2 = 1 }\n";
+        let c: GatewayConfig = toml::from_str(twice).unwrap();
+        assert_eq!(c.validate().unwrap_err().setting, "canary.service");
     }
 }

@@ -369,7 +369,14 @@ where
     if rules.is_some() || target.strip_prefix {
         crate::route_rules::rewrite(rules.as_ref(), &mut parts, &target)?;
     }
-    let (candidates, up) = pick(shared, &snapshot, &target.service)?;
+    let (candidates, up, pinned) = match shared.canary.as_ref().and_then(|c| c.get(&target.service))
+    {
+        None => pick(shared, &snapshot, &target.service).map(|(c, up)| (c, up, None))?,
+        Some(canary) => {
+            crate::canary::pick(shared, canary, &snapshot, &target.service, &parts.headers)
+                .map(|p| (p.candidates, p.metrics, p.set_cookie))?
+        }
+    };
     drop(snapshot);
     let mut result = dispatch(
         shared, parts, body, &target, candidates, &up, started, trail,
@@ -380,6 +387,9 @@ where
     }
     if let (Some(r), Ok(resp)) = (rules, &mut result) {
         r.apply(resp.headers_mut());
+    }
+    if let (Some(cookie), Ok(resp)) = (pinned, &mut result) {
+        resp.headers_mut().append(header::SET_COOKIE, cookie);
     }
     result
 }

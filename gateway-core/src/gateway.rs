@@ -337,6 +337,7 @@ impl Gateway {
             relays: tokio_util::task::TaskTracker::new(),
             access_log,
             rate_limits,
+            canary: crate::canary::Canaries::new(&config.canary).map(Arc::new),
             route_rules,
         });
         // `new` is not async: an embedder may call it outside a runtime,

@@ -36,6 +36,9 @@ pub struct Shared {
     /// `[[rate_limits]]`: `None` when no policy is configured (one branch
     /// on the request path).
     pub rate_limits: Option<Arc<crate::ratelimit::RateLimits>>,
+    /// `[[canary]]`: `None` when no policy is configured (one branch on
+    /// the request path).
+    pub canary: Option<Arc<crate::canary::Canaries>>,
     /// `[[routes]]`: `None` when no rule is configured (one branch on the
     /// request path, with the registration's `strip_prefix` hint).
     pub route_rules: Option<Arc<crate::route_rules::RouteRules>>,

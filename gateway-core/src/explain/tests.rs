@@ -132,6 +132,7 @@ fn shared(instances: &[Inst]) -> Shared {
         relays: Default::default(),
         access_log: None,
         rate_limits: None,
+        canary: None,
         route_rules: None,
     }
 }

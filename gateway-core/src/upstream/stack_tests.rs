@@ -301,6 +301,7 @@ fn gateway_limited(
         relays: Default::default(),
         access_log: None,
         rate_limits: None,
+        canary: None,
         route_rules: None,
     });
     Gateway {
