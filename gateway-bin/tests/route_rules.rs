@@ -35,6 +35,7 @@ strip_prefix = false
 [[routes]]
 service = "rr-cors"
 response_headers = { add = { "x-frame-options" = "DENY" } }
+max_body_bytes = 16
 [routes.cors]
 allow_origins = ["https://app.example"]
 allow_methods = ["GET", "POST"]
@@ -289,6 +290,22 @@ async fn cors_preflights_and_answers() {
     assert_eq!(h["access-control-expose-headers"], "x-cache");
     assert_eq!(h["access-control-allow-credentials"], "true");
     assert!(h.get_all("vary").iter().any(|v| v == "Origin"), "{h:?}");
+    // The gateway's own answer to a failed exchange carries them too.
+    let r = gw
+        .http
+        .post(gw.url("/rr-cors/items"))
+        .header("origin", "https://app.example")
+        .body(vec![b'x'; 17])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    assert_eq!(r.headers()["access-control-allow-credentials"], "true");
+
     // From another origin: forwarded, but without the fields.
     let r = gw
         .http

@@ -385,8 +385,11 @@ where
     if let (Some(a), Ok(resp)) = (admitted, &mut result) {
         a.write(resp.headers_mut());
     }
-    if let (Some(r), Ok(resp)) = (rules, &mut result) {
-        r.apply(resp.headers_mut());
+    if let Some(r) = rules {
+        match &mut result {
+            Ok(resp) => r.apply(resp.headers_mut()),
+            Err(e) => r.apply_to_error(e),
+        }
     }
     if let (Some(cookie), Ok(resp)) = (pinned, &mut result) {
         resp.headers_mut().append(header::SET_COOKIE, cookie);

@@ -662,6 +662,15 @@ impl Answer<'_> {
         }
         self.rule.response.apply(h);
     }
+
+    /// The CORS fields on a failure of the exchange (413, 502, 504...), so
+    /// a page from an allowed origin can read why; the header edits are
+    /// for the backend's answers only.
+    pub(crate) fn apply_to_error(&self, e: &mut ForwardError) {
+        if let Some(cors) = &self.rule.cors {
+            cors.answer(self.origin.as_ref(), e.headers.get_or_insert_default());
+        }
+    }
 }
 
 /// What a segment is percent-encoded with when the path has to be
