@@ -424,6 +424,15 @@ where
     // inline it would grow (and cost a bigger copy on) every unary request.
     match choose(shared, &parts, &body, target, candidates.first()) {
         Dispatch::Unary => {
+            if let Some(cache) = &shared.cache {
+                let (service, prefix, generation) =
+                    (&target.service, &target.prefix, candidates.generation());
+                return cache
+                    .serve(service, prefix, generation, parts, |parts| {
+                        dispatch_unary(shared, parts, body, target, candidates, up, started, trail)
+                    })
+                    .await;
+            }
             dispatch_unary(shared, parts, body, target, candidates, up, started, trail).await
         }
         Dispatch::Stream => {

@@ -317,6 +317,12 @@ impl Gateway {
             balancer.metrics().rate_limit_store_errors.clone(),
         )?
         .map(Arc::new);
+        let cache = crate::cache::ResponseCache::new(
+            &config.cache_store,
+            &config.cache,
+            balancer.metrics(),
+        )
+        .map(Arc::new);
         let follow = balancer.follow(registry.as_ref());
         let api = RegistrationApi::new(
             registry.clone(),
@@ -336,6 +342,7 @@ impl Gateway {
             relays: tokio_util::task::TaskTracker::new(),
             access_log,
             rate_limits,
+            cache,
         });
         // `new` is not async: an embedder may call it outside a runtime,
         // where the buckets are then never trimmed rather than a panic.

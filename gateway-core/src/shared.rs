@@ -36,4 +36,7 @@ pub struct Shared {
     /// `[[rate_limits]]`: `None` when no policy is configured (one branch
     /// on the request path).
     pub rate_limits: Option<Arc<crate::ratelimit::RateLimits>>,
+    /// `[[cache]]`: `None` when no policy is configured (one branch on the
+    /// request path).
+    pub cache: Option<Arc<crate::cache::ResponseCache>>,
 }
