@@ -22,6 +22,11 @@ max_entry_bytes = 4096
 [[cache]]
 service = "cached"
 prefix = "/cached/c"
+
+[[cache]]
+service = "cached"
+prefix = "/cached/c/ttl"
+default_ttl = "60s"
 "#;
 
 /// What the backend saw: (method, path and query, If-None-Match).
@@ -55,6 +60,20 @@ fn backend(log: Log) -> Router {
                     ([("cache-control", "max-age=1"), ("etag", "\"v1\"")], body).into_response()
                 }
                 "/cached/c/cookie" => (cc, [("set-cookie", "s=1")], body).into_response(),
+                "/cached/c/private" => {
+                    ([("cache-control", "private, max-age=60")], body).into_response()
+                }
+                "/cached/c/star" => (cc, [("vary", "*")], body).into_response(),
+                "/cached/c/ttl" => body.into_response(),
+                // Stale at once, and a new ETag each time: never a 304.
+                "/cached/c/changing" => {
+                    let etag = format!("\"{n}\"");
+                    (
+                        [("cache-control", "max-age=0".to_owned()), ("etag", etag)],
+                        body,
+                    )
+                        .into_response()
+                }
                 "/cached/c/auth" if uri.query() == Some("public") => {
                     ([("cache-control", "public, max-age=60")], body).into_response()
                 }
@@ -63,7 +82,7 @@ fn backend(log: Log) -> Router {
                     (cc, [("vary", "accept-language")], format!("{lang} #{n}")).into_response()
                 }
                 "/cached/c/big" => (cc, "x".repeat(5000)).into_response(),
-                _ => (cc, body).into_response(),
+                _ => (cc, [("etag", format!("\"{path}\""))], body).into_response(),
             };
             r
         }
@@ -108,6 +127,15 @@ async fn the_cache_serves_what_the_backend_allows() {
     assert!(r.headers().contains_key("age"));
     assert_eq!(r.text().await.unwrap(), "/cached/c/a #1");
     assert_eq!(calls(&log, "/cached/c/a"), 1);
+    // The client's own validator is answered from the entry.
+    let r = get(&gw, "/cached/c/a", &[("if-none-match", "\"/cached/c/a\"")]).await;
+    assert_eq!(r, ("HIT".into(), 304, String::new()));
+    // `default_ttl` gives an answer without freshness of its own some.
+    assert_eq!(get(&gw, "/cached/c/ttl", &[]).await.0, "MISS");
+    assert_eq!(
+        get(&gw, "/cached/c/ttl", &[]).await,
+        ("HIT".into(), 200, "/cached/c/ttl #1".into())
+    );
     // Outside the policy's prefix: no cache, no header.
     assert_eq!(get(&gw, "/cached/other", &[]).await.0, "");
     assert_eq!(get(&gw, "/cached/other", &[]).await.2, "/cached/other #2");
@@ -127,11 +155,24 @@ async fn the_cache_serves_what_the_backend_allows() {
     let seen = log.lock().unwrap().clone();
     let last = seen.iter().rev().find(|c| c.1 == "/cached/c/etag").unwrap();
     assert_eq!(last.2.as_deref(), Some("\"v1\""));
+    // A stale entry answered with a new body is replaced.
+    assert_eq!(get(&gw, "/cached/c/changing", &[]).await.0, "MISS");
+    let r = get(&gw, "/cached/c/changing", &[]).await;
+    assert_eq!(r, ("STALE".into(), 200, "/cached/c/changing #2".into()));
+    let seen = log.lock().unwrap().clone();
+    let last = seen
+        .iter()
+        .rev()
+        .find(|c| c.1 == "/cached/c/changing")
+        .unwrap();
+    assert_eq!(last.2.as_deref(), Some("\"1\""));
 
-    // Set-Cookie, Authorization (unless public) and oversized bodies are
-    // never kept.
+    // Set-Cookie, `private`, `Vary: *`, Authorization (unless public) and
+    // oversized bodies are never kept.
     for (path, headers) in [
         ("/cached/c/cookie", &[][..]),
+        ("/cached/c/private", &[][..]),
+        ("/cached/c/star", &[][..]),
         ("/cached/c/auth", &[("authorization", "Bearer t")][..]),
         ("/cached/c/big", &[][..]),
     ] {
@@ -142,6 +183,11 @@ async fn the_cache_serves_what_the_backend_allows() {
     let auth = [("authorization", "Bearer t")];
     assert_eq!(get(&gw, "/cached/c/auth?public", &auth).await.0, "MISS");
     assert_eq!(get(&gw, "/cached/c/auth?public", &auth).await.0, "HIT");
+    // A request that forbids storing passes by the cache.
+    let no_store = [("cache-control", "no-store")];
+    assert_eq!(get(&gw, "/cached/c/ns", &no_store).await.0, "BYPASS");
+    assert_eq!(get(&gw, "/cached/c/ns", &no_store).await.0, "BYPASS");
+    assert_eq!(calls(&log, "/cached/c/ns"), 2);
 
     // Vary: accept-language keeps one variant per language.
     for round in ["MISS", "HIT"] {
@@ -189,9 +235,9 @@ async fn the_cache_serves_what_the_backend_allows() {
             .unwrap_or(0)
     };
     // The HITs include those polled while the etag entry was fresh.
-    assert!(count("HIT") >= 6, "{text}");
-    assert_eq!((count("REVALIDATED"), count("BYPASS")), (1, 1), "{text}");
-    assert_eq!(count("MISS"), 14, "{text}");
+    assert!(count("HIT") >= 8, "{text}");
+    let counts = ["MISS", "STALE", "REVALIDATED", "BYPASS"].map(count);
+    assert_eq!(counts, [20, 1, 1, 3], "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -92,7 +92,7 @@ impl Outcome {
 }
 
 /// One `[[cache]]` policy, ready.
-struct Policy {
+pub(crate) struct Policy {
     scope: Scope,
     default_ttl: Duration,
     /// Per [`Outcome::ALL`]; `None` with metrics off.
@@ -165,14 +165,26 @@ impl ResponseCache {
         })
     }
 
-    /// The unary exchange of a request routed to `service` at
-    /// `route_prefix`, through the cache when a policy covers it: `send`
-    /// calls the backend. `generation` is the service's registration
-    /// generation.
-    pub(crate) async fn serve<F, Fut>(
+    /// The policy covering a request routed to `service` at
+    /// `route_prefix` (the longest prefix), if any.
+    pub(crate) fn policy(
         &self,
         service: &str,
         route_prefix: &str,
+        parts: &request::Parts,
+    ) -> Option<&Policy> {
+        self.policies
+            .iter()
+            .find(|p| p.scope.covers(service, route_prefix, parts))
+    }
+
+    /// The unary exchange of a request on `service` through the cache,
+    /// under `policy` (from [`ResponseCache::policy`]): `send` calls the
+    /// backend. `generation` is the service's registration generation.
+    pub(crate) async fn serve<F, Fut>(
+        &self,
+        policy: &Policy,
+        service: &str,
         generation: u64,
         parts: request::Parts,
         send: F,
@@ -181,13 +193,6 @@ impl ResponseCache {
         F: FnOnce(request::Parts) -> Fut,
         Fut: Future<Output = Result<Response<Body>, ForwardError>>,
     {
-        let Some(policy) = self
-            .policies
-            .iter()
-            .find(|p| p.scope.covers(service, route_prefix, &parts))
-        else {
-            return send(parts).await;
-        };
         let (outcome, result) = self
             .exchange(policy, service, generation, parts, send)
             .await;

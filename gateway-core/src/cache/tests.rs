@@ -65,8 +65,9 @@ async fn call(
     parts: request::Parts,
     reply: impl FnOnce(&request::Parts) -> Response<Body>,
 ) -> (String, u16, String, HeaderMap) {
+    let policy = c.policy("svc", "/cached", &parts).unwrap();
     let resp = c
-        .serve("svc", "/cached", generation, parts, |p| async move {
+        .serve(policy, "svc", generation, parts, |p| async move {
             backend.seen.lock().unwrap().push(p.headers.clone());
             Ok(reply(&p))
         })
@@ -128,20 +129,20 @@ async fn a_fresh_answer_is_served_again_with_its_age() {
     );
 }
 
-#[tokio::test]
-async fn uncovered_routes_are_untouched() {
-    let (c, b) = (cache(), Backend::new());
-    for _ in 0..2 {
-        let resp = c
-            .serve("svc", "/other", 1, get("/other"), |_| async {
-                b.seen.lock().unwrap().push(HeaderMap::new());
-                Ok(answer(200, FRESH, "x"))
-            })
-            .await
-            .unwrap();
-        assert!(!resp.headers().contains_key(X_CACHE));
-    }
-    assert_eq!(b.calls(), 2);
+#[test]
+fn the_longest_prefix_covers_and_other_routes_are_untouched() {
+    let policies = [None, Some("/cached/deep")].map(|prefix| CachePolicyConfig {
+        service: "svc".into(),
+        prefix: prefix.map(Into::into),
+        default_ttl: Duration::from_secs(u64::from(prefix.is_some())),
+    });
+    let c = ResponseCache::new(&CacheStoreConfig::default(), &policies, &Metrics::new()).unwrap();
+    let deep = c.policy("svc", "/cached", &get("/cached/deep/x")).unwrap();
+    assert_eq!(deep.default_ttl, Duration::from_secs(1));
+    let top = c.policy("svc", "/cached", &get("/cached/x")).unwrap();
+    assert_eq!(top.default_ttl, Duration::ZERO);
+    assert!(c.policy("other", "/cached", &get("/cached/x")).is_none());
+    assert!(ResponseCache::new(&CacheStoreConfig::default(), &[], &Metrics::new()).is_none());
 }
 
 #[tokio::test]
