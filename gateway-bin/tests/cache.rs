@@ -218,6 +218,11 @@ async fn the_cache_serves_what_the_backend_allows() {
     gw.wait_routable("cached", 1).await;
     assert_eq!(get(&gw, "/cached/c/a", &[]).await.0, "MISS");
 
+    // `no-cache` asks the backend (which sends a new body here).
+    let r = get(&gw, "/cached/c/a", &[("cache-control", "no-cache")]).await;
+    assert_eq!(r, ("STALE".into(), 200, "/cached/c/a #6".into()));
+    assert_eq!(get(&gw, "/cached/c/a", &[]).await.2, "/cached/c/a #6");
+
     let text = gw
         .http
         .get(format!("http://{}/metrics", gw.admin))
@@ -237,7 +242,7 @@ async fn the_cache_serves_what_the_backend_allows() {
     // The HITs include those polled while the etag entry was fresh.
     assert!(count("HIT") >= 8, "{text}");
     let counts = ["MISS", "STALE", "REVALIDATED", "BYPASS"].map(count);
-    assert_eq!(counts, [20, 1, 1, 3], "{text}");
+    assert_eq!(counts, [20, 2, 1, 3], "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
