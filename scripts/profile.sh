@@ -5,7 +5,7 @@
 # keep-alive connections. Prints instructions per request and the functions
 # with the most inclusive instructions per request; keeps the callgrind file.
 #
-#   scripts/profile.sh [--no-build] [--requests N] [--out DIR] [--observability] [--rate-limit] [--route-rules]
+#   scripts/profile.sh [--no-build] [--requests N] [--out DIR] [--observability] [--rate-limit] [--route-rules] [--cache]
 #
 # --observability: the same build three times - `[metrics] enabled = false`,
 # the default (metrics on), and metrics plus `[access_log]` to a file - and
@@ -22,11 +22,17 @@
 # route that strips its prefix and adds a request and a response header, and
 # prints what the rule costs per request:
 #   route rule cost: +N instructions/request (+X.X%)
+# --cache: the same build with no `[[cache]]`, with a policy on another
+# service (the route has none: what a configured cache costs the others),
+# and with one on the route (`default_ttl = "1h"`: every counted request is
+# a HIT, the backend is not called), and prints both against the first:
+#   cache, route without a policy: +N instructions/request (+X.X%)
+#   cache HIT: +N instructions/request (+X.X%)
 #
 # Then: callgrind_annotate --inclusive=yes DIR/callgrind.out.* | less
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-BUILD=1 REQS=10000 OUT="" COMPARE=0 RATE=0 ROUTES=0
+BUILD=1 REQS=10000 OUT="" COMPARE=0 RATE=0 ROUTES=0 CACHE=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --no-build) BUILD=0 ;;
@@ -35,7 +41,8 @@ while [ $# -gt 0 ]; do
     --observability) COMPARE=1 ;;
     --rate-limit) RATE=1 ;;
     --route-rules) ROUTES=1 ;;
-    *) echo "usage: scripts/profile.sh [--no-build] [--requests N] [--out DIR] [--observability] [--rate-limit] [--route-rules]" >&2; exit 2 ;;
+    --cache) CACHE=1 ;;
+    *) echo "usage: scripts/profile.sh [--no-build] [--requests N] [--out DIR] [--observability] [--rate-limit] [--route-rules] [--cache]" >&2; exit 2 ;;
   esac
   shift
 done
@@ -117,6 +124,18 @@ if [ "$ROUTES" = 1 ]; then
   profile route-rule --config "$WORK/route-rule.toml"; ruled=$PER_REQUEST
   awk -v a="$none" -v b="$ruled" 'BEGIN {
     printf "route rule cost: %+d instructions/request (%+.1f%%; %d with the rule, %d without)\n", b - a, (b - a) * 100 / a, b, a }'
+  exit 0
+fi
+
+if [ "$CACHE" = 1 ]; then
+  printf '[[cache]]\nservice = "other"\n' >"$WORK/cache-other.toml"
+  printf '[[cache]]\nservice = "bench"\ndefault_ttl = "1h"\n' >"$WORK/cache-hit.toml"
+  profile no-cache; none=$PER_REQUEST
+  profile cache-other --config "$WORK/cache-other.toml"; other=$PER_REQUEST
+  profile cache-hit --config "$WORK/cache-hit.toml"; hit=$PER_REQUEST
+  awk -v a="$none" -v b="$other" -v h="$hit" 'BEGIN {
+    printf "cache, route without a policy: %+d instructions/request (%+.1f%%; %d, %d without [[cache]])\n", b - a, (b - a) * 100 / a, b, a
+    printf "cache HIT: %+d instructions/request (%+.1f%%; %d; the backend call is skipped)\n", h - a, (h - a) * 100 / a, h }'
   exit 0
 fi
 

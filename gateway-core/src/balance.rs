@@ -332,6 +332,12 @@ pub struct ServiceEndpoints {
     /// (milliseconds since the balancer's epoch; kept across snapshots).
     unreachable_told_ms: Arc<AtomicU64>,
     rr: AtomicUsize,
+    /// Changes whenever the service's registrations do (an instance joins,
+    /// leaves or registers anew with other settings), not on health
+    /// changes: the response cache drops what it stored under an older one.
+    pub generation: u64,
+    /// The registrations `generation` stands for (catalogue order).
+    registrations: Vec<Arc<crate::registry::Registration>>,
 }
 
 /// Everything the request path needs, immutable.
@@ -385,6 +391,8 @@ pub struct Balancer {
     /// This gateway's metrics (the balancer is what every part of the
     /// request path holds).
     metrics: Arc<crate::metrics::Metrics>,
+    /// The last [`ServiceEndpoints::generation`] handed out.
+    generations: AtomicU64,
 }
 
 impl Balancer {
@@ -432,6 +440,7 @@ impl Balancer {
             metrics: Arc::new(crate::metrics::Metrics::with_collector(Some(Box::new(
                 InstanceInFlight(me.clone()),
             )))),
+            generations: AtomicU64::new(0),
         })
     }
 
@@ -531,10 +540,13 @@ impl Balancer {
                         .map(|s| s.metrics.clone())
                         .unwrap_or_else(|| Arc::new(self.metrics.service(&r.service))),
                     rr: AtomicUsize::new(0),
+                    generation: 0,
+                    registrations: Vec::new(),
                 };
                 (s, Vec::new())
             });
             entry.registered += 1;
+            entry.registrations.push(r.clone());
             // The most restrictive visibility any instance asks for wins: a
             // half-deployed "make it internal" must not stay public.
             let v = visibility.entry(service.clone()).or_insert(r.visibility);
@@ -584,6 +596,12 @@ impl Balancer {
             .into_iter()
             .map(|(name, (mut s, list))| {
                 s.endpoints = list.into();
+                s.generation = match old.services.get(&name) {
+                    Some(o) if same_registrations(&o.registrations, &s.registrations) => {
+                        o.generation
+                    }
+                    _ => self.generations.fetch_add(1, Ordering::Relaxed) + 1,
+                };
                 (name, s)
             })
             .collect();
@@ -856,6 +874,7 @@ impl Balancer {
             offset: 0,
             left: self.candidates_wanted().min(usable_count),
             filter,
+            generation: service.generation,
         })
     }
 
@@ -884,6 +903,7 @@ impl Balancer {
             offset: 0,
             left: self.candidates_wanted().min(usable_count),
             filter,
+            generation: service.generation,
         })
     }
 
@@ -1123,12 +1143,20 @@ pub struct Candidates {
     left: usize,
     /// When something is ejected: the time of selection (ms) and panic mode.
     filter: Option<(u64, bool)>,
+    /// The service's [`ServiceEndpoints::generation`].
+    generation: u64,
 }
 
 impl Candidates {
     /// The balancer's pick (the first candidate yielded).
     pub fn first(&self) -> &Arc<Endpoint> {
         &self.endpoints[self.first]
+    }
+
+    /// The service's registration generation when these were selected
+    /// (see [`ServiceEndpoints::generation`]).
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 }
 
@@ -1147,6 +1175,15 @@ impl Iterator for Candidates {
         }
         None
     }
+}
+
+/// Whether two catalogues hold the same registrations of a service (the
+/// same `Arc`s, or equal ones: Consul's are rebuilt on every read).
+fn same_registrations(
+    a: &[Arc<crate::registry::Registration>],
+    b: &[Arc<crate::registry::Registration>],
+) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| Arc::ptr_eq(x, y) || x == y)
 }
 
 /// Whether `e` may take traffic: everything when nothing is ejected, else

@@ -78,6 +78,55 @@ pub struct GatewayConfig {
     /// sessions. At most one entry per service. Empty = every instance
     /// takes traffic as the balancer picks (today's path).
     pub canary: Vec<CanaryPolicy>,
+    /// `[cache_store]`: the response cache's bounds, shared by every
+    /// `[[cache]]` policy.
+    pub cache_store: CacheStoreConfig,
+    /// `[[cache]]`: the routes whose GET/HEAD answers the gateway may keep
+    /// and serve again, as the backend's `Cache-Control` allows (RFC 9111,
+    /// as a shared cache). Empty = no cache (one branch per request).
+    pub cache: Vec<CachePolicyConfig>,
+}
+
+/// `[cache_store]`: how much the response cache may hold (one store for
+/// every `[[cache]]` policy).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheStoreConfig {
+    /// Bytes held in all (bodies, header fields and keys); the least
+    /// recently used entries go first. Default 64 MiB.
+    pub max_bytes: u64,
+    /// A larger response (body and header fields) is passed on but not
+    /// kept. Default 1 MiB.
+    pub max_entry_bytes: u64,
+}
+
+impl Default for CacheStoreConfig {
+    fn default() -> Self {
+        Self {
+            max_bytes: 64 << 20,
+            max_entry_bytes: 1 << 20,
+        }
+    }
+}
+
+/// One `[[cache]]` entry: the GET/HEAD answers of `service` at or under
+/// `prefix` are kept as their `Cache-Control` allows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CachePolicyConfig {
+    /// The service whose answers are cached (its registered name).
+    pub service: String,
+    /// A path prefix (`/todos/public`), normalised, matched as
+    /// `[[rate_limits]]` prefixes are. Absent = every route of the service.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// Freshness given to a cacheable answer (status 200, 404... without
+    /// `Authorization` in the request) that states none (no `max-age`,
+    /// `s-maxage` or `Expires`, and no `no-cache`). `0s` (default) = such
+    /// answers are kept only when they carry a validator, and revalidated
+    /// on every use.
+    #[serde(default, with = "humantime_serde")]
+    pub default_ttl: Duration,
 }
 
 /// One `[[canary]]` entry (see `gateway-core/src/canary.rs`).
@@ -409,6 +458,8 @@ impl Default for GatewayConfig {
             routes: Vec::new(),
             rate_limit_store: None,
             canary: Vec::new(),
+            cache_store: CacheStoreConfig::default(),
+            cache: Vec::new(),
             tls: None,
             upstream_tls: None,
         }
@@ -1280,6 +1331,75 @@ impl GatewayConfig {
         Ok(())
     }
 
+    /// `[cache_store]` and `[[cache]]`: bounds that can hold an entry, and
+    /// policies that name one service and a normalised prefix, once each.
+    fn validate_cache(&self) -> Result<(), ConfigError> {
+        let store = &self.cache_store;
+        if store.max_entry_bytes == 0 || store.max_entry_bytes > u64::from(u32::MAX) {
+            return Err(ConfigError {
+                setting: "cache_store.max_entry_bytes",
+                reason: "must be between 1 and 4294967295".into(),
+            });
+        }
+        if store.max_bytes < store.max_entry_bytes {
+            return Err(ConfigError {
+                setting: "cache_store.max_bytes",
+                reason: format!(
+                    "must be at least cache_store.max_entry_bytes ({})",
+                    store.max_entry_bytes
+                ),
+            });
+        }
+        let err = |setting, i: usize, reason: String| {
+            Err(ConfigError {
+                setting,
+                reason: format!("entry {i}: {reason}"),
+            })
+        };
+        for (i, p) in self.cache.iter().enumerate() {
+            if ScopedToken::bad_pattern(&p.service).is_some() || p.service.ends_with('*') {
+                return err(
+                    "cache.service",
+                    i,
+                    format!("{:?} is not a service name", p.service),
+                );
+            }
+            if let Some(prefix) = &p.prefix {
+                let canonical = crate::routing::normalise(prefix)
+                    .ok()
+                    .filter(|_| prefix.starts_with('/'))
+                    .map(|s| crate::routing::canonical(&s));
+                if canonical.as_deref() != Some(prefix.as_str()) {
+                    return err(
+                        "cache.prefix",
+                        i,
+                        format!(
+                            "{prefix:?} is not a normalised route prefix such as /todos (no empty, '.' or '..' segments, no percent-encoding, no trailing '/')"
+                        ),
+                    );
+                }
+            }
+            if p.default_ttl > Duration::from_secs(365 * 24 * 3600) {
+                return err("cache.default_ttl", i, "must be at most 365d".into());
+            }
+            let whole = |q: &CachePolicyConfig| q.prefix.as_deref().unwrap_or("/").to_owned();
+            if self.cache[..i]
+                .iter()
+                .any(|q| q.service == p.service && whole(q) == whole(p))
+            {
+                return err(
+                    "cache.prefix",
+                    i,
+                    format!(
+                        "a second policy for service {} with the same prefix",
+                        p.service
+                    ),
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Rejects conflicting or out-of-range settings, naming the setting.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let err = |setting, reason: &str| {
@@ -1388,6 +1508,7 @@ impl GatewayConfig {
         self.validate_rate_limits()?;
         self.validate_canary()?;
         self.validate_routes()?;
+        self.validate_cache()?;
         if let Some(c) = &self.consul {
             if !(c.address.starts_with("http://") || c.address.starts_with("https://")) {
                 return err("consul.address", "must be an http:// or https:// URL");
@@ -1805,5 +1926,45 @@ mod tests {
         let twice = "[[canary]]\nservice = \"t\"\nweights = { v1 = 1 }\n[[canary]]\nservice = \"t\"\nweights = { v2 = 1 }\n";
         let c: GatewayConfig = toml::from_str(twice).unwrap();
         assert_eq!(c.validate().unwrap_err().setting, "canary.service");
+    }
+
+    #[test]
+    fn cache_policies_are_validated_naming_the_setting() {
+        let ok = "[cache_store]\nmax_bytes = 1000\nmax_entry_bytes = 100\n[[cache]]\nservice = \"todos\"\nprefix = \"/todos/public\"\ndefault_ttl = \"10s\"\n";
+        let c: GatewayConfig = toml::from_str(ok).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.cache[0].default_ttl, Duration::from_secs(10));
+        assert_eq!(c.cache_store.max_entry_bytes, 100);
+        let cases = [
+            ("[[cache]]\nservice = \"Todos\"", "cache.service"),
+            (
+                "[[cache]]\nservice = \"a\"\nprefix = \"/a/\"",
+                "cache.prefix",
+            ),
+            ("[[cache]]\nservice = \"a\"\nprefix = \"a\"", "cache.prefix"),
+            (
+                "[[cache]]\nservice = \"a\"\n[[cache]]\nservice = \"a\"\nprefix = \"/\"",
+                "cache.prefix",
+            ),
+            (
+                "[[cache]]\nservice = \"a\"\ndefault_ttl = \"400d\"",
+                "cache.default_ttl",
+            ),
+            (
+                "[cache_store]\nmax_entry_bytes = 0",
+                "cache_store.max_entry_bytes",
+            ),
+            (
+                "[cache_store]\nmax_bytes = 10\nmax_entry_bytes = 100",
+                "cache_store.max_bytes",
+            ),
+        ];
+        for (entry, setting) in cases {
+            let c: GatewayConfig = toml::from_str(entry).unwrap();
+            assert_eq!(c.validate().unwrap_err().setting, setting, "{entry}");
+        }
+        assert!(
+            toml::from_str::<GatewayConfig>("[[cache]]\nservice = \"a\"\nttl = \"1s\"\n").is_err()
+        );
     }
 }

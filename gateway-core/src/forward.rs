@@ -457,6 +457,18 @@ where
     // inline it would grow (and cost a bigger copy on) every unary request.
     match choose(shared, &parts, &body, target, candidates.first()) {
         Dispatch::Unary => {
+            // Boxed as the streams are: a route without a policy keeps the
+            // future it had.
+            if let Some(cache) = &shared.cache
+                && let Some(policy) = cache.policy(&target.service, &target.prefix, &parts)
+            {
+                let generation = candidates.generation();
+                let send = |parts| {
+                    dispatch_unary(shared, parts, body, target, candidates, up, started, trail)
+                };
+                let service = &target.service;
+                return Box::pin(cache.serve(policy, service, generation, parts, send)).await;
+            }
             dispatch_unary(shared, parts, body, target, candidates, up, started, trail).await
         }
         Dispatch::Stream => {

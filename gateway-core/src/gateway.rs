@@ -318,6 +318,12 @@ impl Gateway {
         )?
         .map(Arc::new);
         let route_rules = crate::route_rules::RouteRules::new(&config.routes)?.map(Arc::new);
+        let cache = crate::cache::ResponseCache::new(
+            &config.cache_store,
+            &config.cache,
+            balancer.metrics(),
+        )
+        .map(Arc::new);
         let follow = balancer.follow(registry.as_ref());
         let api = RegistrationApi::new(
             registry.clone(),
@@ -339,6 +345,7 @@ impl Gateway {
             rate_limits,
             canary: crate::canary::Canaries::new(&config.canary).map(Arc::new),
             route_rules,
+            cache,
         });
         // `new` is not async: an embedder may call it outside a runtime,
         // where the buckets are then never trimmed rather than a panic.

@@ -26,6 +26,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod balance;
+pub mod cache;
 pub mod canary;
 pub mod config;
 pub(crate) mod conn;

@@ -62,6 +62,12 @@ struct FailureLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheLabels {
+    service: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: &'static str,
 }
@@ -265,6 +271,8 @@ pub struct Metrics {
     pub discovery: DiscoveryMetrics,
     /// Access log lines dropped because the writer fell behind.
     pub access_log_dropped: Counter,
+    /// `gateway_cache_requests_total{service,result}` (`cache`).
+    cache_requests: Family<CacheLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -441,6 +449,12 @@ impl Metrics {
             "Requests and connections refused to protect the gateway, by reason",
             protection,
         );
+        let cache_requests = Family::<CacheLabels, Counter>::default();
+        registry.register(
+            "cache_requests",
+            "Requests on routes with a [[cache]] policy, by what the cache did (HIT, MISS, STALE, REVALIDATED, BYPASS)",
+            cache_requests.clone(),
+        );
         let discovery = DiscoveryMetrics::register(&mut registry);
         Self {
             enabled: AtomicBool::new(true),
@@ -473,7 +487,28 @@ impl Metrics {
             slow_connections,
             discovery,
             access_log_dropped,
+            cache_requests,
         }
+    }
+
+    /// `service`'s cache counters, one per result in `results`' order;
+    /// `None` when metrics are off.
+    pub fn cache_counters<const N: usize>(
+        &self,
+        service: &str,
+        results: [&'static str; N],
+    ) -> Option<[Counter; N]> {
+        // One `get_or_create` guard at a time: two in one expression
+        // deadlock on the family's lock.
+        self.enabled().then(|| {
+            results.map(|result| {
+                let label = CacheLabels {
+                    service: service.to_owned(),
+                    result,
+                };
+                self.cache_requests.get_or_create(&label).clone()
+            })
+        })
     }
 
     /// Turns the request path's metric work on or off (`[metrics]

@@ -42,4 +42,7 @@ pub struct Shared {
     /// `[[routes]]`: `None` when no rule is configured (one branch on the
     /// request path, with the registration's `strip_prefix` hint).
     pub route_rules: Option<Arc<crate::route_rules::RouteRules>>,
+    /// `[[cache]]`: `None` when no policy is configured (one branch on the
+    /// request path).
+    pub cache: Option<Arc<crate::cache::ResponseCache>>,
 }

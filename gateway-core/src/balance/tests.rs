@@ -463,3 +463,37 @@ async fn routable_since_is_kept_across_rebuilds_and_waited_for() {
     assert_eq!(b.routable_since("svc", "a"), Some(since));
     assert_eq!(b.routable_since("other", "a"), None);
 }
+
+#[tokio::test]
+async fn the_generation_follows_registrations_not_health() {
+    let b = balancer(BalanceStrategy::RoundRobin);
+    let generation = |b: &Balancer| b.snapshot().services["svc"].generation;
+    b.apply(&catalog(vec![inst("a", 1, Health::Passing, 100)]));
+    let first = generation(&b);
+    // Health changes and equal registrations rebuilt (Consul) keep it.
+    b.apply(&catalog(vec![inst("a", 1, Health::Failing, 100)]));
+    b.apply(&catalog(vec![inst("a", 1, Health::Passing, 100)]));
+    assert_eq!(generation(&b), first);
+    // A joining instance, changed settings, a leaving instance: new ones.
+    b.apply(&catalog(vec![
+        inst("a", 1, Health::Passing, 100),
+        inst("b", 2, Health::Passing, 100),
+    ]));
+    let joined = generation(&b);
+    assert_ne!(joined, first);
+    b.apply(&catalog(vec![
+        inst("a", 1, Health::Passing, 50),
+        inst("b", 2, Health::Passing, 100),
+    ]));
+    let changed = generation(&b);
+    assert_ne!(changed, joined);
+    b.apply(&catalog(vec![inst("a", 1, Health::Passing, 50)]));
+    assert_ne!(generation(&b), changed);
+    let snap = b.snapshot();
+    let picked = b.select(&snap.services["svc"]).unwrap();
+    assert_eq!(picked.generation(), snap.services["svc"].generation);
+    // Gone and back is never an old generation.
+    b.apply(&catalog(vec![]));
+    b.apply(&catalog(vec![inst("a", 1, Health::Passing, 100)]));
+    assert!(![first, joined, changed].contains(&generation(&b)));
+}

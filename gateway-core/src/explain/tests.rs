@@ -134,6 +134,7 @@ fn shared(instances: &[Inst]) -> Shared {
         rate_limits: None,
         canary: None,
         route_rules: None,
+        cache: None,
     }
 }
 

@@ -303,6 +303,7 @@ fn gateway_limited(
         rate_limits: None,
         canary: None,
         route_rules: None,
+        cache: None,
     });
     Gateway {
         stack: HttpService::new(proxy_stack(shared, Listener::Public)),
