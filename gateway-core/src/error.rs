@@ -73,6 +73,13 @@ pub enum ErrorKind {
     TooManyConnections,
     /// A `[[rate_limits]]` policy of the route refused the request.
     RateLimited,
+    /// An `[[auth]]` policy found no valid credential (401).
+    Unauthorized,
+    /// A valid credential without the scopes or claims the route needs (403).
+    Forbidden,
+    /// The credential could not be checked: keys not loaded yet, or the
+    /// forward-auth service did not answer (503).
+    AuthUnavailable,
 }
 
 impl ErrorKind {
@@ -95,6 +102,9 @@ impl ErrorKind {
             ErrorKind::InvalidHost => "invalid_host",
             ErrorKind::TooManyConnections => "too_many_connections",
             ErrorKind::RateLimited => "rate_limited",
+            ErrorKind::Unauthorized => "unauthorized",
+            ErrorKind::Forbidden => "forbidden",
+            ErrorKind::AuthUnavailable => "auth_unavailable",
         }
     }
 
@@ -117,6 +127,9 @@ impl ErrorKind {
             ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::WebSocketUnsupported => StatusCode::NOT_IMPLEMENTED,
             ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+            ErrorKind::AuthUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -130,7 +143,9 @@ impl ErrorKind {
             | ErrorKind::ClientBody
             | ErrorKind::BadRequestFraming
             | ErrorKind::InvalidHost
-            | ErrorKind::RateLimited => Source::Client,
+            | ErrorKind::RateLimited
+            | ErrorKind::Unauthorized
+            | ErrorKind::Forbidden => Source::Client,
             ErrorKind::UpstreamConnect
             | ErrorKind::UpstreamFailed
             | ErrorKind::UpstreamInvalidResponse
@@ -138,7 +153,8 @@ impl ErrorKind {
             | ErrorKind::WebSocketUnsupported => Source::Upstream,
             ErrorKind::NoHealthyInstance
             | ErrorKind::Overloaded
-            | ErrorKind::TooManyConnections => Source::Gateway,
+            | ErrorKind::TooManyConnections
+            | ErrorKind::AuthUnavailable => Source::Gateway,
         }
     }
 
@@ -249,7 +265,10 @@ impl ErrorKind {
     fn retry_after(self) -> bool {
         matches!(
             self,
-            ErrorKind::Overloaded | ErrorKind::NoHealthyInstance | ErrorKind::TooManyConnections
+            ErrorKind::Overloaded
+                | ErrorKind::NoHealthyInstance
+                | ErrorKind::TooManyConnections
+                | ErrorKind::AuthUnavailable
         )
     }
 
@@ -333,6 +352,9 @@ mod tests {
             (InvalidHost, 400),
             (TooManyConnections, 503),
             (RateLimited, 429),
+            (Unauthorized, 401),
+            (Forbidden, 403),
+            (AuthUnavailable, 503),
         ];
         for (k, s) in expect {
             assert_eq!(k.status().as_u16(), s, "{k:?}");

@@ -310,6 +310,7 @@ fn is_idempotent(method: &http::Method) -> bool {
 }
 
 /// Where a request goes: the matched route's service and its rules.
+#[derive(Clone)]
 pub(crate) struct Target {
     pub(crate) service: Arc<str>,
     pub(crate) prefix: Arc<str>,
@@ -344,14 +345,22 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     admit(&parts, &shared.limits)?;
     // One snapshot for both steps (a route and its endpoints from the same
     // catalogue), released before anything is awaited.
     let snapshot = shared.balancer.snapshot();
     let target = route(shared, &snapshot, listener, &parts, trail)?;
     crate::otel::record_route(&target.service, &target.prefix);
-    let admitted = limit(shared, &parts, &target).await?;
+    let verified = match &shared.auth {
+        None => None,
+        Some(auth) => match auth.check(shared, &mut parts, &target).await? {
+            crate::auth::Outcome::Allow(v) => v,
+            crate::auth::Outcome::Respond(resp) => return Ok(resp),
+        },
+    };
+    let claims = verified.as_ref().and_then(|v| v.claims.as_ref());
+    let admitted = limit(shared, &parts, &target, claims).await?;
     let (candidates, up) = pick(shared, &snapshot, &target.service)?;
     drop(snapshot);
     let mut result = dispatch(
@@ -371,6 +380,7 @@ async fn limit<'s>(
     shared: &'s Shared,
     parts: &http::request::Parts,
     target: &Target,
+    claims: Option<&crate::auth::Claims>,
 ) -> Result<Option<crate::ratelimit::Admitted<'s>>, ForwardError> {
     use crate::ratelimit::Verdict;
     let Some(limits) = &shared.rate_limits else {
@@ -383,6 +393,7 @@ async fn limit<'s>(
         parts,
         peer,
         &shared.trusted_proxies,
+        claims,
     );
     let decided = match verdict {
         Ok(Verdict::Unlimited) => Ok(None),
@@ -620,7 +631,7 @@ pub(crate) fn no_endpoint_error(service: &str, why: Option<NoEndpoint>) -> Forwa
 }
 
 /// Step 3: the instances to try, best first.
-fn pick(
+pub(crate) fn pick(
     shared: &Shared,
     snapshot: &Snapshot,
     service: &Arc<str>,
@@ -751,7 +762,7 @@ fn budget_spent(service: &str) -> ForwardError {
     clippy::too_many_arguments,
     reason = "one request's parts, as the other dispatch steps take them"
 )]
-async fn dispatch_unary<B>(
+pub(crate) async fn dispatch_unary<B>(
     shared: &Shared,
     parts: http::request::Parts,
     body: B,

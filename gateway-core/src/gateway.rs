@@ -317,6 +317,10 @@ impl Gateway {
             balancer.metrics().rate_limit_store_errors.clone(),
         )?
         .map(Arc::new);
+        let auth = crate::auth::Auth::new(&config, balancer.metrics())?.map(Arc::new);
+        if let Some(a) = &auth {
+            a.start();
+        }
         let follow = balancer.follow(registry.as_ref());
         let api = RegistrationApi::new(
             registry.clone(),
@@ -336,6 +340,7 @@ impl Gateway {
             relays: tokio_util::task::TaskTracker::new(),
             access_log,
             rate_limits,
+            auth,
         });
         // `new` is not async: an embedder may call it outside a runtime,
         // where the buckets are then never trimmed rather than a panic.

@@ -62,6 +62,12 @@ struct FailureLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AuthLabels {
+    provider: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: &'static str,
 }
@@ -265,6 +271,8 @@ pub struct Metrics {
     pub discovery: DiscoveryMetrics,
     /// Access log lines dropped because the writer fell behind.
     pub access_log_dropped: Counter,
+    /// `[[auth]]` decisions by provider and result.
+    auth_decisions: Family<AuthLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -441,6 +449,12 @@ impl Metrics {
             "Requests and connections refused to protect the gateway, by reason",
             protection,
         );
+        let auth_decisions = Family::<AuthLabels, Counter>::default();
+        registry.register(
+            "auth_decisions",
+            "Authentication decisions of [[auth]] policies, by provider and result (allowed, unauthorized, forbidden, denied, unavailable)",
+            auth_decisions.clone(),
+        );
         let discovery = DiscoveryMetrics::register(&mut registry);
         Self {
             enabled: AtomicBool::new(true),
@@ -473,7 +487,19 @@ impl Metrics {
             slow_connections,
             discovery,
             access_log_dropped,
+            auth_decisions,
         }
+    }
+
+    /// The handle of `gateway_auth_decisions_total{provider,result}`, taken
+    /// once at start-up so a decision is one atomic add.
+    pub fn auth_decision(&self, provider: &str, result: &'static str) -> Counter {
+        self.auth_decisions
+            .get_or_create(&AuthLabels {
+                provider: provider.to_owned(),
+                result,
+            })
+            .clone()
     }
 
     /// Turns the request path's metric work on or off (`[metrics]

@@ -36,4 +36,7 @@ pub struct Shared {
     /// `[[rate_limits]]`: `None` when no policy is configured (one branch
     /// on the request path).
     pub rate_limits: Option<Arc<crate::ratelimit::RateLimits>>,
+    /// `[[auth]]`: `None` when no policy is configured (one branch on the
+    /// request path).
+    pub auth: Option<Arc<crate::auth::Auth>>,
 }

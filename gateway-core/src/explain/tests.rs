@@ -131,6 +131,7 @@ fn shared(instances: &[Inst]) -> Shared {
         relays: Default::default(),
         access_log: None,
         rate_limits: None,
+        auth: None,
     }
 }
 

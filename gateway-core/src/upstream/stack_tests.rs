@@ -300,6 +300,7 @@ fn gateway_limited(
         relays: Default::default(),
         access_log: None,
         rate_limits: None,
+        auth: None,
     });
     Gateway {
         stack: HttpService::new(proxy_stack(shared, Listener::Public)),
