@@ -5,7 +5,7 @@
 # keep-alive connections. Prints instructions per request and the functions
 # with the most inclusive instructions per request; keeps the callgrind file.
 #
-#   scripts/profile.sh [--no-build] [--requests N] [--out DIR] [--observability] [--rate-limit] [--route-rules] [--cache]
+#   scripts/profile.sh [--no-build] [--requests N] [--out DIR] [--observability] [--rate-limit] [--route-rules] [--cache] [--jwt]
 #
 # --observability: the same build three times - `[metrics] enabled = false`,
 # the default (metrics on), and metrics plus `[access_log]` to a file - and
@@ -28,11 +28,18 @@
 # a HIT, the backend is not called), and prints both against the first:
 #   cache, route without a policy: +N instructions/request (+X.X%)
 #   cache HIT: +N instructions/request (+X.X%)
+# --jwt: the same build with no policy, then with an `[[auth]]` policy on
+# the route (an HS256 JWT provider, `secret_env`, checks of iss/aud/exp, the
+# `sub` claim copied to a header) plus a local `[[rate_limits]]` keyed by
+# that claim, every request carrying the same token: first with the
+# decision cache (the default: repeated tokens skip the signature check),
+# then with `[auth_cache] ttl = "0s"` (every request verified):
+#   jwt + claim rate limit cost: +N instructions/request (+X.X%) cached, +M uncached
 #
 # Then: callgrind_annotate --inclusive=yes DIR/callgrind.out.* | less
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-BUILD=1 REQS=10000 OUT="" COMPARE=0 RATE=0 ROUTES=0 CACHE=0
+BUILD=1 REQS=10000 OUT="" COMPARE=0 RATE=0 ROUTES=0 CACHE=0 JWT=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --no-build) BUILD=0 ;;
@@ -42,7 +49,8 @@ while [ $# -gt 0 ]; do
     --rate-limit) RATE=1 ;;
     --route-rules) ROUTES=1 ;;
     --cache) CACHE=1 ;;
-    *) echo "usage: scripts/profile.sh [--no-build] [--requests N] [--out DIR] [--observability] [--rate-limit] [--route-rules] [--cache]" >&2; exit 2 ;;
+    --jwt) JWT=1 ;;
+    *) echo "usage: scripts/profile.sh [--no-build] [--requests N] [--out DIR] [--observability] [--rate-limit] [--route-rules] [--cache] [--jwt]" >&2; exit 2 ;;
   esac
   shift
 done
@@ -78,9 +86,9 @@ profile() {
   curl -sf -o /dev/null -X PUT -H 'content-type: application/json' \
     -d "{\"service\":\"bench\",\"address\":\"$grpc\",\"routes\":[{\"path_prefix\":\"/bench\"}],\"health\":{\"kind\":\"ttl\"},\"lease_ms\":3600000}" \
     "http://$reg/v1/registrations"
-  wait_for curl -sf -o /dev/null "http://$pub/bench/x"
+  wait_for curl -sf -o /dev/null "${CURL_HEADERS[@]+"${CURL_HEADERS[@]}"}" "http://$pub/bench/x"
   load() { "$BIN/loadgen" --target http --url "http://$pub/bench/x" --rate 0 --concurrency 64 --connections 64 \
-    --requests "$1" --duration 1800s --warmup 0s --timeout 60s --expect-body-bytes 64 >"$dir/$2.json" 2>"$dir/$2.err"; }
+    "${LOAD_HEADERS[@]+"${LOAD_HEADERS[@]}"}" --requests "$1" --duration 1800s --warmup 0s --timeout 60s --expect-body-bytes 64 >"$dir/$2.json" 2>"$dir/$2.err"; }
   load 2000 warmup
   callgrind_control -z "$gw" >/dev/null
   load "$REQS" counted
@@ -136,6 +144,45 @@ if [ "$CACHE" = 1 ]; then
   awk -v a="$none" -v b="$other" -v h="$hit" 'BEGIN {
     printf "cache, route without a policy: %+d instructions/request (%+.1f%%; %d, %d without [[cache]])\n", b - a, (b - a) * 100 / a, b, a
     printf "cache HIT: %+d instructions/request (%+.1f%%; %d; the backend call is skipped)\n", h - a, (h - a) * 100 / a, h }'
+  exit 0
+fi
+
+if [ "$JWT" = 1 ]; then
+  export BENCH_JWT_SECRET="profile-secret-0123456789abcdef"
+  b64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
+  head="$(printf '{"alg":"HS256","typ":"JWT"}' | b64url)"
+  body="$(printf '{"sub":"bench-user","iss":"profile","aud":"bench","exp":%d,"scope":"bench:read"}' "$(( $(date +%s) + 86400 ))" | b64url)"
+  sig="$(printf '%s.%s' "$head" "$body" | openssl dgst -sha256 -hmac "$BENCH_JWT_SECRET" -binary | b64url)"
+  token="$head.$body.$sig"
+  policy='[auth_providers.bench]
+kind = "jwt"
+issuer = "profile"
+audiences = ["bench"]
+secret_env = "BENCH_JWT_SECRET"
+algorithms = ["HS256"]
+claims_to_headers = { sub = "x-auth-subject" }
+
+[[auth]]
+service = "bench"
+provider = "bench"
+scopes = ["bench:read"]
+
+[[rate_limits]]
+service = "bench"
+rate = 1000000000
+per = "1s"
+key = "claim"
+claim = "sub"
+'
+  printf '%s' "$policy" >"$WORK/jwt.toml"
+  printf '%s\n[auth_cache]\nttl = "0s"\n' "$policy" >"$WORK/jwt-nocache.toml"
+  profile no-policy; none=$PER_REQUEST
+  LOAD_HEADERS=(--header "authorization: Bearer $token") CURL_HEADERS=(-H "authorization: Bearer $token")
+  profile jwt --config "$WORK/jwt.toml"; cached=$PER_REQUEST
+  profile jwt-nocache --config "$WORK/jwt-nocache.toml"; uncached=$PER_REQUEST
+  awk -v a="$none" -v b="$cached" -v c="$uncached" 'BEGIN {
+    printf "jwt + claim rate limit cost: %+d instructions/request (%+.1f%%) cached, %+d (%+.1f%%) uncached (%d cached, %d uncached, %d without a policy)\n",
+      b - a, (b - a) * 100 / a, c - a, (c - a) * 100 / a, b, c, a }'
   exit 0
 fi
 

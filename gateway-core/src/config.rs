@@ -85,6 +85,16 @@ pub struct GatewayConfig {
     /// and serve again, as the backend's `Cache-Control` allows (RFC 9111,
     /// as a shared cache). Empty = no cache (one branch per request).
     pub cache: Vec<CachePolicyConfig>,
+    /// `[auth_providers.<name>]`: how credentials are checked (a JWT issuer
+    /// or a forward-auth service), named for `[[auth]]` to use.
+    pub auth_providers: std::collections::BTreeMap<String, AuthProvider>,
+    /// `[auth_cache]`: decisions remembered per credential.
+    pub auth_cache: AuthCache,
+    /// `[[auth]]`: which routes need which credentials, matched by service
+    /// and route prefix like `[[rate_limits]]`. Only this file sets them: a
+    /// registering service cannot turn off its own auth. Empty = every
+    /// route open.
+    pub auth: Vec<AuthPolicy>,
 }
 
 /// `[cache_store]`: how much the response cache may hold (one store for
@@ -232,6 +242,9 @@ pub struct RateLimitPolicy {
     /// without it is keyed by its client address.
     #[serde(default)]
     pub header: Option<String>,
+    /// With `key = "claim"`: the JWT claim whose value is the key (`sub`).
+    #[serde(default)]
+    pub claim: Option<String>,
     /// `local` (default) or `cluster` (counted in `[rate_limit_store]`).
     #[serde(default)]
     pub scope: RateLimitScope,
@@ -249,6 +262,10 @@ pub enum RateLimitKey {
     Header,
     /// One bucket for the whole route, every client together.
     Route,
+    /// The value of the verified JWT claim `claim` (an `[[auth]]` policy on
+    /// the route verifies it); requests without one are keyed by client
+    /// address.
+    Claim,
 }
 
 /// One `[[routes]]` entry: what the gateway changes on the requests and
@@ -460,6 +477,9 @@ impl Default for GatewayConfig {
             canary: Vec::new(),
             cache_store: CacheStoreConfig::default(),
             cache: Vec::new(),
+            auth_providers: Default::default(),
+            auth_cache: AuthCache::default(),
+            auth: Vec::new(),
             tls: None,
             upstream_tls: None,
         }
@@ -1304,7 +1324,7 @@ impl GatewayConfig {
                         format!("{h:?} is not a header name"),
                     );
                 }
-                (RateLimitKey::Client | RateLimitKey::Route, Some(_)) => {
+                (RateLimitKey::Client | RateLimitKey::Route | RateLimitKey::Claim, Some(_)) => {
                     return err(
                         "rate_limits.header",
                         i,
@@ -1509,6 +1529,7 @@ impl GatewayConfig {
         self.validate_canary()?;
         self.validate_routes()?;
         self.validate_cache()?;
+        self.validate_auth()?;
         if let Some(c) = &self.consul {
             if !(c.address.starts_with("http://") || c.address.starts_with("https://")) {
                 return err("consul.address", "must be an http:// or https:// URL");
@@ -1643,6 +1664,340 @@ impl GatewayConfig {
             }
         }
         c
+    }
+}
+
+/// `[auth_providers.<name>]`: one way of checking a credential.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum AuthProvider {
+    /// A bearer JWT, verified in the gateway.
+    Jwt(AuthProviderJwt),
+    /// A registered service asked about each request's head.
+    Forward(AuthProviderForward),
+}
+
+/// `kind = "jwt"`: a bearer token verified in the gateway against one key
+/// source (`jwks_url`, `secret_env` or `public_key`; exactly one).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthProviderJwt {
+    /// The `iss` a token must carry; unchecked when absent.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// One of these must be in the token's `aud`; unchecked when empty.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// A JWK Set (`http://`) fetched at start (retried until it loads),
+    /// every `jwks_refresh`, and when a token names an unknown `kid`.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// How often the JWK Set is fetched again.
+    #[serde(default = "default_jwks_refresh", with = "humantime_serde")]
+    pub jwks_refresh: Duration,
+    /// The environment variable holding an HMAC secret (HS256/384/512),
+    /// read at start-up.
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    /// A PEM public key file (RSA, EC or Ed25519), read at start-up.
+    #[serde(default)]
+    pub public_key: Option<PathBuf>,
+    /// Accepted `alg` values ("RS256", "EdDSA"...). Default: every one the
+    /// key allows.
+    #[serde(default)]
+    pub algorithms: Vec<String>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    #[serde(default = "default_leeway", with = "humantime_serde")]
+    pub leeway: Duration,
+    /// Claim -> request header set from it (client-sent copies of these
+    /// headers are removed first).
+    #[serde(default)]
+    pub claims_to_headers: std::collections::BTreeMap<String, String>,
+    /// Also read the token from this cookie (`Authorization: Bearer` first).
+    #[serde(default)]
+    pub cookie: Option<String>,
+}
+
+fn default_jwks_refresh() -> Duration {
+    Duration::from_secs(300)
+}
+
+fn default_leeway() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_forward_auth_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+
+/// `kind = "forward"`: a registered service is sent each request's head
+/// (over `ForwardingService.Send`, no body); a 2xx lets the request
+/// through, any other answer goes back to the client as it is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthProviderForward {
+    /// The registered service asked.
+    pub service: String,
+    /// The path it is sent; the original method and path go in
+    /// `x-forwarded-method` and `x-forwarded-uri`.
+    pub path: String,
+    /// Headers copied from its 2xx answer onto the forwarded request
+    /// (client-sent copies are removed first).
+    #[serde(default)]
+    pub copy_headers: Vec<String>,
+    /// Longest wait for its answer.
+    #[serde(default = "default_forward_auth_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// What an unreachable or slow auth service means.
+    #[serde(default)]
+    pub on_unavailable: OnUnavailable,
+}
+
+/// What a forward-auth provider that cannot answer means.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnUnavailable {
+    /// 503 `auth_unavailable` (the default).
+    #[default]
+    Deny,
+    /// Let the request through without the copied headers.
+    Allow,
+}
+
+/// `[auth_cache]`: decisions remembered per credential (a SHA-256 of it,
+/// never the credential itself).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthCache {
+    /// How long a decision is remembered; never past the token's `exp`.
+    /// 0 = no cache.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// Most decisions held (0 = no cache).
+    pub max_entries: usize,
+}
+
+impl Default for AuthCache {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_secs(30),
+            max_entries: 10_000,
+        }
+    }
+}
+
+/// Whether a route needs a credential.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthAccess {
+    /// Open; with a `provider`, a credential that is sent is still checked
+    /// (and its claims become headers), a missing one is fine.
+    Public,
+    /// A valid credential from `provider` is required.
+    #[default]
+    Authenticated,
+}
+
+/// One `[[auth]]` entry: what the routes of `service` at or under `prefix`
+/// require.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthPolicy {
+    /// The service whose routes are covered.
+    pub service: String,
+    /// A normalised path prefix, as in `[[rate_limits]]`; absent = every
+    /// route of the service. The longest matching prefix wins.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// `public` or `authenticated` (the default).
+    #[serde(default)]
+    pub access: AuthAccess,
+    /// A name in `[auth_providers]`; required unless `access = "public"`.
+    #[serde(default)]
+    pub provider: Option<String>,
+    /// Scopes that must all be in the token's space-separated `scope`
+    /// claim (or its `scp` array); otherwise 403.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Claims that must have exactly these values (or, for an array
+    /// claim, contain them); otherwise 403.
+    #[serde(default)]
+    pub claims: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+impl GatewayConfig {
+    /// `[auth_providers]`, `[auth_cache]` and `[[auth]]`: every provider
+    /// usable, every policy naming one that exists.
+    fn validate_auth(&self) -> Result<(), ConfigError> {
+        let err = |setting, reason: String| Err(ConfigError { setting, reason });
+        for (name, p) in &self.auth_providers {
+            match p {
+                AuthProvider::Jwt(j) => {
+                    let sources = usize::from(j.jwks_url.is_some())
+                        + usize::from(j.secret_env.is_some())
+                        + usize::from(j.public_key.is_some());
+                    if sources != 1 {
+                        return err(
+                            "auth_providers.jwks_url",
+                            format!(
+                                "{name}: exactly one of jwks_url, secret_env, public_key must be set"
+                            ),
+                        );
+                    }
+                    if let Some(url) = &j.jwks_url {
+                        if !url.starts_with("http://") {
+                            return err(
+                                "auth_providers.jwks_url",
+                                format!("{name}: {url:?} is not an http:// URL"),
+                            );
+                        }
+                        if !cfg!(feature = "jwks") {
+                            return err(
+                                "auth_providers.jwks_url",
+                                format!("{name}: needs gateway-core's `jwks` feature"),
+                            );
+                        }
+                        if j.jwks_refresh < Duration::from_secs(1) {
+                            return err(
+                                "auth_providers.jwks_refresh",
+                                format!("{name}: must be at least 1s"),
+                            );
+                        }
+                    }
+                    for a in &j.algorithms {
+                        if a.parse::<jsonwebtoken::Algorithm>().is_err() {
+                            return err(
+                                "auth_providers.algorithms",
+                                format!("{name}: {a:?} is not a JWS algorithm (RS256, EdDSA...)"),
+                            );
+                        }
+                    }
+                    for h in j.claims_to_headers.values() {
+                        if http::HeaderName::try_from(h.as_str()).is_err() {
+                            return err(
+                                "auth_providers.claims_to_headers",
+                                format!("{name}: {h:?} is not a header name"),
+                            );
+                        }
+                    }
+                }
+                AuthProvider::Forward(f) => {
+                    if ScopedToken::bad_pattern(&f.service).is_some() || f.service.ends_with('*') {
+                        return err(
+                            "auth_providers.service",
+                            format!("{name}: {:?} is not a service name", f.service),
+                        );
+                    }
+                    if !f.path.starts_with('/')
+                        || http::uri::PathAndQuery::try_from(f.path.as_str()).is_err()
+                    {
+                        return err(
+                            "auth_providers.path",
+                            format!("{name}: {:?} is not an absolute path", f.path),
+                        );
+                    }
+                    for h in &f.copy_headers {
+                        if http::HeaderName::try_from(h.as_str()).is_err() {
+                            return err(
+                                "auth_providers.copy_headers",
+                                format!("{name}: {h:?} is not a header name"),
+                            );
+                        }
+                    }
+                    if f.timeout.is_zero() {
+                        return err(
+                            "auth_providers.timeout",
+                            format!("{name}: must be greater than 0"),
+                        );
+                    }
+                }
+            }
+        }
+        for (i, p) in self.auth.iter().enumerate() {
+            if ScopedToken::bad_pattern(&p.service).is_some() || p.service.ends_with('*') {
+                return err(
+                    "auth.service",
+                    format!("auth[{i}]: {:?} is not a service name", p.service),
+                );
+            }
+            if let Some(prefix) = &p.prefix {
+                let canonical = crate::routing::normalise(prefix)
+                    .ok()
+                    .filter(|_| prefix.starts_with('/'))
+                    .map(|s| crate::routing::canonical(&s));
+                if canonical.as_deref() != Some(prefix.as_str()) {
+                    return err(
+                        "auth.prefix",
+                        format!(
+                            "auth[{i}]: {prefix:?} is not a normalised route prefix such as /orders"
+                        ),
+                    );
+                }
+            }
+            match (&p.provider, p.access) {
+                (None, AuthAccess::Authenticated) => {
+                    return err(
+                        "auth.provider",
+                        format!("auth[{i}]: access = \"authenticated\" needs a provider"),
+                    );
+                }
+                (Some(name), _) if !self.auth_providers.contains_key(name) => {
+                    return err(
+                        "auth.provider",
+                        format!("auth[{i}]: no provider {name:?} in [auth_providers]"),
+                    );
+                }
+                _ => {}
+            }
+            let jwt = matches!(
+                p.provider.as_ref().and_then(|n| self.auth_providers.get(n)),
+                Some(AuthProvider::Jwt(_))
+            );
+            if (!p.scopes.is_empty() || !p.claims.is_empty()) && !jwt {
+                return err(
+                    "auth.scopes",
+                    format!("auth[{i}]: scopes and claims need a provider of kind \"jwt\""),
+                );
+            }
+            let whole = |q: &AuthPolicy| q.prefix.as_deref().unwrap_or("/").to_owned();
+            if self.auth[..i]
+                .iter()
+                .any(|q| q.service == p.service && whole(q) == whole(p))
+            {
+                return err(
+                    "auth.prefix",
+                    format!(
+                        "auth[{i}]: a second policy for service {} with the same prefix",
+                        p.service
+                    ),
+                );
+            }
+        }
+        for (i, r) in self.rate_limits.iter().enumerate() {
+            if r.key == RateLimitKey::Claim {
+                if r.claim.is_none() {
+                    return err(
+                        "rate_limits.claim",
+                        format!("entry {i}: key = \"claim\" needs the claim's name"),
+                    );
+                }
+                if !self.auth.iter().any(|a| a.service == r.service) {
+                    return err(
+                        "rate_limits.claim",
+                        format!(
+                            "entry {i}: key = \"claim\" needs an [[auth]] policy for service {}",
+                            r.service
+                        ),
+                    );
+                }
+            } else if r.claim.is_some() {
+                return err(
+                    "rate_limits.claim",
+                    format!("entry {i}: only used with key = \"claim\""),
+                );
+            }
+        }
+        Ok(())
     }
 }
 
@@ -1965,6 +2320,91 @@ mod tests {
         }
         assert!(
             toml::from_str::<GatewayConfig>("[[cache]]\nservice = \"a\"\nttl = \"1s\"\n").is_err()
+        );
+    }
+
+    #[test]
+    fn auth_sections_are_validated_naming_the_setting() {
+        let ok = r#"
+[auth_providers.users]
+kind = "jwt"
+issuer = "todo-auth"
+audiences = ["todo-api"]
+jwks_url = "http://127.0.0.1:8080/jwks.json"
+algorithms = ["EdDSA"]
+claims_to_headers = { sub = "x-auth-subject" }
+
+[auth_providers.session]
+kind = "forward"
+service = "auth"
+path = "/auth/verify"
+copy_headers = ["x-auth-subject"]
+
+[[auth]]
+service = "todos"
+prefix = "/todos"
+provider = "users"
+scopes = ["todos:write"]
+claims = { role = "admin" }
+
+[[rate_limits]]
+service = "todos"
+rate = 1
+per = "1s"
+key = "claim"
+claim = "sub"
+"#;
+        let c: GatewayConfig = toml::from_str(ok).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.auth_cache, AuthCache::default());
+        for (text, setting) in [
+            (
+                "[[auth]]\nservice = \"a\"\nprovider = \"x\"\n",
+                "auth.provider",
+            ),
+            ("[[auth]]\nservice = \"a\"\n", "auth.provider"),
+            (
+                "[auth_providers.p]\nkind = \"jwt\"\nsecret_env = \"S\"\njwks_url = \"http://x/\"\n",
+                "auth_providers.jwks_url",
+            ),
+            (
+                "[auth_providers.p]\nkind = \"jwt\"\njwks_url = \"https://x/\"\n",
+                "auth_providers.jwks_url",
+            ),
+            (
+                "[auth_providers.p]\nkind = \"jwt\"\nsecret_env = \"S\"\nalgorithms = [\"none\"]\n",
+                "auth_providers.algorithms",
+            ),
+            (
+                "[auth_providers.p]\nkind = \"forward\"\nservice = \"a\"\npath = \"verify\"\n",
+                "auth_providers.path",
+            ),
+            (
+                "[auth_providers.p]\nkind = \"forward\"\nservice = \"a\"\npath = \"/v\"\n[[auth]]\nservice = \"a\"\nprovider = \"p\"\nscopes = [\"x\"]\n",
+                "auth.scopes",
+            ),
+            (
+                "[[rate_limits]]\nservice = \"a\"\nrate = 1\nper = \"1s\"\nkey = \"claim\"\nclaim = \"sub\"\n",
+                "rate_limits.claim",
+            ),
+        ] {
+            let c: GatewayConfig = toml::from_str(text).unwrap();
+            let e = c.validate().unwrap_err();
+            assert_eq!(e.setting, setting, "{text}: {e}");
+        }
+        let e = toml::from_str::<GatewayConfig>("[[auth]]\nservice = \"a\"\nprovider = \"x\"\n")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid configuration `auth.provider`: auth[0]: no provider \"x\" in [auth_providers]"
+        );
+        assert!(
+            toml::from_str::<GatewayConfig>(
+                "[auth_providers.p]\nkind = \"jwt\"\nsecret_env = \"S\"\nbogus = 1\n"
+            )
+            .is_err()
         );
     }
 }

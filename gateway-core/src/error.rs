@@ -76,6 +76,13 @@ pub enum ErrorKind {
     /// A CORS preflight for an origin, method or header the route's
     /// `[routes.cors]` does not allow.
     CorsRefused,
+    /// An `[[auth]]` policy found no valid credential (401).
+    Unauthorized,
+    /// A valid credential without the scopes or claims the route needs (403).
+    Forbidden,
+    /// The credential could not be checked: keys not loaded yet, or the
+    /// forward-auth service did not answer (503).
+    AuthUnavailable,
 }
 
 impl ErrorKind {
@@ -99,6 +106,9 @@ impl ErrorKind {
             ErrorKind::TooManyConnections => "too_many_connections",
             ErrorKind::RateLimited => "rate_limited",
             ErrorKind::CorsRefused => "cors_refused",
+            ErrorKind::Unauthorized => "unauthorized",
+            ErrorKind::Forbidden => "forbidden",
+            ErrorKind::AuthUnavailable => "auth_unavailable",
         }
     }
 
@@ -122,6 +132,9 @@ impl ErrorKind {
             ErrorKind::WebSocketUnsupported => StatusCode::NOT_IMPLEMENTED,
             ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorKind::CorsRefused => StatusCode::FORBIDDEN,
+            ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+            ErrorKind::AuthUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -137,6 +150,7 @@ impl ErrorKind {
             | ErrorKind::InvalidHost
             | ErrorKind::RateLimited
             | ErrorKind::CorsRefused => Source::Client,
+            ErrorKind::Unauthorized | ErrorKind::Forbidden => Source::Client,
             ErrorKind::UpstreamConnect
             | ErrorKind::UpstreamFailed
             | ErrorKind::UpstreamInvalidResponse
@@ -144,7 +158,8 @@ impl ErrorKind {
             | ErrorKind::WebSocketUnsupported => Source::Upstream,
             ErrorKind::NoHealthyInstance
             | ErrorKind::Overloaded
-            | ErrorKind::TooManyConnections => Source::Gateway,
+            | ErrorKind::TooManyConnections
+            | ErrorKind::AuthUnavailable => Source::Gateway,
         }
     }
 
@@ -255,7 +270,10 @@ impl ErrorKind {
     fn retry_after(self) -> bool {
         matches!(
             self,
-            ErrorKind::Overloaded | ErrorKind::NoHealthyInstance | ErrorKind::TooManyConnections
+            ErrorKind::Overloaded
+                | ErrorKind::NoHealthyInstance
+                | ErrorKind::TooManyConnections
+                | ErrorKind::AuthUnavailable
         )
     }
 
@@ -339,6 +357,9 @@ mod tests {
             (InvalidHost, 400),
             (TooManyConnections, 503),
             (RateLimited, 429),
+            (Unauthorized, 401),
+            (Forbidden, 403),
+            (AuthUnavailable, 503),
         ];
         for (k, s) in expect {
             assert_eq!(k.status().as_u16(), s, "{k:?}");

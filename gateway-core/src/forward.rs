@@ -310,6 +310,7 @@ fn is_idempotent(method: &http::Method) -> bool {
 }
 
 /// Where a request goes: the matched route's service and its rules.
+#[derive(Clone)]
 pub(crate) struct Target {
     pub(crate) service: Arc<str>,
     pub(crate) prefix: Arc<str>,
@@ -364,7 +365,17 @@ where
         crate::route_rules::Applied::Answered(preflight) => return Ok(preflight),
         crate::route_rules::Applied::Forward(rules) => rules,
     };
-    let admitted = limit(shared, &parts, &target).await?;
+    // After a CORS preflight is answered (a preflight carries no
+    // credential), before the rate limit (which may key on a claim).
+    let verified = match &shared.auth {
+        None => None,
+        Some(auth) => match auth.check(shared, &mut parts, &target).await? {
+            crate::auth::Outcome::Allow(v) => v,
+            crate::auth::Outcome::Respond(resp) => return Ok(resp),
+        },
+    };
+    let claims = verified.as_ref().and_then(|v| v.claims.as_ref());
+    let admitted = limit(shared, &parts, &target, claims).await?;
     // Last before dispatch: every policy above matched the client's path.
     if rules.is_some() || target.strip_prefix {
         crate::route_rules::rewrite(rules.as_ref(), &mut parts, &target)?;
@@ -404,6 +415,7 @@ async fn limit<'s>(
     shared: &'s Shared,
     parts: &http::request::Parts,
     target: &Target,
+    claims: Option<&crate::auth::Claims>,
 ) -> Result<Option<crate::ratelimit::Admitted<'s>>, ForwardError> {
     use crate::ratelimit::Verdict;
     let Some(limits) = &shared.rate_limits else {
@@ -416,6 +428,7 @@ async fn limit<'s>(
         parts,
         peer,
         &shared.trusted_proxies,
+        claims,
     );
     let decided = match verdict {
         Ok(Verdict::Unlimited) => Ok(None),
@@ -668,7 +681,7 @@ pub(crate) fn no_endpoint_error(service: &str, why: Option<NoEndpoint>) -> Forwa
 }
 
 /// Step 3: the instances to try, best first.
-fn pick(
+pub(crate) fn pick(
     shared: &Shared,
     snapshot: &Snapshot,
     service: &Arc<str>,
@@ -799,7 +812,7 @@ fn budget_spent(service: &str) -> ForwardError {
     clippy::too_many_arguments,
     reason = "one request's parts, as the other dispatch steps take them"
 )]
-async fn dispatch_unary<B>(
+pub(crate) async fn dispatch_unary<B>(
     shared: &Shared,
     parts: http::request::Parts,
     body: B,

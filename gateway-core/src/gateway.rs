@@ -324,6 +324,10 @@ impl Gateway {
             balancer.metrics(),
         )
         .map(Arc::new);
+        let auth = crate::auth::Auth::new(&config, balancer.metrics())?.map(Arc::new);
+        if let Some(a) = &auth {
+            a.start();
+        }
         let follow = balancer.follow(registry.as_ref());
         let api = RegistrationApi::new(
             registry.clone(),
@@ -346,6 +350,7 @@ impl Gateway {
             canary: crate::canary::Canaries::new(&config.canary).map(Arc::new),
             route_rules,
             cache,
+            auth,
         });
         // `new` is not async: an embedder may call it outside a runtime,
         // where the buckets are then never trimmed rather than a panic.

@@ -25,6 +25,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod auth;
 pub mod balance;
 pub mod cache;
 pub mod canary;

@@ -68,6 +68,12 @@ struct CacheLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AuthLabels {
+    provider: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: &'static str,
 }
@@ -273,6 +279,8 @@ pub struct Metrics {
     pub access_log_dropped: Counter,
     /// `gateway_cache_requests_total{service,result}` (`cache`).
     cache_requests: Family<CacheLabels, Counter>,
+    /// `[[auth]]` decisions by provider and result.
+    auth_decisions: Family<AuthLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -455,6 +463,12 @@ impl Metrics {
             "Requests on routes with a [[cache]] policy, by what the cache did (HIT, MISS, STALE, REVALIDATED, BYPASS)",
             cache_requests.clone(),
         );
+        let auth_decisions = Family::<AuthLabels, Counter>::default();
+        registry.register(
+            "auth_decisions",
+            "Authentication decisions of [[auth]] policies, by provider and result (allowed, unauthorized, forbidden, denied, unavailable)",
+            auth_decisions.clone(),
+        );
         let discovery = DiscoveryMetrics::register(&mut registry);
         Self {
             enabled: AtomicBool::new(true),
@@ -488,6 +502,7 @@ impl Metrics {
             discovery,
             access_log_dropped,
             cache_requests,
+            auth_decisions,
         }
     }
 
@@ -509,6 +524,17 @@ impl Metrics {
                 self.cache_requests.get_or_create(&label).clone()
             })
         })
+    }
+
+    /// The handle of `gateway_auth_decisions_total{provider,result}`, taken
+    /// once at start-up so a decision is one atomic add.
+    pub fn auth_decision(&self, provider: &str, result: &'static str) -> Counter {
+        self.auth_decisions
+            .get_or_create(&AuthLabels {
+                provider: provider.to_owned(),
+                result,
+            })
+            .clone()
     }
 
     /// Turns the request path's metric work on or off (`[metrics]

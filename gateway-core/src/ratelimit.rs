@@ -69,6 +69,8 @@ pub(crate) struct Limiter {
     prefix: Box<str>,
     key: RateLimitKey,
     header: Option<HeaderName>,
+    /// With `key = "claim"`: the claim's name.
+    claim: Option<Box<str>>,
     /// Local buckets; `None` for a cluster policy.
     buckets: Option<Keyed>,
     /// A cluster policy's window and allowance.
@@ -160,6 +162,7 @@ impl RateLimits {
         parts: &http::request::Parts,
         peer: Option<IpAddr>,
         trusted_proxies: &[IpNet],
+        claims: Option<&crate::auth::Claims>,
     ) -> Result<Verdict<'_>, ForwardError> {
         let Some(limiter) = self.limiters.iter().find(|l| {
             &*l.service == service
@@ -168,9 +171,12 @@ impl RateLimits {
         }) else {
             return Ok(Verdict::Unlimited);
         };
-        let key = limiter.key_of(parts, peer, trusted_proxies);
+        let key = limiter.key_of(parts, peer, trusted_proxies, claims);
         let Some(buckets) = &limiter.buckets else {
-            return Ok(Verdict::Cluster(limiter, limiter.cluster_key(key, parts)));
+            return Ok(Verdict::Cluster(
+                limiter,
+                limiter.cluster_key(key, parts, claims),
+            ));
         };
         match buckets.check_key(&key) {
             Ok(state) => {
@@ -272,6 +278,7 @@ impl Limiter {
                 .header
                 .as_deref()
                 .and_then(|h| HeaderName::try_from(h).ok()),
+            claim: p.claim.as_deref().map(Into::into),
             buckets,
             rate,
             per: p.per,
@@ -284,14 +291,21 @@ impl Limiter {
         }
     }
 
-    /// The bucket a request draws from. A JWT claim (issue 12, item 2)
-    /// becomes one more arm here, hashed like a header.
+    /// The bucket a request draws from. A verified claim is hashed like a
+    /// header; a request without one is keyed by its client address.
     fn key_of(
         &self,
         parts: &http::request::Parts,
         peer: Option<IpAddr>,
         trusted: &[IpNet],
+        claims: Option<&crate::auth::Claims>,
     ) -> BucketKey {
+        if self.key == RateLimitKey::Claim {
+            return match self.claim_value(claims) {
+                Some(v) => BucketKey::Hashed(self.hasher.hash_one(v.as_bytes())),
+                None => BucketKey::Addr(client_addr(parts, peer, trusted)),
+            };
+        }
         match (self.key, &self.header) {
             (RateLimitKey::Route, _) => BucketKey::Route,
             (RateLimitKey::Header, Some(h)) => match parts.headers.get(h) {
@@ -304,11 +318,22 @@ impl Limiter {
 
     /// The Redis key of a cluster policy: the same on every replica, so the
     /// header value itself rather than this process's keyed hash.
-    fn cluster_key(&self, key: BucketKey, parts: &http::request::Parts) -> Vec<u8> {
+    fn cluster_key(
+        &self,
+        key: BucketKey,
+        parts: &http::request::Parts,
+        claims: Option<&crate::auth::Claims>,
+    ) -> Vec<u8> {
         let mut k = format!("fgw:rl:{}:", self.name.trim_matches('"')).into_bytes();
         match key {
             BucketKey::Route => k.extend_from_slice(b"route"),
             BucketKey::Addr(a) => k.extend_from_slice(a.to_string().as_bytes()),
+            BucketKey::Hashed(_) if self.key == RateLimitKey::Claim => {
+                k.extend_from_slice(b"c:");
+                if let Some(v) = self.claim_value(claims) {
+                    k.extend_from_slice(v.as_bytes());
+                }
+            }
             BucketKey::Hashed(_) => {
                 k.extend_from_slice(b"h:");
                 if let Some(v) = self.header.as_ref().and_then(|h| parts.headers.get(h)) {
@@ -317,6 +342,19 @@ impl Limiter {
             }
         }
         k
+    }
+
+    /// The verified value of `claim`: a string as it is, anything else as
+    /// JSON text.
+    fn claim_value<'c>(
+        &self,
+        claims: Option<&'c crate::auth::Claims>,
+    ) -> Option<std::borrow::Cow<'c, str>> {
+        let v = claims?.get(self.claim.as_deref()?)?;
+        Some(match v {
+            serde_json::Value::String(s) => std::borrow::Cow::Borrowed(s.as_str()),
+            other => std::borrow::Cow::Owned(other.to_string()),
+        })
     }
 
     fn refusal(&self, service: &str, wait: Duration) -> ForwardError {
@@ -441,13 +479,13 @@ mod tests {
         let mut remaining = vec![];
         for _ in 0..3 {
             let a = rl
-                .check("orders", "/orders", &p, PEER, &[])
+                .check("orders", "/orders", &p, PEER, &[], None)
                 .unwrap()
                 .unwrap();
             remaining.push(a.remaining);
         }
         assert_eq!(remaining, [2, 1, 0]);
-        let err = match rl.check("orders", "/orders", &p, PEER, &[]) {
+        let err = match rl.check("orders", "/orders", &p, PEER, &[], None) {
             Err(e) => e,
             Ok(_) => panic!("the fourth request must be refused"),
         };
@@ -465,7 +503,10 @@ mod tests {
     #[test]
     fn success_headers_say_what_is_left() {
         let rl = RateLimits::local(&[policy("service = \"a\"\nrate = 10\nper = \"10s\"")]).unwrap();
-        let a = rl.check("a", "/", &parts(&[]), PEER, &[]).unwrap().unwrap();
+        let a = rl
+            .check("a", "/", &parts(&[]), PEER, &[], None)
+            .unwrap()
+            .unwrap();
         let mut h = HeaderMap::new();
         a.write(&mut h);
         assert_eq!(h["ratelimit-policy"], "\"a-0\";q=10;w=10");
@@ -477,9 +518,9 @@ mod tests {
         let rl = RateLimits::local(&[policy("service = \"a\"\nrate = 1\nper = \"1h\"")]).unwrap();
         let p = parts(&[]);
         let other = Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 8)));
-        assert!(rl.check("a", "/x", &p, PEER, &[]).is_ok());
-        assert!(rl.check("a", "/x", &p, PEER, &[]).is_err());
-        assert!(rl.check("a", "/x", &p, other, &[]).is_ok());
+        assert!(rl.check("a", "/x", &p, PEER, &[], None).is_ok());
+        assert!(rl.check("a", "/x", &p, PEER, &[], None).is_err());
+        assert!(rl.check("a", "/x", &p, other, &[], None).is_ok());
         assert_eq!(rl.keys(), 2);
     }
 
@@ -489,13 +530,13 @@ mod tests {
         let trusted: Vec<IpNet> = vec!["192.0.2.0/24".parse().unwrap()];
         let c1 = parts(&[("x-forwarded-for", "203.0.113.9, 198.51.100.1")]);
         let c2 = parts(&[("x-forwarded-for", "198.51.100.2")]);
-        assert!(rl.check("a", "/", &c1, PEER, &trusted).is_ok());
-        assert!(rl.check("a", "/", &c1, PEER, &trusted).is_err());
-        assert!(rl.check("a", "/", &c2, PEER, &trusted).is_ok());
+        assert!(rl.check("a", "/", &c1, PEER, &trusted, None).is_ok());
+        assert!(rl.check("a", "/", &c1, PEER, &trusted, None).is_err());
+        assert!(rl.check("a", "/", &c2, PEER, &trusted, None).is_ok());
         // Untrusted peer: its forwarded header is not believed.
         let rl = RateLimits::local(&[policy("service = \"a\"\nrate = 1\nper = \"1h\"")]).unwrap();
-        assert!(rl.check("a", "/", &c1, PEER, &[]).is_ok());
-        assert!(rl.check("a", "/", &c2, PEER, &[]).is_err());
+        assert!(rl.check("a", "/", &c1, PEER, &[], None).is_ok());
+        assert!(rl.check("a", "/", &c2, PEER, &[], None).is_err());
     }
 
     #[test]
@@ -506,12 +547,12 @@ mod tests {
         .unwrap();
         let k1 = parts(&[("x-api-key", "one")]);
         let k2 = parts(&[("x-api-key", "two")]);
-        assert!(rl.check("a", "/", &k1, PEER, &[]).is_ok());
-        assert!(rl.check("a", "/", &k1, PEER, &[]).is_err());
-        assert!(rl.check("a", "/", &k2, PEER, &[]).is_ok());
+        assert!(rl.check("a", "/", &k1, PEER, &[], None).is_ok());
+        assert!(rl.check("a", "/", &k1, PEER, &[], None).is_err());
+        assert!(rl.check("a", "/", &k2, PEER, &[], None).is_ok());
         // No header: the client's address.
-        assert!(rl.check("a", "/", &parts(&[]), PEER, &[]).is_ok());
-        assert!(rl.check("a", "/", &parts(&[]), PEER, &[]).is_err());
+        assert!(rl.check("a", "/", &parts(&[]), PEER, &[], None).is_ok());
+        assert!(rl.check("a", "/", &parts(&[]), PEER, &[], None).is_err());
     }
 
     #[test]
@@ -522,11 +563,11 @@ mod tests {
         ])
         .unwrap();
         let p = parts(&[]);
-        assert!(rl.check("a", "/login", &p, PEER, &[]).is_ok());
-        assert!(rl.check("a", "/login/sso", &p, PEER, &[]).is_err());
+        assert!(rl.check("a", "/login", &p, PEER, &[], None).is_ok());
+        assert!(rl.check("a", "/login/sso", &p, PEER, &[], None).is_err());
         // "/loginx" is not under "/login": the service-wide policy.
-        assert!(rl.check("a", "/loginx", &p, PEER, &[]).is_ok());
-        assert!(rl.check("a", "/loginx", &p, PEER, &[]).is_ok());
+        assert!(rl.check("a", "/loginx", &p, PEER, &[], None).is_ok());
+        assert!(rl.check("a", "/loginx", &p, PEER, &[], None).is_ok());
         // A policy deeper than the route: the normalised path decides.
         let deep = |path: &str| {
             let mut p = parts(&[]);
@@ -538,28 +579,32 @@ mod tests {
         )])
         .unwrap();
         assert!(
-            rl2.check("a", "/a", &deep("/a/other"), PEER, &[])
+            rl2.check("a", "/a", &deep("/a/other"), PEER, &[], None)
                 .unwrap()
                 .is_none()
         );
         assert!(
-            rl2.check("a", "/a", &deep("/a/login"), PEER, &[])
+            rl2.check("a", "/a", &deep("/a/login"), PEER, &[], None)
                 .unwrap()
                 .is_some()
         );
         assert!(
-            rl2.check("a", "/a", &deep("//a/./%6cogin/x"), PEER, &[])
+            rl2.check("a", "/a", &deep("//a/./%6cogin/x"), PEER, &[], None)
                 .is_err()
         );
         // Another service: no policy.
-        assert!(rl.check("b", "/login", &p, PEER, &[]).unwrap().is_none());
+        assert!(
+            rl.check("b", "/login", &p, PEER, &[], None)
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]
     fn idle_keys_are_forgotten() {
         let rl =
             RateLimits::local(&[policy("service = \"a\"\nrate = 1000\nper = \"1ms\"")]).unwrap();
-        assert!(rl.check("a", "/", &parts(&[]), PEER, &[]).is_ok());
+        assert!(rl.check("a", "/", &parts(&[]), PEER, &[], None).is_ok());
         assert_eq!(rl.keys(), 1);
         std::thread::sleep(Duration::from_millis(5));
         rl.housekeep();

@@ -45,4 +45,7 @@ pub struct Shared {
     /// `[[cache]]`: `None` when no policy is configured (one branch on the
     /// request path).
     pub cache: Option<Arc<crate::cache::ResponseCache>>,
+    /// `[[auth]]`: `None` when no policy is configured (one branch on the
+    /// request path).
+    pub auth: Option<Arc<crate::auth::Auth>>,
 }

@@ -135,6 +135,7 @@ fn shared(instances: &[Inst]) -> Shared {
         canary: None,
         route_rules: None,
         cache: None,
+        auth: None,
     }
 }
 

@@ -304,6 +304,7 @@ fn gateway_limited(
         canary: None,
         route_rules: None,
         cache: None,
+        auth: None,
     });
     Gateway {
         stack: HttpService::new(proxy_stack(shared, Listener::Public)),

@@ -102,6 +102,10 @@ struct Args {
     /// (scripts/bench.sh's callgrind runs).
     #[arg(long)]
     requests: Option<u64>,
+    /// HTTP: a header sent on every request, `name: value` (repeatable;
+    /// `--header "authorization: Bearer ..."` for scripts/profile.sh --jwt).
+    #[arg(long = "header")]
+    headers: Vec<String>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -204,12 +208,22 @@ struct HttpPool {
     addr: SocketAddr,
     host: HeaderValue,
     path: Uri,
+    headers: Vec<(http::HeaderName, HeaderValue)>,
     idle: Mutex<Vec<SendRequest<Empty<Bytes>>>>,
     permits: Semaphore,
 }
 
 impl HttpPool {
-    async fn new(url: &str, size: usize) -> anyhow::Result<Self> {
+    async fn new(url: &str, size: usize, headers: &[String]) -> anyhow::Result<Self> {
+        let headers = headers
+            .iter()
+            .map(|h| {
+                let (n, v) = h
+                    .split_once(':')
+                    .with_context(|| format!("--header {h:?} is not name: value"))?;
+                Ok((n.trim().parse()?, HeaderValue::from_str(v.trim())?))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let uri: Uri = url.parse().with_context(|| format!("bad URL {url:?}"))?;
         if uri.scheme_str() != Some("http") {
             bail!("only http:// URLs are supported: {url}");
@@ -229,6 +243,7 @@ impl HttpPool {
             addr,
             host: HeaderValue::from_str(auth.as_str())?,
             path,
+            headers,
             idle: Mutex::new(Vec::with_capacity(size)),
             permits: Semaphore::new(size.max(1)),
         };
@@ -276,12 +291,15 @@ impl HttpPool {
         if sender.ready().await.is_err() {
             return TRANSPORT;
         }
-        let req = Request::builder()
+        let mut req = Request::builder()
             .method(Method::GET)
             .uri(self.path.clone())
             .header(header::HOST, self.host.clone())
             .body(Empty::new())
             .expect("static request");
+        for (n, v) in &self.headers {
+            req.headers_mut().append(n.clone(), v.clone());
+        }
         let ok = match sender.send_request(req).await {
             Ok(resp) => {
                 let status = resp.status().as_u16();
@@ -540,7 +558,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             } else {
                 args.concurrency
             });
-            Client::Http(HttpPool::new(url, size).await?)
+            Client::Http(HttpPool::new(url, size, &args.headers).await?)
         }
     };
     let client = Arc::new(client);
