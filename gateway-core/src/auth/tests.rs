@@ -286,6 +286,9 @@ fn shared() -> Shared {
         access_log: None,
         rate_limits: None,
         auth: None,
+        canary: None,
+        route_rules: None,
+        cache: None,
     }
 }
 
@@ -296,6 +299,9 @@ fn target() -> Target {
         timeout: Duration::from_secs(1),
         stream: false,
         max_duration: Duration::from_secs(1),
+        strip_prefix: false,
+        max_body_bytes: 1 << 20,
+        max_stream_body_bytes: 0,
     }
 }
 
