@@ -137,15 +137,33 @@ struct RefreshBody {
     refresh_token: String,
 }
 
-/// The gateway's error shape, so a client handles one format.
-fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
-    let body = json!({"error": {"code": code, "message": message.into()}});
-    (status, axum::Json(body)).into_response()
+/// A refusal in the gateway's error shape, so a client handles one format.
+struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
 }
+
+fn error(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError {
+        status,
+        code,
+        message: message.into(),
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"code": self.code, "message": self.message}});
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+type Answer = Result<Response, ApiError>;
 
 /// Parses a JSON body into `T`, answering 400 `invalid_request` naming the
 /// problem (axum's own rejection is plain text).
-fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
+fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| {
         error(
             StatusCode::BAD_REQUEST,
@@ -192,7 +210,7 @@ fn valid_username(u: &str) -> bool {
 
 impl App {
     /// A fresh access token and refresh token for `user_id`.
-    fn issue(&self, user_id: &str) -> Result<Response, Response> {
+    fn issue(&self, user_id: &str) -> Answer {
         let iat = now_secs();
         let claims = Claims {
             iss: &self.issuer,
@@ -249,24 +267,21 @@ impl App {
     }
 }
 
-async fn register(State(app): State<App>, body: Bytes) -> Response {
-    let c: Credentials = match parse(&body) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
+async fn register(State(app): State<App>, body: Bytes) -> Answer {
+    let c: Credentials = parse(&body)?;
     if !valid_username(&c.username) {
-        return error(
+        return Err(error(
             StatusCode::BAD_REQUEST,
             "invalid_request",
             "username: 3-32 characters of a-z, 0-9, '_', '.', '-'",
-        );
+        ));
     }
     if !(8..=256).contains(&c.password.chars().count()) {
-        return error(
+        return Err(error(
             StatusCode::BAD_REQUEST,
             "invalid_request",
             "password: 8-256 characters",
-        );
+        ));
     }
     if app
         .store
@@ -275,33 +290,33 @@ async fn register(State(app): State<App>, body: Bytes) -> Response {
         .users
         .contains_key(&c.username)
     {
-        return error(
+        return Err(error(
             StatusCode::CONFLICT,
             "username_taken",
             "that username is taken",
-        );
+        ));
     }
     // Argon2 takes tens of milliseconds of CPU: off the async workers.
     let password = c.password;
     let hash = match tokio::task::spawn_blocking(move || hash_password(&password)).await {
         Ok(Ok(h)) => h,
         _ => {
-            return error(
+            return Err(error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
                 "could not hash",
-            );
+            ));
         }
     };
     let id = format!("u-{}", &random_token()[..16]);
     let mut store = app.store.lock().unwrap_or_else(|p| p.into_inner());
     // Checked again: another registration of the name may have won meanwhile.
     if store.users.contains_key(&c.username) {
-        return error(
+        return Err(error(
             StatusCode::CONFLICT,
             "username_taken",
             "that username is taken",
-        );
+        ));
     }
     store.users.insert(
         c.username.clone(),
@@ -311,18 +326,15 @@ async fn register(State(app): State<App>, body: Bytes) -> Response {
         },
     );
     tracing::info!(user = %c.username, id = %id, "User registered.");
-    (
+    Ok((
         StatusCode::CREATED,
         axum::Json(json!({"id": id, "username": c.username})),
     )
-        .into_response()
+        .into_response())
 }
 
-async fn login(State(app): State<App>, body: Bytes) -> Response {
-    let c: Credentials = match parse(&body) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
+async fn login(State(app): State<App>, body: Bytes) -> Answer {
+    let c: Credentials = parse(&body)?;
     let (id, hash) = {
         let store = app.store.lock().unwrap_or_else(|p| p.into_inner());
         match store.users.get(&c.username) {
@@ -335,38 +347,32 @@ async fn login(State(app): State<App>, body: Bytes) -> Response {
         .await
         .unwrap_or(false);
     match id {
-        Some(id) if ok => app.issue(&id).unwrap_or_else(|r| r),
-        _ => error(
+        Some(id) if ok => app.issue(&id),
+        _ => Err(error(
             StatusCode::UNAUTHORIZED,
             "invalid_credentials",
             "wrong username or password",
-        ),
+        )),
     }
 }
 
-async fn refresh(State(app): State<App>, body: Bytes) -> Response {
-    let b: RefreshBody = match parse(&body) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+async fn refresh(State(app): State<App>, body: Bytes) -> Answer {
+    let b: RefreshBody = parse(&body)?;
     match app.take_session(&b.refresh_token) {
-        Some(user_id) => app.issue(&user_id).unwrap_or_else(|r| r),
-        None => error(
+        Some(user_id) => app.issue(&user_id),
+        None => Err(error(
             StatusCode::UNAUTHORIZED,
             "invalid_refresh_token",
             "the refresh token is unknown, expired or revoked",
-        ),
+        )),
     }
 }
 
-async fn logout(State(app): State<App>, body: Bytes) -> Response {
-    let b: RefreshBody = match parse(&body) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+async fn logout(State(app): State<App>, body: Bytes) -> Answer {
+    let b: RefreshBody = parse(&body)?;
     // Idempotent: logging out twice is not an error worth telling.
     app.take_session(&b.refresh_token);
-    StatusCode::NO_CONTENT.into_response()
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn jwks(State(app): State<App>) -> Response {
