@@ -39,9 +39,8 @@ use axum::routing::{get, post};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use clap::Parser;
-use ed25519_dalek::SigningKey;
-use ed25519_dalek::pkcs8::EncodePrivateKey;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use ring::signature::{Ed25519KeyPair, KeyPair};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::{Value, json};
 use service_sdk::{Backend, Router};
@@ -386,9 +385,11 @@ async fn jwks(State(app): State<App>) -> Response {
 /// A fresh Ed25519 key: the PKCS#8 document jsonwebtoken signs with, and
 /// the JWKS that publishes its public half.
 fn make_keys() -> anyhow::Result<Keys> {
-    let signing = SigningKey::from_bytes(&rand::random::<[u8; 32]>());
-    let der = signing.to_pkcs8_der()?;
-    let x = B64.encode(signing.verifying_key().as_bytes());
+    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
+        .map_err(|_| anyhow::anyhow!("no randomness for a key"))?;
+    let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
+        .map_err(|e| anyhow::anyhow!("the key just made: {e}"))?;
+    let x = B64.encode(pair.public_key().as_ref());
     // RFC 7638 thumbprint: SHA-256 of the required members, sorted, no spaces.
     let canonical = format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{x}"}}"#);
     let kid = B64.encode(Sha256::digest(canonical.as_bytes()));
@@ -396,7 +397,7 @@ fn make_keys() -> anyhow::Result<Keys> {
         "kty": "OKP", "crv": "Ed25519", "x": x, "kid": kid, "alg": "EdDSA", "use": "sig",
     }]});
     Ok(Keys {
-        encoding: EncodingKey::from_ed_der(der.as_bytes()),
+        encoding: EncodingKey::from_ed_der(pkcs8.as_ref()),
         kid,
         jwks,
     })
