@@ -35,7 +35,8 @@ step "gateway-core's API documentation builds without warnings"
 RUSTDOCFLAGS="-D warnings" cargo doc -p gateway-core --no-deps --locked
 
 step "build examples used by the tests"
-cargo build --locked -p order-service
+# todo-auth: gateway-bin/tests/todo_demo.rs (which also runs `go build` for the demo's Go service)
+cargo build --locked -p order-service -p todo-auth
 
 step "cargo test (unit, property, integration)"
 cargo test --workspace --locked

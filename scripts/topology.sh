@@ -9,6 +9,10 @@
 #   scripts/topology.sh status          [--dir DIR]
 #   scripts/topology.sh rolling-restart [--dir DIR]   restart gw1..gw3 one by one
 #   scripts/topology.sh down            [--dir DIR] [--keep-data]
+#   scripts/topology.sh todo [up|status|down|test]   the TODO demo instead: one
+#                                       gateway, auth (Rust), todos (Python) and
+#                                       activity (Go) on the default ports
+#                                       (scripts/todo-demo.sh, examples/todo)
 #
 # `up` installs what is missing (scripts/install-deps.sh), builds the
 # binaries if there are none (cargo build --release -p gateway-bin -p
@@ -72,6 +76,11 @@ usage() {
 # --- arguments ----------------------------------------------------------------
 [ $# -ge 1 ] || usage
 CMD="$1"; shift
+# The TODO demo is its own small topology with its own script.
+if [ "$CMD" = todo ]; then
+  [ $# -ge 1 ] || set -- up
+  exec "$REPO/scripts/todo-demo.sh" "$@"
+fi
 case "$CMD" in up|down|status|rolling-restart) ;; -h|--help|help) usage ;; *) usage ;; esac
 DIR="$REPO/.topology" PROFILE=release USE_KAFKA=1 KEEP_DATA=0 USE_PROMETHEUS=1
 while [ $# -gt 0 ]; do
