@@ -30,6 +30,12 @@ mvn -v 2>/dev/null | sed -n 1p
 
 MVN=(mvn -B --no-transfer-progress -f "$ADAPTER/pom.xml")
 
+if [ "${1:-}" = "--install-only" ] && [ -f "$ADAPTER/target/classpath.txt" ] \
+  && [ -z "$(find "$ADAPTER/src" "$ADAPTER/pom.xml" -newer "$ADAPTER/target/classpath.txt" -print -quit)" ]; then
+  echo "classes and classpath up to date"
+  exit 0
+fi
+
 if [ "${1:-}" = "--install-only" ]; then
   step "adapters/java: compile (tests not run), classpath"
   "${MVN[@]}" -q -DskipTests test-compile

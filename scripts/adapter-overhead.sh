@@ -27,7 +27,7 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 LANGS="${LANGS:-rust go python node java}"
 REQUESTS="${BENCH_REQUESTS:-10000}"
-WARMUP="${BENCH_WARMUP:-10000}"
+WARMUP="${BENCH_WARMUP:-20000}"
 CONCURRENCY="${BENCH_CONCURRENCY:-4}"
 ROUNDS="${BENCH_ROUNDS:-5}"
 TARGET_DIR="${CARGO_TARGET_DIR:-$REPO/target}"
@@ -93,9 +93,12 @@ if has java; then
 fi
 
 step "gateway-conformance --bench ($LANGS)"
+load="$(cut -d' ' -f1-3 /proc/loadavg)"
 echo "+ gateway-conformance --bench --requests $REQUESTS --warmup $WARMUP --concurrency $CONCURRENCY --rounds $ROUNDS ..." >&2
+started=$SECONDS
 "$KIT" --bench --requests "$REQUESTS" --warmup "$WARMUP" --concurrency "$CONCURRENCY" \
   --rounds "$ROUNDS" "${ARGS[@]}" | tee "$WORK/bench.out"
+echo "(the kit's run: $((SECONDS - started)) s; load average before it: $load)"
 
 # The table: one row per backend compared with a baseline.
 echo

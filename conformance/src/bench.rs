@@ -5,10 +5,11 @@
 //! small `Send` (GET, six headers, no body) in rounds: in each round every
 //! backend gets its share of the requests in turn, the order rotating, so
 //! the noise of a shared machine falls on all of them alike. Around each
-//! share it reads the CPU time (user + system) of the backend's whole
+//! share it reads the CPU time of every thread of the backend's whole
 //! process tree from `/proc` (the command may be a wrapper script, a
-//! `java -cp` or a `go run`); the kit's own CPU is not in it. Every answer
-//! must be a 200.
+//! `java -cp` or a `go run`): the scheduler's nanoseconds per thread
+//! (`schedstat`), or user + system ticks (`stat`) where the kernel keeps no
+//! such count. The kit's own CPU is not in it. Every answer must be a 200.
 //!
 //! A backend marked as a baseline (the raw contract, written by hand on
 //! the language's gRPC library) is the one the backends after it, up to the
@@ -183,14 +184,14 @@ async fn measure(
         let share = plan.requests * (round + 1) / rounds - plan.requests * round / rounds;
         for k in 0..n {
             let r = &mut running[(round + k) % n];
-            let before = tree_cpu(r.pid).map_err(|e| r.fail(e))?;
+            let before = snapshot(r.pid).map_err(|e| r.fail(e))?;
             let started = Instant::now();
             send_many(&r.client, &request, share, plan.concurrency)
                 .await
                 .map_err(|e| r.fail(e))?;
             let wall = started.elapsed();
-            let after = tree_cpu(r.pid).map_err(|e| r.fail(e))?;
-            r.result.cpu += after.saturating_sub(before);
+            let after = snapshot(r.pid).map_err(|e| r.fail(e))?;
+            r.result.cpu += used(&before, &after);
             r.result.wall += wall;
             r.result.requests += share as u64;
         }
@@ -351,18 +352,17 @@ fn signal(sig: &str, pids: &[u32]) {
         .status();
 }
 
-/// One process's line of `/proc/PID/stat`: (ppid, CPU ticks of the process
-/// and of its children it has waited for).
-fn stat(pid: u32) -> Option<(u32, u64)> {
+/// A process's parent, from `/proc/PID/stat`.
+fn parent(pid: u32) -> Option<u32> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may hold spaces and parentheses: fields start after
-    // the last ')'.
-    let fields: Vec<&str> = text.rsplit_once(')')?.1.split_whitespace().collect();
-    let num = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
-    // After the name: state(0) ppid(1) ... utime(11) stime(12) cutime(13) cstime(14).
-    let ppid = num(1)? as u32;
-    let ticks = num(11)? + num(12)? + num(13)? + num(14)?;
-    Some((ppid, ticks))
+    // the last ')'. Then: state(0) ppid(1).
+    text.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 /// `root` and every live process under it.
@@ -377,7 +377,7 @@ fn tree(root: u32) -> Result<Vec<u32>, String> {
         else {
             continue;
         };
-        if let Some((ppid, _)) = stat(pid) {
+        if let Some(ppid) = parent(pid) {
             children.entry(ppid).or_default().push(pid);
         }
     }
@@ -392,16 +392,55 @@ fn tree(root: u32) -> Result<Vec<u32>, String> {
     Ok(out)
 }
 
-/// CPU time (user + system, every thread, children reaped included) of
-/// `root`'s process tree.
-fn tree_cpu(root: u32) -> Result<Duration, String> {
-    let hz = ticks_per_second();
-    let pids = tree(root)?;
-    if stat(root).is_none() {
+/// CPU time so far of every thread of `root`'s process tree, by (pid,
+/// tid): the scheduler's nanoseconds on CPU (`/proc/PID/task/TID/schedstat`)
+/// where the kernel keeps them, else user + system ticks from the thread's
+/// `stat`. Per thread, so a measurement counts only what each thread used
+/// in between, and a thread that ends meanwhile costs only its share.
+type Snapshot = HashMap<(u32, u32), u64>;
+
+fn snapshot(root: u32) -> Result<Snapshot, String> {
+    if parent(root).is_none() {
         return Err("the backend process is gone".into());
     }
-    let ticks: u64 = pids.iter().filter_map(|&p| stat(p)).map(|(_, t)| t).sum();
-    Ok(Duration::from_nanos(ticks * 1_000_000_000 / hz))
+    let mut out = Snapshot::new();
+    for pid in tree(root)? {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for t in tasks.flatten() {
+            let Some(tid) = t.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            if let Some(ns) = task_ns(pid, tid) {
+                out.insert((pid, tid), ns);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn task_ns(pid: u32, tid: u32) -> Option<u64> {
+    let dir = format!("/proc/{pid}/task/{tid}");
+    if let Ok(s) = std::fs::read_to_string(format!("{dir}/schedstat"))
+        && let Some(ns) = s.split_whitespace().next().and_then(|f| f.parse().ok())
+    {
+        return Some(ns);
+    }
+    let text = std::fs::read_to_string(format!("{dir}/stat")).ok()?;
+    let fields: Vec<&str> = text.rsplit_once(')')?.1.split_whitespace().collect();
+    // utime(11) stime(12), in clock ticks.
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks * 1_000_000_000 / ticks_per_second())
+}
+
+/// The CPU used between two snapshots of one tree.
+fn used(before: &Snapshot, after: &Snapshot) -> Duration {
+    let ns: u64 = after
+        .iter()
+        .map(|(k, &a)| a.saturating_sub(before.get(k).copied().unwrap_or(0)))
+        .sum();
+    Duration::from_nanos(ns)
 }
 
 fn ticks_per_second() -> u64 {

@@ -66,8 +66,10 @@ struct Args {
     label: Vec<String>,
     /// --bench: marks the --backend-cmd before it as the baseline (the raw
     /// contract) of the backends after it, up to the next baseline.
-    #[arg(long, action = ArgAction::Count, requires = "bench")]
-    baseline: u8,
+    // A value per occurrence (always "true"), so clap records where each
+    // one stands among the --backend-cmd flags.
+    #[arg(long, num_args = 0, default_missing_value = "true", action = ArgAction::Append, requires = "bench")]
+    baseline: Vec<bool>,
     /// --bench: measured requests per backend.
     #[arg(long, default_value_t = 5000, requires = "bench")]
     requests: usize,
@@ -172,7 +174,7 @@ async fn bench(args: &Args, m: &clap::ArgMatches) -> anyhow::Result<()> {
         ready_within: Duration::from_secs(120),
     };
     println!(
-        "gateway-conformance: bench, {} backends, {} requests each (concurrency {}, {} rounds, {} warm-up); backend CPU (user+system, whole process tree) per request",
+        "gateway-conformance: bench, {} backends, {} requests each (concurrency {}, {} rounds, {} warm-up); backend CPU (every thread of its process tree) per request",
         backends.len(),
         plan.requests,
         plan.concurrency,
