@@ -69,6 +69,9 @@ pub struct BenchResult {
     pub cpu: Duration,
     /// Wall time over them.
     pub wall: Duration,
+    /// CPU per request in each round, microseconds: the spread tells how
+    /// much the machine's noise moved the figure.
+    pub rounds_us: Vec<f64>,
 }
 
 impl BenchResult {
@@ -191,7 +194,11 @@ async fn measure(
                 .map_err(|e| r.fail(e))?;
             let wall = started.elapsed();
             let after = snapshot(r.pid).map_err(|e| r.fail(e))?;
-            r.result.cpu += used(&before, &after);
+            let cpu = used(&before, &after);
+            r.result.cpu += cpu;
+            r.result
+                .rounds_us
+                .push(cpu.as_secs_f64() * 1e6 / share.max(1) as f64);
             r.result.wall += wall;
             r.result.requests += share as u64;
         }
@@ -288,6 +295,7 @@ async fn start(
             requests: 0,
             cpu: Duration::ZERO,
             wall: Duration::ZERO,
+            rounds_us: Vec::new(),
         },
     })
 }
@@ -457,8 +465,9 @@ fn ticks_per_second() -> u64 {
     })
 }
 
-/// The report: one line per backend, `LABEL  CPU us/request  xRATIO
-/// (vs BASELINE)  REQ/S req/s`; a baseline shows `baseline`.
+/// The report: one line per backend, `LABEL  CPU us/request  xRATIO vs
+/// BASELINE  (N requests, R req/s, rounds MIN-MAX)`; a baseline shows
+/// `x1.00 baseline`.
 pub fn report(results: &[BenchResult]) -> String {
     let by_label: HashMap<&str, f64> = results
         .iter()
@@ -477,9 +486,11 @@ pub fn report(results: &[BenchResult]) -> String {
             None => "x- (no baseline)".to_owned(),
         };
         let rate = r.requests as f64 / r.wall.as_secs_f64().max(1e-9);
+        let lo = r.rounds_us.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = r.rounds_us.iter().copied().fold(0.0, f64::max);
         let _ = writeln!(
             s,
-            "{:<width$}  {us:8.1} us/request  {vs}  ({} requests, {rate:.0} req/s)",
+            "{:<width$}  {us:8.1} us/request  {vs}  ({} requests, {rate:.0} req/s, rounds {lo:.1}-{hi:.1})",
             r.label, r.requests
         );
     }
