@@ -5,6 +5,7 @@
 # (`--target`) and through the registration lifecycle (`--backend-cmd`).
 #
 #   scripts/adapter-go.sh
+#   scripts/adapter-go.sh --install-only   module downloads only (scripts/adapter-overhead.sh)
 #
 # Idempotent and cached: modules land in Go's module cache (GOMODCACHE) and
 # the protoc plugins in $REPO/.deps/go/bin, so a second run only re-runs the
@@ -22,6 +23,7 @@ command -v go >/dev/null || { echo "adapter-go: no 'go' on PATH (Go 1.26 or newe
 
 step "Go modules (from the module proxy, cached)"
 (cd "$ADAPTER" && go mod download && go mod verify)
+[ "${1:-}" = "--install-only" ] && exit 0
 
 step "generated code matches forwarding.proto"
 if [ "${ADAPTER_GO_REGEN:-0}" = 1 ] && ! command -v protoc >/dev/null; then

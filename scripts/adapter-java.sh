@@ -5,6 +5,8 @@
 #
 #   scripts/adapter-java.sh           tests and the kit
 #   scripts/adapter-java.sh --bench   CPU per small Send request: adapter vs raw contract
+#   scripts/adapter-java.sh --install-only   toolchain, compiled classes (tests not run) and
+#                                            target/classpath.txt (scripts/adapter-overhead.sh)
 #
 # Idempotent and cached: Java and Maven come from Debian's packages only when
 # missing; Maven's dependencies (grpc-java, protobuf, protoc and the grpc
@@ -28,12 +30,24 @@ mvn -v 2>/dev/null | sed -n 1p
 
 MVN=(mvn -B --no-transfer-progress -f "$ADAPTER/pom.xml")
 
-step "adapters/java: mvn test (JUnit 5), jar"
-"${MVN[@]}" package
+if [ "${1:-}" = "--install-only" ] && [ -f "$ADAPTER/target/classpath.txt" ] \
+  && [ -z "$(find "$ADAPTER/src" "$ADAPTER/pom.xml" -newer "$ADAPTER/target/classpath.txt" -print -quit)" ]; then
+  echo "classes and classpath up to date"
+  exit 0
+fi
+
+if [ "${1:-}" = "--install-only" ]; then
+  step "adapters/java: compile (tests not run), classpath"
+  "${MVN[@]}" -q -DskipTests test-compile
+else
+  step "adapters/java: mvn test (JUnit 5), jar"
+  "${MVN[@]}" package
+fi
 "${MVN[@]}" -q dependency:build-classpath -Dmdep.includeScope=test \
   -Dmdep.outputFile="$ADAPTER/target/classpath.txt" >/dev/null
 CP="$ADAPTER/target/classes:$ADAPTER/target/test-classes:$(cat "$ADAPTER/target/classpath.txt")"
 SERVER=(java -cp "$CP" dev.forwarding.gateway.conformance.ConformanceServer)
+[ "${1:-}" = "--install-only" ] && exit 0
 
 if [ "${1:-}" = "--bench" ]; then
   # Server CPU (user+sys from /proc) per request, for the same small answer served through the

@@ -8,6 +8,7 @@
 #
 #   scripts/adapter-node.sh            everything; exit 1 on any failure
 #   scripts/adapter-node.sh --no-kit   install and unit/end-to-end tests only
+#   scripts/adapter-node.sh --install-only   npm dependencies only (scripts/adapter-overhead.sh)
 #
 # Needs node >= 18.3 and npm on PATH (Debian: apt-get install nodejs npm) and
 # the registry npm is configured with. Prints the kit's summary lines, last.
@@ -33,6 +34,7 @@ else
   (cd "$ADAPTER" && npm ci --no-audit --no-fund --loglevel=error)
   echo "$lock_sum" > "$ADAPTER/node_modules/.lock-sha256"
 fi
+[ "${1:-}" = "--install-only" ] && exit 0
 
 step "node --test (adapters/node)"
 (cd "$ADAPTER" && node --test test/)

@@ -3,6 +3,7 @@
 # conformance kit.
 #
 #   scripts/adapter-python.sh
+#   scripts/adapter-python.sh --install-only   step 1 only (scripts/adapter-overhead.sh)
 #
 # 1. A virtualenv at $PY_ADAPTER_VENV (default .deps/py-adapter-venv) with the
 #    adapter installed editable plus its test extras, from PyPI. Idempotent:
@@ -50,6 +51,7 @@ else
 fi
 flock -u 9
 PY="$VENV/bin/python"
+[[ "${1:-}" == "--install-only" ]] && exit 0
 
 # --- 2. the adapter's own tests ----------------------------------------------
 say "pytest"

@@ -15,6 +15,7 @@
 
 use sha2::{Digest, Sha256};
 
+pub mod bench;
 pub mod case;
 pub mod gateway;
 pub mod lifecycle;
