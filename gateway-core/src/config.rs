@@ -2355,7 +2355,11 @@ key = "claim"
 claim = "sub"
 "#;
         let c: GatewayConfig = toml::from_str(ok).unwrap();
+        #[cfg(feature = "jwks")]
         c.validate().unwrap();
+        // Without the feature a JWKS URL cannot be fetched: refused at start-up.
+        #[cfg(not(feature = "jwks"))]
+        assert_eq!(c.validate().unwrap_err().setting, "auth_providers.jwks_url");
         assert_eq!(c.auth_cache, AuthCache::default());
         for (text, setting) in [
             (
