@@ -35,7 +35,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::body::Body;
 use http::{HeaderMap, HeaderName, HeaderValue, Response, header};
 use prometheus_client::metrics::counter::Counter;
-use sha2::{Digest, Sha256};
 
 use crate::config::{AuthAccess, AuthProvider, ConfigError, GatewayConfig};
 use crate::error::{ErrorKind, ForwardError};
@@ -413,16 +412,33 @@ fn ttl_until_exp(claims: &Claims) -> Option<Duration> {
     (exp > now).then(|| Duration::from_secs_f64(exp - now))
 }
 
-/// The cache key of a credential: a SHA-256 over its parts (each
-/// length-prefixed, so two splits of one string differ).
-pub(crate) fn cache_key(parts: &[&[u8]]) -> [u8; 32] {
-    let mut h = Sha256::new();
-    for p in parts {
-        h.update((p.len() as u64).to_le_bytes());
-        h.update(p);
-    }
-    h.finalize().into()
+/// The cache key of a credential: 128 bits of keyed SipHash-1-3 (two
+/// `RandomState`s made once per process) over its parts, each
+/// length-prefixed so two splits of one string differ. Keyed with secret
+/// random keys, so nobody can craft a token that collides with a cached
+/// one; a SHA-256 here was 13.7k instructions per request, half the cost
+/// of a cached JWT check (BENCHMARKS.md).
+pub(crate) fn cache_key(parts: &[&[u8]]) -> CacheKey {
+    use std::hash::{BuildHasher, Hasher};
+    static KEYS: std::sync::OnceLock<[std::hash::RandomState; 2]> = std::sync::OnceLock::new();
+    let keys = KEYS.get_or_init(|| [std::hash::RandomState::new(), std::hash::RandomState::new()]);
+    let half = |k: &std::hash::RandomState| {
+        let mut h = k.build_hasher();
+        for p in parts {
+            h.write_usize(p.len());
+            h.write(p);
+        }
+        h.finish().to_le_bytes()
+    };
+    let (a, b) = (half(&keys[0]), half(&keys[1]));
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&a);
+    out[8..].copy_from_slice(&b);
+    out
 }
+
+/// See [`cache_key`].
+pub(crate) type CacheKey = [u8; 16];
 
 /// Only what RFC 6750's `error_description` allows (printable ASCII but
 /// `"` and `\`).

@@ -1,5 +1,5 @@
-//! The decision cache: verified credentials by the SHA-256 of the
-//! credential, each with its own expiry, bounded. Sixteen shards behind
+//! The decision cache: verified credentials by a keyed 128-bit hash
+//! of the credential, each with its own expiry, bounded. Sixteen shards behind
 //! plain mutexes: a lookup holds one for a hash-map probe and an `Arc`
 //! clone, shorter than any await. A full shard first drops what expired,
 //! then an arbitrary entry (a decision forgotten is only a re-check).
@@ -14,7 +14,7 @@ use super::Verified;
 
 const SHARDS: usize = 16;
 
-type Shard = HashMap<[u8; 32], (Instant, Arc<Verified>)>;
+type Shard = HashMap<super::CacheKey, (Instant, Arc<Verified>)>;
 
 /// See module docs.
 pub(crate) struct DecisionCache {
@@ -38,19 +38,19 @@ impl DecisionCache {
         self.ttl
     }
 
-    fn shard(&self, key: &[u8; 32]) -> &Mutex<Shard> {
+    fn shard(&self, key: &super::CacheKey) -> &Mutex<Shard> {
         &self.shards[usize::from(key[0]) % SHARDS]
     }
 
     /// The decision for `key`, unless absent or expired.
-    pub(crate) fn get(&self, key: &[u8; 32]) -> Option<Arc<Verified>> {
+    pub(crate) fn get(&self, key: &super::CacheKey) -> Option<Arc<Verified>> {
         let shard = self.shard(key).lock().ok()?;
         let (until, v) = shard.get(key)?;
         (Instant::now() < *until).then(|| v.clone())
     }
 
     /// Remembers a decision for `min(ttl, max)`.
-    pub(crate) fn insert(&self, key: [u8; 32], v: Arc<Verified>, max: Duration) {
+    pub(crate) fn insert(&self, key: super::CacheKey, v: Arc<Verified>, max: Duration) {
         let ttl = self.ttl.min(max);
         if ttl.is_zero() {
             return;

@@ -159,7 +159,7 @@ impl ForwardAuth {
 /// The cache key of a forward-auth decision: the credential (the
 /// `Authorization` and `Cookie` headers) with the method and path it was
 /// for, since the service may decide by path.
-pub(crate) fn cache_key(provider: usize, parts: &http::request::Parts) -> [u8; 32] {
+pub(crate) fn cache_key(provider: usize, parts: &http::request::Parts) -> super::CacheKey {
     let value = |h| {
         parts
             .headers
