@@ -87,6 +87,15 @@ if [ "$FAST" = 0 ]; then
   step "README walkthrough"
   scripts/demo.sh --check
 
+  step "README: the TODO demo starts, answers through the gateway, stops"
+  todo_check() {
+    scripts/todo-demo.sh up
+    curl -fsS http://127.0.0.1:8080/todos/stats >/dev/null
+    [ "$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:8080/todos)" = 401 ]
+  }
+  if ! todo_check; then scripts/todo-demo.sh down || true; echo "the TODO demo failed"; exit 1; fi
+  scripts/todo-demo.sh down
+
   step "benchmark smoke"
   scripts/bench.sh --quick
 
