@@ -1,14 +1,14 @@
 //! Authentication: the operator's `[[auth]]` policies, checked right after
-//! routing (a policy is chosen by the matched route, [`crate::policy::Scope`])
+//! routing (a policy is chosen by the matched route, `policy::Scope`)
 //! and before the rate limit (so a limit can key on a verified claim).
 //!
 //! A policy names a provider from `[auth_providers]`:
-//! - `kind = "jwt"` ([`jwt`]): a bearer token (the `Authorization` header,
+//! - `kind = "jwt"` (`jwt`): a bearer token (the `Authorization` header,
 //!   or a cookie) verified in the gateway - signature against a static key
 //!   or a JWK Set, `exp`/`nbf` with a leeway, `iss`, `aud` - then the
 //!   policy's `scopes` and `claims`, and chosen claims copied into request
 //!   headers for the backend.
-//! - `kind = "forward"` ([`forward_auth`]): a registered service is sent the
+//! - `kind = "forward"` (`forward_auth`): a registered service is sent the
 //!   request head over the same `ForwardingService.Send` path every unary
 //!   request takes; a 2xx lets the request through (copying the headers it
 //!   names), any other answer is the client's answer.
@@ -18,7 +18,7 @@
 //! forge `x-auth-subject`.
 //!
 //! Decisions that let a request through are cached per credential
-//! ([`cache`]: the SHA-256 of the token, never the token), never past the
+//! (`cache`: a keyed hash of the token, never the token), never past the
 //! token's `exp`, so a repeated token costs a hash and a map lookup rather
 //! than a signature check.
 //!

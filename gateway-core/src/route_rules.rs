@@ -2,9 +2,9 @@
 //! route - the path the backend sees (`strip_prefix`, `rewrite_prefix`),
 //! header edits both ways, CORS, and the route's body limit and timeout.
 //!
-//! A rule is chosen as every policy section chooses (policy.rs [`Scope`]:
+//! A rule is chosen as every policy section chooses (policy.rs `Scope`:
 //! service + optional prefix, the longest prefix wins), once per request,
-//! after routing ([`apply`]). A registration may only hint `strip_prefix`;
+//! after routing (`apply`). A registration may only hint `strip_prefix`;
 //! a rule that says `strip_prefix` or `rewrite_prefix` wins over the hint.
 //! With no `[[routes]]` and no hint, the request path takes one branch.
 //!
