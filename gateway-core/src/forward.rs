@@ -355,8 +355,10 @@ where
 {
     let (mut parts, body) = req.into_parts();
     admit(&parts, &shared.limits)?;
-    // One snapshot for both steps (a route and its endpoints from the same
-    // catalogue), released before anything is awaited.
+    // One snapshot for routing and picking (a route and its endpoints from
+    // the same catalogue), never held across an await: with auth or rate
+    // limits configured (which may wait on a service or Redis) it is let go
+    // first and loaded again for the pick.
     let snapshot = shared.balancer.snapshot();
     let mut target = route(shared, &snapshot, listener, &parts, trail)?;
     crate::otel::record_route(&target.service, &target.prefix);
@@ -364,6 +366,12 @@ where
     {
         crate::route_rules::Applied::Answered(preflight) => return Ok(preflight),
         crate::route_rules::Applied::Forward(rules) => rules,
+    };
+    let snapshot = if shared.auth.is_some() || shared.rate_limits.is_some() {
+        drop(snapshot);
+        None
+    } else {
+        Some(snapshot)
     };
     // After a CORS preflight is answered (a preflight carries no
     // credential), before the rate limit (which may key on a claim).
@@ -380,6 +388,7 @@ where
     if rules.is_some() || target.strip_prefix {
         crate::route_rules::rewrite(rules.as_ref(), &mut parts, &target)?;
     }
+    let snapshot = snapshot.unwrap_or_else(|| shared.balancer.snapshot());
     let (candidates, up, pinned) = match shared.canary.as_ref().and_then(|c| c.get(&target.service))
     {
         None => pick(shared, &snapshot, &target.service).map(|(c, up)| (c, up, None))?,
