@@ -1250,7 +1250,7 @@ impl GatewayConfig {
             }
         }
         for (i, p) in self.rate_limits.iter().enumerate() {
-            if ScopedToken::bad_pattern(&p.service).is_some() || p.service.ends_with('*') {
+            if !is_policy_service(&p.service) {
                 return err(
                     "rate_limits.service",
                     i,
@@ -1261,11 +1261,7 @@ impl GatewayConfig {
                 // The written form must be the one routing matches, as for
                 // a registered route: "/a/../b" would read as one prefix
                 // and limit another.
-                let canonical = crate::routing::normalise(prefix)
-                    .ok()
-                    .filter(|_| prefix.starts_with('/'))
-                    .map(|s| crate::routing::canonical(&s));
-                if canonical.as_deref() != Some(prefix.as_str()) {
+                if !is_canonical_prefix(prefix) {
                     return err(
                         "rate_limits.prefix",
                         i,
@@ -1377,27 +1373,23 @@ impl GatewayConfig {
             })
         };
         for (i, p) in self.cache.iter().enumerate() {
-            if ScopedToken::bad_pattern(&p.service).is_some() || p.service.ends_with('*') {
+            if !is_policy_service(&p.service) {
                 return err(
                     "cache.service",
                     i,
                     format!("{:?} is not a service name", p.service),
                 );
             }
-            if let Some(prefix) = &p.prefix {
-                let canonical = crate::routing::normalise(prefix)
-                    .ok()
-                    .filter(|_| prefix.starts_with('/'))
-                    .map(|s| crate::routing::canonical(&s));
-                if canonical.as_deref() != Some(prefix.as_str()) {
-                    return err(
-                        "cache.prefix",
-                        i,
-                        format!(
-                            "{prefix:?} is not a normalised route prefix such as /todos (no empty, '.' or '..' segments, no percent-encoding, no trailing '/')"
-                        ),
-                    );
-                }
+            if let Some(prefix) = &p.prefix
+                && !is_canonical_prefix(prefix)
+            {
+                return err(
+                    "cache.prefix",
+                    i,
+                    format!(
+                        "{prefix:?} is not a normalised route prefix such as /todos (no empty, '.' or '..' segments, no percent-encoding, no trailing '/')"
+                    ),
+                );
             }
             if p.default_ttl > Duration::from_secs(365 * 24 * 3600) {
                 return err("cache.default_ttl", i, "must be at most 365d".into());
@@ -1914,25 +1906,21 @@ impl GatewayConfig {
             }
         }
         for (i, p) in self.auth.iter().enumerate() {
-            if ScopedToken::bad_pattern(&p.service).is_some() || p.service.ends_with('*') {
+            if !is_policy_service(&p.service) {
                 return err(
                     "auth.service",
                     format!("auth[{i}]: {:?} is not a service name", p.service),
                 );
             }
-            if let Some(prefix) = &p.prefix {
-                let canonical = crate::routing::normalise(prefix)
-                    .ok()
-                    .filter(|_| prefix.starts_with('/'))
-                    .map(|s| crate::routing::canonical(&s));
-                if canonical.as_deref() != Some(prefix.as_str()) {
-                    return err(
-                        "auth.prefix",
-                        format!(
-                            "auth[{i}]: {prefix:?} is not a normalised route prefix such as /orders"
-                        ),
-                    );
-                }
+            if let Some(prefix) = &p.prefix
+                && !is_canonical_prefix(prefix)
+            {
+                return err(
+                    "auth.prefix",
+                    format!(
+                        "auth[{i}]: {prefix:?} is not a normalised route prefix such as /orders"
+                    ),
+                );
             }
             match (&p.provider, p.access) {
                 (None, AuthAccess::Authenticated) => {
@@ -1999,6 +1987,19 @@ impl GatewayConfig {
         }
         Ok(())
     }
+}
+
+/// Whether a policy's `prefix` is written as routing matches it (the same
+/// rule as a registered route): "/a/../b" would read as one prefix and
+/// apply to another.
+fn is_canonical_prefix(prefix: &str) -> bool {
+    prefix.starts_with('/')
+        && crate::routing::normalise(prefix).is_ok_and(|s| crate::routing::canonical(&s) == prefix)
+}
+
+/// Whether a policy section's `service` names one service (no pattern).
+fn is_policy_service(service: &str) -> bool {
+    ScopedToken::bad_pattern(service).is_none() && !service.ends_with('*')
 }
 
 #[cfg(test)]
