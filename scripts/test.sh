@@ -17,6 +17,8 @@ FAST=0
 [ "${1:-}" = "--fast" ] && FAST=1
 step() { printf '\n==> %s\n' "$*"; }
 export CARGO_TERM_COLOR=never RUST_BACKTRACE=1
+# A one-shot run gains nothing from incremental caches, which take gigabytes.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
 step "dependencies"
 scripts/install-deps.sh python haproxy consul kafka compose otelcol prometheus chromium redis
