@@ -2,8 +2,9 @@
 //! (`strip_prefix` from the config and from the registration's hint,
 //! `rewrite_prefix`, the operator winning over the hint), header edits both
 //! ways, CORS preflights answered or refused and the CORS fields of actual
-//! answers, a route's own body limit (413) and timeout (504), and a bad
-//! rule stopping start-up with the setting named.
+//! answers (the gateway's own 401 and 429 among them), a route's own body
+//! limit (413) and timeout (504), and a bad rule stopping start-up with the
+//! setting named.
 
 mod support;
 
@@ -316,6 +317,79 @@ async fn cors_preflights_and_answers() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert!(r.headers().get("access-control-allow-origin").is_none());
+}
+
+/// A route with CORS, auth below one prefix and a rate limit below another.
+const GUARDED: &str = r#"
+[[routes]]
+service = "rr-guard"
+[routes.cors]
+allow_origins = ["https://app.example"]
+allow_credentials = true
+
+[auth_providers.hs]
+kind = "jwt"
+secret_env = "RR_GUARD_SECRET"
+
+[[auth]]
+service = "rr-guard"
+prefix = "/rr-guard/private"
+provider = "hs"
+
+[[rate_limits]]
+service = "rr-guard"
+prefix = "/rr-guard/limited"
+rate = 1
+per = "1h"
+"#;
+
+/// The gateway's own refusals on a CORS route (401 from auth, 429 from a
+/// rate limit) carry the CORS fields: without them a page from an allowed
+/// origin sees an opaque network error instead of the JSON reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_fields_on_the_gateways_refusals() {
+    let dir = std::env::temp_dir().join(format!("route-rules-guard-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("gateway.toml");
+    std::fs::write(&cfg, GUARDED).unwrap();
+    let gw = GatewayProcess::start(
+        &["--config", cfg.to_str().unwrap()],
+        &[("RR_GUARD_SECRET", "a-test-secret-of-enough-length")],
+    )
+    .await;
+    let _b = backend(&gw, "rr-guard", "/rr-guard", false, false).await;
+    let get = |path: &'static str| {
+        gw.http
+            .get(gw.url(path))
+            .header("origin", "https://app.example")
+            .send()
+    };
+    let cors_ok = |r: &reqwest::Response| {
+        assert_eq!(
+            r.headers()["access-control-allow-origin"],
+            "https://app.example",
+            "{:?}",
+            r.headers()
+        );
+        assert_eq!(r.headers()["access-control-allow-credentials"], "true");
+    };
+
+    let r = get("/rr-guard/private/x").await.unwrap();
+    assert_eq!(r.status(), 401);
+    cors_ok(&r);
+    assert!(r.headers().contains_key("www-authenticate"));
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "unauthorized");
+
+    let r = get("/rr-guard/limited").await.unwrap();
+    assert_eq!(r.status(), 200);
+    cors_ok(&r);
+    let r = get("/rr-guard/limited").await.unwrap();
+    assert_eq!(r.status(), 429);
+    cors_ok(&r);
+    assert!(r.headers().contains_key("retry-after"));
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "rate_limited");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -94,6 +94,8 @@ struct Decisions {
 }
 
 struct Provider {
+    /// Its name in `[auth_providers]`.
+    name: Box<str>,
     kind: Kind,
     /// Headers the gateway sets from this provider's answer: removed from
     /// every client request it covers.
@@ -147,6 +149,7 @@ impl Auth {
             let denied = metrics.auth_decision(name, "denied");
             let unavailable = metrics.auth_decision(name, "unavailable");
             providers.push(Provider {
+                name: name.as_str().into(),
                 kind,
                 strip: strip.into(),
                 decisions: Decisions {
@@ -210,6 +213,25 @@ impl Auth {
         self.policies
             .iter()
             .find(|p| p.scope.covers(&target.service, &target.prefix, parts))
+    }
+
+    /// `/admin/explain`: the policy covering a request, `null` if none.
+    pub(crate) fn explain(
+        &self,
+        target: &Target,
+        parts: &http::request::Parts,
+    ) -> serde_json::Value {
+        self.policy_for(target, parts)
+            .map_or(serde_json::Value::Null, |p| {
+                serde_json::json!({
+                    "service": &*p.scope.service,
+                    "prefix": &*p.scope.prefix,
+                    "access": p.access,
+                    "provider": p.provider.map(|i| &*self.providers[i].name),
+                    "scopes": &*p.scopes,
+                    "claims": p.claims.iter().map(|(k, v)| (k.to_string(), v.clone())).collect::<serde_json::Map<_, _>>(),
+                })
+            })
     }
 
     /// Step 2a: the route's `[[auth]]` policy, if one covers it. Strips the

@@ -178,6 +178,23 @@ impl ResponseCache {
             .find(|p| p.scope.covers(service, route_prefix, parts))
     }
 
+    /// `/admin/explain`: the policy covering a request, `null` if none.
+    pub(crate) fn explain(
+        &self,
+        service: &str,
+        route_prefix: &str,
+        parts: &request::Parts,
+    ) -> serde_json::Value {
+        self.policy(service, route_prefix, parts)
+            .map_or(serde_json::Value::Null, |p| {
+                serde_json::json!({
+                    "service": &*p.scope.service,
+                    "prefix": &*p.scope.prefix,
+                    "default_ttl_s": p.default_ttl.as_secs(),
+                })
+            })
+    }
+
     /// The unary exchange of a request on `service` through the cache,
     /// under `policy` (from [`ResponseCache::policy`]): `send` calls the
     /// backend. `generation` is the service's registration generation.

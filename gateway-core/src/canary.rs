@@ -185,6 +185,37 @@ impl Weights {
     }
 }
 
+impl Canary {
+    /// The policy, its weights in force and the routable instances per
+    /// version in `snapshot` (`/admin/canary`, `/admin/explain`).
+    pub fn to_json(&self, snapshot: &Snapshot) -> serde_json::Value {
+        let mut instances: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut unversioned = 0;
+        for e in snapshot
+            .services
+            .get(&*self.service)
+            .map(|s| &s.endpoints[..])
+            .unwrap_or_default()
+        {
+            match version_of(e, &self.version_key) {
+                Some(v) => *instances.entry(v).or_default() += 1,
+                None => unversioned += 1,
+            }
+        }
+        json!({
+            "service": &*self.service,
+            "version_key": &*self.version_key,
+            "weights": self.weights.load().to_json(),
+            "header": self.header.as_ref().map(HeaderName::as_str),
+            "cookie": self.cookie.as_deref(),
+            "sticky_cookie": self.sticky.as_ref().map(|s| &*s.name),
+            "sticky_ttl_s": self.sticky.as_ref().map(|s| s.ttl.as_secs()),
+            "instances": instances,
+            "instances_without_version": unversioned,
+        })
+    }
+}
+
 /// The version an instance registered, as `key` reads it.
 pub fn version_of<'e>(e: &'e Endpoint, key: &str) -> Option<&'e str> {
     e.labels.metadata.get(key).map(String::as_str).or_else(|| {
@@ -289,36 +320,7 @@ impl Canaries {
     /// `GET /admin/canary`: every policy, its weights in force and the
     /// routable instances per version in `snapshot`.
     pub fn to_json(&self, snapshot: &Snapshot) -> serde_json::Value {
-        let list: Vec<_> = self
-            .policies
-            .iter()
-            .map(|c| {
-                let mut instances: BTreeMap<&str, usize> = BTreeMap::new();
-                let mut unversioned = 0;
-                for e in snapshot
-                    .services
-                    .get(&*c.service)
-                    .map(|s| &s.endpoints[..])
-                    .unwrap_or_default()
-                {
-                    match version_of(e, &c.version_key) {
-                        Some(v) => *instances.entry(v).or_default() += 1,
-                        None => unversioned += 1,
-                    }
-                }
-                json!({
-                    "service": &*c.service,
-                    "version_key": &*c.version_key,
-                    "weights": c.weights.load().to_json(),
-                    "header": c.header.as_ref().map(HeaderName::as_str),
-                    "cookie": c.cookie.as_deref(),
-                    "sticky_cookie": c.sticky.as_ref().map(|s| &*s.name),
-                    "sticky_ttl_s": c.sticky.as_ref().map(|s| s.ttl.as_secs()),
-                    "instances": instances,
-                    "instances_without_version": unversioned,
-                })
-            })
-            .collect();
+        let list: Vec<_> = self.policies.iter().map(|c| c.to_json(snapshot)).collect();
         json!({ "canary": list })
     }
 

@@ -247,6 +247,15 @@ pub fn explain(shared: &Shared, q: &ExplainQuery) -> Result<Value, BadParameter>
     // `[[routes]]`: the rule, the path the backend would get, the limits.
     out["route"]["rule"] =
         crate::route_rules::explain(shared.route_rules.as_deref(), &parts, &mut target);
+    // The policy sections covering it (`null`: none), chosen as the
+    // request path chooses them.
+    let (service, prefix) = (&*target.service, &*target.prefix);
+    out["route"]["policies"] = json!({
+        "auth": shared.auth.as_ref().map(|a| a.explain(&target, &parts)),
+        "rate_limit": shared.rate_limits.as_ref().map(|r| r.explain(service, prefix, &parts)),
+        "cache": shared.cache.as_ref().map(|c| c.explain(service, prefix, &parts)),
+        "canary": shared.canary.as_ref().and_then(|c| c.get(service)).map(|c| c.to_json(&snapshot)),
+    });
     out["route"]["effective_timeout_ms"] = json!(target.timeout.as_millis() as u64);
     out["route"]["effective_max_duration_ms"] = json!(target.max_duration.as_millis() as u64);
 

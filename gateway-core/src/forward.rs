@@ -373,30 +373,48 @@ where
     } else {
         Some(snapshot)
     };
+    // The gateway's own refusals from here on (401, 403, 429, 503...) carry
+    // the route's CORS fields, so a page from an allowed origin can read why.
+    let cors = |mut e: ForwardError| {
+        if let Some(r) = &rules {
+            r.apply_to_error(&mut e);
+        }
+        e
+    };
     // After a CORS preflight is answered (a preflight carries no
     // credential), before the rate limit (which may key on a claim).
     let verified = match &shared.auth {
         None => None,
-        Some(auth) => match auth.check(shared, &mut parts, &target).await? {
+        Some(auth) => match auth
+            .check(shared, &mut parts, &target)
+            .await
+            .map_err(cors)?
+        {
             crate::auth::Outcome::Allow(v) => v,
-            crate::auth::Outcome::Respond(resp) => return Ok(resp),
+            crate::auth::Outcome::Respond(mut resp) => {
+                if let Some(r) = &rules {
+                    r.apply_cors(resp.headers_mut());
+                }
+                return Ok(resp);
+            }
         },
     };
     let claims = verified.as_ref().and_then(|v| v.claims.as_ref());
-    let admitted = limit(shared, &parts, &target, claims).await?;
+    let admitted = limit(shared, &parts, &target, claims).await.map_err(cors)?;
     // Last before dispatch: every policy above matched the client's path.
     if rules.is_some() || target.strip_prefix {
-        crate::route_rules::rewrite(rules.as_ref(), &mut parts, &target)?;
+        crate::route_rules::rewrite(rules.as_ref(), &mut parts, &target).map_err(cors)?;
     }
     let snapshot = snapshot.unwrap_or_else(|| shared.balancer.snapshot());
-    let (candidates, up, pinned) = match shared.canary.as_ref().and_then(|c| c.get(&target.service))
-    {
-        None => pick(shared, &snapshot, &target.service).map(|(c, up)| (c, up, None))?,
-        Some(canary) => {
-            crate::canary::pick(shared, canary, &snapshot, &target.service, &parts.headers)
-                .map(|p| (p.candidates, p.metrics, p.set_cookie))?
+    let (candidates, up, pinned) =
+        match shared.canary.as_ref().and_then(|c| c.get(&target.service)) {
+            None => pick(shared, &snapshot, &target.service).map(|(c, up)| (c, up, None)),
+            Some(canary) => {
+                crate::canary::pick(shared, canary, &snapshot, &target.service, &parts.headers)
+                    .map(|p| (p.candidates, p.metrics, p.set_cookie))
+            }
         }
-    };
+        .map_err(cors)?;
     drop(snapshot);
     let mut result = dispatch(
         shared, parts, body, &target, candidates, &up, started, trail,

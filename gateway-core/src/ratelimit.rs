@@ -152,6 +152,44 @@ impl RateLimits {
         }))
     }
 
+    /// The policy covering a request routed to `service` at `route_prefix`
+    /// (the longest prefix), if any.
+    fn limiter_for(
+        &self,
+        service: &str,
+        route_prefix: &str,
+        parts: &http::request::Parts,
+    ) -> Option<&Limiter> {
+        self.limiters.iter().find(|l| {
+            &*l.service == service
+                && (covers(&l.prefix, route_prefix)
+                    || (covers(route_prefix, &l.prefix) && path_under(&l.prefix, parts)))
+        })
+    }
+
+    /// `/admin/explain`: the policy covering a request, `null` if none.
+    pub(crate) fn explain(
+        &self,
+        service: &str,
+        route_prefix: &str,
+        parts: &http::request::Parts,
+    ) -> serde_json::Value {
+        self.limiter_for(service, route_prefix, parts)
+            .map_or(serde_json::Value::Null, |l| {
+                serde_json::json!({
+                    "service": &*l.service,
+                    "prefix": &*l.prefix,
+                    "name": l.name.trim_matches('"'),
+                    "store": if l.buckets.is_some() { "local" } else { "cluster" },
+                    "key": l.key,
+                    "header": l.header.as_ref().map(|h| h.as_str()),
+                    "claim": l.claim.as_deref(),
+                    "burst": l.burst,
+                    "token_every_ms": l.period.as_millis() as u64,
+                })
+            })
+    }
+
     /// Takes a token for a request routed to `service` at `route_prefix`,
     /// or refuses it with a 429 that carries `Retry-After` and the
     /// `RateLimit` fields. `Ok(None)`: no policy covers the route.
@@ -164,11 +202,7 @@ impl RateLimits {
         trusted_proxies: &[IpNet],
         claims: Option<&crate::auth::Claims>,
     ) -> Result<Verdict<'_>, ForwardError> {
-        let Some(limiter) = self.limiters.iter().find(|l| {
-            &*l.service == service
-                && (covers(&l.prefix, route_prefix)
-                    || (covers(route_prefix, &l.prefix) && path_under(&l.prefix, parts)))
-        }) else {
+        let Some(limiter) = self.limiter_for(service, route_prefix, parts) else {
             return Ok(Verdict::Unlimited);
         };
         let key = limiter.key_of(parts, peer, trusted_proxies, claims);

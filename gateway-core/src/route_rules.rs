@@ -663,12 +663,20 @@ impl Answer<'_> {
         self.rule.response.apply(h);
     }
 
-    /// The CORS fields on a failure of the exchange (413, 502, 504...), so
-    /// a page from an allowed origin can read why; the header edits are
-    /// for the backend's answers only.
+    /// The CORS fields on the gateway's own answers (401, 403, 429, 413,
+    /// 502, 504...), so a page from an allowed origin can read why; the
+    /// header edits are for the backend's answers only.
     pub(crate) fn apply_to_error(&self, e: &mut ForwardError) {
+        if self.rule.cors.is_some() {
+            self.apply_cors(e.headers.get_or_insert_default());
+        }
+    }
+
+    /// Only the CORS fields, on an answer that is not the backend's (a
+    /// forward-auth service's refusal).
+    pub(crate) fn apply_cors(&self, h: &mut HeaderMap) {
         if let Some(cors) = &self.rule.cors {
-            cors.answer(self.origin.as_ref(), e.headers.get_or_insert_default());
+            cors.answer(self.origin.as_ref(), h);
         }
     }
 }

@@ -313,6 +313,7 @@ fn auth() -> Auth {
     Auth {
         policies: Box::new([p]),
         providers: Box::new([Provider {
+            name: "users".into(),
             kind: Kind::Jwt(j),
             strip,
             decisions: Decisions {

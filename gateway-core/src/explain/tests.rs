@@ -374,3 +374,75 @@ async fn explained_candidates_are_what_select_offers() {
         }
     }
 }
+
+#[tokio::test]
+async fn the_policies_covering_a_request_are_named() {
+    let config: crate::config::GatewayConfig = toml::from_str(
+        r#"
+[[rate_limits]]
+service = "orders"
+rate = 10
+per = "1s"
+
+[[rate_limits]]
+service = "orders"
+prefix = "/orders/bulk"
+rate = 1
+per = "1m"
+key = "header"
+header = "x-api-key"
+
+[[cache]]
+service = "orders"
+prefix = "/orders/catalog"
+default_ttl = "30s"
+
+[[auth]]
+service = "orders"
+prefix = "/orders/open"
+access = "public"
+
+[[canary]]
+service = "orders"
+weights = { v1 = 90, v2 = 10 }
+"#,
+    )
+    .unwrap();
+    config.validate().unwrap();
+    let mut s = shared(&[inst("orders", "o1", "/orders")]);
+    s.rate_limits = crate::ratelimit::RateLimits::new(
+        &config.rate_limits,
+        None,
+        s.balancer.metrics().rate_limit_store_errors.clone(),
+    )
+    .unwrap()
+    .map(Arc::new);
+    s.cache =
+        crate::cache::ResponseCache::new(&config.cache_store, &config.cache, s.balancer.metrics())
+            .map(Arc::new);
+    s.auth = crate::auth::Auth::new(&config, s.balancer.metrics())
+        .unwrap()
+        .map(Arc::new);
+    s.canary = crate::canary::Canaries::new(&config.canary).map(Arc::new);
+
+    let e = explain(&s, &q("POST", "x", "/orders/bulk/9")).unwrap();
+    let p = &e["route"]["policies"];
+    assert_eq!(p["rate_limit"]["prefix"], "/orders/bulk", "{p}");
+    assert_eq!(p["rate_limit"]["key"], "header");
+    assert_eq!(p["rate_limit"]["header"], "x-api-key");
+    assert_eq!(p["rate_limit"]["store"], "local");
+    assert_eq!(p["rate_limit"]["token_every_ms"], 60_000);
+    assert!(p["cache"].is_null(), "{p}");
+    assert!(p["auth"].is_null(), "{p}");
+    assert_eq!(p["canary"]["weights"]["v2"], 10);
+
+    let e = explain(&s, &q("GET", "x", "/orders/catalog/1")).unwrap();
+    let p = &e["route"]["policies"];
+    assert_eq!(p["rate_limit"]["prefix"], "/", "{p}");
+    assert_eq!(p["cache"]["default_ttl_s"], 30);
+
+    let e = explain(&s, &q("GET", "x", "/orders/open/docs")).unwrap();
+    let p = &e["route"]["policies"];
+    assert_eq!(p["auth"]["access"], "public", "{p}");
+    assert!(p["auth"]["provider"].is_null());
+}
