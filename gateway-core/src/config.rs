@@ -1680,10 +1680,15 @@ pub struct AuthProviderJwt {
     /// One of these must be in the token's `aud`; unchecked when empty.
     #[serde(default)]
     pub audiences: Vec<String>,
-    /// A JWK Set (`http://`) fetched at start (retried until it loads),
-    /// every `jwks_refresh`, and when a token names an unknown `kid`.
+    /// A JWK Set (`https://` or `http://`) fetched at start (retried until
+    /// it loads), every `jwks_refresh`, and when a token names an unknown
+    /// `kid`.
     #[serde(default)]
     pub jwks_url: Option<String>,
+    /// A PEM CA bundle that alone is trusted for an `https://` `jwks_url`;
+    /// absent: the system's trust store (`SSL_CERT_FILE`, `/etc/ssl/certs`).
+    #[serde(default)]
+    pub jwks_ca: Option<PathBuf>,
     /// How often the JWK Set is fetched again.
     #[serde(default = "default_jwks_refresh", with = "humantime_serde")]
     pub jwks_refresh: Duration,
@@ -1837,10 +1842,23 @@ impl GatewayConfig {
                         );
                     }
                     if let Some(url) = &j.jwks_url {
-                        if !url.starts_with("http://") {
+                        let https = url.starts_with("https://");
+                        if !https && !url.starts_with("http://") {
                             return err(
                                 "auth_providers.jwks_url",
-                                format!("{name}: {url:?} is not an http:// URL"),
+                                format!("{name}: {url:?} is not an https:// or http:// URL"),
+                            );
+                        }
+                        if url.parse::<http::Uri>().is_err() {
+                            return err(
+                                "auth_providers.jwks_url",
+                                format!("{name}: {url:?} is not a valid URL"),
+                            );
+                        }
+                        if j.jwks_ca.is_some() && !https {
+                            return err(
+                                "auth_providers.jwks_ca",
+                                format!("{name}: only for an https:// jwks_url"),
                             );
                         }
                         if !cfg!(feature = "jwks") {
@@ -2373,8 +2391,16 @@ claim = "sub"
                 "auth_providers.jwks_url",
             ),
             (
-                "[auth_providers.p]\nkind = \"jwt\"\njwks_url = \"https://x/\"\n",
+                "[auth_providers.p]\nkind = \"jwt\"\njwks_url = \"ftp://x/\"\n",
                 "auth_providers.jwks_url",
+            ),
+            (
+                "[auth_providers.p]\nkind = \"jwt\"\njwks_url = \"https://x y/\"\n",
+                "auth_providers.jwks_url",
+            ),
+            (
+                "[auth_providers.p]\nkind = \"jwt\"\njwks_url = \"http://x/\"\njwks_ca = \"ca.pem\"\n",
+                "auth_providers.jwks_ca",
             ),
             (
                 "[auth_providers.p]\nkind = \"jwt\"\nsecret_env = \"S\"\nalgorithms = [\"none\"]\n",

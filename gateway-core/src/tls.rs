@@ -224,6 +224,29 @@ impl ServerTls {
     }
 }
 
+/// The certificates of a CA bundle as a root store.
+fn roots_from_pem(path: &Path, pem: &[u8]) -> Result<rustls::RootCertStore, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in certs_from_pem(path, pem)? {
+        roots
+            .add(c)
+            .map_err(|e| tls_err(path, format!("bad CA certificate: {e}")))?;
+    }
+    Ok(roots)
+}
+
+/// A client configuration (ring, TLS 1.2 and 1.3, no client certificate)
+/// that trusts only the CA bundle at `ca` (a JWK Set's `jwks_ca`).
+#[cfg(feature = "jwks")]
+pub(crate) fn client_config_trusting(ca: &Path) -> Result<rustls::ClientConfig, TlsError> {
+    let roots = roots_from_pem(ca, &read(ca)?)?;
+    Ok(rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls_err(ca, e))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
 /// Client TLS towards backends, built once from `[upstream_tls]`.
 #[derive(Clone)]
 pub struct UpstreamTls {
@@ -251,13 +274,7 @@ impl UpstreamTls {
     /// Reads the CA bundle and the optional client certificate and key.
     pub fn load(config: &UpstreamTlsConfig) -> Result<Self, TlsError> {
         let ca_pem = read(&config.ca)?;
-        let cas = certs_from_pem(&config.ca, &ca_pem)?;
-        let mut roots = rustls::RootCertStore::empty();
-        for c in cas {
-            roots
-                .add(c)
-                .map_err(|e| tls_err(&config.ca, format!("bad CA certificate: {e}")))?;
-        }
+        let roots = roots_from_pem(&config.ca, &ca_pem)?;
         let mut tonic_cfg = tonic::transport::ClientTlsConfig::new()
             .ca_certificate(tonic::transport::Certificate::from_pem(&ca_pem));
         let builder = rustls::ClientConfig::builder_with_provider(provider())

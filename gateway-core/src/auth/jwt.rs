@@ -203,14 +203,20 @@ impl Jwt {
         let keys = Arc::new(ArcSwap::from_pointee(keys));
         Ok(Self {
             #[cfg(feature = "jwks")]
-            jwks: c.jwks_url.as_ref().map(|url| {
-                Arc::new(super::jwks::Jwks::new(
-                    name,
-                    url,
-                    c.jwks_refresh,
-                    keys.clone(),
-                ))
-            }),
+            jwks: c
+                .jwks_url
+                .as_ref()
+                .map(|url| {
+                    super::jwks::Jwks::new(
+                        name,
+                        url,
+                        c.jwks_ca.as_deref(),
+                        c.jwks_refresh,
+                        keys.clone(),
+                    )
+                    .map(Arc::new)
+                })
+                .transpose()?,
             keys,
             validations,
             cookie: c.cookie.as_deref().map(Into::into),
