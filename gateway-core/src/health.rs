@@ -138,8 +138,6 @@ mod tests {
     use super::*;
     use crate::config::UpstreamTlsConfig;
     use crate::registry::{HealthCheck, Visibility};
-    use std::sync::Arc;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn reg(address: String, tls: bool) -> Registration {
         Registration {
@@ -170,7 +168,11 @@ mod tests {
     /// upstream CA bundle.
     #[tokio::test]
     async fn http_check_over_tls() {
-        let ck = rcgen::generate_simple_self_signed(vec!["backend.test".to_owned()]).unwrap();
+        let (addr, pem) = crate::tls::test_server::start(
+            "backend.test",
+            b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n".to_vec(),
+        )
+        .await;
         let dir = std::env::temp_dir().join(format!(
             "gw-health-tls-{}-{}",
             std::process::id(),
@@ -178,43 +180,12 @@ mod tests {
         ));
         std::fs::create_dir_all(&dir).unwrap();
         let ca = dir.join("ca.pem");
-        std::fs::write(&ca, ck.cert.pem()).unwrap();
+        std::fs::write(&ca, pem).unwrap();
         let upstream = UpstreamTls::load(&UpstreamTlsConfig {
             ca,
             ..Default::default()
         })
         .unwrap();
-
-        let key =
-            rustls_pki_types::PrivateKeyDer::try_from(ck.signing_key.serialize_der()).unwrap();
-        let server = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![ck.cert.der().clone()], key)
-        .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            loop {
-                let (tcp, _) = listener.accept().await.unwrap();
-                let acceptor = acceptor.clone();
-                tokio::spawn(async move {
-                    let Ok(mut s) = acceptor.accept(tcp).await else {
-                        return;
-                    };
-                    let mut buf = [0u8; 1024];
-                    let _ = s.read(&mut buf).await;
-                    let _ = s
-                        .write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")
-                        .await;
-                    let _ = s.shutdown().await;
-                });
-            }
-        });
 
         let mut tls = Checker::new(&reg(addr.to_string(), true), Some(&upstream)).unwrap();
         assert_eq!(tls.check().await, Ok("http 204".to_owned()));

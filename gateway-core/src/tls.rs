@@ -566,3 +566,46 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
     }
 }
+
+/// A TLS server for tests: a self-signed certificate for `name`, and to
+/// every connection, once its request head is read, the bytes `answer`.
+#[cfg(test)]
+pub(crate) mod test_server {
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Its address and the certificate's PEM (the CA bundle to trust).
+    pub(crate) async fn start(name: &str, answer: Vec<u8>) -> (SocketAddr, String) {
+        let ck = rcgen::generate_simple_self_signed(vec![name.to_owned()]).unwrap();
+        let key =
+            rustls_pki_types::PrivateKeyDer::try_from(ck.signing_key.serialize_der()).unwrap();
+        let server = rustls::ServerConfig::builder_with_provider(super::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![ck.cert.der().clone()], key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let answer: Arc<[u8]> = answer.into();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let (acceptor, answer) = (acceptor.clone(), answer.clone());
+                tokio::spawn(async move {
+                    let Ok(mut s) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let mut buf = [0u8; 2048];
+                    let _ = s.read(&mut buf).await;
+                    let _ = s.write_all(&answer).await;
+                    let _ = s.shutdown().await;
+                });
+            }
+        });
+        (addr, ck.cert.pem())
+    }
+}

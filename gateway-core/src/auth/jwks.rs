@@ -258,48 +258,17 @@ fn key_of(jwk: &jsonwebtoken::jwk::Jwk) -> Option<Key> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     const SET: &str = r#"{"keys":[{"kty":"oct","k":"c2VjcmV0LW9mLWVub3VnaC1sZW5ndGg","kid":"k1","alg":"HS256"}]}"#;
 
     /// A key server over TLS with a self-signed certificate for
     /// `localhost`; its address and the certificate's PEM.
     async fn tls_key_server() -> (std::net::SocketAddr, String) {
-        let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-        let key =
-            rustls_pki_types::PrivateKeyDer::try_from(ck.signing_key.serialize_der()).unwrap();
-        let server = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![ck.cert.der().clone()], key)
-        .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            loop {
-                let (tcp, _) = listener.accept().await.unwrap();
-                let acceptor = acceptor.clone();
-                tokio::spawn(async move {
-                    let Ok(mut s) = acceptor.accept(tcp).await else {
-                        return;
-                    };
-                    let mut buf = [0u8; 2048];
-                    let _ = s.read(&mut buf).await;
-                    let head = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                        SET.len()
-                    );
-                    let _ = s.write_all(head.as_bytes()).await;
-                    let _ = s.write_all(SET.as_bytes()).await;
-                    let _ = s.shutdown().await;
-                });
-            }
-        });
-        (addr, ck.cert.pem())
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{SET}",
+            SET.len()
+        );
+        crate::tls::test_server::start("localhost", answer.into_bytes()).await
     }
 
     fn empty_keys() -> Arc<ArcSwap<Keys>> {
