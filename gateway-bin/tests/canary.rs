@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use axum::routing::any;
 use futures_util::{StreamExt, stream};
 use service_sdk::Router;
-use support::{BackendHandle, GatewayProcess, eventually};
+use support::{BackendHandle, GatewayProcess, closed_port, eventually, get_json};
 
 const N: usize = 2000;
 
@@ -37,11 +37,16 @@ sticky_ttl = "1h"
 "#;
 
 async fn gateway() -> GatewayProcess {
+    GatewayProcess::start(&["--config", &config_file()], &[]).await
+}
+
+/// CONFIG in a file of its own; its path.
+fn config_file() -> String {
     let dir = std::env::temp_dir().join(format!("canary-{}-{}", std::process::id(), rand_suffix()));
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = dir.join("gateway.toml");
     std::fs::write(&cfg, CONFIG).unwrap();
-    GatewayProcess::start(&["--config", cfg.to_str().unwrap()], &[]).await
+    cfg.to_str().unwrap().to_owned()
 }
 
 fn rand_suffix() -> u64 {
@@ -336,4 +341,117 @@ async fn sticky_sessions_hold_and_re_pin_also_for_websockets() {
             .unwrap();
         assert_eq!(r.text().await.unwrap(), moved);
     }
+}
+
+/// `PUT /admin/canary/<service>?replicas=all`: the weights go to every
+/// replica of `[admin] peers` (itself found by node id), and one that
+/// cannot take them makes the answer a 502 naming it, the others changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_call_shifts_every_replica() {
+    let cfg = config_file();
+    let a = GatewayProcess::start(&["--config", &cfg], &[]).await;
+    let b_admin = format!("127.0.0.1:{}", closed_port());
+    let dead = format!("http://127.0.0.1:{}", closed_port());
+    let peers = [
+        format!("http://{}", a.admin),
+        format!("http://{b_admin}"),
+        dead.clone(),
+    ];
+    let mut flags = vec!["--config", cfg.as_str()];
+    for p in &peers {
+        flags.extend(["--admin-peer", p.as_str()]);
+    }
+    let b = GatewayProcess::start_at(
+        ["127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0", &b_admin].map(String::from),
+        &flags,
+        &[],
+    )
+    .await;
+    let weights_on = |gw: &GatewayProcess| {
+        let url = format!("http://{}/admin/canary", gw.admin);
+        let http = gw.http.clone();
+        async move {
+            let v = get_json(&http, &url).await;
+            v["canary"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["service"] == "cnry")
+                .unwrap()["weights"]
+                .clone()
+        }
+    };
+    let put_all = |body: &'static str, query: &'static str| {
+        b.http
+            .put(format!("http://{}/admin/canary/cnry?{query}", b.admin))
+            .body(body)
+            .send()
+    };
+
+    let r = put_all(r#"{"weights":{"v1":50,"v2":50}}"#, "replicas=all")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "replicas_incomplete", "{v:#}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("applied on 2 of 3"), "{msg}");
+    assert!(msg.contains(&dead), "{msg}");
+    let reps = v["replicas"].as_array().unwrap();
+    assert_eq!(reps.len(), 3, "{v:#}");
+    assert_eq!(reps[0]["self"], true);
+    assert_eq!(reps[0]["url"], peers[1], "found itself in the list: {v:#}");
+    assert_eq!(reps[1]["url"], peers[0]);
+    assert_eq!(reps[1]["ok"], true);
+    assert_eq!(reps[2]["url"], dead.as_str());
+    assert_eq!(reps[2]["ok"], false);
+    assert!(
+        reps[2]["error"].as_str().unwrap().contains("connect"),
+        "{v:#}"
+    );
+    // Both live replicas took them.
+    assert_eq!(
+        weights_on(&a).await,
+        serde_json::json!({"v1": 50, "v2": 50})
+    );
+    assert_eq!(
+        weights_on(&b).await,
+        serde_json::json!({"v1": 50, "v2": 50})
+    );
+
+    // A body this replica refuses goes nowhere.
+    let r = put_all(r#"{"weights":{"v1":-1}}"#, "replicas=all")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+        weights_on(&a).await,
+        serde_json::json!({"v1": 50, "v2": 50})
+    );
+    // Without the flag: this replica only.
+    let r = put_all(r#"{"weights":{"v1":0,"v2":100}}"#, "")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        weights_on(&b).await,
+        serde_json::json!({"v1": 0, "v2": 100})
+    );
+    assert_eq!(
+        weights_on(&a).await,
+        serde_json::json!({"v1": 50, "v2": 50})
+    );
+    // A bad query is named.
+    let r = put_all(r#"{"weights":{"v1":1}}"#, "replicas=some")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("replicas:"),
+        "{v:#}"
+    );
 }

@@ -234,11 +234,10 @@ async fn explain(
     }
 }
 
-/// `GET /admin/replicas`: this replica's view and every peer's, fetched
-/// now (see `admin/replicas.rs`).
-async fn replicas(State(s): State<AdminState>) -> Response {
-    let me = json!({"url": null, "up": true, "self": true, "latency_ms": 0.0,
-        "view": view(&s, &ServicesQuery::default())});
+/// The admin URLs of every replica, this one among them: `[admin] peers`
+/// and, with `[consul]`, those announced in Consul's KV store, each once;
+/// and how they were found (`{"static": n, "consul": n}`).
+async fn peer_urls(s: &AdminState) -> (Vec<String>, serde_json::Value) {
     let mut urls: Vec<String> = s.peers.peers.clone();
     #[cfg_attr(not(feature = "consul"), allow(unused_mut))]
     let mut discovery = json!({"static": urls.len()});
@@ -255,6 +254,15 @@ async fn replicas(State(s): State<AdminState>) -> Response {
     // A URL in both the list and Consul is one peer.
     let mut seen = std::collections::HashSet::new();
     urls.retain(|u| seen.insert(u.trim_end_matches('/').to_owned()));
+    (urls, discovery)
+}
+
+/// `GET /admin/replicas`: this replica's view and every peer's, fetched
+/// now (see `admin/replicas.rs`).
+async fn replicas(State(s): State<AdminState>) -> Response {
+    let me = json!({"url": null, "up": true, "self": true, "latency_ms": 0.0,
+        "view": view(&s, &ServicesQuery::default())});
+    let (urls, discovery) = peer_urls(&s).await;
     let fetches = urls
         .iter()
         .map(|url| replicas::fetch(url, s.peers.peer_timeout));
@@ -334,13 +342,43 @@ async fn canary_list(State(s): State<AdminState>) -> Response {
     }
 }
 
+/// `?replicas=all` on `PUT /admin/canary/<service>`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CanaryPutQuery {
+    replicas: Option<String>,
+}
+
 /// `PUT /admin/canary/<service>` with `{"weights": {"v1": 50, "v2": 50}}`:
-/// changes this replica's weights (see `canary.rs`).
+/// changes this replica's weights (see `canary.rs`). With `?replicas=all`,
+/// then every peer's (see [`peer_urls`]), each with the same body within
+/// `[admin] peer_timeout`: `200` when every replica took them, else `502
+/// replicas_incomplete`; `replicas` lists each one's outcome either way.
 async fn canary_put(
     State(s): State<AdminState>,
     axum::extract::Path(service): axum::extract::Path<String>,
+    query: Result<axum::extract::Query<CanaryPutQuery>, axum::extract::rejection::QueryRejection>,
     body: axum::body::Bytes,
 ) -> Response {
+    let error = |status: StatusCode, code: &str, message: String| {
+        (
+            status,
+            axum::Json(json!({"error": {"code": code, "message": message}})),
+        )
+            .into_response()
+    };
+    let all = match query.as_ref().map(|q| q.replicas.as_deref()) {
+        Ok(None) => false,
+        Ok(Some("all")) => true,
+        Ok(Some(other)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("replicas: {other:?} is not \"all\" (leave it out for this replica only)"),
+            );
+        }
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", e.body_text()),
+    };
     let result = match &s.shared.canary {
         Some(c) => c.put_weights(&service, &body),
         None => Err((
@@ -349,14 +387,60 @@ async fn canary_put(
             format!("service {service:?} has no [[canary]] policy"),
         )),
     };
-    match result {
-        Ok(v) => axum::Json(v).into_response(),
-        Err((status, code, message)) => (
-            status,
-            axum::Json(json!({"error": {"code": code, "message": message}})),
-        )
-            .into_response(),
+    let mut v = match result {
+        Ok(v) => v,
+        Err((status, code, message)) => return error(status, code, message),
+    };
+    v["node_id"] = json!(&*s.shared.node_id);
+    if !all {
+        return axum::Json(v).into_response();
     }
+    let (urls, _) = peer_urls(&s).await;
+    let puts = urls
+        .iter()
+        .map(|url| replicas::put_canary(url, &service, body.clone(), s.peers.peer_timeout));
+    let mut out =
+        vec![json!({"url": null, "self": true, "node_id": &*s.shared.node_id, "ok": true})];
+    let mut failed = Vec::new();
+    for (url, r) in urls.iter().zip(futures_util::future::join_all(puts).await) {
+        match r {
+            Ok((status, answer)) if status.is_success() => {
+                // The list is the same on every replica: this one is in it
+                // (and took the same weights again).
+                if answer["node_id"].as_str() == Some(&*s.shared.node_id) {
+                    out[0]["url"] = json!(url);
+                    continue;
+                }
+                out.push(json!({"url": url, "node_id": answer["node_id"], "ok": true}));
+            }
+            Ok((status, answer)) => {
+                let why = answer["error"]["message"].as_str().map_or_else(
+                    || format!("answered {status}"),
+                    |m| format!("answered {status}: {m}"),
+                );
+                failed.push(format!("{url}: {why}"));
+                out.push(json!({"url": url, "ok": false, "error": why}));
+            }
+            Err(why) => {
+                failed.push(format!("{url}: {why}"));
+                out.push(json!({"url": url, "ok": false, "error": why}));
+            }
+        }
+    }
+    v["replicas"] = json!(out);
+    if failed.is_empty() {
+        return axum::Json(v).into_response();
+    }
+    v["error"] = json!({
+        "code": "replicas_incomplete",
+        "message": format!(
+            "weights applied on {} of {} replicas; not on {}",
+            out.len() - failed.len(),
+            out.len(),
+            failed.join("; ")
+        ),
+    });
+    (StatusCode::BAD_GATEWAY, axum::Json(v)).into_response()
 }
 
 /// Rejected registration calls since start (a client with a wrong or

@@ -18,7 +18,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Empty};
+use http_body_util::BodyExt as _;
 use serde_json::{Value, json};
 
 /// The most of a peer's answer read (a peer with thousands of instances
@@ -40,6 +40,40 @@ pub(crate) async fn fetch(url: &str, timeout: Duration) -> Value {
 }
 
 async fn get_services(url: &str) -> Result<Value, String> {
+    let (status, body) = call(url, http::Method::GET, "/admin/services", Bytes::new()).await?;
+    if !status.is_success() {
+        return Err(format!("answered {status}"));
+    }
+    serde_json::from_slice(&body).map_err(|e| format!("not a services view: {e}"))
+}
+
+/// `PUT <peer>/admin/canary/<service>` with `body`, within `timeout`: the
+/// peer's answer (its status and JSON), or why there is none.
+pub(crate) async fn put_canary(
+    url: &str,
+    service: &str,
+    body: Bytes,
+    timeout: Duration,
+) -> Result<(http::StatusCode, Value), String> {
+    let path = format!(
+        "/admin/canary/{}",
+        percent_encoding::utf8_percent_encode(service, percent_encoding::NON_ALPHANUMERIC)
+    );
+    let (status, answer) = tokio::time::timeout(timeout, call(url, http::Method::PUT, &path, body))
+        .await
+        .map_err(|_| format!("no answer within {} ms", timeout.as_millis()))??;
+    let v = serde_json::from_slice(&answer).map_err(|e| format!("answered {status}: {e}"))?;
+    Ok((status, v))
+}
+
+/// One HTTP/1.1 exchange with a peer's admin listener: the status and at
+/// most [`MAX_ANSWER`] bytes of the answer.
+async fn call(
+    url: &str,
+    method: http::Method,
+    path: &str,
+    body: Bytes,
+) -> Result<(http::StatusCode, Bytes), String> {
     let base: http::Uri = url.parse().map_err(|e| format!("bad peer URL: {e}"))?;
     if base.scheme_str() != Some("http") {
         return Err("only http:// peers are supported".into());
@@ -59,26 +93,29 @@ async fn get_services(url: &str) -> Result<Value, String> {
             .await
             .map_err(|e| format!("handshake: {e}"))?;
     let conn = tokio::spawn(conn);
-    let req = http::Request::get("/admin/services")
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(path)
         .header(http::header::HOST, authority)
-        .header(http::header::ACCEPT, "application/json")
-        .body(Empty::<Bytes>::new())
+        .header(http::header::ACCEPT, "application/json");
+    if !body.is_empty() {
+        req = req.header(http::header::CONTENT_TYPE, "application/json");
+    }
+    let req = req
+        .body(http_body_util::Full::new(body))
         .map_err(|e| e.to_string())?;
     let resp = send
         .send_request(req)
         .await
         .map_err(|e| format!("request: {e}"))?;
     let status = resp.status();
-    let body = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER)
+    let answer = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER)
         .collect()
         .await
         .map_err(|e| format!("reading the answer: {e}"))?
         .to_bytes();
     conn.abort();
-    if !status.is_success() {
-        return Err(format!("answered {status}"));
-    }
-    serde_json::from_slice(&body).map_err(|e| format!("not a services view: {e}"))
+    Ok((status, answer))
 }
 
 /// Discovery of peers through Consul's KV store.
