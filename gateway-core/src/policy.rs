@@ -21,7 +21,6 @@ pub(crate) struct Scope {
 }
 
 impl Scope {
-    #[allow(dead_code)]
     pub(crate) fn new(service: &str, prefix: Option<&str>) -> Self {
         Scope {
             service: service.into(),
@@ -30,14 +29,12 @@ impl Scope {
     }
 
     /// Sort key: longest prefix first (`sort_by_key(|p| p.scope.specificity())`).
-    #[allow(dead_code)] // the policy sections of issue 12 sort by it
     pub(crate) fn specificity(&self) -> std::cmp::Reverse<usize> {
         std::cmp::Reverse(self.prefix.len())
     }
 
     /// Whether this policy covers a request routed to `service` at
     /// `route_prefix`. Allocates only for a policy deeper than the route.
-    #[allow(dead_code)]
     pub(crate) fn covers(
         &self,
         service: &str,
@@ -52,7 +49,7 @@ impl Scope {
 
 /// Whether a policy at `policy` covers a route at `route`: the same prefix
 /// or one under it, on whole segments (both canonical).
-pub(crate) fn covers(policy: &str, route: &str) -> bool {
+fn covers(policy: &str, route: &str) -> bool {
     policy == "/"
         || route
             .strip_prefix(policy)
@@ -61,7 +58,7 @@ pub(crate) fn covers(policy: &str, route: &str) -> bool {
 
 /// Whether the request's path, normalised as routing normalises it, lies at
 /// or under `policy`.
-pub(crate) fn path_under(policy: &str, parts: &http::request::Parts) -> bool {
+fn path_under(policy: &str, parts: &http::request::Parts) -> bool {
     crate::routing::normalise(parts.uri.path())
         .is_ok_and(|s| covers(policy, &crate::routing::canonical(&s)))
 }

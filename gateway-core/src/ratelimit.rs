@@ -34,7 +34,7 @@ use ipnet::IpNet;
 
 use crate::config::{RateLimitKey, RateLimitPolicy, RateLimitScope};
 use crate::error::{ErrorKind, ForwardError};
-use crate::policy::{covers, path_under};
+use crate::policy::Scope;
 
 /// `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers-09).
 pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
@@ -64,9 +64,8 @@ type Keyed = RateLimiter<
 
 /// One policy's buckets.
 pub(crate) struct Limiter {
-    service: Box<str>,
-    /// Canonical route prefix ("/" = every route of the service).
-    prefix: Box<str>,
+    /// Its service and canonical route prefix ("/" = every route).
+    scope: Scope,
     key: RateLimitKey,
     header: Option<HeaderName>,
     /// With `key = "claim"`: the claim's name.
@@ -135,7 +134,7 @@ impl RateLimits {
             .enumerate()
             .map(|(i, p)| Limiter::new(i, p))
             .collect();
-        limiters.sort_by_key(|l| std::cmp::Reverse(l.prefix.len()));
+        limiters.sort_by_key(|l| l.scope.specificity());
         #[cfg(feature = "redis")]
         let cluster = match store {
             Some(store) if limiters.iter().any(|l| l.buckets.is_none()) => {
@@ -160,11 +159,9 @@ impl RateLimits {
         route_prefix: &str,
         parts: &http::request::Parts,
     ) -> Option<&Limiter> {
-        self.limiters.iter().find(|l| {
-            &*l.service == service
-                && (covers(&l.prefix, route_prefix)
-                    || (covers(route_prefix, &l.prefix) && path_under(&l.prefix, parts)))
-        })
+        self.limiters
+            .iter()
+            .find(|l| l.scope.covers(service, route_prefix, parts))
     }
 
     /// `/admin/explain`: the policy covering a request, `null` if none.
@@ -177,8 +174,8 @@ impl RateLimits {
         self.limiter_for(service, route_prefix, parts)
             .map_or(serde_json::Value::Null, |l| {
                 serde_json::json!({
-                    "service": &*l.service,
-                    "prefix": &*l.prefix,
+                    "service": &*l.scope.service,
+                    "prefix": &*l.scope.prefix,
                     "name": l.name.trim_matches('"'),
                     "store": if l.buckets.is_some() { "local" } else { "cluster" },
                     "key": l.key,
@@ -305,8 +302,7 @@ impl Limiter {
         let policy = HeaderValue::from_str(&format!("{name};q={q};w={window}"))
             .unwrap_or_else(|_| HeaderValue::from_static("\"default\""));
         Self {
-            service: p.service.as_str().into(),
-            prefix: p.prefix.as_deref().unwrap_or("/").into(),
+            scope: Scope::new(&p.service, p.prefix.as_deref()),
             key: p.key,
             header: p
                 .header
