@@ -40,7 +40,7 @@ use tracing::info;
 
 use crate::balance::{Balancer, Candidates, Endpoint, NoEndpoint, ServiceEndpoints, Snapshot};
 use crate::config::CanaryPolicy;
-use crate::error::{ErrorKind, ForwardError};
+use crate::error::ForwardError;
 use crate::metrics::ServiceMetrics;
 use crate::shared::Shared;
 
@@ -539,32 +539,24 @@ pub(crate) fn pick(
     service: &Arc<str>,
     headers: &HeaderMap,
 ) -> Result<Picked, ForwardError> {
-    let Some(s) = snapshot.services.get(service) else {
-        return Err(crate::forward::no_endpoint_error(service, None));
-    };
-    match canary.pick(&shared.balancer, s, headers) {
-        Ok((candidates, set_cookie)) => Ok(Picked {
-            candidates,
-            metrics: s.metrics.clone(),
-            set_cookie,
-        }),
-        Err(why) => {
-            if why == NoEndpoint::AllEjected && shared.balancer.report_unreachable(service) {
-                shared.registry.service_unreachable(service);
-            }
-            let mut e = crate::forward::no_endpoint_error(service, Some(why));
-            if !canary.weights.load().versions.is_empty() {
-                e = ForwardError::new(
-                    ErrorKind::NoHealthyInstance,
-                    format!(
-                        "{} among the versions its [[canary]] policy routes to",
-                        e.message
-                    ),
-                );
-            }
-            Err(e)
+    crate::forward::pick_by(shared, snapshot, service, |s| {
+        canary.pick(&shared.balancer, s, headers)
+    })
+    .map(|((candidates, set_cookie), metrics)| Picked {
+        candidates,
+        metrics,
+        set_cookie,
+    })
+    .map_err(|mut e| {
+        if !canary.weights.load().versions.is_empty() && snapshot.services.contains_key(service) {
+            e.message = format!(
+                "{} among the versions its [[canary]] policy routes to",
+                e.message
+            )
+            .into();
         }
-    }
+        e
+    })
 }
 
 #[cfg(test)]

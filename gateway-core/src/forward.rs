@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use tower::Service;
 use tracing::{debug, warn};
 
-use crate::balance::{Candidates, Endpoint, NoEndpoint, Snapshot};
+use crate::balance::{Candidates, Endpoint, NoEndpoint, ServiceEndpoints, Snapshot};
 use crate::config::LimitsConfig;
 use crate::convert::wire::{self, EncodedRequest};
 use crate::convert::{RequestMeta, ResponseTarget, has_token, request_to_wire, response_from_wire};
@@ -713,20 +713,29 @@ pub(crate) fn pick(
     snapshot: &Snapshot,
     service: &Arc<str>,
 ) -> Result<(Candidates, Arc<ServiceMetrics>), ForwardError> {
-    match snapshot
-        .services
-        .get(service)
-        .map(|s| (shared.balancer.select(s), s))
-    {
-        Some((Ok(c), s)) => Ok((c, s.metrics.clone())),
-        Some((Err(NoEndpoint::AllEjected), _)) => {
-            if shared.balancer.report_unreachable(service) {
+    pick_by(shared, snapshot, service, |s| shared.balancer.select(s))
+}
+
+/// Step 3 with another chooser (a `[[canary]]`'s): `select` on the
+/// service's endpoints in `snapshot`, and what its failure means (a
+/// service whose every instance is unreachable is reported once).
+pub(crate) fn pick_by<T>(
+    shared: &Shared,
+    snapshot: &Snapshot,
+    service: &Arc<str>,
+    select: impl FnOnce(&ServiceEndpoints) -> Result<T, NoEndpoint>,
+) -> Result<(T, Arc<ServiceMetrics>), ForwardError> {
+    let Some(s) = snapshot.services.get(service) else {
+        return Err(no_endpoint_error(service, None));
+    };
+    match select(s) {
+        Ok(c) => Ok((c, s.metrics.clone())),
+        Err(why) => {
+            if why == NoEndpoint::AllEjected && shared.balancer.report_unreachable(service) {
                 shared.registry.service_unreachable(service);
             }
-            Err(no_endpoint_error(service, Some(NoEndpoint::AllEjected)))
+            Err(no_endpoint_error(service, Some(why)))
         }
-        Some((Err(why), _)) => Err(no_endpoint_error(service, Some(why))),
-        None => Err(no_endpoint_error(service, None)),
     }
 }
 
